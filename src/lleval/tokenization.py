@@ -1,0 +1,86 @@
+"""Tokenizer helpers: encoding without special tokens, the prefix token, fingerprints."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Sequence
+
+import numpy as np
+
+from lleval.errors import ConfigError
+
+
+def resolve_prefix_token(tokenizer: Any, option: str) -> int | None:
+    """The token each document's first token is predicted from.
+
+    ``auto``: BOS when the tokenizer has one, else EOS. ``none``: no prefix
+    (the first token of each document is then not scored). An integer string
+    names a token id, which must exist in the vocabulary.
+    """
+    if option == "none":
+        return None
+    if option == "auto":
+        for candidate in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+            if candidate is not None:
+                return int(candidate)
+        raise ConfigError(
+            "the tokenizer has neither a BOS nor an EOS token: pass --prefix-token with a token "
+            "id, or --prefix-token none to leave each document's first token unscored."
+        )
+    try:
+        token = int(option)
+    except ValueError:
+        raise ConfigError(f"--prefix-token must be auto, none or a token id, got {option!r}.") from None
+    if not 0 <= token < len(tokenizer):
+        raise ConfigError(
+            f"--prefix-token {token} is not in the tokenizer's vocabulary (0..{len(tokenizer) - 1})."
+        )
+    return token
+
+
+def encode(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each text, without special tokens (one batched call)."""
+    if not texts:
+        return []
+    return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+
+def encode_with_owners(
+    tokenizer: Any, texts: Sequence[str], separator: str
+) -> tuple[list[int], np.ndarray, list[int]]:
+    """Tokenize ``separator.join(texts)`` once, and say which text each token belongs to.
+
+    Returns ``(ids, owners, bytes_per_text)``. A token belongs to the text its
+    first character falls in; each separator counts as part of the text before
+    it, in tokens and in bytes, so per-text rows add up to the stream's totals.
+    """
+    stream = separator.join(texts)
+    ends = np.cumsum([len(t) + len(separator) for t in texts])  # exclusive char ends
+    encoding = tokenizer(stream, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(encoding["input_ids"])
+    starts = np.asarray([start for start, _ in encoding["offset_mapping"]], dtype=np.int64)
+    owners = np.minimum(np.searchsorted(ends, starts, side="right"), len(texts) - 1)
+    sep_bytes = len(separator.encode("utf-8"))
+    n_bytes = [len(t.encode("utf-8")) + sep_bytes for t in texts]
+    if n_bytes:
+        n_bytes[-1] -= sep_bytes
+    return ids, owners.astype(np.int64), n_bytes
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """sha256 of what decides the token ids: the full tokenizer definition when it
+    is a fast tokenizer, else the vocabulary, plus the special tokens."""
+    digest = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        digest.update(backend.to_str().encode("utf-8"))
+    else:
+        digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode("utf-8"))
+    specials = {
+        "bos": tokenizer.bos_token_id,
+        "eos": tokenizer.eos_token_id,
+        "unk": tokenizer.unk_token_id,
+    }
+    digest.update(json.dumps(specials, sort_keys=True).encode("utf-8"))
+    return digest.hexdigest()

@@ -1,0 +1,100 @@
+"""Shared fixtures: offline environment, tiny models saved once per run, a naive reference loop."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+ASSETS = Path(__file__).parent / "assets"
+TINY_TOKENIZER = ASSETS / "tiny-tokenizer"
+MAX_POSITIONS = 64
+
+
+def _save_tiny(folder: Path, kind: str) -> Path:
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(TINY_TOKENIZER)
+    torch.manual_seed(0)
+    if kind == "gpt2":
+        config = GPT2Config(
+            vocab_size=len(tokenizer), n_positions=MAX_POSITIONS, n_layer=1, n_head=2, n_embd=16,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        )
+        model: Any = GPT2LMHeadModel(config)
+    else:
+        config = LlamaConfig(
+            vocab_size=len(tokenizer), max_position_embeddings=MAX_POSITIONS, num_hidden_layers=1,
+            num_attention_heads=2, num_key_value_heads=1, hidden_size=16, intermediate_size=32,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        )
+        model = LlamaForCausalLM(config)
+    # Random init gives near-uniform predictions; sharpen them so numbers differ per token.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(8.0) if p.dim() > 1 else None
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 1-layer GPT-2 (16 wide, 64 positions) saved with the tiny tokenizer."""
+    return _save_tiny(tmp_path_factory.mktemp("tiny-gpt2"), "gpt2")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 1-layer Llama saved with the tiny tokenizer (the real model's architecture)."""
+    return _save_tiny(tmp_path_factory.mktemp("tiny-llama"), "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_loaded(tiny_model_dir: Path) -> Any:
+    """The tiny GPT-2 loaded through lleval's own loader, once per run."""
+    from lleval.api import load
+    from lleval.config import EvalConfig
+
+    return load(EvalConfig(model=str(tiny_model_dir)))
+
+
+def naive_rolling_logprobs(
+    model: Any, tokens: Sequence[int], max_length: int, stride: int
+) -> list[float]:
+    """Reference: one window at a time, full logits, written from the protocol text.
+
+    Token ``i >= 1`` of ``tokens`` is predicted once. The first window predicts
+    tokens 1..L; then each window predicts the next S tokens, reading the L
+    tokens just before the last one it predicts (fewer at the start).
+    """
+    import torch
+
+    out: list[float] = []
+    target = 1
+    first = True
+    while target < len(tokens):
+        count = max_length if first else stride
+        first = False
+        last = min(target + count, len(tokens)) - 1  # last position predicted
+        begin = max(0, last - max_length)
+        window = torch.tensor([list(tokens[begin:last])])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(window).logits[0].double(), dim=-1)
+        for pos in range(target, last + 1):
+            out.append(float(logp[pos - 1 - begin, tokens[pos]]))
+        target = last + 1
+    return out
+
+
+def rel_close(a: float, b: float, tol: float) -> bool:
+    """|a - b| <= tol * max(|a|, |b|)."""
+    return math.isclose(a, b, rel_tol=tol, abs_tol=0.0)
