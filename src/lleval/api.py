@@ -38,6 +38,7 @@ class LoadedModel:
     tokenizer: Any
     info: ModelInfo
     pad_id: int = 0
+    model: Any = None  # the underlying transformers model, when there is one
 
 
 def model_spec(config: EvalConfig) -> ModelSpec:
@@ -70,7 +71,7 @@ def load(config: EvalConfig) -> LoadedModel:
 
     model, tokenizer, info = load_model(model_spec(config))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return LoadedModel(make_scorer(model), tokenizer, info, int(pad or 0))
+    return LoadedModel(make_scorer(model), tokenizer, info, int(pad or 0), model)
 
 
 def _peeked(docs: Iterator[Document]) -> Iterator[Document]:

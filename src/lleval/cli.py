@@ -22,12 +22,20 @@ from lleval.config import DEFAULT_SEPARATOR, DEVICES, DTYPES, FORMATS, PROTOCOLS
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-class LlevalClickError(click.ClickException):
-    """A `ClickException` that carries the library error's exit code."""
+class InputProblem(click.ClickException):
+    """Input the user must fix (a path, a value, a file's contents): exit code 2."""
 
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+    exit_code = 2
+
+
+class RunFailure(click.ClickException):
+    """A failure while running (or a bug): exit code 1."""
+
+    exit_code = 1
+
+
+def _click_error(message: str, exit_code: int) -> click.ClickException:
+    return InputProblem(message) if exit_code == 2 else RunFailure(message)
 
 
 def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -194,7 +202,7 @@ def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, **kwargs)
     except LlevalError as exc:
-        raise LlevalClickError(str(exc), exc.exit_code) from None
+        raise _click_error(str(exc), exc.exit_code) from None
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
@@ -202,7 +210,7 @@ def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
         if os.environ.get("LLEVAL_DEBUG"):
             traceback.print_exc()
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise LlevalClickError(
+        raise _click_error(
             f"internal error ({type(exc).__name__}: {first}). Rerun with LLEVAL_DEBUG=1 for the "
             "traceback and report it.",
             1,

@@ -7,6 +7,7 @@ is described in a `ModelInfo` that goes into the report.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import importlib.util
 import os
 import warnings
@@ -223,11 +224,15 @@ def load_model(spec: ModelSpec) -> tuple[Any, Any, ModelInfo]:
         ) from exc
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not spec.trust_remote_code:
+    is_causal = config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not getattr(
+        config, "is_encoder_decoder", False
+    )
+    if not is_causal and not spec.trust_remote_code:
         raise ModelLoadError(
             f"{display} is a {config.model_type!r} model, which is not a causal language model: "
             "lleval scores decoder-only LMs (AutoModelForCausalLM), such as Llama, GPT-2 or Qwen."
         )
+    model: Any
     try:
         model = AutoModelForCausalLM.from_pretrained(
             location,
@@ -274,6 +279,7 @@ def make_scorer(model: Any, slice_bytes: int = LOGITS_SLICE_BYTES) -> Any:
     vocab = int(head.weight.shape[0]) if head is not None else int(model.config.vocab_size)
     per_slice = max(1, slice_bytes // (4 * vocab))
     plain = model.config.model_type in PLAIN_HEAD_MODEL_TYPES and head is not None
+    keeps = "logits_to_keep" in inspect.signature(model.forward).parameters
     from lleval.scoring import target_logprobs
 
     @torch.inference_mode()
@@ -297,9 +303,12 @@ def make_scorer(model: Any, slice_bytes: int = LOGITS_SLICE_BYTES) -> Any:
                 for i in range(0, selected.shape[0], per_slice)
             ]
             return torch.cat(pieces) if pieces else selected.new_zeros(0, dtype=torch.float32)
-        logits = model(
-            input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=mask
-        ).logits  # (N, V)
+        if keeps:
+            logits = model(
+                input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=mask
+            ).logits  # (N, V)
+        else:  # older architectures: full (B, T, V) logits, then the scored positions
+            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[mask]
         return target_logprobs(logits.reshape(-1, logits.shape[-1]), targets)
 
     return scorer

@@ -1,0 +1,134 @@
+"""The whole library path on tiny random models, against a naive loop written here."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from conftest import naive_rolling_logprobs, rel_close
+from lleval.api import evaluate
+from lleval.config import EvalConfig
+from lleval.data import builtin_sample_path
+
+TEXTS = [json.loads(line)["text"] for line in builtin_sample_path().read_text().splitlines()]
+
+
+def _naive_totals(model_dir: Path, texts: list[str], max_length: int, stride: int, prefix: bool = True) -> tuple[float, int]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    ll, n = 0.0, 0
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        tokens = ([tokenizer.bos_token_id] if prefix else []) + ids
+        lps = naive_rolling_logprobs(model, tokens, max_length, stride)
+        ll += sum(lps)
+        n += len(lps)
+    return ll, n
+
+
+def _jsonl(tmp_path: Path, texts: list[str]) -> str:
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    return str(path)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+def test_batch_sizes_match_naive_loop(tiny_model_dir: Path, tiny_loaded: Any, tmp_path: Path, batch_size: int) -> None:
+    texts = [t[: 150 + 40 * i] for i, t in enumerate(TEXTS[:6])]
+    expected_ll, expected_n = _naive_totals(tiny_model_dir, texts, 32, 32)
+    config = EvalConfig(dataset=_jsonl(tmp_path, texts), max_length=32, batch_size=batch_size)
+    report = evaluate(config, loaded=tiny_loaded)
+    assert report.totals.tokens == expected_n
+    assert rel_close(report.totals.log_likelihood, expected_ll, 1e-6)
+
+
+def test_strided_windows_match_naive_loop(tiny_model_dir: Path, tiny_loaded: Any, tmp_path: Path) -> None:
+    texts = [t[:400] for t in TEXTS[:3]]
+    expected_ll, expected_n = _naive_totals(tiny_model_dir, texts, 24, 7)
+    report = evaluate(EvalConfig(dataset=_jsonl(tmp_path, texts), max_length=24, stride=7, batch_size=5), loaded=tiny_loaded)
+    assert report.totals.tokens == expected_n
+    assert rel_close(report.totals.log_likelihood, expected_ll, 1e-6)
+
+
+def test_prefix_none_leaves_first_token_unscored(tiny_model_dir: Path, tiny_loaded: Any, tmp_path: Path) -> None:
+    texts = [t[:200] for t in TEXTS[:2]]
+    expected_ll, expected_n = _naive_totals(tiny_model_dir, texts, 64, 64, prefix=False)
+    report = evaluate(EvalConfig(dataset=_jsonl(tmp_path, texts), prefix_token="none"), loaded=tiny_loaded)
+    assert report.totals.tokens == expected_n
+    assert report.protocol["first_token_scored"] is False and report.protocol["prefix_token"] is None
+    assert rel_close(report.totals.log_likelihood, expected_ll, 1e-6)
+
+
+def test_llama_plain_head_path_equals_full_logits(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    from lleval.api import load
+
+    texts = [t[:300] for t in TEXTS[3:6]]
+    expected_ll, expected_n = _naive_totals(tiny_llama_dir, texts, 40, 13)
+    loaded = load(EvalConfig(model=str(tiny_llama_dir)))
+    report = evaluate(EvalConfig(dataset=_jsonl(tmp_path, texts), max_length=40, stride=13, batch_size=4), loaded=loaded)
+    assert report.totals.tokens == expected_n
+    assert rel_close(report.totals.log_likelihood, expected_ll, 1e-6)
+
+
+def test_generic_head_path_equals_plain(tiny_model_dir: Path, tiny_loaded: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import lleval.model as model_mod
+    from lleval.api import load
+
+    data = _jsonl(tmp_path, [t[:300] for t in TEXTS[:4]])
+    plain = evaluate(EvalConfig(dataset=data, batch_size=3), loaded=tiny_loaded)
+    monkeypatch.setattr(model_mod, "PLAIN_HEAD_MODEL_TYPES", frozenset())
+    generic = evaluate(EvalConfig(dataset=data, batch_size=3), loaded=load(EvalConfig(model=str(tiny_model_dir))))
+    assert generic.totals.tokens == plain.totals.tokens
+    assert rel_close(generic.totals.log_likelihood, plain.totals.log_likelihood, 1e-6)
+
+
+def test_small_logit_slices_change_nothing(tiny_model_dir: Path, tiny_loaded: Any, tmp_path: Path) -> None:
+    from lleval.api import LoadedModel
+    from lleval.model import make_scorer
+    from transformers import AutoModelForCausalLM
+
+    data = _jsonl(tmp_path, [t[:300] for t in TEXTS[:4]])
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    # 4 * 320 bytes per position: a slice of exactly one position
+    sliced = LoadedModel(make_scorer(model, slice_bytes=4 * 320), tiny_loaded.tokenizer, tiny_loaded.info)
+    a = evaluate(EvalConfig(dataset=data), loaded=tiny_loaded)
+    b = evaluate(EvalConfig(dataset=data), loaded=sliced)
+    assert rel_close(a.totals.log_likelihood, b.totals.log_likelihood, 1e-6)
+
+
+def test_concat_rows_add_up_to_stream(tiny_model_dir: Path, tiny_loaded: Any, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    texts = [t[:120] for t in TEXTS[:5]]
+    report = evaluate(EvalConfig(dataset=_jsonl(tmp_path, texts), concat="\n\n", max_length=48, stride=16), loaded=tiny_loaded)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    stream = [tokenizer.bos_token_id] + tokenizer("\n\n".join(texts), add_special_tokens=False)["input_ids"]
+    lps = naive_rolling_logprobs(model, stream, 48, 16)
+    assert report.totals.tokens == len(stream) - 1 == len(lps)
+    assert rel_close(report.totals.log_likelihood, sum(lps), 1e-6)
+    assert report.totals.bytes == len("\n\n".join(texts).encode())
+    assert sum(d.tokens for d in report.documents) == report.totals.tokens
+    assert [d.index for d in report.documents] == list(range(5))
+
+
+def test_report_metrics_follow_from_totals(tiny_loaded: Any, tmp_path: Path) -> None:
+    texts = ["héllo wörld, " * 5, "", "second document here"]
+    report = evaluate(EvalConfig(dataset=_jsonl(tmp_path, texts)), loaded=tiny_loaded)
+    data = report.to_dict()
+    t = data["totals"]
+    assert data["dataset"]["skipped_empty"] == 1 and t["documents"] == 2
+    assert [d["index"] for d in data["documents"]] == [0, 2]
+    assert t["bytes"] == sum(len(x.encode("utf-8")) for x in texts)
+    assert t["words"] == sum(len(x.split()) for x in texts)
+    assert math.isclose(data["metrics"]["perplexity"], math.exp(-t["log_likelihood"] / t["tokens"]))
+    assert math.isclose(data["metrics"]["bits_per_byte"], -t["log_likelihood"] / (math.log(2) * t["bytes"]))
+    assert math.isclose(data["metrics"]["word_perplexity"], math.exp(-t["log_likelihood"] / t["words"]))
+    assert t["log_likelihood"] <= 0
