@@ -152,6 +152,8 @@ def _bad_cases(tmp_path: Path, model: Path) -> list[tuple[list[str], int, str]]:
         (m + ["-d", str(data), "--text-field", "body", "--prefix-token", "99999"], 2, "not in the tokenizer"),
         (["--config", str(bad_config)], 2, "did you mean 'stride'"),
         (m + ["--dtype", "fp8"], 2, "--dtype"),
+        (["--model", "no-such-org/no-such-model"], 2, "not in the local cache"),
+        (m + ["-d", "no-such-org/no-such-dataset"], 2, "not in the local cache"),
     ]
 
 
@@ -177,3 +179,13 @@ def test_not_a_causal_lm(tmp_path: Path) -> None:
     result = run(["score", "-q", "--model", str(folder), "-d", str(tmp_path / "d.txt")])
     assert result.exit_code == 2
     assert "not a causal language model" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "name,hub",
+    [("gpt2", True), ("org/name-1.5", True), ("./x", False), ("/abs/x", False), ("a/b/c", False), (".hidden", False)],
+)
+def test_hub_ids_and_paths(name: str, hub: bool) -> None:
+    from lleval.hub import is_hub_id
+
+    assert is_hub_id(name) is hub

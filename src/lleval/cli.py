@@ -198,6 +198,7 @@ def _run(config: EvalConfig, err: Any) -> Any:
 def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
     """Run a library call; its typed errors become one line and an exit code."""
     from lleval.errors import LlevalError
+    from lleval.hub import first_line
 
     try:
         return fn(*args, **kwargs)
@@ -209,9 +210,8 @@ def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
     except Exception as exc:  # a bug: one line, with the traceback on request
         if os.environ.get("LLEVAL_DEBUG"):
             traceback.print_exc()
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise _click_error(
-            f"internal error ({type(exc).__name__}: {first}). Rerun with LLEVAL_DEBUG=1 for the "
+            f"internal error ({type(exc).__name__}: {first_line(exc)}). Rerun with LLEVAL_DEBUG=1 for the "
             "traceback and report it.",
             1,
         ) from None

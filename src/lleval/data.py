@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from lleval.errors import DataError
+from lleval.hub import first_line, hub_reachable, is_hub_id, offline_hint
 
 BUILTIN_DATASET = "builtin:sample-prose"
 SAMPLE_BY = ("document", "paragraph", "line")
@@ -87,14 +88,9 @@ def _kind(name: str | None) -> tuple[str, Path | None]:
         return "saved", path
     if path.exists():
         return "file", path
-    if os.path.sep in name or name.startswith(".") or Path(name).suffix.lower() in FILE_BUILDERS:
+    if not is_hub_id(name) or Path(name).suffix.lower() in FILE_BUILDERS:
         raise DataError(f"data file {name} does not exist. Check the path.")
     return "hub", None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _load(spec: DataSpec) -> Any:
@@ -113,7 +109,7 @@ def _load(spec: DataSpec) -> Any:
         try:
             loaded = datasets.load_from_disk(str(path))
         except Exception as exc:  # datasets raises many kinds; the user needs one line
-            raise DataError(f"cannot read saved dataset {path}: {_first_line(exc)}") from exc
+            raise DataError(f"cannot read saved dataset {path}: {first_line(exc)}") from exc
         if isinstance(loaded, datasets.DatasetDict):
             if split not in loaded:
                 if spec.split is None and len(loaded) == 1:
@@ -141,19 +137,16 @@ def _load(spec: DataSpec) -> Any:
         try:
             return datasets.load_dataset(builder, split="train", streaming=spec.streaming, **kwargs)
         except Exception as exc:
-            raise DataError(f"cannot read data file {path}: {_first_line(exc)}") from exc
+            raise DataError(f"cannot read data file {path}: {first_line(exc)}") from exc
+    hub_reachable()  # switches to offline mode at once when the hub is out of reach
     try:
         return datasets.load_dataset(
             spec.dataset, spec.dataset_config, split=split, streaming=spec.streaming
         )
     except Exception as exc:
-        offline = os.environ.get("HF_DATASETS_OFFLINE", "") not in ("", "0", "false")
-        hint = (
-            " HF_DATASETS_OFFLINE is set and it is not in the local cache."
-            if offline
-            else " Check the name, --dataset-config, --split and your network."
-        )
-        raise DataError(f"cannot load hub dataset {spec.dataset}: {_first_line(exc)}.{hint}") from exc
+        raise DataError(
+            f"cannot load hub dataset {spec.dataset}: {first_line(exc)}. {offline_hint()}"
+        ) from exc
 
 
 def split_text(text: str, sample_by: str) -> list[str]:

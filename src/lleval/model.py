@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lleval.errors import ConfigError, ModelLoadError
+from lleval.hub import first_line, hub_reachable, is_hub_id, offline_hint
 
 if TYPE_CHECKING:  # torch and transformers are imported only when a model is loaded
     import torch  # noqa: F401
@@ -138,7 +139,6 @@ def _locate(spec: ModelSpec) -> tuple[str, str | None, str, str]:
         path = default_model_path()
         return str(path.parent), path.name, "builtin", DEFAULT_MODEL_NAME
     name = spec.name
-    looks_local = os.path.sep in name or name.startswith(".") or name.endswith(".gguf")
     path = Path(name).expanduser()
     if name.endswith(".gguf"):
         if not path.is_file():
@@ -156,20 +156,14 @@ def _locate(spec: ModelSpec) -> tuple[str, str | None, str, str]:
             f"model path {name} is a file but not a .gguf file: pass a model folder, a .gguf "
             "file or a hub id."
         )
-    if looks_local or name.count("/") > 1:
+    if not is_hub_id(name):
         raise ModelLoadError(f"model path {name} does not exist. Check the path.")
+    hub_reachable()  # switches to offline mode at once when the hub is out of reach
     return name, None, "hub", name
 
 
 def _hub_hint(source: str) -> str:
-    if source != "hub":
-        return ""
-    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false")
-    return (
-        " It is not in the local hub cache and HF_HUB_OFFLINE is set."
-        if offline
-        else " Check the id, your network and (for gated models) `hf auth login`."
-    )
+    return " " + offline_hint() if source == "hub" else ""
 
 
 def load_tokenizer(spec: ModelSpec) -> tuple[Any, str]:
@@ -189,9 +183,8 @@ def _load_tokenizer(location: str, gguf_file: str | None, source: str, spec: Mod
             gguf_file=gguf_file,
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(
-            f"cannot load a tokenizer for {spec.name or location}: {first}.{_hub_hint(source)}"
+            f"cannot load a tokenizer for {spec.name or location}: {first_line(exc)}.{_hub_hint(source)}"
         ) from exc
 
 
@@ -220,7 +213,7 @@ def load_model(spec: ModelSpec) -> tuple[Any, Any, ModelInfo]:
         )
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(
-            f"cannot read the model config of {display}: {str(exc).splitlines()[0]}.{_hub_hint(source)}"
+            f"cannot read the model config of {display}: {first_line(exc)}.{_hub_hint(source)}"
         ) from exc
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -242,8 +235,7 @@ def load_model(spec: ModelSpec) -> tuple[Any, Any, ModelInfo]:
             dtype=dtype,
         )
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"cannot load model {display}: {first}.{_hub_hint(source)}") from exc
+        raise ModelLoadError(f"cannot load model {display}: {first_line(exc)}.{_hub_hint(source)}") from exc
     model.to(device)
     model.eval()
     sha = _sha256(Path(location) / gguf_file) if gguf_file else None
