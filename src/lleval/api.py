@@ -14,20 +14,18 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from lleval import __version__
-from lleval.config import EvalConfig, DEFAULT_MAX_LENGTH_CAP
+from lleval.config import EvalConfig
 from lleval.data import BUILTIN_DATASET, DataSpec, DataStats, Document, describe_split, iter_documents
-from lleval.errors import ConfigError, DataError
+from lleval.errors import DataError
 from lleval.metrics import Totals
 from lleval.model import ModelInfo, ModelSpec
 from lleval.report import DocumentResult, Report, check_writable
-from lleval.scoring import EngineStats, TokenScorer, Unit, score_units
-from lleval.tokenization import encode, encode_with_owners, resolve_prefix_token, tokenizer_fingerprint
-from lleval.windows import check_window_params, rolling_spans
+from lleval.scoring import EngineStats, TokenScorer, score_units
+from lleval.protocols import plan
+from lleval.tokenization import tokenizer_fingerprint
 
 #: Called after each scored block with (documents done, tokens scored, documents expected or None).
 ProgressFn = Callable[[int, int, "int | None"], None]
-
-TOKENIZE_GROUP = 64  # documents tokenized per batched tokenizer call
 
 
 @dataclass
@@ -80,57 +78,6 @@ def _peeked(docs: Iterator[Document]) -> Iterator[Document]:
     return docs if first is None else itertools.chain([first], docs)
 
 
-def _window_params(config: EvalConfig, info: ModelInfo) -> tuple[int, int]:
-    limit = info.max_positions
-    max_length = config.max_length or min(limit or DEFAULT_MAX_LENGTH_CAP, DEFAULT_MAX_LENGTH_CAP)
-    if limit is not None and max_length > limit:
-        raise ConfigError(
-            f"--max-length {max_length} is larger than the model's {limit} positions: the model "
-            f"cannot read windows that long. Use --max-length {limit} or less."
-        )
-    stride = config.stride or max_length
-    check_window_params(max_length, stride)
-    return max_length, stride
-
-
-def _words(text: str) -> int:
-    return len(text.split())
-
-
-def _document_units(
-    docs: Iterator[Document], tokenizer: Any, prefix: int | None, max_length: int, stride: int,
-    rows: list[tuple[int, int, int]],
-) -> Iterator[Unit]:
-    head = [] if prefix is None else [prefix]
-    while group := list(itertools.islice(docs, TOKENIZE_GROUP)):
-        for doc, ids in zip(group, encode(tokenizer, [d.text for d in group])):
-            sequence = head + ids
-            rows.append((doc.index, len(doc.text.encode("utf-8")), _words(doc.text)))
-            yield Unit(sequence, rolling_spans(len(sequence), max_length, stride), [len(rows) - 1])
-
-
-def _concat_unit(
-    docs: Iterator[Document], tokenizer: Any, prefix: int | None, max_length: int, stride: int,
-    separator: str, rows: list[tuple[int, int, int]],
-) -> Iterator[Unit]:
-    texts: list[str] = []
-    for doc in docs:
-        texts.append(doc.text)
-        rows.append((doc.index, 0, _words(doc.text)))
-    if not texts:
-        return
-    ids, owners, n_bytes = encode_with_owners(tokenizer, texts, separator)
-    for row, size in enumerate(n_bytes):
-        index, _, words = rows[row]
-        rows[row] = (index, size, words)
-    import numpy as np
-
-    if prefix is not None:
-        ids = [prefix] + ids
-        owners = np.concatenate([np.zeros(1, dtype=np.int64), owners])
-    yield Unit(ids, rolling_spans(len(ids), max_length, stride), list(range(len(texts))), owners)
-
-
 def _environment() -> dict[str, str]:
     import datasets
     import torch
@@ -168,14 +115,8 @@ def evaluate(
     if loaded is None:
         loaded = load(config)
     load_seconds = time.perf_counter() - started
-    max_length, stride = _window_params(config, loaded.info)
-    prefix = resolve_prefix_token(loaded.tokenizer, config.prefix_token)
-
-    rows: list[tuple[int, int, int]] = []
-    if config.concat is not None:
-        units = _concat_unit(docs, loaded.tokenizer, prefix, max_length, stride, config.concat, rows)
-    else:
-        units = _document_units(docs, loaded.tokenizer, prefix, max_length, stride, rows)
+    protocol = plan(config, loaded.tokenizer, loaded.info.max_positions)
+    units = protocol.units(docs, loaded.tokenizer)
     engine = EngineStats()
     done = {"docs": 0, "tokens": 0}
 
@@ -192,10 +133,10 @@ def evaluate(
         loaded.scorer, units, batch_size=config.batch_size, pad_id=loaded.pad_id,
         stats=engine, on_rows=on_rows,
     ):
-        index, n_bytes, n_words = rows[sums.row]
-        result = DocumentResult(index, sums.log_likelihood, sums.tokens, n_bytes, n_words)
+        row = protocol.rows[sums.row]
+        result = DocumentResult(row.index, sums.log_likelihood, sums.tokens, row.bytes, row.words)
         documents.append(result)
-        totals.add(Totals(result.log_likelihood, result.tokens, result.bytes, result.words, 1))
+        totals.add(Totals(sums.log_likelihood, sums.tokens, row.bytes, row.words, 1, sums.logprob_sq_sum))
     scoring_seconds = time.perf_counter() - scoring_started
     if totals.tokens == 0:
         raise DataError(
@@ -205,8 +146,13 @@ def evaluate(
         )
 
     notes = []
-    if prefix is None:
+    if protocol.name == "rolling" and protocol.prefix_token is None:
         notes.append("--prefix-token none: the first token of each document is not scored.")
+    if not protocol.scores_every_token:
+        notes.append(
+            f"the {protocol.name} protocol leaves {protocol.dropped_tokens} of {protocol.stream_tokens} "
+            "tokens unscored, so bits per byte and word/byte perplexity are not reported."
+        )
     if loaded.info.dtype != "float32" and loaded.info.device == "cpu":
         notes.append(f"scored in {loaded.info.dtype} on CPU: numbers differ from float32 and it is slow.")
     tok = loaded.tokenizer
@@ -244,18 +190,7 @@ def evaluate(
             "skipped_empty": stats.skipped_empty,
             "fingerprint": stats.fingerprint(),
         },
-        protocol={
-            "name": config.protocol,
-            "max_length": max_length,
-            "stride": stride,
-            "prefix_token": prefix,
-            "prefix_token_text": None if prefix is None else tok.convert_ids_to_tokens(prefix),
-            "first_token_scored": prefix is not None,
-            "concat": config.concat,
-            "special_tokens": False,
-            "windows": "rolling: first window predicts up to max_length tokens, each later one "
-            "up to stride new tokens with as much preceding context as fits in max_length",
-        },
+        protocol=protocol.describe(tok),
         totals=totals,
         documents=documents,
         timing={

@@ -20,7 +20,7 @@ from lleval.errors import ConfigError
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 FORMATS = ("table", "json", "markdown")
-PROTOCOLS = ("rolling",)
+PROTOCOLS = ("rolling", "lm-eval", "hf-guide", "llama-cpp")
 DEFAULT_SEPARATOR = "\n\n"
 DEFAULT_MAX_LENGTH_CAP = 2048
 

@@ -33,10 +33,12 @@ class Totals:
     bytes: int = 0
     words: int = 0
     documents: int = 0
+    logprob_sq_sum: float = 0.0  # sum over tokens of (log-prob)^2, nats^2
 
     def add(self, other: "Totals") -> None:
         """Add another set of sums into this one."""
         self.log_likelihood += other.log_likelihood
+        self.logprob_sq_sum += other.logprob_sq_sum
         self.tokens += other.tokens
         self.bytes += other.bytes
         self.words += other.words
@@ -51,6 +53,19 @@ def _exp(x: float | None) -> float | None:
     if x is None:
         return None
     return math.exp(x) if x < 709.0 else math.inf
+
+
+def llamacpp_perplexity_stderr(totals: Totals) -> float | None:
+    """llama.cpp's perplexity error estimate, PPL * sqrt((mean(nll^2) - mean(nll)^2) / (N - 1))."""
+    n = totals.tokens
+    if n < 2:
+        return None
+    mean = -totals.log_likelihood / n
+    variance = totals.logprob_sq_sum / n - mean * mean
+    ppl = _exp(mean)
+    if ppl is None or variance <= 0:
+        return 0.0
+    return ppl * math.sqrt(variance / (n - 1))
 
 
 def derive_metrics(totals: Totals) -> dict[str, float | None]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lleval.errors import OutputError
-from lleval.metrics import Totals, derive_metrics
+from lleval.metrics import Totals, derive_metrics, llamacpp_perplexity_stderr
 
 SCHEMA_VERSION = 1
 
@@ -27,6 +27,7 @@ METRIC_LABELS = {
     "bits_per_byte": "bits per byte",
     "byte_perplexity": "byte perplexity",
     "word_perplexity": "word perplexity",
+    "perplexity_stderr_llamacpp": "perplexity std. error (llama.cpp)",
 }
 
 
@@ -70,8 +71,19 @@ class Report:
 
     @property
     def metrics(self) -> dict[str, float | None]:
-        """Metrics derived from the totals (see `lleval.metrics`)."""
-        return derive_metrics(self.totals)
+        """Metrics derived from the totals (see `lleval.metrics`).
+
+        A protocol that leaves tokens unscored (llama-cpp, hf-guide with
+        S = L) has no per-byte or per-word metrics: its log-likelihood covers
+        only part of the text. llama-cpp adds llama.cpp's error estimate.
+        """
+        metrics = derive_metrics(self.totals)
+        if not self.protocol.get("scores_every_token", True):
+            for key in ("bits_per_byte", "byte_perplexity", "word_perplexity"):
+                metrics[key] = None
+        if self.protocol.get("name") == "llama-cpp":
+            metrics["perplexity_stderr_llamacpp"] = llamacpp_perplexity_stderr(self.totals)
+        return metrics
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON export, schema version 1 (see README, "Report format")."""
@@ -91,6 +103,7 @@ class Report:
                 "bytes": self.totals.bytes,
                 "words": self.totals.words,
                 "documents": self.totals.documents,
+                "logprob_sq_sum": self.totals.logprob_sq_sum,
             },
             "metrics": {key: _json_float(value) for key, value in self.metrics.items()},
             "documents": [doc.to_dict() for doc in self.documents],
@@ -157,7 +170,7 @@ def summary_rows(report: Report) -> list[tuple[str, str]]:
     """(label, value) pairs shown by the table and markdown renderings."""
     t = report.totals
     p = report.protocol
-    window = f"L={p['max_length']}, S={p['stride']}"
+    window = f"L={p['max_length']}" + (f", S={p['stride']}" if p.get("stride") else "")
     rows = [
         ("model", f"{report.model['name']} ({report.model['dtype']}, {report.model['device']})"),
         ("dataset", f"{report.dataset['spec']} [{report.dataset['split']}]"),

@@ -56,6 +56,7 @@ class Unit:
     spans: list[Span]
     rows: list[int]
     owners: np.ndarray | None = None
+    window_head: int | None = None  # if set, written over the first token of every window
 
 
 @dataclass
@@ -65,6 +66,7 @@ class RowSums:
     row: int
     log_likelihood: float = 0.0
     tokens: int = 0
+    logprob_sq_sum: float = 0.0  # sum of squared token log-probs, for variance estimates
 
 
 @dataclass
@@ -97,9 +99,10 @@ def _run_batch(
     score_mask = torch.zeros((batch, width), dtype=torch.bool)
     for b, job in enumerate(jobs):
         span = job.span
-        window = torch.as_tensor(
-            np.asarray(units[job.unit].tokens[span.start : span.end], dtype=np.int64)
-        )
+        unit = units[job.unit]
+        window = torch.as_tensor(np.asarray(unit.tokens[span.start : span.end], dtype=np.int64))
+        if unit.window_head is not None:
+            window[0] = unit.window_head
         n = span.input_length
         input_ids[b, :n] = window[:-1]
         labels[b, :n] = window[1:]
@@ -146,14 +149,17 @@ def _unit_sums(unit: Unit, jobs: list[_Job], stats: EngineStats) -> Iterator[Row
         stats.scored_tokens += len(values)
         if unit.owners is None:
             sums[0].log_likelihood += float(values.sum())
+            sums[0].logprob_sq_sum += float(np.square(values).sum())
             sums[0].tokens += len(values)
             continue
         positions = np.arange(job.span.end - job.span.n_scored, job.span.end)
         local = unit.owners[positions] - first_row
         ll = np.bincount(local, weights=values, minlength=len(sums))
+        sq = np.bincount(local, weights=np.square(values), minlength=len(sums))
         counts = np.bincount(local, minlength=len(sums))
         for k in np.flatnonzero(counts):
             sums[k].log_likelihood += float(ll[k])
+            sums[k].logprob_sq_sum += float(sq[k])
             sums[k].tokens += int(counts[k])
     yield from sums
 

@@ -47,9 +47,12 @@ def encode(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
 
 
 def encode_with_owners(
-    tokenizer: Any, texts: Sequence[str], separator: str
+    tokenizer: Any, texts: Sequence[str], separator: str, special_tokens: bool = False
 ) -> tuple[list[int], np.ndarray, list[int]]:
     """Tokenize ``separator.join(texts)`` once, and say which text each token belongs to.
+
+    ``special_tokens`` adds the tokenizer's default special tokens (those get
+    offset 0, so they belong to the first text).
 
     Returns ``(ids, owners, bytes_per_text)``. A token belongs to the text its
     first character falls in; each separator counts as part of the text before
@@ -57,7 +60,7 @@ def encode_with_owners(
     """
     stream = separator.join(texts)
     ends = np.cumsum([len(t) + len(separator) for t in texts])  # exclusive char ends
-    encoding = tokenizer(stream, add_special_tokens=False, return_offsets_mapping=True)
+    encoding = tokenizer(stream, add_special_tokens=special_tokens, return_offsets_mapping=True)
     ids = list(encoding["input_ids"])
     starts = np.asarray([start for start, _ in encoding["offset_mapping"]], dtype=np.int64)
     owners = np.minimum(np.searchsorted(ends, starts, side="right"), len(texts) - 1)
