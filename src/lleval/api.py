@@ -145,7 +145,10 @@ def evaluate(
             "Check --limit, --text-field and --prefix-token."
         )
 
+    intervals, bootstrap_info = _intervals(config, documents, protocol.scores_every_token)
     notes = []
+    if bootstrap_info.get("skipped"):
+        notes.append(str(bootstrap_info["skipped"]))
     if protocol.name == "rolling" and protocol.prefix_token is None:
         notes.append("--prefix-token none: the first token of each document is not scored.")
     if not protocol.scores_every_token:
@@ -204,4 +207,52 @@ def evaluate(
         },
         environment=_environment(),
         notes=notes,
+        intervals=intervals,
+        bootstrap=bootstrap_info,
     )
+
+
+def _intervals(
+    config: EvalConfig, documents: list[DocumentResult], per_byte: bool
+) -> tuple[dict[str, tuple[float, float] | None], dict[str, Any]]:
+    """95% bootstrap intervals over documents for perplexity and bits per byte."""
+    import numpy as np
+
+    from lleval.metrics import ratio_intervals
+
+    info: dict[str, Any] = {"resamples": config.bootstrap, "seed": config.seed, "level": 0.95, "unit": "document"}
+    if config.bootstrap == 0:
+        info["skipped"] = "--bootstrap 0: no confidence intervals."
+    elif len(documents) < 2:
+        info["skipped"] = "a single document gives no confidence interval: score two or more."
+    nll = np.array([-d.log_likelihood for d in documents])
+    tokens = np.array([d.tokens for d in documents], dtype=np.float64)
+    n_bytes = np.array([d.bytes for d in documents], dtype=np.float64)
+    intervals = ratio_intervals(nll, tokens, n_bytes, config.bootstrap, config.seed)
+    if not per_byte:
+        intervals["bits_per_byte"] = None
+    return intervals, info
+
+
+def compare_files(
+    base: str,
+    candidates: list[str],
+    *,
+    max_regression_pct: float | None = None,
+    require_significant: bool = False,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> list[Any]:
+    """Load reports and compare each candidate with the base (see `lleval.compare`)."""
+    from lleval.compare import compare_reports, load_report
+
+    base_report = load_report(base)
+    loaded = [(path, load_report(path)) for path in candidates]
+    return [
+        compare_reports(
+            base_report, report, base_name=base, candidate_name=path,
+            max_regression_pct=max_regression_pct, require_significant=require_significant,
+            n_resamples=n_resamples, seed=seed,
+        )
+        for path, report in loaded
+    ]

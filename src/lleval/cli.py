@@ -148,6 +148,9 @@ def main() -> None:
               help="Join all documents with SEP (default: two newlines) into one stream.")
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=8, show_default=True,
               help="Windows per forward pass.")
+@click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Bootstrap resamples over documents for 95% intervals (0: none).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
               help="Write the JSON report here (atomically).")
 @click.option("--format", "format_", type=click.Choice(FORMATS), default="table", show_default=True,
@@ -184,6 +187,78 @@ def score(format_: str, **flags: Any) -> None:
         from lleval.report import render_table
 
         render_table(report, out)
+
+
+@main.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("base", type=click.Path(dir_okay=False))
+@click.argument("candidates", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--max-regression", type=click.FloatRange(min=0), default=None, metavar="PCT",
+              help="Exit 1 if a candidate is worse than the base by more than PCT percent.")
+@click.option("--require-significant", is_flag=True, default=False,
+              help="With --max-regression: fail only when the 95% interval also excludes zero.")
+@click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Paired bootstrap resamples over documents.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--format", "format_", type=click.Choice(["table", "markdown", "json"]), default="table",
+              show_default=True, help="What stdout gets.")
+@click.option("--summary", is_flag=True, default=False,
+              help="Append the markdown table to the file named by $GITHUB_STEP_SUMMARY.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write compare.json here.")
+def compare(base: str, candidates: tuple[str, ...], max_regression: float | None, require_significant: bool,
+            bootstrap: int, seed: int, format_: str, summary: bool, output: str | None) -> None:
+    """Compare score reports of candidates against a base on the same texts.
+
+    Exit codes: 0 every candidate passes, 1 a candidate regressed beyond
+    --max-regression, 2 unusable input (unreadable report, different texts).
+
+    \b
+    Example (CI gate: fail if perplexity rises by more than 1%):
+      lleval compare base.json new.json --max-regression 1 --summary
+    """
+    from rich.console import Console
+
+    from lleval.api import compare_files
+
+    rows = _call(compare_files, base, list(candidates), max_regression_pct=max_regression,
+                 require_significant=require_significant, n_resamples=bootstrap, seed=seed)
+    from lleval.compare import render_markdown, render_table
+
+    markdown = render_markdown(rows, max_regression)
+    payload = {"max_regression_pct": max_regression, "require_significant": require_significant,
+               "bootstrap": {"resamples": bootstrap, "seed": seed, "level": 0.95},
+               "comparisons": [r.to_dict() for r in rows], "passed": not any(r.regressed for r in rows)}
+    if output:
+        import json
+
+        from lleval.report import write_text_atomic
+
+        _call(write_text_atomic, output, json.dumps(payload, indent=2) + "\n")
+    if summary:
+        _append_summary(markdown)
+    if format_ == "markdown":
+        click.echo(markdown, nl=False)
+    elif format_ == "json":
+        import json
+
+        click.echo(json.dumps(payload, indent=2))
+    else:
+        render_table(rows, max_regression, Console())
+    failed = [r for r in rows if r.regressed]
+    for r in failed:
+        click.echo(f"regression: {r.candidate} {r.metric} {r.change * 100:+.2f}% (limit +{max_regression:g}%)", err=True)
+    if failed:
+        sys.exit(1)
+
+
+def _append_summary(markdown: str) -> None:
+    path = os.environ.get("GITHUB_STEP_SUMMARY")
+    if not path:
+        raise InputProblem("--summary needs $GITHUB_STEP_SUMMARY to name a file (GitHub Actions sets it).")
+    try:
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(markdown)
+    except OSError as exc:
+        raise InputProblem(f"cannot append to $GITHUB_STEP_SUMMARY ({path}): {exc.strerror}.") from None
 
 
 def _run(config: EvalConfig, err: Any) -> Any:

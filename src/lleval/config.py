@@ -51,6 +51,8 @@ class EvalConfig:
     concat: str | None = None
     # engine and output
     batch_size: int = 8
+    bootstrap: int = 1000
+    seed: int = 0
     output: str | None = None
     format: str = "table"
     quiet: bool = False
@@ -72,6 +74,8 @@ class EvalConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 problems.append(f"{name} must be at least 1, got {value}")
+        if self.bootstrap < 0:
+            problems.append(f"bootstrap must be 0 (off) or more resamples, got {self.bootstrap}")
         if self.limit is not None and self.limit < 0:
             problems.append(f"limit must be 0 or more, got {self.limit}")
         if self.max_length and self.stride and self.stride > self.max_length:
@@ -104,6 +108,8 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "prefix_token": (str, int),
     "concat": (str, bool),
     "batch_size": (int,),
+    "bootstrap": (int,),
+    "seed": (int,),
     "output": (str,),
     "format": (str,),
     "quiet": (bool,),

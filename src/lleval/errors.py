@@ -39,6 +39,12 @@ class OutputError(LlevalError):
     exit_code = 2
 
 
+class ReportError(LlevalError):
+    """A report file cannot be read, is not an lleval report, or cannot be compared."""
+
+    exit_code = 2
+
+
 class ScoringError(LlevalError):
     """Scoring produced a value that cannot be trusted (for example a NaN log-prob)."""
 

@@ -68,6 +68,9 @@ class Report:
     timing: dict[str, float]
     environment: dict[str, str]
     notes: list[str] = field(default_factory=list)
+    #: 95% bootstrap intervals over documents, keyed by metric; None where there is none.
+    intervals: dict[str, tuple[float, float] | None] = field(default_factory=dict)
+    bootstrap: dict[str, Any] = field(default_factory=dict)
 
     @property
     def metrics(self) -> dict[str, float | None]:
@@ -105,7 +108,11 @@ class Report:
                 "documents": self.totals.documents,
                 "logprob_sq_sum": self.totals.logprob_sq_sum,
             },
-            "metrics": {key: _json_float(value) for key, value in self.metrics.items()},
+            "metrics": {
+                **{key: _json_float(value) for key, value in self.metrics.items()},
+                **{f"{key}_ci": _json_interval(value) for key, value in self.intervals.items()},
+            },
+            "bootstrap": dict(self.bootstrap),
             "documents": [doc.to_dict() for doc in self.documents],
             "timing": dict(self.timing),
             "environment": dict(self.environment),
@@ -122,6 +129,10 @@ def _json_float(value: float | None) -> float | None:
     if value is None or not math.isfinite(value):
         return None
     return value
+
+
+def _json_interval(value: tuple[float, float] | None) -> list[float | None] | None:
+    return None if value is None else [_json_float(value[0]), _json_float(value[1])]
 
 
 def check_writable(path: str) -> None:
@@ -179,7 +190,12 @@ def summary_rows(report: Report) -> list[tuple[str, str]]:
         ("tokens / bytes / words", f"{t.tokens} / {t.bytes} / {t.words}"),
         ("log-likelihood (nats)", _fmt(t.log_likelihood, 2)),
     ]
-    rows += [(METRIC_LABELS[key], _fmt(value)) for key, value in report.metrics.items()]
+    for key, value in report.metrics.items():
+        interval = report.intervals.get(key)
+        shown = _fmt(value)
+        if interval is not None:
+            shown += f"  [{_fmt(interval[0])}, {_fmt(interval[1])}] 95% CI"
+        rows.append((METRIC_LABELS[key], shown))
     rows.append(("throughput", f"{report.timing.get('tokens_per_second', 0.0):.0f} tokens/s"))
     return rows
 

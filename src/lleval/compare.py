@@ -1,0 +1,224 @@
+"""Paired comparison of score reports: same texts, per-document bootstrap, a CI gate.
+
+Reports are aligned document by document. Perplexity (per token) is compared
+only when the tokenizers match: a different tokenizer cuts the same text
+into a different number of tokens, so per-token numbers stop being
+comparable. Otherwise bits per byte is compared, which does not depend on the
+vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lleval.errors import ReportError
+from lleval.metrics import LN2, bootstrap_sums, percentile_interval
+from lleval.report import SCHEMA_VERSION
+
+REQUIRED = {
+    "schema_version": int,
+    "model": dict,
+    "tokenizer": dict,
+    "dataset": dict,
+    "protocol": dict,
+    "totals": dict,
+    "documents": list,
+}
+DOCUMENT_KEYS = ("index", "log_likelihood", "tokens", "bytes", "words")
+
+
+def load_report(path: str) -> dict[str, Any]:
+    """Read and check a score report; a bad file is a `ReportError` naming what is wrong."""
+    file = Path(path)
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ReportError(f"report {path} does not exist.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ReportError(f"cannot read report {path}: {exc}.") from None
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"report {path} is not JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}.") from None
+    if not isinstance(data, dict):
+        raise ReportError(f"report {path} is not a JSON object: is it an lleval score report?")
+    for key, kind in REQUIRED.items():
+        if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
+            raise ReportError(f"report {path} has no valid {key!r}: is it an lleval score report?")
+    if data["schema_version"] != SCHEMA_VERSION:
+        raise ReportError(
+            f"report {path} has schema version {data['schema_version']}; this lleval reads version "
+            f"{SCHEMA_VERSION}. Re-run lleval score with this version."
+        )
+    for i, doc in enumerate(data["documents"]):
+        if not isinstance(doc, dict) or any(
+            not isinstance(doc.get(k), (int, float)) or isinstance(doc.get(k), bool) for k in DOCUMENT_KEYS
+        ):
+            raise ReportError(f"report {path}: documents[{i}] lacks one of {', '.join(DOCUMENT_KEYS)}.")
+        if not math.isfinite(doc["log_likelihood"]):
+            raise ReportError(f"report {path}: documents[{i}] has a non-finite log-likelihood.")
+    if data.get("complete") is False:
+        raise ReportError(f"report {path} is incomplete (complete: false): finish the run first.")
+    return data
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One candidate against the base."""
+
+    base: str
+    candidate: str
+    metric: str  # perplexity | bits_per_byte
+    why: str
+    base_value: float
+    candidate_value: float
+    change: float  # candidate / base - 1 (positive: worse)
+    interval: tuple[float, float] | None
+    p_worse: float | None
+    regressed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """The candidate's row in ``compare --output``."""
+        return {
+            "base": self.base,
+            "candidate": self.candidate,
+            "metric": self.metric,
+            "why": self.why,
+            "base_value": self.base_value,
+            "candidate_value": self.candidate_value,
+            "relative_change": self.change,
+            "relative_change_ci": None if self.interval is None else list(self.interval),
+            "probability_worse": self.p_worse,
+            "regressed": self.regressed,
+        }
+
+
+def _arrays(report: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    docs = report["documents"]
+    nll = np.array([-float(d["log_likelihood"]) for d in docs])
+    tokens = np.array([float(d["tokens"]) for d in docs])
+    n_bytes = np.array([float(d["bytes"]) for d in docs])
+    return nll, tokens, n_bytes
+
+
+def check_same_texts(base: dict[str, Any], cand: dict[str, Any], base_name: str, cand_name: str) -> None:
+    """Refuse reports that did not score the same texts, saying what differs."""
+    b, c = base["dataset"], cand["dataset"]
+    if b.get("fingerprint") != c.get("fingerprint"):
+        raise ReportError(
+            f"{cand_name} scored different texts than {base_name} (dataset fingerprints differ: "
+            f"{b.get('spec')} [{b.get('split')}], {b.get('documents')} documents vs "
+            f"{c.get('spec')} [{c.get('split')}], {c.get('documents')} documents)."
+        )
+    bi = [d["index"] for d in base["documents"]]
+    ci = [d["index"] for d in cand["documents"]]
+    if bi != ci:
+        raise ReportError(f"{cand_name} and {base_name} have different document rows: they cannot be paired.")
+    if [d["bytes"] for d in base["documents"]] != [d["bytes"] for d in cand["documents"]]:
+        raise ReportError(
+            f"{cand_name} and {base_name} count different bytes per document (different --concat or "
+            "protocol?): they cannot be paired."
+        )
+
+
+def compare_reports(
+    base: dict[str, Any],
+    candidate: dict[str, Any],
+    *,
+    base_name: str = "base",
+    candidate_name: str = "candidate",
+    max_regression_pct: float | None = None,
+    require_significant: bool = False,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> Comparison:
+    """Paired bootstrap of the relative change of perplexity (or bits per byte)."""
+    check_same_texts(base, candidate, base_name, candidate_name)
+    same_tokenizer = base["tokenizer"].get("fingerprint") == candidate["tokenizer"].get("fingerprint")
+    if same_tokenizer:
+        metric, why = "perplexity", "tokenizers match, so per-token perplexity is comparable"
+    else:
+        metric, why = "bits_per_byte", "tokenizers differ, so per-token numbers are not comparable; bits per byte is"
+    b_nll, b_tok, n_bytes = _arrays(base)
+    c_nll, c_tok, _ = _arrays(candidate)
+    if b_tok.sum() <= 0 or c_tok.sum() <= 0 or n_bytes.sum() <= 0:
+        raise ReportError(f"{base_name} or {candidate_name} scored no tokens: nothing to compare.")
+
+    def values(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        b_nll_s, b_den, c_nll_s, c_den = sums.T
+        if metric == "perplexity":
+            return np.exp(b_nll_s / b_den), np.exp(c_nll_s / c_den)
+        return b_nll_s / (LN2 * b_den), c_nll_s / (LN2 * c_den)
+
+    b_den = b_tok if metric == "perplexity" else n_bytes
+    c_den = c_tok if metric == "perplexity" else n_bytes
+    columns = np.column_stack([b_nll, b_den, c_nll, c_den])
+    base_value, cand_value = (float(v[0]) for v in values(columns.sum(axis=0, keepdims=True)))
+    change = cand_value / base_value - 1.0
+    interval: tuple[float, float] | None = None
+    p_worse: float | None = None
+    if len(b_nll) >= 2 and n_resamples > 0:
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            b_s, c_s = values(bootstrap_sums(columns, n_resamples, seed))
+            changes = c_s / b_s - 1.0
+        interval = percentile_interval(changes, level)
+        p_worse = float(np.mean(changes > 0))
+    regressed = False
+    if max_regression_pct is not None:
+        regressed = change * 100.0 > max_regression_pct
+        if require_significant:
+            regressed = regressed and interval is not None and interval[0] > 0
+    return Comparison(
+        base_name, candidate_name, metric, why, base_value, cand_value, change, interval, p_worse, regressed
+    )
+
+
+def render_markdown(rows: list[Comparison], max_regression_pct: float | None) -> str:
+    """A markdown table for a CI job summary."""
+    gate = "no gate" if max_regression_pct is None else f"gate: at most +{max_regression_pct:g}%"
+    lines = [f"### lleval compare ({gate})", "", "| candidate | metric | base | candidate | change | 95% CI | P(worse) | verdict |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(
+            f"| {r.candidate} | {r.metric} | {r.base_value:.4f} | {r.candidate_value:.4f} | {r.change * 100:+.2f}% "
+            f"| {_interval_text(r.interval)} | {_p_text(r.p_worse)} | {verdict(r, max_regression_pct)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _interval_text(interval: tuple[float, float] | None) -> str:
+    return "n/a" if interval is None else f"[{interval[0] * 100:+.2f}%, {interval[1] * 100:+.2f}%]"
+
+
+def _p_text(p: float | None) -> str:
+    return "n/a" if p is None else f"{p:.3f}"
+
+
+def verdict(row: Comparison, max_regression_pct: float | None) -> str:
+    """``REGRESSED by X%``, ``ok`` or ``no gate``."""
+    if max_regression_pct is None:
+        return "no gate"
+    return f"REGRESSED by {row.change * 100:+.2f}%" if row.regressed else "ok"
+
+
+def render_table(rows: list[Comparison], max_regression_pct: float | None, console: Any) -> None:
+    """A rich table, one row per candidate."""
+    from rich.table import Table
+
+    table = Table(title=f"lleval compare — base {rows[0].base}" if rows else "lleval compare")
+    for column in ("candidate", "metric", "base", "candidate value", "change", "95% CI", "P(worse)", "verdict"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(
+            r.candidate, r.metric, f"{r.base_value:.4f}", f"{r.candidate_value:.4f}", f"{r.change * 100:+.2f}%",
+            _interval_text(r.interval), _p_text(r.p_worse), verdict(r, max_regression_pct),
+        )
+    console.print(table)
+    for r in rows:
+        if r.metric != "perplexity":
+            console.print(f"note: {r.candidate}: {r.why}.")

@@ -1,0 +1,167 @@
+"""Bootstrap intervals and `lleval compare`: coverage, paired changes, the gate's exit codes."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from lleval.cli import main
+from lleval.compare import compare_reports
+from lleval.metrics import ratio_intervals
+
+
+def test_bootstrap_interval_covers_true_ratio() -> None:
+    # Per-document tokens vary; nll_i = tokens_i * (r + noise_i) with zero-mean noise,
+    # so the population ratio sum(nll) / sum(tokens) is exactly r.
+    true_rate = 2.5
+    covered = 0
+    for trial in range(200):
+        rng = np.random.default_rng(1000 + trial)
+        tokens = rng.integers(20, 400, size=60).astype(float)
+        nll = tokens * (true_rate + rng.normal(0.0, 0.8, size=60))
+        n_bytes = tokens * 4
+        ci = ratio_intervals(nll, tokens, n_bytes, 500, seed=trial)["perplexity"]
+        assert ci is not None
+        covered += ci[0] <= math.exp(true_rate) <= ci[1]
+    assert covered >= 180, covered
+
+
+def test_single_document_has_no_interval() -> None:
+    out = ratio_intervals(np.array([3.0]), np.array([2.0]), np.array([8.0]), 100, seed=0)
+    assert out == {"perplexity": None, "bits_per_byte": None}
+
+
+def make_report(seed: int = 0, n_docs: int = 40, scale: float = 1.0, tokenizer: str = "tok-a") -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    docs = []
+    for i in range(n_docs):
+        tokens = int(rng.integers(50, 300))
+        ll = -tokens * float(rng.uniform(2.0, 3.5))
+        docs.append({"index": i, "log_likelihood": ll * scale, "tokens": tokens, "bytes": tokens * 4, "words": tokens // 2})
+    return {
+        "schema_version": 1,
+        "complete": True,
+        "model": {"name": "m"},
+        "tokenizer": {"fingerprint": tokenizer},
+        "dataset": {"spec": "d", "split": "test", "documents": n_docs, "fingerprint": "fp"},
+        "protocol": {"name": "rolling"},
+        "totals": {},
+        "documents": docs,
+    }
+
+
+def write(tmp_path: Path, name: str, data: Any) -> str:
+    path = tmp_path / name
+    path.write_text(json.dumps(data) if not isinstance(data, str) else data)
+    return str(path)
+
+
+def run(args: list[str], env: dict[str, str] | None = None) -> Any:
+    return CliRunner().invoke(main, ["compare", *args], env=env, catch_exceptions=False)
+
+
+def test_identical_reports_change_nothing(tmp_path: Path) -> None:
+    base = write(tmp_path, "a.json", make_report())
+    result = run([base, base, "--max-regression", "0", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout)["comparisons"][0]
+    assert row["relative_change"] == 0.0 and row["relative_change_ci"] == [0.0, 0.0]
+    assert row["probability_worse"] == 0.0 and row["metric"] == "perplexity"
+
+
+def test_five_percent_worse_fails_one_percent_gate(tmp_path: Path) -> None:
+    base_data = make_report()
+    worse = copy.deepcopy(base_data)
+    for d in worse["documents"]:
+        d["log_likelihood"] *= 1.05
+    base, cand = write(tmp_path, "a.json", base_data), write(tmp_path, "b.json", worse)
+    result = run([base, cand, "--max-regression", "1", "--format", "json", "-o", str(tmp_path / "c.json")])
+    assert result.exit_code == 1
+    row = json.loads((tmp_path / "c.json").read_text())["comparisons"][0]
+    nll = -sum(d["log_likelihood"] for d in base_data["documents"]) / sum(d["tokens"] for d in base_data["documents"])
+    assert math.isclose(row["relative_change"], math.exp(0.05 * nll) - 1, rel_tol=1e-9)
+    assert row["regressed"] and row["relative_change_ci"][0] > 0 and row["probability_worse"] == 1.0
+    assert "b.json" in result.stderr
+    assert run([base, cand, "--max-regression", "50"]).exit_code == 0
+
+
+def test_require_significant_forgives_noise(tmp_path: Path) -> None:
+    base_data = make_report(n_docs=30)
+    noisy = copy.deepcopy(base_data)
+    rng = np.random.default_rng(5)
+    for d in noisy["documents"]:
+        d["log_likelihood"] *= 1 + rng.normal(0.0, 0.05)
+    comparison = compare_reports(base_data, noisy, max_regression_pct=0.0, require_significant=True)
+    assert comparison.interval is not None
+    assert comparison.regressed == (comparison.change > 0 and comparison.interval[0] > 0)
+    assert comparison.interval[0] < 0 < comparison.interval[1]  # noise: the interval straddles zero
+
+
+def test_different_tokenizers_compare_bits_per_byte() -> None:
+    a = make_report(tokenizer="x")
+    b = copy.deepcopy(a)  # same texts (bytes), another tokenizer: other token counts and sums
+    b["tokenizer"]["fingerprint"] = "y"
+    for d in b["documents"]:
+        d["tokens"] = int(d["tokens"] * 1.3)
+        d["log_likelihood"] *= 0.97
+    comparison = compare_reports(a, b)
+    assert comparison.metric == "bits_per_byte" and "tokenizers differ" in comparison.why
+    bpb = lambda r: -sum(d["log_likelihood"] for d in r["documents"]) / math.log(2) / sum(d["bytes"] for d in r["documents"])  # noqa: E731
+    assert math.isclose(comparison.change, bpb(b) / bpb(a) - 1, rel_tol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "mutate,fragment",
+    [
+        (lambda r: r["dataset"].update(fingerprint="other"), "different texts"),
+        (lambda r: r["documents"].pop(), "different document rows"),
+        (lambda r: r.update(schema_version=2), "schema version 2"),
+        (lambda r: r.pop("documents"), "no valid 'documents'"),
+        (lambda r: r["documents"][0].pop("tokens"), "documents[0] lacks"),
+        (lambda r: r.update(complete=False), "incomplete"),
+    ],
+)
+def test_unusable_input_exits_2(tmp_path: Path, mutate: Any, fragment: str) -> None:
+    base = make_report()
+    bad = copy.deepcopy(base)
+    mutate(bad)
+    result = run([write(tmp_path, "a.json", base), write(tmp_path, "b.json", bad), "--max-regression", "1"])
+    assert result.exit_code == 2 and fragment in result.stderr and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("text,fragment", [("{not json", "is not JSON (line 1"), ("[1, 2]", "not a JSON object")])
+def test_malformed_file_exits_2(tmp_path: Path, text: str, fragment: str) -> None:
+    result = run([write(tmp_path, "a.json", make_report()), write(tmp_path, "b.json", text)])
+    assert result.exit_code == 2 and fragment in result.stderr
+
+
+def test_markdown_summary_is_appended(tmp_path: Path) -> None:
+    summary = tmp_path / "summary.md"
+    summary.write_text("before\n")
+    base = write(tmp_path, "a.json", make_report())
+    result = run([base, base, "--summary", "--format", "json"], env={"GITHUB_STEP_SUMMARY": str(summary)})
+    assert result.exit_code == 0
+    lines = summary.read_text().splitlines()
+    assert lines[0] == "before" and any(line.startswith("| ") and "a.json" in line for line in lines)
+
+
+def test_score_report_carries_intervals(tiny_loaded: Any, tmp_path: Path) -> None:
+    from lleval.api import evaluate
+    from lleval.config import EvalConfig
+
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps({"text": f"document number {i} " * (i + 1)}) + "\n" for i in range(6)))
+    data = evaluate(EvalConfig(dataset=str(path), bootstrap=200), loaded=tiny_loaded).to_dict()
+    low, high = data["metrics"]["perplexity_ci"]
+    assert low <= data["metrics"]["perplexity"] <= high
+    low, high = data["metrics"]["bits_per_byte_ci"]
+    assert low <= data["metrics"]["bits_per_byte"] <= high
+    one = evaluate(EvalConfig(dataset=str(path), limit=1), loaded=tiny_loaded).to_dict()
+    assert one["metrics"]["perplexity_ci"] is None and any("single document" in n for n in one["notes"])
