@@ -21,7 +21,7 @@ from lleval.metrics import Totals
 from lleval.model import ModelInfo, ModelSpec
 from lleval.report import DocumentResult, Report, check_writable
 from lleval.scoring import EngineStats, TokenScorer, score_units
-from lleval.protocols import plan
+from lleval.protocols import Plan, plan
 from lleval.tokenization import tokenizer_fingerprint
 
 #: Called after each scored block with (documents done, tokens scored, documents expected or None).
@@ -37,6 +37,8 @@ class LoadedModel:
     info: ModelInfo
     pad_id: int = 0
     model: Any = None  # the underlying transformers model, when there is one
+    slices: Any = None  # its LogitsSlices (for KL divergence), when there is one
+    vocab: int | None = None
 
 
 def model_spec(config: EvalConfig) -> ModelSpec:
@@ -65,11 +67,15 @@ def data_spec(config: EvalConfig) -> DataSpec:
 
 def load(config: EvalConfig) -> LoadedModel:
     """Load the model and tokenizer a config names (the only slow step before scoring)."""
-    from lleval.model import load_model, make_scorer
+    from lleval.model import load_model, make_logits_slices, slice_positions, vocab_size
+    from lleval.scoring import scorer_from_slices
 
     model, tokenizer, info = load_model(model_spec(config))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return LoadedModel(make_scorer(model), tokenizer, info, int(pad or 0), model)
+    slices = make_logits_slices(model)
+    vocab = vocab_size(model)
+    scorer = scorer_from_slices(slices, slice_positions(vocab))
+    return LoadedModel(scorer, tokenizer, info, int(pad or 0), model, slices, vocab)
 
 
 def _peeked(docs: Iterator[Document]) -> Iterator[Document]:
@@ -93,27 +99,43 @@ def _environment() -> dict[str, str]:
     }
 
 
-def evaluate(
+@dataclass
+class ScoreRun:
+    """What one pass of the engine over a dataset produced, before it becomes a report."""
+
+    loaded: LoadedModel
+    protocol: Plan
+    data: DataStats
+    engine: EngineStats
+    documents: list[DocumentResult]
+    extra: list[Any]  # per document: sums of the scorer's further columns (or None)
+    totals: Totals
+    started: float
+    load_seconds: float
+    scoring_seconds: float
+
+
+def run_engine(
     config: EvalConfig,
     *,
     loaded: LoadedModel | None = None,
+    loader: Callable[[], LoadedModel] | None = None,
     progress: ProgressFn | None = None,
-) -> Report:
-    """Score the dataset a config names with the model it names, and return the `Report`.
+) -> ScoreRun:
+    """Validate, read the first document, load, then score every window of the dataset.
 
     Order of work, so that mistakes cost seconds, not a run: the config is
     validated, the output path checked, the first document read, and only
-    then the model loaded and the corpus scored.
+    then the model loaded (``loader``, default `load`) and the corpus scored.
     """
     started = time.perf_counter()
     config.validate()
     if config.output:
         check_writable(config.output)
-    dspec = data_spec(config)
     stats = DataStats()
-    docs = _peeked(iter_documents(dspec, stats))
+    docs = _peeked(iter_documents(data_spec(config), stats))
     if loaded is None:
-        loaded = load(config)
+        loaded = loader() if loader is not None else load(config)
     load_seconds = time.perf_counter() - started
     protocol = plan(config, loaded.tokenizer, loaded.info.max_positions)
     units = protocol.units(docs, loaded.tokenizer)
@@ -129,6 +151,7 @@ def evaluate(
     scoring_started = time.perf_counter()
     totals = Totals()
     documents: list[DocumentResult] = []
+    extra: list[Any] = []
     for sums in score_units(
         loaded.scorer, units, batch_size=config.batch_size, pad_id=loaded.pad_id,
         stats=engine, on_rows=on_rows,
@@ -136,6 +159,7 @@ def evaluate(
         row = protocol.rows[sums.row]
         result = DocumentResult(row.index, sums.log_likelihood, sums.tokens, row.bytes, row.words)
         documents.append(result)
+        extra.append(sums.extra)
         totals.add(Totals(sums.log_likelihood, sums.tokens, row.bytes, row.words, 1, sums.logprob_sq_sum))
     scoring_seconds = time.perf_counter() - scoring_started
     if totals.tokens == 0:
@@ -144,7 +168,22 @@ def evaluate(
             f"{stats.skipped_empty} empty, {totals.documents} documents with no token to predict. "
             "Check --limit, --text-field and --prefix-token."
         )
+    return ScoreRun(
+        loaded, protocol, stats, engine, documents, extra, totals, started, load_seconds, scoring_seconds
+    )
 
+
+def evaluate(
+    config: EvalConfig,
+    *,
+    loaded: LoadedModel | None = None,
+    progress: ProgressFn | None = None,
+) -> Report:
+    """Score the dataset a config names with the model it names, and return the `Report`."""
+    run = run_engine(config, loaded=loaded, progress=progress)
+    loaded, protocol, stats, engine = run.loaded, run.protocol, run.data, run.engine
+    documents, totals = run.documents, run.totals
+    load_seconds, scoring_seconds, started = run.load_seconds, run.scoring_seconds, run.started
     intervals, bootstrap_info = _intervals(config, documents, protocol.scores_every_token)
     notes = []
     if bootstrap_info.get("skipped"):
@@ -163,36 +202,9 @@ def evaluate(
         lleval_version=__version__,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         complete=True,
-        model={
-            "name": loaded.info.name,
-            "source": loaded.info.source,
-            "revision": loaded.info.revision,
-            "sha256": loaded.info.sha256,
-            "dtype": loaded.info.dtype,
-            "device": loaded.info.device,
-            "parameters": loaded.info.parameters,
-            "max_positions": loaded.info.max_positions,
-        },
-        tokenizer={
-            "name": loaded.info.name,
-            "vocab_size": len(tok),
-            "fingerprint": tokenizer_fingerprint(tok),
-            "bos_token_id": tok.bos_token_id,
-            "eos_token_id": tok.eos_token_id,
-        },
-        dataset={
-            "spec": config.dataset or BUILTIN_DATASET,
-            "config": config.dataset_config,
-            "split": describe_split(dspec),
-            "text_field": config.text_field,
-            "sample_by": config.sample_by,
-            "limit": config.limit,
-            "streaming": config.streaming,
-            "rows": stats.rows,
-            "documents": totals.documents,
-            "skipped_empty": stats.skipped_empty,
-            "fingerprint": stats.fingerprint(),
-        },
+        model=model_block(loaded.info),
+        tokenizer=tokenizer_block(loaded),
+        dataset=dataset_block(config, stats, totals.documents),
         protocol=protocol.describe(tok),
         totals=totals,
         documents=documents,
@@ -210,6 +222,49 @@ def evaluate(
         intervals=intervals,
         bootstrap=bootstrap_info,
     )
+
+
+def model_block(info: ModelInfo) -> dict[str, Any]:
+    """The report's ``model`` block."""
+    return {
+        "name": info.name,
+        "source": info.source,
+        "revision": info.revision,
+        "sha256": info.sha256,
+        "dtype": info.dtype,
+        "device": info.device,
+        "parameters": info.parameters,
+        "max_positions": info.max_positions,
+    }
+
+
+def tokenizer_block(loaded: LoadedModel) -> dict[str, Any]:
+    """The report's ``tokenizer`` block."""
+    tok = loaded.tokenizer
+    return {
+        "name": loaded.info.name,
+        "vocab_size": len(tok),
+        "fingerprint": tokenizer_fingerprint(tok),
+        "bos_token_id": tok.bos_token_id,
+        "eos_token_id": tok.eos_token_id,
+    }
+
+
+def dataset_block(config: EvalConfig, stats: DataStats, documents: int) -> dict[str, Any]:
+    """The report's ``dataset`` block."""
+    return {
+        "spec": config.dataset or BUILTIN_DATASET,
+        "config": config.dataset_config,
+        "split": describe_split(data_spec(config)),
+        "text_field": config.text_field,
+        "sample_by": config.sample_by,
+        "limit": config.limit,
+        "streaming": config.streaming,
+        "rows": stats.rows,
+        "documents": documents,
+        "skipped_empty": stats.skipped_empty,
+        "fingerprint": stats.fingerprint(),
+    }
 
 
 def _intervals(

@@ -114,48 +114,75 @@ def main() -> None:
     """Exact, fast log-likelihood and perplexity of causal LMs on text datasets."""
 
 
+def _options(*options: Any) -> Any:
+    """Apply a list of click options in the order they are listed."""
+
+    def decorate(func: Any) -> Any:
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+CONFIG_OPTION = click.option(
+    "--config", type=click.Path(dir_okay=False), callback=_load_config, is_eager=True,
+    expose_value=False, help="YAML file of defaults for any flag below; flags win.")
+MODEL_OPTIONS = _options(
+    click.option("--revision", default=None, help="Hub revision (branch, tag or commit)."),
+    click.option("--trust-remote-code/--no-trust-remote-code", default=False, show_default=True,
+                 help="Allow model code from the hub repository to run."),
+    click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
+                 help="auto: float32 on CPU, the checkpoint's dtype on GPU."),
+    click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True),
+)
+DATA_OPTIONS = _options(
+    click.option("--dataset-config", default=None, help="Hub dataset configuration name."),
+    click.option("--split", default=None, help="Split to score. Default: test (hub), train (local files)."),
+    click.option("--text-field", default="text", show_default=True, help="Column holding the text."),
+    click.option("--sample-by", type=click.Choice(["document", "paragraph", "line"]), default="document",
+                 show_default=True, help="How a .txt file or stdin is cut into documents."),
+    click.option("--limit", type=click.IntRange(min=0), default=None, help="Score only the first N rows."),
+    click.option("--streaming/--no-streaming", default=False, show_default=True,
+                 help="Stream the dataset instead of loading it into memory."),
+)
+PROTOCOL_OPTIONS = _options(
+    click.option("--protocol", type=click.Choice(PROTOCOLS), default="rolling", show_default=True,
+                 help="Scoring protocol: rolling (lleval's), lm-eval, hf-guide or llama-cpp."),
+    click.option("--max-length", "-L", type=click.IntRange(min=1), default=None,
+                 help="Input tokens per window. Default: min(model positions, 2048)."),
+    click.option("--stride", "-S", type=click.IntRange(min=1), default=None,
+                 help="New tokens scored per window after the first. Default: max length."),
+    click.option("--prefix-token", default="auto", show_default=True,
+                 help="Token that predicts each document's first token: auto (BOS, else EOS), an id, or none."),
+    click.option("--concat", is_flag=False, flag_value=DEFAULT_SEPARATOR, default=None, metavar="[SEP]",
+                 help="Join all documents with SEP (default: two newlines) into one stream."),
+    click.option("--batch-size", "-b", type=click.IntRange(min=1), default=8, show_default=True,
+                 help="Windows per forward pass."),
+    click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True,
+                 help="Bootstrap resamples over documents for 95% intervals (0: none)."),
+    click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap."),
+)
+OUTPUT_OPTIONS = _options(
+    click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
+                 help="Write the JSON report here (atomically)."),
+    click.option("--quiet", "-q", is_flag=True, default=False, help="No progress bar."),
+)
+
+
 @main.command(context_settings=CONTEXT_SETTINGS)
-@click.option("--config", type=click.Path(dir_okay=False), callback=_load_config, is_eager=True,
-              expose_value=False, help="YAML file of defaults for any flag below; flags win.")
+@CONFIG_OPTION
 @click.option("--model", "-m", default=None,
               help="Hub id, local model folder or .gguf file. Default: built-in SmolLM2-135M.")
-@click.option("--revision", default=None, help="Hub revision (branch, tag or commit).")
-@click.option("--trust-remote-code/--no-trust-remote-code", default=False, show_default=True,
-              help="Allow model code from the hub repository to run.")
-@click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
-              help="auto: float32 on CPU, the checkpoint's dtype on GPU.")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@MODEL_OPTIONS
 @click.option("--dataset", "-d", default=None,
               help="Hub dataset, .txt/.jsonl/.json/.csv/.parquet file, saved dataset folder, or - "
               "for stdin. Default: built-in sample prose.")
-@click.option("--dataset-config", default=None, help="Hub dataset configuration name.")
-@click.option("--split", default=None, help="Split to score. Default: test (hub), train (local files).")
-@click.option("--text-field", default="text", show_default=True, help="Column holding the text.")
-@click.option("--sample-by", type=click.Choice(["document", "paragraph", "line"]), default="document",
-              show_default=True, help="How a .txt file or stdin is cut into documents.")
-@click.option("--limit", type=click.IntRange(min=0), default=None, help="Score only the first N rows.")
-@click.option("--streaming/--no-streaming", default=False, show_default=True,
-              help="Stream the dataset instead of loading it into memory.")
-@click.option("--protocol", type=click.Choice(PROTOCOLS), default="rolling", show_default=True,
-              help="Scoring protocol.")
-@click.option("--max-length", "-L", type=click.IntRange(min=1), default=None,
-              help="Input tokens per window. Default: min(model positions, 2048).")
-@click.option("--stride", "-S", type=click.IntRange(min=1), default=None,
-              help="New tokens scored per window after the first. Default: max length.")
-@click.option("--prefix-token", default="auto", show_default=True,
-              help="Token that predicts each document's first token: auto (BOS, else EOS), an id, or none.")
-@click.option("--concat", is_flag=False, flag_value=DEFAULT_SEPARATOR, default=None, metavar="[SEP]",
-              help="Join all documents with SEP (default: two newlines) into one stream.")
-@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Windows per forward pass.")
-@click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True,
-              help="Bootstrap resamples over documents for 95% intervals (0: none).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
-              help="Write the JSON report here (atomically).")
+@DATA_OPTIONS
+@PROTOCOL_OPTIONS
+@OUTPUT_OPTIONS
 @click.option("--format", "format_", type=click.Choice(FORMATS), default="table", show_default=True,
               help="What stdout gets.")
-@click.option("--quiet", "-q", is_flag=True, default=False, help="No progress bar.")
 def score(format_: str, **flags: Any) -> None:
     """Score a dataset with a causal LM: log-likelihood, perplexity, bits per byte.
 
@@ -248,6 +275,77 @@ def compare(base: str, candidates: tuple[str, ...], max_regression: float | None
         click.echo(f"regression: {r.candidate} {r.metric} {r.change * 100:+.2f}% (limit +{max_regression:g}%)", err=True)
     if failed:
         sys.exit(1)
+
+
+@main.command(context_settings=CONTEXT_SETTINGS)
+@CONFIG_OPTION
+@click.option("--base", "base_model", required=True, help="Reference model (hub id, folder or .gguf file).")
+@click.option("--model", "-m", default=None, help="Model compared with the base. Default: built-in SmolLM2-135M.")
+@click.argument("dataset", required=False, default=None)
+@MODEL_OPTIONS
+@DATA_OPTIONS
+@PROTOCOL_OPTIONS
+@OUTPUT_OPTIONS
+@click.option("--format", "format_", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def kld(base_model: str, format_: str, **flags: Any) -> None:
+    """KL divergence KL(P_base || P_model) per scored token, over the full vocabulary.
+
+    Both models run over the same windows (same protocol options as score);
+    nothing is written to disk but the report. DATASET is as score --dataset
+    (default: the built-in sample prose). Refuses models whose tokenizers differ.
+
+    \b
+    Example:
+      lleval kld --base ./model-fp32 --model ./model-int8 eval.jsonl -o kld.json
+    """
+    from rich.console import Console
+
+    from lleval.kld import kl_divergence
+
+    config = EvalConfig(format="json", **flags)
+    _quiet_libraries()
+    warnings.showwarning = _show_warning
+    err = Console(stderr=True)
+    if config.quiet or not err.is_terminal:
+        result = _call(kl_divergence, config, base_model)
+    else:
+        with _StderrProgress(err) as progress:
+            result = _call(kl_divergence, config, base_model, progress=progress)
+    import json
+
+    text = json.dumps(result, indent=2) + "\n"
+    if config.output:
+        from lleval.report import write_text_atomic
+
+        _call(write_text_atomic, config.output, text)
+    if format_ == "json":
+        click.echo(text, nl=False)
+    else:
+        _render_kld(result, Console())
+
+
+def _render_kld(result: dict[str, Any], console: Any) -> None:
+    from rich.table import Table
+
+    kl, dp, ppl = result["kl_divergence"], result["delta_p"], result["perplexity"]
+    table = Table(title=f"lleval kld — {result['protocol']['name']} protocol", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    ci = ppl["ln_ratio_ci"]
+    rows = [
+        ("base / model", f"{result['base']['name']} / {result['model']['name']}"),
+        ("tokens", str(result["tokens"])),
+        ("mean KL (nats)", f"{kl['mean']:.6f} ± {kl['stderr'] or 0:.6f}"),
+        ("median KL", f"{kl['median']:.6f}"),
+        *((f"KL {k}", f"{v:.6f}") for k, v in kl["percentiles"].items()),
+        ("top-token agreement", f"{result['top_token_agreement'] * 100:.3f}%"),
+        ("mean Δp", f"{dp['mean'] * 100:+.4f}%"),
+        ("perplexity base / model", f"{ppl['base']:.4f} / {ppl['model']:.4f}"),
+        ("ln(PPL_model / PPL_base)", f"{ppl['ln_ratio']:+.6f}" + (f"  [{ci[0]:+.6f}, {ci[1]:+.6f}] 95% CI" if ci else "")),
+    ]
+    for label, value in rows:
+        table.add_row(label, value)
+    console.print(table)
 
 
 def _append_summary(markdown: str) -> None:

@@ -13,7 +13,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from lleval.errors import ConfigError, ModelLoadError
 from lleval.hub import first_line, hub_reachable, is_hub_id, offline_hint
@@ -255,52 +255,64 @@ def load_model(spec: ModelSpec) -> tuple[Any, Any, ModelInfo]:
     return model, tokenizer, info
 
 
-def make_scorer(model: Any, slice_bytes: int = LOGITS_SLICE_BYTES) -> Any:
-    """A `TokenScorer` for a transformers causal LM that never holds (B, T, V) logits.
+def make_logits_slices(model: Any) -> Any:
+    """A `LogitsSlices` for a transformers causal LM: logits at scored positions, a slice at a time.
 
     For plain-head architectures the decoder runs once, hidden states are
-    gathered at the scored positions only, and the output projection plus
-    log-softmax run a slice of positions at a time, in float32. Other
-    architectures use the model's forward with ``logits_to_keep`` set to the
-    scored positions, which holds (scored positions, V) logits.
+    gathered at the scored positions only, and the output projection runs
+    ``per_slice`` positions at a time, so no (B, T, V) tensor is ever held.
+    Other architectures use the model's forward with ``logits_to_keep`` set
+    to the scored positions (holding (scored positions, V) logits), or, for
+    the oldest, full logits.
     """
     import torch
 
     device = next(model.parameters()).device
     head = model.get_output_embeddings()
-    vocab = int(head.weight.shape[0]) if head is not None else int(model.config.vocab_size)
-    per_slice = max(1, slice_bytes // (4 * vocab))
     plain = model.config.model_type in PLAIN_HEAD_MODEL_TYPES and head is not None
     keeps = "logits_to_keep" in inspect.signature(model.forward).parameters
-    from lleval.scoring import target_logprobs
 
     @torch.inference_mode()
-    def scorer(
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        labels: torch.Tensor,
-        score_mask: torch.Tensor,
-    ) -> torch.Tensor:
+    def slices(
+        input_ids: torch.Tensor, attention_mask: torch.Tensor, score_mask: torch.Tensor, per_slice: int
+    ) -> Iterator[torch.Tensor]:
         input_ids = input_ids.to(device)
         attention_mask = attention_mask.to(device)
         mask = score_mask.to(device)
-        targets = labels.to(device)[mask]  # (N,)
         if plain:
             hidden = model.base_model(
                 input_ids=input_ids, attention_mask=attention_mask, use_cache=False
             ).last_hidden_state  # (B, T, H)
             selected = hidden[mask]  # (N, H)
-            pieces = [
-                target_logprobs(head(selected[i : i + per_slice]), targets[i : i + per_slice])
-                for i in range(0, selected.shape[0], per_slice)
-            ]
-            return torch.cat(pieces) if pieces else selected.new_zeros(0, dtype=torch.float32)
+            for i in range(0, selected.shape[0], per_slice):
+                yield head(selected[i : i + per_slice])  # (n, V)
+            return
         if keeps:
             logits = model(
                 input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=mask
             ).logits  # (N, V)
-        else:  # older architectures: full (B, T, V) logits, then the scored positions
+        else:
             logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[mask]
-        return target_logprobs(logits.reshape(-1, logits.shape[-1]), targets)
+        logits = logits.reshape(-1, logits.shape[-1])
+        for i in range(0, logits.shape[0], per_slice):
+            yield logits[i : i + per_slice]
 
-    return scorer
+    return slices
+
+
+def vocab_size(model: Any) -> int:
+    """Rows of the output projection (the width of the logits)."""
+    head = model.get_output_embeddings()
+    return int(head.weight.shape[0]) if head is not None else int(model.config.vocab_size)
+
+
+def make_scorer(model: Any, slice_bytes: int = LOGITS_SLICE_BYTES) -> Any:
+    """A `TokenScorer` for a transformers causal LM that never holds (B, T, V) logits."""
+    from lleval.scoring import scorer_from_slices
+
+    return scorer_from_slices(make_logits_slices(model), slice_positions(vocab_size(model), slice_bytes))
+
+
+def slice_positions(vocab: int, slice_bytes: int = LOGITS_SLICE_BYTES) -> int:
+    """Positions per logits slice so one float32 slice holds at most ``slice_bytes``."""
+    return max(1, slice_bytes // (4 * vocab))

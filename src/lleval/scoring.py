@@ -67,6 +67,7 @@ class RowSums:
     log_likelihood: float = 0.0
     tokens: int = 0
     logprob_sq_sum: float = 0.0  # sum of squared token log-probs, for variance estimates
+    extra: np.ndarray | None = None  # sums of a scorer's further columns, if it returns (N, k)
 
 
 @dataclass
@@ -111,8 +112,8 @@ def _run_batch(
     logprobs = scorer(input_ids, attention_mask, labels, score_mask)
     flat = logprobs.detach().to(device="cpu", dtype=torch.float32).numpy()
     expected = int(score_mask.sum())
-    if flat.shape != (expected,):
-        raise ValueError(f"scorer returned shape {flat.shape}, expected ({expected},)")
+    if flat.shape[:1] != (expected,) or flat.ndim > 2:
+        raise ValueError(f"scorer returned shape {flat.shape}, expected ({expected},) or ({expected}, k)")
     offset = 0
     for job in jobs:
         job.result = flat[offset : offset + job.span.n_scored]
@@ -146,21 +147,31 @@ def _unit_sums(unit: Unit, jobs: list[_Job], stats: EngineStats) -> Iterator[Row
     for job in jobs:
         assert job.result is not None
         values = job.result.astype(np.float64)
+        extra = values[:, 1:] if values.ndim == 2 else None
+        values = values[:, 0] if values.ndim == 2 else values
         stats.scored_tokens += len(values)
         if unit.owners is None:
             sums[0].log_likelihood += float(values.sum())
             sums[0].logprob_sq_sum += float(np.square(values).sum())
             sums[0].tokens += len(values)
+            if extra is not None:
+                sums[0].extra = extra.sum(axis=0) + (0.0 if sums[0].extra is None else sums[0].extra)
             continue
         positions = np.arange(job.span.end - job.span.n_scored, job.span.end)
         local = unit.owners[positions] - first_row
         ll = np.bincount(local, weights=values, minlength=len(sums))
         sq = np.bincount(local, weights=np.square(values), minlength=len(sums))
         counts = np.bincount(local, minlength=len(sums))
+        columns = (
+            None if extra is None
+            else np.stack([np.bincount(local, weights=extra[:, c], minlength=len(sums)) for c in range(extra.shape[1])], axis=1)
+        )
         for k in np.flatnonzero(counts):
             sums[k].log_likelihood += float(ll[k])
             sums[k].logprob_sq_sum += float(sq[k])
             sums[k].tokens += int(counts[k])
+            if columns is not None:
+                sums[k].extra = columns[k] + (0.0 if sums[k].extra is None else sums[k].extra)
     yield from sums
 
 
@@ -200,14 +211,21 @@ def score_units(
         yield from rows
 
 
-def scorer_from_logits(
-    logits_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-) -> TokenScorer:
-    """Adapt a ``(input_ids, attention_mask) -> (B, T, V) logits`` callable to a `TokenScorer`.
+class LogitsSlices(Protocol):
+    """Yields float logits ``(n, V)`` at the true positions of ``score_mask``, in row-major
+    order, at most ``per_slice`` positions at a time."""
 
-    Meant for fakes and tiny models in tests: it holds full logits, which the
-    real model path (`lleval.model`) never does.
-    """
+    def __call__(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        score_mask: torch.Tensor,
+        per_slice: int,
+    ) -> Iterator[torch.Tensor]: ...
+
+
+def scorer_from_slices(slices: LogitsSlices, per_slice: int) -> TokenScorer:
+    """The `TokenScorer` that takes the target's log-softmax from each slice of logits."""
 
     def scorer(
         input_ids: torch.Tensor,
@@ -215,10 +233,37 @@ def scorer_from_logits(
         labels: torch.Tensor,
         score_mask: torch.Tensor,
     ) -> torch.Tensor:
-        logits = logits_fn(input_ids, attention_mask)[score_mask].float()  # (N, V)
-        return target_logprobs(logits, labels[score_mask])
+        targets = labels[score_mask]  # (N,)
+        pieces, offset = [], 0
+        for logits in slices(input_ids, attention_mask, score_mask, per_slice):
+            n = logits.shape[0]
+            pieces.append(target_logprobs(logits, targets[offset : offset + n].to(logits.device)))
+            offset += n
+        return torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.float32)
 
     return scorer
+
+
+def slices_from_logits(logits_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> LogitsSlices:
+    """Adapt a ``(input_ids, attention_mask) -> (B, T, V) logits`` callable to `LogitsSlices`.
+
+    Meant for fakes and tiny models in tests: it holds full logits, which the
+    real model path (`lleval.model`) never does.
+    """
+
+    def slices(
+        input_ids: torch.Tensor, attention_mask: torch.Tensor, score_mask: torch.Tensor, per_slice: int
+    ) -> Iterator[torch.Tensor]:
+        logits = logits_fn(input_ids, attention_mask)[score_mask]  # (N, V)
+        for i in range(0, logits.shape[0], per_slice):
+            yield logits[i : i + per_slice]
+
+    return slices
+
+
+def scorer_from_logits(logits_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> TokenScorer:
+    """A `TokenScorer` from a full-logits callable (for fakes in tests)."""
+    return scorer_from_slices(slices_from_logits(logits_fn), per_slice=1 << 30)
 
 
 def target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,91 @@
+"""KL divergence: a model against itself, against a uniform fake, and refusals."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from lleval.cli import main
+from lleval.config import EvalConfig
+from lleval.errors import ConfigError
+from lleval.kld import kl_divergence
+from lleval.scoring import scorer_from_slices, slices_from_logits
+
+TEXTS = [
+    "The keeper wrote in the logbook every evening, and the gate was never mended for long.",
+    "Bread needs flour, water, salt and yeast. Knead it for ten minutes, then let it rise.",
+    "Blue light scatters more than red light, which is why the sky looks blue at noon.",
+]
+
+
+def _data(tmp_path: Path) -> str:
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    return str(path)
+
+
+def test_model_against_itself_is_zero(tiny_loaded: Any, tmp_path: Path) -> None:
+    config = EvalConfig(dataset=_data(tmp_path), max_length=16, batch_size=3)
+    result = kl_divergence(config, None, base=tiny_loaded, model=tiny_loaded)
+    assert result["kl_divergence"]["mean"] == 0.0 and result["kl_divergence"]["max"] == 0.0
+    assert result["top_token_agreement"] == 1.0
+    assert result["delta_p"]["mean"] == 0.0
+    assert result["perplexity"]["ln_ratio"] == 0.0
+    assert result["perplexity"]["base"] == result["perplexity"]["model"]
+
+
+def test_against_uniform_is_log_v_minus_entropy(tiny_model_dir: Path, tiny_loaded: Any, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    vocab = tiny_loaded.vocab
+    uniform = slices_from_logits(lambda ids, mask: torch.zeros(*ids.shape, vocab))
+    fake = dataclasses.replace(tiny_loaded, slices=uniform, scorer=scorer_from_slices(uniform, 64))
+    result = kl_divergence(EvalConfig(dataset=_data(tmp_path), max_length=64), None, base=tiny_loaded, model=fake)
+
+    # Independent: one window per document (each fits in 64), entropy of the base at every position.
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tok = tiny_loaded.tokenizer
+    kls, base_lp = [], 0.0
+    for text in TEXTS:
+        tokens = [tok.bos_token_id] + tok(text, add_special_tokens=False)["input_ids"]
+        assert len(tokens) <= 65
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([tokens[:-1]])).logits[0].double(), dim=-1)
+        entropy = -(logp.exp() * logp).sum(dim=-1)
+        kls += (math.log(vocab) - entropy).tolist()
+        base_lp += float(logp.gather(1, torch.tensor(tokens[1:]).unsqueeze(1)).sum())
+    assert result["tokens"] == len(kls)
+    assert math.isclose(result["kl_divergence"]["mean"], sum(kls) / len(kls), rel_tol=1e-5)
+    assert math.isclose(result["kl_divergence"]["max"], max(kls), rel_tol=1e-5)
+    assert math.isclose(result["perplexity"]["model"], vocab, rel_tol=1e-6)
+    assert math.isclose(result["perplexity"]["base"], math.exp(-base_lp / len(kls)), rel_tol=1e-6)
+    assert math.isclose(result["perplexity"]["ln_ratio"], math.log(vocab) + base_lp / len(kls), rel_tol=1e-5)
+
+
+def test_different_tokenizers_are_refused(tiny_model_dir: Path, tiny_loaded: Any, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    other = AutoTokenizer.from_pretrained(tiny_model_dir)
+    other.add_tokens(["<|extra|>"])
+    with pytest.raises(ConfigError, match="tokenizers .* differ"):
+        kl_divergence(EvalConfig(dataset=_data(tmp_path)), None, base=tiny_loaded,
+                      model=dataclasses.replace(tiny_loaded, tokenizer=other))
+
+
+def test_kld_cli_end_to_end(tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "kld.json"
+    result = CliRunner().invoke(
+        main, ["kld", "--base", str(tiny_model_dir), "-m", str(tiny_model_dir), _data(tmp_path), "-q", "-o", str(out)],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["kind"] == "kld" and data["kl_divergence"]["mean"] == 0.0 and data["top_token_agreement"] == 1.0
+    assert set(data["kl_divergence"]["percentiles"]) == {"p99.9", "p99", "p95", "p90", "p10", "p5", "p1", "p0.1"}
