@@ -189,3 +189,10 @@ def test_hub_ids_and_paths(name: str, hub: bool) -> None:
     from lleval.hub import is_hub_id
 
     assert is_hub_id(name) is hub
+
+
+def test_device_map_records_placement(tiny_model_dir: Path, tmp_path: Path) -> None:
+    data = score_json(tiny_model_dir, "--dataset", str(write_format(tmp_path, "jsonl")), "--device-map", "auto")
+    plain = score_json(tiny_model_dir, "--dataset", str(write_format(tmp_path, "jsonl")))
+    assert data["model"]["device_map"] == {"": "cpu"} and plain["model"]["device_map"] is None
+    assert data["documents"] == plain["documents"]

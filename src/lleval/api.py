@@ -49,6 +49,7 @@ def model_spec(config: EvalConfig) -> ModelSpec:
         trust_remote_code=config.trust_remote_code,
         dtype=config.dtype,
         device=config.device,
+        device_map=config.device_map,
     )
 
 
@@ -113,6 +114,7 @@ class ScoreRun:
     started: float
     load_seconds: float
     scoring_seconds: float
+    distributed: dict[str, Any] | None = None
 
 
 def run_engine(
@@ -132,6 +134,9 @@ def run_engine(
     config.validate()
     if config.output:
         check_writable(config.output)
+    from lleval.distributed import from_env
+
+    dist = from_env()
     stats = DataStats()
     docs = _peeked(iter_documents(data_spec(config), stats))
     if loaded is None:
@@ -154,7 +159,7 @@ def run_engine(
     extra: list[Any] = []
     for sums in score_units(
         loaded.scorer, units, batch_size=config.batch_size, pad_id=loaded.pad_id,
-        stats=engine, on_rows=on_rows,
+        stats=engine, on_rows=on_rows, shard=dist,
     ):
         row = protocol.rows[sums.row]
         result = DocumentResult(row.index, sums.log_likelihood, sums.tokens, row.bytes, row.words)
@@ -169,7 +174,8 @@ def run_engine(
             "Check --limit, --text-field and --prefix-token."
         )
     return ScoreRun(
-        loaded, protocol, stats, engine, documents, extra, totals, started, load_seconds, scoring_seconds
+        loaded, protocol, stats, engine, documents, extra, totals, started, load_seconds, scoring_seconds,
+        None if dist is None else dist.describe(),
     )
 
 
@@ -221,6 +227,7 @@ def evaluate(
         notes=notes,
         intervals=intervals,
         bootstrap=bootstrap_info,
+        distributed=run.distributed,
     )
 
 
@@ -235,6 +242,7 @@ def model_block(info: ModelInfo) -> dict[str, Any]:
         "device": info.device,
         "parameters": info.parameters,
         "max_positions": info.max_positions,
+        "device_map": info.device_map,
     }
 
 

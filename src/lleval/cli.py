@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from lleval import __version__
-from lleval.config import DEFAULT_SEPARATOR, DEVICES, DTYPES, FORMATS, PROTOCOLS, EvalConfig
+from lleval.config import DEFAULT_SEPARATOR, DEVICE_MAPS, DEVICES, DTYPES, FORMATS, PROTOCOLS, EvalConfig
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -135,6 +135,8 @@ MODEL_OPTIONS = _options(
     click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
                  help="auto: float32 on CPU, the checkpoint's dtype on GPU."),
     click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True),
+    click.option("--device-map", type=click.Choice(DEVICE_MAPS), default=None,
+                 help="Spread a model too large for one device over all visible devices (accelerate)."),
 )
 DATA_OPTIONS = _options(
     click.option("--dataset-config", default=None, help="Hub dataset configuration name."),
@@ -200,6 +202,8 @@ def score(format_: str, **flags: Any) -> None:
     _quiet_libraries()
     warnings.showwarning = _show_warning
     report = _run(config, err)
+    if not _is_main_rank():
+        return  # rank 0 alone prints and writes
     if config.output:
         from lleval.report import write_report
 
@@ -306,11 +310,13 @@ def kld(base_model: str, format_: str, **flags: Any) -> None:
     _quiet_libraries()
     warnings.showwarning = _show_warning
     err = Console(stderr=True)
-    if config.quiet or not err.is_terminal:
+    if config.quiet or not err.is_terminal or not _is_main_rank():
         result = _call(kl_divergence, config, base_model)
     else:
         with _StderrProgress(err) as progress:
             result = _call(kl_divergence, config, base_model, progress=progress)
+    if not _is_main_rank():
+        return
     import json
 
     text = json.dumps(result, indent=2) + "\n"
@@ -359,10 +365,14 @@ def _append_summary(markdown: str) -> None:
         raise InputProblem(f"cannot append to $GITHUB_STEP_SUMMARY ({path}): {exc.strerror}.") from None
 
 
+def _is_main_rank() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _run(config: EvalConfig, err: Any) -> Any:
     from lleval.api import evaluate
 
-    if config.quiet or not err.is_terminal:
+    if config.quiet or not err.is_terminal or not _is_main_rank():
         return _call(evaluate, config)
     with _StderrProgress(err) as progress:
         return _call(evaluate, config, progress=progress)

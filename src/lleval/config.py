@@ -20,6 +20,7 @@ from lleval.errors import ConfigError
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 FORMATS = ("table", "json", "markdown")
+DEVICE_MAPS = ("auto", "balanced", "sequential")
 PROTOCOLS = ("rolling", "lm-eval", "hf-guide", "llama-cpp")
 DEFAULT_SEPARATOR = "\n\n"
 DEFAULT_MAX_LENGTH_CAP = 2048
@@ -35,6 +36,7 @@ class EvalConfig:
     trust_remote_code: bool = False
     dtype: str = "auto"
     device: str = "auto"
+    device_map: str | None = None
     # data
     dataset: str | None = None
     dataset_config: str | None = None
@@ -60,15 +62,17 @@ class EvalConfig:
     def validate(self) -> None:
         """Raise one `ConfigError` that lists every problem found."""
         problems: list[str] = []
-        for name, allowed in (
+        choices: tuple[tuple[str, tuple[str, ...]], ...] = (
             ("dtype", DTYPES),
             ("device", DEVICES),
             ("format", FORMATS),
             ("protocol", PROTOCOLS),
             ("sample_by", ("document", "paragraph", "line")),
-        ):
+            ("device_map", DEVICE_MAPS),
+        )
+        for name, allowed in choices:
             value = getattr(self, name)
-            if value not in allowed:
+            if value is not None and value not in allowed:
                 problems.append(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         for name in ("max_length", "stride", "batch_size"):
             value = getattr(self, name)
@@ -95,6 +99,7 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "trust_remote_code": (bool,),
     "dtype": (str,),
     "device": (str,),
+    "device_map": (str,),
     "dataset": (str,),
     "dataset_config": (str,),
     "split": (str,),

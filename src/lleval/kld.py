@@ -120,6 +120,12 @@ def kl_divergence(
     run = run_engine(config, loader=loader, progress=progress)
     assert base is not None and model is not None
     per_token = collector.values()
+    if run.distributed is not None:  # each rank holds the per-token values of its own batches
+        from lleval.distributed import from_env
+
+        context = from_env()
+        assert context is not None
+        per_token = np.concatenate(context.all_gather(per_token))
     n = run.totals.tokens
     nll_model = -run.totals.log_likelihood
     base_lls = np.array([float(e[0]) for e in run.extra])

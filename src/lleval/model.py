@@ -53,6 +53,7 @@ class ModelSpec:
     trust_remote_code: bool = False
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     device: str = "auto"  # auto | cpu | cuda | mps
+    device_map: str | None = None  # auto | balanced | sequential: spread over visible devices
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class ModelInfo:
     device: str
     parameters: int
     max_positions: int | None
+    device_map: dict[str, str] | None = None  # module -> device, when loaded with a device map
 
 
 def default_model_path() -> Path:
@@ -92,6 +94,9 @@ def resolve_device(device: str) -> str:
     """``auto`` means CUDA, else MPS, else CPU; an unavailable device is a `ConfigError`."""
     import torch
 
+    local_rank = os.environ.get("LOCAL_RANK")
+    if device in ("auto", "cuda") and torch.cuda.is_available() and local_rank is not None:
+        return f"cuda:{int(local_rank)}"  # one device per rank under torchrun / accelerate
     if device == "auto":
         if torch.cuda.is_available():
             return "cuda"
@@ -233,10 +238,17 @@ def load_model(spec: ModelSpec) -> tuple[Any, Any, ModelInfo]:
             trust_remote_code=spec.trust_remote_code,
             gguf_file=gguf_file,
             dtype=dtype,
+            **({"device_map": spec.device_map} if spec.device_map else {}),
         )
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelLoadError(f"cannot load model {display}: {first_line(exc)}.{_hub_hint(source)}") from exc
-    model.to(device)
+    placement: dict[str, Any] | None = None
+    if spec.device_map:
+        # accelerate's placement; transformers leaves hf_device_map unset when one device holds it all
+        placement = getattr(model, "hf_device_map", None) or {"": str(next(model.parameters()).device)}
+        device = ",".join(sorted({str(d) for d in placement.values()}))
+    else:
+        model.to(device)
     model.eval()
     sha = _sha256(Path(location) / gguf_file) if gguf_file else None
     revision = spec.revision
@@ -251,6 +263,7 @@ def load_model(spec: ModelSpec) -> tuple[Any, Any, ModelInfo]:
         device=device,
         parameters=sum(p.numel() for p in model.parameters()),
         max_positions=_max_positions(model.config),
+        device_map={str(k): str(v) for k, v in placement.items()} if placement else None,
     )
     return model, tokenizer, info
 

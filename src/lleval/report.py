@@ -71,6 +71,7 @@ class Report:
     #: 95% bootstrap intervals over documents, keyed by metric; None where there is none.
     intervals: dict[str, tuple[float, float] | None] = field(default_factory=dict)
     bootstrap: dict[str, Any] = field(default_factory=dict)
+    distributed: dict[str, Any] | None = None  # world size and backend of a data-parallel run
 
     @property
     def metrics(self) -> dict[str, float | None]:
@@ -116,6 +117,7 @@ class Report:
             "documents": [doc.to_dict() for doc in self.documents],
             "timing": dict(self.timing),
             "environment": dict(self.environment),
+            "distributed": None if self.distributed is None else dict(self.distributed),
             "notes": list(self.notes),
         }
 

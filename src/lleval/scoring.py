@@ -89,9 +89,33 @@ class _Job:
     result: np.ndarray | None = None
 
 
-def _run_batch(
-    scorer: TokenScorer, units: list[Unit], jobs: list[_Job], pad_id: int, stats: EngineStats
-) -> None:
+class Shard(Protocol):
+    """This process's place in a data-parallel job (see `lleval.distributed`)."""
+
+    rank: int
+    world_size: int
+
+    def exchange(self, results: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+        """Share this rank's window results; return every rank's."""
+        ...
+
+
+def assign_batches(costs: Sequence[int], world_size: int) -> list[int]:
+    """Rank of each batch: largest cost first, each to the least-loaded rank (lowest on ties).
+
+    Deterministic, so every rank computes the same assignment without talking;
+    no rank's load exceeds the average by more than the largest single batch.
+    """
+    loads = [0] * world_size
+    owner = [0] * len(costs)
+    for b in sorted(range(len(costs)), key=lambda i: -costs[i]):
+        rank = min(range(world_size), key=lambda r: (loads[r], r))
+        owner[b] = rank
+        loads[rank] += costs[b]
+    return owner
+
+
+def _run_batch(scorer: TokenScorer, units: list[Unit], jobs: list[_Job], pad_id: int) -> None:
     width = max(job.span.input_length for job in jobs)
     batch = len(jobs)
     input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
@@ -118,20 +142,35 @@ def _run_batch(
     for job in jobs:
         job.result = flat[offset : offset + job.span.n_scored]
         offset += job.span.n_scored
-    stats.batches += 1
-    stats.computed_tokens += batch * width
-    stats.padding_tokens += batch * width - int(attention_mask.sum())
 
 
 def _score_block(
-    scorer: TokenScorer, units: list[Unit], batch_size: int, pad_id: int, stats: EngineStats
+    scorer: TokenScorer,
+    units: list[Unit],
+    batch_size: int,
+    pad_id: int,
+    stats: EngineStats,
+    shard: Shard | None = None,
 ) -> Iterator[RowSums]:
     jobs = [_Job(u, span) for u, unit in enumerate(units) for span in unit.spans]
     # Longest first: similar lengths share a batch, so little is padded, and an
     # out-of-memory error shows up on the first batch rather than the last.
     order = sorted(range(len(jobs)), key=lambda j: -jobs[j].span.input_length)
-    for i in range(0, len(order), batch_size):
-        _run_batch(scorer, units, [jobs[j] for j in order[i : i + batch_size]], pad_id, stats)
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    widths = [max(jobs[j].span.input_length for j in batch) for batch in batches]
+    # Every rank forms the same batches a single process would, and runs its
+    # share: each window meets the same batch-mates, so numbers are identical.
+    owners = assign_batches([len(b) * w for b, w in zip(batches, widths)], shard.world_size) if shard else None
+    for k, batch in enumerate(batches):
+        if owners is None or owners[k] == shard.rank:  # type: ignore[union-attr]
+            _run_batch(scorer, units, [jobs[j] for j in batch], pad_id)
+        stats.batches += 1
+        stats.computed_tokens += len(batch) * widths[k]
+        stats.padding_tokens += sum(widths[k] - jobs[j].span.input_length for j in batch)
+    if shard is not None and owners is not None:
+        mine = {j: jobs[j].result for k, batch in enumerate(batches) if owners[k] == shard.rank for j in batch}
+        for j, result in shard.exchange(mine).items():  # type: ignore[arg-type]
+            jobs[j].result = result
     stats.windows += len(jobs)
     # Add in window order so the sums do not depend on how windows were batched.
     by_unit: list[list[_Job]] = [[] for _ in units]
@@ -184,6 +223,7 @@ def score_units(
     block_tokens: int = 1 << 20,
     stats: EngineStats | None = None,
     on_rows: Callable[[list[RowSums]], None] | None = None,
+    shard: Shard | None = None,
 ) -> Iterator[RowSums]:
     """Score every window of every unit and yield one `RowSums` per row, in input order.
 
@@ -199,13 +239,13 @@ def score_units(
         block.append(unit)
         held += len(unit.tokens)
         if held >= block_tokens:
-            rows = list(_score_block(scorer, block, batch_size, pad_id, stats))
+            rows = list(_score_block(scorer, block, batch_size, pad_id, stats, shard))
             if on_rows:
                 on_rows(rows)
             yield from rows
             block, held = [], 0
     if block:
-        rows = list(_score_block(scorer, block, batch_size, pad_id, stats))
+        rows = list(_score_block(scorer, block, batch_size, pad_id, stats, shard))
         if on_rows:
             on_rows(rows)
         yield from rows
