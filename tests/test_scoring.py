@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from lleval.scoring import EngineStats, Unit, score_units, scorer_from_logits
+from lleval.scoring import EngineOptions, EngineStats, Unit, score_units, scorer_from_logits
 from lleval.windows import rolling_spans
 
 VOCAB = 50
@@ -48,7 +48,7 @@ def random_docs(seed: int, n: int = 20) -> list[list[int]]:
 
 def test_uniform_logits_give_perplexity_equal_to_vocab() -> None:
     docs = random_docs(0)
-    rows = list(score_units(scorer_from_logits(uniform_logits), make_units(docs, 16, 8), batch_size=4))
+    rows = list(score_units(scorer_from_logits(uniform_logits), make_units(docs, 16, 8), EngineOptions(batch_size=4)))
     ll = sum(r.log_likelihood for r in rows)
     n = sum(r.tokens for r in rows)
     assert n == sum(len(d) - 1 for d in docs)
@@ -72,7 +72,7 @@ def test_totals_match_reference_for_any_batching(batch_size: int, max_length: in
     rows = list(
         score_units(
             scorer_from_logits(content_logits), make_units(docs, max_length, stride),
-            batch_size=batch_size, block_tokens=200, stats=stats,
+            EngineOptions(batch_size=batch_size, block_tokens=200), stats=stats,
         )
     )
     assert [r.row for r in rows] == list(range(len(docs)))
@@ -85,7 +85,7 @@ def test_owners_split_a_stream_into_rows() -> None:
     tokens = list(range(1, 30))
     owners = np.array([0] * 10 + [1] * 5 + [2] * 14)
     unit = Unit(tokens, rolling_spans(len(tokens), 8, 3), [0, 1, 2], owners)
-    rows = list(score_units(scorer_from_logits(uniform_logits), [unit], batch_size=2))
+    rows = list(score_units(scorer_from_logits(uniform_logits), [unit], EngineOptions(batch_size=2)))
     assert [r.tokens for r in rows] == [9, 5, 14]  # position 0 is never scored
     for r in rows:
         assert math.isclose(r.log_likelihood, -r.tokens * math.log(VOCAB), rel_tol=1e-6)
@@ -94,5 +94,5 @@ def test_owners_split_a_stream_into_rows() -> None:
 def test_padding_share_is_counted() -> None:
     stats = EngineStats()
     docs = [[1] * 9, [1] * 3]
-    list(score_units(scorer_from_logits(uniform_logits), make_units(docs, 16, 16), batch_size=2, stats=stats))
+    list(score_units(scorer_from_logits(uniform_logits), make_units(docs, 16, 16), EngineOptions(batch_size=2), stats=stats))
     assert stats.computed_tokens == 2 * 8 and stats.padding_tokens == 8 - 2

@@ -16,11 +16,20 @@ from typing import Any, Callable, Iterator
 from lleval import __version__
 from lleval.config import EvalConfig
 from lleval.data import BUILTIN_DATASET, DataSpec, DataStats, Document, describe_split, iter_documents
-from lleval.errors import DataError
+from lleval.errors import DataError, ScoringError
 from lleval.metrics import Totals
 from lleval.model import ModelInfo, ModelSpec
 from lleval.report import DocumentResult, Report, check_writable
-from lleval.scoring import EngineStats, TokenScorer, score_units
+from lleval.scoring import (
+    EngineOptions,
+    EngineStats,
+    NonFiniteLogProb,
+    RowSums,
+    Stopped,
+    TokenScorer,
+    Unit,
+    score_units,
+)
 from lleval.protocols import Plan, plan
 from lleval.tokenization import tokenizer_fingerprint
 
@@ -115,6 +124,8 @@ class ScoreRun:
     load_seconds: float
     scoring_seconds: float
     distributed: dict[str, Any] | None = None
+    complete: bool = True
+    resumed_documents: int = 0
 
 
 def run_engine(
@@ -123,19 +134,26 @@ def run_engine(
     loaded: LoadedModel | None = None,
     loader: Callable[[], LoadedModel] | None = None,
     progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> ScoreRun:
     """Validate, read the first document, load, then score every window of the dataset.
 
     Order of work, so that mistakes cost seconds, not a run: the config is
     validated, the output path checked, the first document read, and only
     then the model loaded (``loader``, default `load`) and the corpus scored.
+    With ``config.checkpoint`` the finished documents are saved as it goes
+    and a matching checkpoint is resumed. When ``should_stop`` turns true the
+    run stops after the current batch and returns what is finished, with
+    ``complete`` false.
     """
-    started = time.perf_counter()
-    config.validate()
-    if config.output:
-        check_writable(config.output)
+    from lleval import checkpoint as ckpt
     from lleval.distributed import from_env
 
+    started = time.perf_counter()
+    config.validate()
+    for path in (config.output, config.checkpoint):
+        if path:
+            check_writable(path)
     dist = from_env()
     stats = DataStats()
     docs = _peeked(iter_documents(data_spec(config), stats))
@@ -143,31 +161,67 @@ def run_engine(
         loaded = loader() if loader is not None else load(config)
     load_seconds = time.perf_counter() - started
     protocol = plan(config, loaded.tokenizer, loaded.info.max_positions)
+    fingerprint = {
+        "model": model_block(loaded.info),
+        "tokenizer": tokenizer_block(loaded)["fingerprint"],
+        "protocol": {**protocol.describe(loaded.tokenizer, counts=False), "batch_size": config.batch_size,
+                     "max_batch_tokens": config.max_batch_tokens, "world_size": dist.world_size if dist else 1},
+    }
+    resumed = ckpt.load(config.checkpoint, fingerprint) if config.checkpoint else None
+    finished: list[RowSums] = list(resumed.rows) if resumed else []
     units = protocol.units(docs, loaded.tokenizer)
+    if resumed is not None and finished:
+        units = _checking_resumed_data(units, protocol, config.checkpoint or "", resumed)
     engine = EngineStats()
-    done = {"docs": 0, "tokens": 0}
+    last_save = [time.monotonic()]
 
-    def on_rows(block: list[Any]) -> None:
-        done["docs"] += len(block)
-        done["tokens"] += sum(r.tokens for r in block)
+    def save_checkpoint() -> None:
+        if not config.checkpoint or (dist is not None and not dist.is_main):
+            return
+        hashes = [protocol.rows[r.row].text_sha for r in finished]
+        ckpt.save(config.checkpoint, ckpt.Checkpoint(fingerprint, ckpt.rows_hash(hashes), finished))
+        last_save[0] = time.monotonic()
+
+    def on_rows(block: list[RowSums]) -> None:
+        finished.extend(block)
         if progress is not None:
-            progress(done["docs"], done["tokens"], stats.expected_rows)
+            progress(len(finished), sum(r.tokens for r in finished), stats.expected_rows)
+        if config.checkpoint and time.monotonic() - last_save[0] >= config.checkpoint_every:
+            save_checkpoint()
 
+    options = EngineOptions(
+        batch_size=config.batch_size, max_batch_tokens=config.max_batch_tokens, pad_id=loaded.pad_id,
+        allow_nonfinite=config.allow_nonfinite, skip_rows=len(finished), should_stop=should_stop,
+    )
     scoring_started = time.perf_counter()
+    complete = True
+    try:
+        for _ in score_units(loaded.scorer, units, options, stats=engine, on_rows=on_rows, shard=dist):
+            pass
+    except Stopped:
+        complete = False
+    except NonFiniteLogProb as exc:
+        save_checkpoint()
+        row = protocol.rows[exc.row] if exc.row < len(protocol.rows) else None
+        where = f"document {row.index}" if row else f"row {exc.row}"
+        raise ScoringError(
+            f"non-finite log-prob ({exc.value}) in {where} of {config.dataset or BUILTIN_DATASET}, at "
+            f"token position {exc.position} of its sequence: the model produced NaN or infinity. Try "
+            "--dtype float32, or --allow-nonfinite to count such tokens and leave them out."
+        ) from None
+    if config.checkpoint and (complete or finished):
+        save_checkpoint()
+    scoring_seconds = time.perf_counter() - scoring_started
     totals = Totals()
     documents: list[DocumentResult] = []
     extra: list[Any] = []
-    for sums in score_units(
-        loaded.scorer, units, batch_size=config.batch_size, pad_id=loaded.pad_id,
-        stats=engine, on_rows=on_rows, shard=dist,
-    ):
+    for sums in finished:
         row = protocol.rows[sums.row]
-        result = DocumentResult(row.index, sums.log_likelihood, sums.tokens, row.bytes, row.words)
-        documents.append(result)
+        documents.append(DocumentResult(row.index, sums.log_likelihood, sums.tokens, row.bytes, row.words))
         extra.append(sums.extra)
-        totals.add(Totals(sums.log_likelihood, sums.tokens, row.bytes, row.words, 1, sums.logprob_sq_sum))
-    scoring_seconds = time.perf_counter() - scoring_started
-    if totals.tokens == 0:
+        totals.add(Totals(sums.log_likelihood, sums.tokens, row.bytes, row.words, 1, sums.logprob_sq_sum,
+                          sums.nonfinite))
+    if totals.tokens == 0 and complete:
         raise DataError(
             f"nothing left to score in {config.dataset or BUILTIN_DATASET}: {stats.rows} rows read, "
             f"{stats.skipped_empty} empty, {totals.documents} documents with no token to predict. "
@@ -175,8 +229,21 @@ def run_engine(
         )
     return ScoreRun(
         loaded, protocol, stats, engine, documents, extra, totals, started, load_seconds, scoring_seconds,
-        None if dist is None else dist.describe(),
+        None if dist is None else dist.describe(), complete, len(resumed.rows) if resumed else 0,
     )
+
+
+def _checking_resumed_data(units: Iterator[Unit], protocol: Plan, path: str, resumed: Any) -> Iterator[Unit]:
+    """Pass units through; once the resumed rows have been read again, check they are the same texts."""
+    from lleval import checkpoint as ckpt
+
+    done = len(resumed.rows)
+    checked = False
+    for unit in units:
+        if not checked and len(protocol.rows) >= done:
+            ckpt.check_data(path, resumed, [row.text_sha for row in protocol.rows[:done]])
+            checked = True
+        yield unit
 
 
 def evaluate(
@@ -184,14 +251,25 @@ def evaluate(
     *,
     loaded: LoadedModel | None = None,
     progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Report:
-    """Score the dataset a config names with the model it names, and return the `Report`."""
-    run = run_engine(config, loaded=loaded, progress=progress)
+    """Score the dataset a config names with the model it names, and return the `Report`.
+
+    A run stopped by ``should_stop`` returns a report with ``complete`` false
+    holding the documents finished so far.
+    """
+    run = run_engine(config, loaded=loaded, progress=progress, should_stop=should_stop)
     loaded, protocol, stats, engine = run.loaded, run.protocol, run.data, run.engine
     documents, totals = run.documents, run.totals
     load_seconds, scoring_seconds, started = run.load_seconds, run.scoring_seconds, run.started
     intervals, bootstrap_info = _intervals(config, documents, protocol.scores_every_token)
     notes = []
+    if not run.complete:
+        notes.append(f"stopped early: {len(documents)} documents finished; rerun with --checkpoint to resume.")
+    if run.resumed_documents:
+        notes.append(f"resumed from {config.checkpoint}: {run.resumed_documents} documents were scored before.")
+    if totals.nonfinite:
+        notes.append(f"{totals.nonfinite} tokens had a NaN or infinite log-prob and are left out (--allow-nonfinite).")
     if bootstrap_info.get("skipped"):
         notes.append(str(bootstrap_info["skipped"]))
     if protocol.name == "rolling" and protocol.prefix_token is None:
@@ -207,7 +285,7 @@ def evaluate(
     return Report(
         lleval_version=__version__,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        complete=True,
+        complete=run.complete,
         model=model_block(loaded.info),
         tokenizer=tokenizer_block(loaded),
         dataset=dataset_block(config, stats, totals.documents),

@@ -161,6 +161,14 @@ PROTOCOL_OPTIONS = _options(
                  help="Join all documents with SEP (default: two newlines) into one stream."),
     click.option("--batch-size", "-b", type=click.IntRange(min=1), default=8, show_default=True,
                  help="Windows per forward pass."),
+    click.option("--max-batch-tokens", type=click.IntRange(min=1), default=None,
+                 help="Also cap a batch at this many padded tokens (rows x width)."),
+    click.option("--allow-nonfinite", is_flag=True, default=False,
+                 help="Count NaN/inf token log-probs and leave them out, instead of stopping."),
+    click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+                 help="Save progress here; rerunning the same command resumes from it."),
+    click.option("--checkpoint-every", type=click.FloatRange(min=0), default=60.0, show_default=True,
+                 help="Seconds between checkpoint saves."),
     click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True,
                  help="Bootstrap resamples over documents for 95% intervals (0: none)."),
     click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap."),
@@ -201,7 +209,8 @@ def score(format_: str, **flags: Any) -> None:
     out = Console()
     _quiet_libraries()
     warnings.showwarning = _show_warning
-    report = _run(config, err)
+    with _Interrupts() as interrupts:
+        report = _run(config, err, interrupts)
     if not _is_main_rank():
         return  # rank 0 alone prints and writes
     if config.output:
@@ -218,6 +227,9 @@ def score(format_: str, **flags: Any) -> None:
         from lleval.report import render_table
 
         render_table(report, out)
+    if interrupts.signum is not None:
+        click.echo(f"stopped by signal {interrupts.signum}: report marked incomplete", err=True)
+        sys.exit(128 + interrupts.signum)
 
 
 @main.command(context_settings=CONTEXT_SETTINGS)
@@ -369,13 +381,48 @@ def _is_main_rank() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def _run(config: EvalConfig, err: Any) -> Any:
+class _Interrupts:
+    """SIGINT/SIGTERM: the first asks the run to stop after the current batch (the report
+    is then written with ``complete: false``); a second Ctrl-C exits at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        import signal
+
+        if self.signum is not None and signum == signal.SIGINT:
+            os._exit(130)
+        self.signum = signum
+
+    def should_stop(self) -> bool:
+        return self.signum is not None
+
+    def __enter__(self) -> "_Interrupts":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(config: EvalConfig, err: Any, interrupts: _Interrupts) -> Any:
     from lleval.api import evaluate
 
+    stop = interrupts.should_stop
     if config.quiet or not err.is_terminal or not _is_main_rank():
-        return _call(evaluate, config)
+        return _call(evaluate, config, should_stop=stop)
     with _StderrProgress(err) as progress:
-        return _call(evaluate, config, progress=progress)
+        return _call(evaluate, config, progress=progress, should_stop=stop)
 
 
 def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:

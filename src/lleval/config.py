@@ -53,6 +53,10 @@ class EvalConfig:
     concat: str | None = None
     # engine and output
     batch_size: int = 8
+    max_batch_tokens: int | None = None
+    allow_nonfinite: bool = False
+    checkpoint: str | None = None
+    checkpoint_every: float = 60.0
     bootstrap: int = 1000
     seed: int = 0
     output: str | None = None
@@ -74,7 +78,9 @@ class EvalConfig:
             value = getattr(self, name)
             if value is not None and value not in allowed:
                 problems.append(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
-        for name in ("max_length", "stride", "batch_size"):
+        if self.checkpoint_every < 0:
+            problems.append(f"checkpoint_every must be 0 or more seconds, got {self.checkpoint_every}")
+        for name in ("max_length", "stride", "batch_size", "max_batch_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 problems.append(f"{name} must be at least 1, got {value}")
@@ -113,6 +119,10 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "prefix_token": (str, int),
     "concat": (str, bool),
     "batch_size": (int,),
+    "max_batch_tokens": (int,),
+    "allow_nonfinite": (bool,),
+    "checkpoint": (str,),
+    "checkpoint_every": (int, float),
     "bootstrap": (int,),
     "seed": (int,),
     "output": (str,),

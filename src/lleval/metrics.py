@@ -36,10 +36,12 @@ class Totals:
     words: int = 0
     documents: int = 0
     logprob_sq_sum: float = 0.0  # sum over tokens of (log-prob)^2, nats^2
+    nonfinite: int = 0  # tokens left out: NaN or infinite log-prob (--allow-nonfinite)
 
     def add(self, other: "Totals") -> None:
         """Add another set of sums into this one."""
         self.log_likelihood += other.log_likelihood
+        self.nonfinite += other.nonfinite
         self.logprob_sq_sum += other.logprob_sq_sum
         self.tokens += other.tokens
         self.bytes += other.bytes

@@ -18,6 +18,7 @@ every choice. All of them run through the same engine (`lleval.scoring`).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import re
 from dataclasses import dataclass, field
@@ -34,6 +35,10 @@ from lleval.windows import Span, check_window_params, chunk_spans, rolling_spans
 
 TOKENIZE_GROUP = 64  # documents tokenized per batched tokenizer call
 _WHITESPACE = re.compile(r"\s+")
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def split_words(text: str) -> int:
@@ -54,6 +59,7 @@ class Row:
     index: int
     bytes: int
     words: int
+    text_sha: str = ""  # sha256 of the text, for resuming checkpoints
 
 
 @dataclass
@@ -86,7 +92,8 @@ class Plan:
         while group := list(itertools.islice(docs, TOKENIZE_GROUP)):
             for doc, ids in zip(group, encode(tokenizer, [d.text for d in group])):
                 sequence = head + ids
-                self.rows.append(Row(doc.index, len(doc.text.encode("utf-8")), self.words(doc.text)))
+                encoded = doc.text.encode("utf-8")
+                self.rows.append(Row(doc.index, len(encoded), self.words(doc.text), _sha(encoded)))
                 self.stream_tokens += len(sequence)
                 spans = rolling_spans(len(sequence), self.max_length, self.stride)
                 yield Unit(sequence, spans, [len(self.rows) - 1])
@@ -96,11 +103,11 @@ class Plan:
         texts = []
         for doc in docs:
             texts.append(doc.text)
-            self.rows.append(Row(doc.index, 0, self.words(doc.text)))
+            self.rows.append(Row(doc.index, 0, self.words(doc.text), _sha(doc.text.encode("utf-8"))))
         if not texts:
             return
         ids, owners, n_bytes = encode_with_owners(tokenizer, texts, self.separator, self.special_tokens)
-        self.rows = [Row(row.index, size, row.words) for row, size in zip(self.rows, n_bytes)]
+        self.rows = [Row(row.index, size, row.words, row.text_sha) for row, size in zip(self.rows, n_bytes)]
         if self.prefix_token is not None:
             ids = [self.prefix_token] + ids
             owners = np.concatenate([np.zeros(1, dtype=np.int64), owners])
@@ -124,8 +131,9 @@ class Plan:
             return strided_spans(n, self.max_length, self.stride)
         return rolling_spans(n, self.max_length, self.stride)
 
-    def describe(self, tokenizer: Any) -> dict[str, Any]:
-        """The report's ``protocol`` block: every choice this protocol made."""
+    def describe(self, tokenizer: Any, counts: bool = True) -> dict[str, Any]:
+        """The report's ``protocol`` block: every choice this protocol made (and, with
+        ``counts``, how many tokens the stream had and how many went unscored)."""
         prefix_text = None if self.prefix_token is None else tokenizer.convert_ids_to_tokens(self.prefix_token)
         block: dict[str, Any] = {
             "name": self.name,
@@ -138,9 +146,10 @@ class Plan:
             "first_token_scored": self.prefix_token is not None,
             "word_count": "len(re.split(r'\\s+', text))" if self.words is lm_eval_words else "len(text.split())",
             "scores_every_token": self.scores_every_token,
-            "stream_tokens": self.stream_tokens,
-            "unscored_tokens": self.dropped_tokens,
         }
+        if counts:
+            block["stream_tokens"] = self.stream_tokens
+            block["unscored_tokens"] = self.dropped_tokens
         if self.name in ("rolling", "lm-eval"):
             block["windows"] = (
                 "first window predicts up to max_length tokens, each later one up to stride new "
@@ -158,7 +167,8 @@ class Plan:
             )
             block["first_scored_position"] = self.first_scored
             block["chunk_bos"] = self.chunk_bos
-            block["chunks"] = self.stream_tokens // self.max_length
+            if counts:
+                block["chunks"] = self.stream_tokens // self.max_length
         return block
 
 

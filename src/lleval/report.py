@@ -108,6 +108,7 @@ class Report:
                 "words": self.totals.words,
                 "documents": self.totals.documents,
                 "logprob_sq_sum": self.totals.logprob_sq_sum,
+                "nonfinite_tokens": self.totals.nonfinite,
             },
             "metrics": {
                 **{key: _json_float(value) for key, value in self.metrics.items()},

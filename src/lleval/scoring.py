@@ -59,6 +59,31 @@ class Unit:
     window_head: int | None = None  # if set, written over the first token of every window
 
 
+class NonFiniteLogProb(Exception):
+    """A token's log-prob is NaN or infinite; ``row`` and ``position`` say where."""
+
+    def __init__(self, row: int, position: int, value: float) -> None:
+        super().__init__(f"non-finite log-prob {value} at row {row}, sequence position {position}")
+        self.row, self.position, self.value = row, position, value
+
+
+class Stopped(Exception):
+    """Scoring stopped between batches because ``should_stop`` said so."""
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How the engine batches and what it tolerates."""
+
+    batch_size: int = 8
+    max_batch_tokens: int | None = None  # also cap batch rows x padded width
+    pad_id: int = 0
+    block_tokens: int = 1 << 20
+    allow_nonfinite: bool = False  # count NaN/inf log-probs and leave them out, instead of failing
+    skip_rows: int = 0  # rows already done (resume): their units are read but not scored
+    should_stop: Callable[[], bool] | None = None  # checked between batches
+
+
 @dataclass
 class RowSums:
     """Float64 log-likelihood and scored-token count of one row (document)."""
@@ -67,6 +92,7 @@ class RowSums:
     log_likelihood: float = 0.0
     tokens: int = 0
     logprob_sq_sum: float = 0.0  # sum of squared token log-probs, for variance estimates
+    nonfinite: int = 0  # tokens left out because their log-prob was NaN or infinite
     extra: np.ndarray | None = None  # sums of a scorer's further columns, if it returns (N, k)
 
 
@@ -144,24 +170,46 @@ def _run_batch(scorer: TokenScorer, units: list[Unit], jobs: list[_Job], pad_id:
         offset += job.span.n_scored
 
 
+def make_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int | None) -> list[list[int]]:
+    """Indices of windows, longest first, cut into batches of at most ``batch_size`` rows
+    and (when given) at most ``max_batch_tokens`` padded tokens; a window longer than
+    the token budget gets a batch of its own."""
+    order = sorted(range(len(lengths)), key=lambda j: -lengths[j])  # stable: ties keep input order
+    batches: list[list[int]] = []
+    for j in order:
+        if batches:
+            current = batches[-1]
+            width = lengths[current[0]]  # longest first: the first window sets the width
+            fits = len(current) < batch_size and (
+                max_batch_tokens is None or (len(current) + 1) * width <= max_batch_tokens
+            )
+            if fits:
+                current.append(j)
+                continue
+        batches.append([j])
+    return batches
+
+
 def _score_block(
     scorer: TokenScorer,
     units: list[Unit],
-    batch_size: int,
-    pad_id: int,
+    options: EngineOptions,
     stats: EngineStats,
     shard: Shard | None = None,
 ) -> Iterator[RowSums]:
     jobs = [_Job(u, span) for u, unit in enumerate(units) for span in unit.spans]
     # Longest first: similar lengths share a batch, so little is padded, and an
     # out-of-memory error shows up on the first batch rather than the last.
-    order = sorted(range(len(jobs)), key=lambda j: -jobs[j].span.input_length)
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    lengths = [job.span.input_length for job in jobs]
+    batches = make_batches(lengths, options.batch_size, options.max_batch_tokens)
+    pad_id = options.pad_id
     widths = [max(jobs[j].span.input_length for j in batch) for batch in batches]
     # Every rank forms the same batches a single process would, and runs its
     # share: each window meets the same batch-mates, so numbers are identical.
     owners = assign_batches([len(b) * w for b, w in zip(batches, widths)], shard.world_size) if shard else None
     for k, batch in enumerate(batches):
+        if options.should_stop is not None and options.should_stop():
+            raise Stopped()
         if owners is None or owners[k] == shard.rank:  # type: ignore[union-attr]
             _run_batch(scorer, units, [jobs[j] for j in batch], pad_id)
         stats.batches += 1
@@ -177,10 +225,10 @@ def _score_block(
     for job in jobs:
         by_unit[job.unit].append(job)
     for unit, unit_jobs in zip(units, by_unit):
-        yield from _unit_sums(unit, unit_jobs, stats)
+        yield from _unit_sums(unit, unit_jobs, stats, options.allow_nonfinite)
 
 
-def _unit_sums(unit: Unit, jobs: list[_Job], stats: EngineStats) -> Iterator[RowSums]:
+def _unit_sums(unit: Unit, jobs: list[_Job], stats: EngineStats, allow_nonfinite: bool) -> Iterator[RowSums]:
     sums = [RowSums(row) for row in unit.rows]
     first_row = unit.rows[0] if unit.rows else 0
     for job in jobs:
@@ -188,6 +236,18 @@ def _unit_sums(unit: Unit, jobs: list[_Job], stats: EngineStats) -> Iterator[Row
         values = job.result.astype(np.float64)
         extra = values[:, 1:] if values.ndim == 2 else None
         values = values[:, 0] if values.ndim == 2 else values
+        positions = np.arange(job.span.end - job.span.n_scored, job.span.end)
+        finite = np.isfinite(values)
+        if not finite.all():
+            bad = int(np.flatnonzero(~finite)[0])
+            owner = first_row if unit.owners is None else int(unit.owners[positions[bad]])
+            if not allow_nonfinite:
+                raise NonFiniteLogProb(owner, int(positions[bad]), float(values[bad]))
+            for k in (~finite).nonzero()[0]:
+                row = first_row if unit.owners is None else int(unit.owners[positions[k]])
+                sums[row - first_row].nonfinite += 1
+            values, positions = values[finite], positions[finite]
+            extra = None if extra is None else extra[finite]
         stats.scored_tokens += len(values)
         if unit.owners is None:
             sums[0].log_likelihood += float(values.sum())
@@ -196,7 +256,6 @@ def _unit_sums(unit: Unit, jobs: list[_Job], stats: EngineStats) -> Iterator[Row
             if extra is not None:
                 sums[0].extra = extra.sum(axis=0) + (0.0 if sums[0].extra is None else sums[0].extra)
             continue
-        positions = np.arange(job.span.end - job.span.n_scored, job.span.end)
         local = unit.owners[positions] - first_row
         ll = np.bincount(local, weights=values, minlength=len(sums))
         sq = np.bincount(local, weights=np.square(values), minlength=len(sums))
@@ -217,38 +276,42 @@ def _unit_sums(unit: Unit, jobs: list[_Job], stats: EngineStats) -> Iterator[Row
 def score_units(
     scorer: TokenScorer,
     units: Iterable[Unit],
+    options: EngineOptions,
     *,
-    batch_size: int,
-    pad_id: int = 0,
-    block_tokens: int = 1 << 20,
     stats: EngineStats | None = None,
     on_rows: Callable[[list[RowSums]], None] | None = None,
     shard: Shard | None = None,
 ) -> Iterator[RowSums]:
     """Score every window of every unit and yield one `RowSums` per row, in input order.
 
-    ``block_tokens`` bounds how many sequence tokens are held (and sorted) at
-    once; a single unit longer than that is a block of its own.
+    ``options.block_tokens`` bounds how many sequence tokens are held (and
+    sorted) at once; a single unit longer than that is a block of its own.
+    Blocks depend only on the units, so a resumed run (``skip_rows``) forms
+    the same blocks and batches as an uninterrupted one. Rows below
+    ``skip_rows`` are not yielded.
     """
-    if batch_size < 1:
+    if options.batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     stats = stats if stats is not None else EngineStats()
     block: list[Unit] = []
     held = 0
-    for unit in units:
-        block.append(unit)
-        held += len(unit.tokens)
-        if held >= block_tokens:
-            rows = list(_score_block(scorer, block, batch_size, pad_id, stats, shard))
-            if on_rows:
-                on_rows(rows)
-            yield from rows
-            block, held = [], 0
-    if block:
-        rows = list(_score_block(scorer, block, batch_size, pad_id, stats, shard))
+
+    def flush() -> Iterator[RowSums]:
+        if block[-1].rows and block[-1].rows[-1] < options.skip_rows:
+            return  # done before the resume point: read again only to keep blocks aligned
+        rows = list(_score_block(scorer, block, options, stats, shard))
         if on_rows:
             on_rows(rows)
         yield from rows
+
+    for unit in units:
+        block.append(unit)
+        held += len(unit.tokens)
+        if held >= options.block_tokens:
+            yield from flush()
+            block, held = [], 0
+    if block:
+        yield from flush()
 
 
 class LogitsSlices(Protocol):

@@ -39,11 +39,42 @@ def resolve_prefix_token(tokenizer: Any, option: str) -> int | None:
     return token
 
 
+# Texts longer than this are tokenized a piece at a time: a fast tokenizer needs
+# several hundred bytes per character of working memory (offsets, encodings),
+# so a 10-million-character document at once can take gigabytes.
+PIECE_CHARS = 1_000_000
+
+
+def split_for_tokenizing(text: str, piece_chars: int = PIECE_CHARS) -> list[str]:
+    """Cut ``text`` into pieces of about ``piece_chars``, each cut just before a whitespace
+    character, where pre-tokenizers split anyway, so the ids equal one-piece tokenizing
+    for whitespace-splitting tokenizers. A run with no whitespace is cut where it is."""
+    pieces, start = [], 0
+    while len(text) - start > piece_chars:
+        cut = start + piece_chars
+        back = cut
+        while back > start and not text[back].isspace():
+            back -= 1
+        cut = back if back > start else cut
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    return pieces
+
+
 def encode(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
-    """Token ids of each text, without special tokens (one batched call)."""
+    """Token ids of each text, without special tokens (one batched call for short texts)."""
     if not texts:
         return []
-    return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+    if all(len(t) <= PIECE_CHARS for t in texts):
+        return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+    out = []
+    for text in texts:
+        ids: list[int] = []
+        for piece in split_for_tokenizing(text):
+            ids.extend(tokenizer(piece, add_special_tokens=False)["input_ids"])
+        out.append(ids)
+    return out
 
 
 def encode_with_owners(
