@@ -72,6 +72,8 @@ def data_spec(config: EvalConfig) -> DataSpec:
         sample_by=config.sample_by,
         limit=config.limit,
         streaming=config.streaming,
+        encoding=config.encoding,
+        errors=config.errors,
     )
 
 
@@ -191,6 +193,7 @@ def run_engine(
 
     options = EngineOptions(
         batch_size=config.batch_size, max_batch_tokens=config.max_batch_tokens, pad_id=loaded.pad_id,
+        block_tokens=config.block_tokens,
         allow_nonfinite=config.allow_nonfinite, skip_rows=len(finished), should_stop=should_stop,
     )
     scoring_started = time.perf_counter()

@@ -147,6 +147,10 @@ DATA_OPTIONS = _options(
     click.option("--limit", type=click.IntRange(min=0), default=None, help="Score only the first N rows."),
     click.option("--streaming/--no-streaming", default=False, show_default=True,
                  help="Stream the dataset instead of loading it into memory."),
+    click.option("--encoding", default="utf-8", show_default=True,
+                 help="Encoding of .txt/.jsonl/.json/.csv files (a Python codec name)."),
+    click.option("--errors", type=click.Choice(["strict", "replace", "ignore"]), default="strict",
+                 show_default=True, help="Bytes that do not decode: stop (strict), or replace/ignore them."),
 )
 PROTOCOL_OPTIONS = _options(
     click.option("--protocol", type=click.Choice(PROTOCOLS), default="rolling", show_default=True,
@@ -163,6 +167,8 @@ PROTOCOL_OPTIONS = _options(
                  help="Windows per forward pass."),
     click.option("--max-batch-tokens", type=click.IntRange(min=1), default=None,
                  help="Also cap a batch at this many padded tokens (rows x width)."),
+    click.option("--block-tokens", type=click.IntRange(min=1), default=1 << 20, show_default=True,
+                 help="Sequence tokens read, sorted and batched together (memory bound of the sort)."),
     click.option("--allow-nonfinite", is_flag=True, default=False,
                  help="Count NaN/inf token log-probs and leave them out, instead of stopping."),
     click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,

@@ -46,14 +46,15 @@ def load_report(path: str) -> dict[str, Any]:
         raise ReportError(f"report {path} is not JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}.") from None
     if not isinstance(data, dict):
         raise ReportError(f"report {path} is not a JSON object: is it an lleval score report?")
+    version = data.get("schema_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version != SCHEMA_VERSION:
+        raise ReportError(
+            f"report {path} has schema version {version}; this lleval reads version "
+            f"{SCHEMA_VERSION}. Re-run lleval score with this version."
+        )
     for key, kind in REQUIRED.items():
         if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
             raise ReportError(f"report {path} has no valid {key!r}: is it an lleval score report?")
-    if data["schema_version"] != SCHEMA_VERSION:
-        raise ReportError(
-            f"report {path} has schema version {data['schema_version']}; this lleval reads version "
-            f"{SCHEMA_VERSION}. Re-run lleval score with this version."
-        )
     for i, doc in enumerate(data["documents"]):
         if not isinstance(doc, dict) or any(
             not isinstance(doc.get(k), (int, float)) or isinstance(doc.get(k), bool) for k in DOCUMENT_KEYS

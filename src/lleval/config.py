@@ -45,6 +45,8 @@ class EvalConfig:
     sample_by: str = "document"
     limit: int | None = None
     streaming: bool = False
+    encoding: str = "utf-8"
+    errors: str = "strict"
     # protocol
     protocol: str = "rolling"
     max_length: int | None = None
@@ -54,6 +56,7 @@ class EvalConfig:
     # engine and output
     batch_size: int = 8
     max_batch_tokens: int | None = None
+    block_tokens: int = 1 << 20
     allow_nonfinite: bool = False
     checkpoint: str | None = None
     checkpoint_every: float = 60.0
@@ -73,6 +76,7 @@ class EvalConfig:
             ("protocol", PROTOCOLS),
             ("sample_by", ("document", "paragraph", "line")),
             ("device_map", DEVICE_MAPS),
+            ("errors", ("strict", "replace", "ignore")),
         )
         for name, allowed in choices:
             value = getattr(self, name)
@@ -80,7 +84,7 @@ class EvalConfig:
                 problems.append(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         if self.checkpoint_every < 0:
             problems.append(f"checkpoint_every must be 0 or more seconds, got {self.checkpoint_every}")
-        for name in ("max_length", "stride", "batch_size", "max_batch_tokens"):
+        for name in ("max_length", "stride", "batch_size", "max_batch_tokens", "block_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 problems.append(f"{name} must be at least 1, got {value}")
@@ -113,6 +117,8 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "sample_by": (str,),
     "limit": (int,),
     "streaming": (bool,),
+    "encoding": (str,),
+    "errors": (str,),
     "protocol": (str,),
     "max_length": (int,),
     "stride": (int,),
@@ -120,6 +126,7 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "concat": (str, bool),
     "batch_size": (int,),
     "max_batch_tokens": (int,),
+    "block_tokens": (int,),
     "allow_nonfinite": (bool,),
     "checkpoint": (str,),
     "checkpoint_every": (int, float),

@@ -42,6 +42,8 @@ class DataSpec:
     sample_by: str = "document"  # for .txt and stdin
     limit: int | None = None
     streaming: bool = False
+    encoding: str = "utf-8"  # of .txt, .jsonl, .json and .csv files
+    errors: str = "strict"  # what to do with bytes that do not decode: strict | replace | ignore
 
 
 @dataclass(frozen=True)
@@ -131,9 +133,15 @@ def _load(spec: DataSpec) -> Any:
             )
         if not os.access(path, os.R_OK):
             raise DataError(f"data file {path} is not readable: check its permissions.")
+        check_file(path, builder, spec)
         kwargs: dict[str, Any] = {"data_files": {"train": str(path)}}
         if builder == "text":
             kwargs["sample_by"] = spec.sample_by
+            kwargs["encoding"] = spec.encoding
+            kwargs["encoding_errors"] = spec.errors
+        elif builder == "csv":
+            kwargs["encoding"] = spec.encoding
+            kwargs["encoding_errors"] = spec.errors
         try:
             return datasets.load_dataset(builder, split="train", streaming=spec.streaming, **kwargs)
         except Exception as exc:
@@ -147,6 +155,83 @@ def _load(spec: DataSpec) -> Any:
         raise DataError(
             f"cannot load hub dataset {spec.dataset}: {first_line(exc)}. {offline_hint()}"
         ) from exc
+
+
+SNIFF_BYTES = 1 << 16  # bytes read to tell a binary file from a text file
+
+
+def check_file(path: Path, builder: str, spec: DataSpec) -> None:
+    """Catch what the ``datasets`` loaders report badly, before they run: an empty file, a
+    binary file, bytes that are not valid in the encoding (with the byte offset), and a
+    JSON-lines file with a broken line (with its line number)."""
+    size = path.stat().st_size
+    if size == 0:
+        raise DataError(f"data file {path} is empty: there is nothing to score.")
+    if builder == "parquet":
+        with path.open("rb") as handle:
+            if handle.read(4) != b"PAR1":
+                raise DataError(f"data file {path} is not a Parquet file (no PAR1 header): check the file.")
+        return
+    with path.open("rb") as handle:
+        head = handle.read(SNIFF_BYTES)
+    if b"\x00" in head and spec.encoding.lower().replace("-", "") in ("utf8", "ascii", "latin1"):
+        offset = head.index(b"\x00")
+        raise DataError(
+            f"data file {path} looks binary (a NUL byte at offset {offset}): pass a text file, or "
+            "--encoding if it is UTF-16 or UTF-32 text."
+        )
+    if spec.errors == "strict":
+        _check_decodes(path, spec.encoding)
+    if builder == "json" and path.suffix.lower() == ".jsonl":
+        _check_json_lines(path, spec)
+
+
+def _check_decodes(path: Path, encoding: str) -> None:
+    import codecs
+
+    try:
+        decoder = codecs.getincrementaldecoder(encoding)("strict")
+    except LookupError:
+        raise DataError(f"unknown --encoding {encoding!r}: use a Python codec name such as utf-8 or latin-1.") from None
+    offset = 0
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"data file {path} is not valid {encoding} at byte offset {offset + exc.start}: pass "
+                    "--encoding with the file's encoding, or --errors replace to substitute bad bytes."
+                ) from None
+            offset += len(block)
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise DataError(
+                f"data file {path} ends in the middle of a {encoding} character (byte offset {offset}): "
+                "the file is truncated. Pass --errors replace to score it anyway."
+            ) from None
+
+
+def _check_json_lines(path: Path, spec: DataSpec) -> None:
+    import json
+
+    with path.open(encoding=spec.encoding, errors=spec.errors) as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(
+                    f"data file {path}, line {number}: not valid JSON ({exc.msg}, column {exc.colno}). "
+                    "Fix or remove that line."
+                ) from None
+            if not isinstance(value, dict):
+                raise DataError(
+                    f"data file {path}, line {number}: a JSON {type(value).__name__}, not an object: each "
+                    f"line must be an object with a {spec.text_field!r} field."
+                )
 
 
 def split_text(text: str, sample_by: str) -> list[str]:

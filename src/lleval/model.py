@@ -177,20 +177,36 @@ def load_tokenizer(spec: ModelSpec) -> tuple[Any, str]:
     return _load_tokenizer(location, gguf_file, source, spec), source
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "tokenizer_config.json")
+
+
 def _load_tokenizer(location: str, gguf_file: str | None, source: str, spec: ModelSpec) -> Any:
     from transformers import AutoTokenizer
 
+    if source == "local" and not any((Path(location) / name).exists() for name in TOKENIZER_FILES):
+        raise ModelLoadError(
+            f"model folder {spec.name} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}): save it "
+            "there with tokenizer.save_pretrained(folder)."
+        )
     try:
-        return AutoTokenizer.from_pretrained(
+        tokenizer = AutoTokenizer.from_pretrained(
             location,
             revision=spec.revision,
             trust_remote_code=spec.trust_remote_code,
             gguf_file=gguf_file,
         )
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except Exception as exc:  # loaders raise many kinds (struct.error on a truncated GGUF); one line each
         raise ModelLoadError(
-            f"cannot load a tokenizer for {spec.name or location}: {first_line(exc)}.{_hub_hint(source)}"
+            f"cannot load a tokenizer for {spec.name or location}: {first_line(exc)}.{_corrupt_hint(gguf_file)}"
+            f"{_hub_hint(source)}"
         ) from exc
+    if len(tokenizer) == 0:
+        raise ModelLoadError(f"the tokenizer of {spec.name or location} has an empty vocabulary.")
+    return tokenizer
+
+
+def _corrupt_hint(gguf_file: str | None) -> str:
+    return " The .gguf file may be truncated or corrupted: download it again." if gguf_file else ""
 
 
 def _max_positions(config: Any) -> int | None:
@@ -216,9 +232,10 @@ def load_model(spec: ModelSpec) -> tuple[Any, Any, ModelInfo]:
             trust_remote_code=spec.trust_remote_code,
             gguf_file=gguf_file,
         )
-    except (OSError, ValueError, KeyError) as exc:
+    except Exception as exc:  # as above: one line whatever the loader raised
         raise ModelLoadError(
-            f"cannot read the model config of {display}: {first_line(exc)}.{_hub_hint(source)}"
+            f"cannot read the model config of {display}: {first_line(exc)}.{_corrupt_hint(gguf_file)}"
+            f"{_hub_hint(source)}"
         ) from exc
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -240,8 +257,10 @@ def load_model(spec: ModelSpec) -> tuple[Any, Any, ModelInfo]:
             dtype=dtype,
             **({"device_map": spec.device_map} if spec.device_map else {}),
         )
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ModelLoadError(f"cannot load model {display}: {first_line(exc)}.{_hub_hint(source)}") from exc
+    except Exception as exc:  # as above: one line whatever the loader raised
+        raise ModelLoadError(
+            f"cannot load model {display}: {first_line(exc)}.{_corrupt_hint(gguf_file)}{_hub_hint(source)}"
+        ) from exc
     placement: dict[str, Any] | None = None
     if spec.device_map:
         # accelerate's placement; transformers leaves hf_device_map unset when one device holds it all

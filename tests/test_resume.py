@@ -1,0 +1,196 @@
+"""Checkpoints, interrupts, non-finite log-probs, long documents and determinism."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import rel_close
+from lleval.api import evaluate
+from lleval.compare import load_report
+from lleval.config import EvalConfig
+from lleval.errors import ConfigError, LlevalError, ReportError, ScoringError
+from lleval.tokenization import encode, split_for_tokenizing
+
+TEXTS = [f"Document {i}. " + "The river begins as a spring in a boggy hollow high on the moor. " * (1 + i % 5) for i in range(30)]
+
+
+def _data(tmp_path: Path, texts: list[str] = TEXTS) -> str:
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    return str(path)
+
+
+def _config(tmp_path: Path, **kw: Any) -> EvalConfig:
+    base = dict(dataset=_data(tmp_path), max_length=32, stride=16, batch_size=3, block_tokens=300, bootstrap=0)
+    return EvalConfig(**{**base, **kw})
+
+
+def _stop_after(n: int) -> Any:
+    calls = {"n": 0}
+
+    def should_stop() -> bool:
+        calls["n"] += 1
+        return calls["n"] > n
+
+    return should_stop
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tiny_loaded: Any, tmp_path: Path) -> None:
+    full = evaluate(_config(tmp_path), loaded=tiny_loaded)
+    ckpt = str(tmp_path / "run.ckpt")
+    partial = evaluate(_config(tmp_path, checkpoint=ckpt, checkpoint_every=0), loaded=tiny_loaded, should_stop=_stop_after(12))
+    assert partial.complete is False
+    assert 0 < len(partial.documents) < len(full.documents)
+    assert [d.to_dict() for d in partial.documents] == [d.to_dict() for d in full.documents[: len(partial.documents)]]
+    resumed = evaluate(_config(tmp_path, checkpoint=ckpt, checkpoint_every=0), loaded=tiny_loaded)
+    assert resumed.complete is True
+    assert [d.to_dict() for d in resumed.documents] == [d.to_dict() for d in full.documents]
+    assert rel_close(resumed.totals.log_likelihood, full.totals.log_likelihood, 1e-12)
+    assert any("resumed from" in n for n in resumed.notes)
+
+
+def test_checkpoint_of_other_protocol_model_or_data_is_refused(tiny_loaded: Any, tiny_llama_dir: Path, tmp_path: Path) -> None:
+    from lleval.api import load
+
+    ckpt = str(tmp_path / "run.ckpt")
+    evaluate(_config(tmp_path, checkpoint=ckpt, checkpoint_every=0), loaded=tiny_loaded, should_stop=_stop_after(12))
+    with pytest.raises(ConfigError, match="different protocol"):
+        evaluate(_config(tmp_path, checkpoint=ckpt, stride=8), loaded=tiny_loaded)
+    with pytest.raises(ConfigError, match="different model"):
+        evaluate(_config(tmp_path, checkpoint=ckpt), loaded=load(EvalConfig(model=str(tiny_llama_dir))))
+    other = tmp_path / "other"
+    other.mkdir()
+    changed = _data(other, [TEXTS[0] + " changed"] + TEXTS[1:])
+    with pytest.raises(ConfigError, match="different data"):
+        evaluate(_config(tmp_path, checkpoint=ckpt, dataset=changed), loaded=tiny_loaded)
+
+
+def _nan_scorer(inner: Any, at: int) -> Any:
+    def scorer(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, score_mask: torch.Tensor) -> torch.Tensor:
+        out = inner(input_ids, attention_mask, labels, score_mask).clone()
+        if input_ids.shape[0] and len(out) > at:
+            out[at] = float("nan")
+        return out
+
+    return scorer
+
+
+def test_nonfinite_stops_with_document_and_position(tiny_loaded: Any, tmp_path: Path) -> None:
+    broken = dataclasses.replace(tiny_loaded, scorer=_nan_scorer(tiny_loaded.scorer, 0))
+    with pytest.raises(ScoringError, match=r"non-finite log-prob \(nan\) in document \d+ .* token position \d+"):
+        evaluate(_config(tmp_path), loaded=broken)
+
+
+def test_allow_nonfinite_counts_and_leaves_out(tiny_loaded: Any, tmp_path: Path) -> None:
+    broken = dataclasses.replace(tiny_loaded, scorer=_nan_scorer(tiny_loaded.scorer, 0))
+    report = evaluate(_config(tmp_path, allow_nonfinite=True), loaded=broken)
+    full = evaluate(_config(tmp_path), loaded=tiny_loaded)
+    n_bad = report.totals.nonfinite
+    assert n_bad == report.to_dict()["timing"]["batches"]  # one NaN per batch
+    assert report.totals.tokens == full.totals.tokens - n_bad
+    assert math.isfinite(report.totals.log_likelihood)
+    assert any("NaN or infinite" in n for n in report.notes)
+
+
+@pytest.mark.parametrize("batch_size,max_batch_tokens", [(1, None), (2, None), (5, None), (16, None), (16, 64), (8, 100)])
+def test_totals_do_not_depend_on_batching(tiny_loaded: Any, tmp_path: Path, batch_size: int, max_batch_tokens: int | None) -> None:
+    reference = evaluate(_config(tmp_path, batch_size=1), loaded=tiny_loaded)
+    other = evaluate(_config(tmp_path, batch_size=batch_size, max_batch_tokens=max_batch_tokens), loaded=tiny_loaded)
+    assert other.totals.tokens == reference.totals.tokens
+    assert rel_close(other.totals.log_likelihood, reference.totals.log_likelihood, 1e-6)
+
+
+def test_totals_do_not_depend_on_document_order(tiny_loaded: Any, tmp_path: Path) -> None:
+    forward = evaluate(_config(tmp_path), loaded=tiny_loaded)
+    back = tmp_path / "back"
+    back.mkdir()
+    backward = evaluate(_config(tmp_path, dataset=_data(back, TEXTS[::-1])), loaded=tiny_loaded)
+    assert rel_close(forward.totals.log_likelihood, backward.totals.log_likelihood, 1e-6)
+
+
+def test_two_runs_give_byte_identical_rows(tiny_loaded: Any, tmp_path: Path) -> None:
+    a = evaluate(_config(tmp_path), loaded=tiny_loaded).to_dict()["documents"]
+    b = evaluate(_config(tmp_path), loaded=tiny_loaded).to_dict()["documents"]
+    assert json.dumps(a) == json.dumps(b)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(alphabet=st.sampled_from("ab \n\tc"), max_size=400), st.integers(5, 50))
+def test_long_text_pieces_rejoin(text: str, piece: int) -> None:
+    pieces = split_for_tokenizing(text, piece)
+    assert "".join(pieces) == text
+    assert all(len(p) <= piece for p in pieces[:-1]) or any(not any(c.isspace() for c in p) for p in pieces)
+
+
+def test_long_document_tokenized_in_pieces(tiny_loaded: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import lleval.tokenization as tokenization
+
+    text = " ".join(TEXTS) * 3
+    whole = tiny_loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
+    monkeypatch.setattr(tokenization, "PIECE_CHARS", 500)
+    assert encode(tiny_loaded.tokenizer, [text]) == [whole]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=5),
+    max_leaves=20,
+))
+def test_report_loader_fails_cleanly_on_random_json(tmp_path_factory: pytest.TempPathFactory, value: Any) -> None:
+    path = tmp_path_factory.mktemp("fuzz") / "r.json"
+    path.write_text(json.dumps(value))
+    with pytest.raises(ReportError):
+        load_report(str(path))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_report_loader_survives_mutations(tmp_path_factory: pytest.TempPathFactory, data: st.DataObject) -> None:
+    report = {
+        "schema_version": 1, "complete": True, "model": {"name": "m"}, "tokenizer": {"fingerprint": "t"},
+        "dataset": {"fingerprint": "d"}, "protocol": {"name": "rolling"}, "totals": {},
+        "documents": [{"index": 0, "log_likelihood": -3.0, "tokens": 2, "bytes": 8, "words": 2}],
+    }
+    text = json.dumps(report)
+    position = data.draw(st.integers(0, len(text) - 1))
+    replacement = data.draw(st.text(alphabet='{}[]",:0123456789abcdefnulltrue -.', max_size=3))
+    mutated = text[:position] + replacement + text[position + data.draw(st.integers(0, 3)):]
+    path = tmp_path_factory.mktemp("mut") / "r.json"
+    path.write_text(mutated)
+    try:
+        load_report(str(path))
+    except LlevalError:
+        pass  # a clean, typed error is the other acceptable outcome
+
+
+def test_sigterm_writes_incomplete_report_and_exits_143(tiny_model_dir: Path, tmp_path: Path) -> None:
+    out, ckpt = tmp_path / "r.json", tmp_path / "run.ckpt"
+    many = [t * 3 for t in TEXTS] * 20
+    cmd = [str(Path(sys.executable).parent / "lleval"), "score", "-q", "-m", str(tiny_model_dir),
+           "-d", _data(tmp_path, many), "-L", "32", "-S", "4", "-b", "1", "--block-tokens", "200",
+           "--checkpoint", str(ckpt), "--checkpoint-every", "0", "-o", str(out), "--bootstrap", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ)
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    data = json.loads(out.read_text())
+    assert data["complete"] is False and 0 < len(data["documents"]) < len(many)
+    assert "stopped by signal" in err
