@@ -188,25 +188,25 @@ def _load_tokenizer(location: str, gguf_file: str | None, source: str, spec: Mod
             f"model folder {spec.name} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}): save it "
             "there with tokenizer.save_pretrained(folder)."
         )
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            location,
-            revision=spec.revision,
-            trust_remote_code=spec.trust_remote_code,
-            gguf_file=gguf_file,
-        )
-    except Exception as exc:  # loaders raise many kinds (struct.error on a truncated GGUF); one line each
-        raise ModelLoadError(
-            f"cannot load a tokenizer for {spec.name or location}: {first_line(exc)}.{_corrupt_hint(gguf_file)}"
-            f"{_hub_hint(source)}"
-        ) from exc
+    what = f"a tokenizer for {spec.name or location}"
+    tokenizer = _from_pretrained(AutoTokenizer, what, location, gguf_file, source, spec)
     if len(tokenizer) == 0:
         raise ModelLoadError(f"the tokenizer of {spec.name or location} has an empty vocabulary.")
     return tokenizer
 
 
-def _corrupt_hint(gguf_file: str | None) -> str:
-    return " The .gguf file may be truncated or corrupted: download it again." if gguf_file else ""
+def _from_pretrained(
+    loader: Any, what: str, location: str, gguf_file: str | None, source: str, spec: ModelSpec, **extra: Any
+) -> Any:
+    """``loader.from_pretrained`` with the spec's revision and remote-code choice; any failure
+    (loaders raise many kinds: struct.error on a truncated GGUF) becomes one `ModelLoadError` line."""
+    try:
+        return loader.from_pretrained(
+            location, revision=spec.revision, trust_remote_code=spec.trust_remote_code, gguf_file=gguf_file, **extra
+        )
+    except Exception as exc:
+        corrupt = " The .gguf file may be truncated or corrupted: download it again." if gguf_file else ""
+        raise ModelLoadError(f"cannot load {what}: {first_line(exc)}.{corrupt}{_hub_hint(source)}") from exc
 
 
 def _max_positions(config: Any) -> int | None:
@@ -225,18 +225,7 @@ def load_model(spec: ModelSpec) -> tuple[Any, Any, ModelInfo]:
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
     tokenizer = _load_tokenizer(location, gguf_file, source, spec)
-    try:
-        config = AutoConfig.from_pretrained(
-            location,
-            revision=spec.revision,
-            trust_remote_code=spec.trust_remote_code,
-            gguf_file=gguf_file,
-        )
-    except Exception as exc:  # as above: one line whatever the loader raised
-        raise ModelLoadError(
-            f"cannot read the model config of {display}: {first_line(exc)}.{_corrupt_hint(gguf_file)}"
-            f"{_hub_hint(source)}"
-        ) from exc
+    config = _from_pretrained(AutoConfig, f"the model config of {display}", location, gguf_file, source, spec)
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     is_causal = config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not getattr(
@@ -247,20 +236,10 @@ def load_model(spec: ModelSpec) -> tuple[Any, Any, ModelInfo]:
             f"{display} is a {config.model_type!r} model, which is not a causal language model: "
             "lleval scores decoder-only LMs (AutoModelForCausalLM), such as Llama, GPT-2 or Qwen."
         )
-    model: Any
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            location,
-            revision=spec.revision,
-            trust_remote_code=spec.trust_remote_code,
-            gguf_file=gguf_file,
-            dtype=dtype,
-            **({"device_map": spec.device_map} if spec.device_map else {}),
-        )
-    except Exception as exc:  # as above: one line whatever the loader raised
-        raise ModelLoadError(
-            f"cannot load model {display}: {first_line(exc)}.{_corrupt_hint(gguf_file)}{_hub_hint(source)}"
-        ) from exc
+    device_map = {"device_map": spec.device_map} if spec.device_map else {}
+    model = _from_pretrained(
+        AutoModelForCausalLM, f"model {display}", location, gguf_file, source, spec, dtype=dtype, **device_map
+    )
     placement: dict[str, Any] | None = None
     if spec.device_map:
         # accelerate's placement; transformers leaves hf_device_map unset when one device holds it all
