@@ -47,7 +47,7 @@ def main() -> int:
     started = time.time()
     subprocess.run(LLEVAL + base + ["-o", str(work / "full.json")], check=True, env=env, capture_output=True)
     duration = time.time() - started
-    print(f"uninterrupted run: {duration:.1f} s")
+    print(f"uninterrupted run: {duration:.1f} s", flush=True)
 
     ckpt, out = work / "run.ckpt", work / "resumed.json"
     command = LLEVAL + base + ["--checkpoint", str(ckpt), "--checkpoint-every", "0", "-o", str(out)]
@@ -59,16 +59,17 @@ def main() -> int:
                 time.sleep(0.001)
             moment = "mid-write"
         else:
-            delay = rng.uniform(0.3, 1.0) * duration
+            # loading the model takes about half the run: kill anywhere from loading to scoring
+            delay = rng.uniform(0.2, 0.9) * duration
             time.sleep(delay)
             moment = f"after {delay:.1f} s"
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             done = len(json.loads(ckpt.read_text())["rows"]) if ckpt.exists() else 0
-            print(f"kill {kill + 1}: SIGKILL {moment}; checkpoint holds {done} documents")
+            print(f"kill {kill + 1}: SIGKILL {moment}; checkpoint holds {done} documents", flush=True)
         else:
-            print(f"kill {kill + 1}: the run had already finished ({moment})")
+            print(f"kill {kill + 1}: the run had already finished ({moment})", flush=True)
     subprocess.run(command, check=True, env=env, capture_output=True)
     full = json.loads((work / "full.json").read_text())
     resumed = json.loads(out.read_text())
