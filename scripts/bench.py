@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -43,8 +42,18 @@ def rss_mb() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
-def peak_mb(who: int = resource.RUSAGE_SELF) -> float:
-    return resource.getrusage(who).ru_maxrss / 1e3
+def peak_mb() -> float:
+    """Peak resident set size of this process so far (VmHWM), MB.
+
+    Not ru_maxrss: on Linux a child started with fork+exec inherits the
+    parent's high-water mark in ru_maxrss, so children would report the
+    parent's peak.
+    """
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1e3
+    return float("nan")
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
@@ -133,7 +142,7 @@ def throughput_case(name: str, loaded: Any, texts: list[str], max_length: int, b
 
 
 CHILD_BIG_VOCAB = r"""
-import json, resource, sys, time, torch
+import json, sys, time, torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from lleval.api import evaluate, load
 from lleval.config import EvalConfig
@@ -143,11 +152,14 @@ config = LlamaConfig(vocab_size=256000, hidden_size=64, intermediate_size=128, n
                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096, tie_word_embeddings=True)
 LlamaForCausalLM(config).save_pretrained(folder)
 tok.save_pretrained(folder)
+def hwm():
+    with open("/proc/self/status") as h:
+        return next(int(l.split()[1]) / 1e3 for l in h if l.startswith("VmHWM:"))
 loaded = load(EvalConfig(model=folder))
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+base = hwm()
 started = time.perf_counter()
 report = evaluate(EvalConfig(dataset=data, max_length=2048, batch_size=8, bootstrap=0), loaded=loaded)
-print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3,
+print(json.dumps({"peak_rss_mb": hwm(),
                   "peak_before_scoring_mb": base, "tokens": report.totals.tokens,
                   "seconds": time.perf_counter() - started}))
 """

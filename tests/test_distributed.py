@@ -63,3 +63,17 @@ def test_assign_batches_balances_load(costs: list[int], world: int) -> None:
     assert sum(loads) == sum(costs)
     assert max(loads) - min(loads) <= (max(costs) if costs else 0)
     assert owner == assign_batches(costs, world)  # deterministic
+
+
+def test_distributed_run_resumes_a_checkpoint(tiny_model_dir: Path, tmp_path: Path) -> None:
+    ckpt = tmp_path / "run.ckpt"
+    args = ["score", "-m", str(tiny_model_dir), "-d", _data(tmp_path), "-L", "24", "-S", "8", "-b", "3", "-q",
+            "--block-tokens", "100", "--checkpoint", str(ckpt), "--checkpoint-every", "0"]
+    single = _run([str(BIN / "lleval"), *args, "-o", str(tmp_path / "single.json")])
+    assert single.returncode == 0, single.stderr
+    # a finished checkpoint, resumed by two ranks: every row comes from it, nothing is rescored
+    dist = _run([str(BIN / "torchrun"), "--nproc-per-node", "2", "-m", "lleval", *args, "-o", str(tmp_path / "d.json")])
+    assert dist.returncode == 0, dist.stderr
+    a = json.loads((tmp_path / "d.json").read_text())
+    b = json.loads((tmp_path / "single.json").read_text())
+    assert a["documents"] == b["documents"] and a["timing"]["batches"] == 0

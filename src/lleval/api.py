@@ -167,9 +167,15 @@ def run_engine(
         "model": model_block(loaded.info),
         "tokenizer": tokenizer_block(loaded)["fingerprint"],
         "protocol": {**protocol.describe(loaded.tokenizer, counts=False), "batch_size": config.batch_size,
-                     "max_batch_tokens": config.max_batch_tokens, "world_size": dist.world_size if dist else 1},
+                     "max_batch_tokens": config.max_batch_tokens, "block_tokens": config.block_tokens},
     }
-    resumed = ckpt.load(config.checkpoint, fingerprint) if config.checkpoint else None
+    # Rank 0 reads the checkpoint and hands it to every rank, so all skip the same rows.
+    # The world size may change between runs: every rank forms the same batches anyway.
+    resumed = None
+    if config.checkpoint and (dist is None or dist.is_main):
+        resumed = ckpt.load(config.checkpoint, fingerprint)
+    if config.checkpoint and dist is not None:
+        resumed = dist.broadcast(resumed)
     finished: list[RowSums] = list(resumed.rows) if resumed else []
     units = protocol.units(docs, loaded.tokenizer)
     if resumed is not None and finished:
@@ -184,10 +190,13 @@ def run_engine(
         ckpt.save(config.checkpoint, ckpt.Checkpoint(fingerprint, ckpt.rows_hash(hashes), finished))
         last_save[0] = time.monotonic()
 
+    scored = [sum(r.tokens for r in finished)]
+
     def on_rows(block: list[RowSums]) -> None:
         finished.extend(block)
+        scored[0] += sum(r.tokens for r in block)
         if progress is not None:
-            progress(len(finished), sum(r.tokens for r in finished), stats.expected_rows)
+            progress(len(finished), scored[0], stats.expected_rows)
         if config.checkpoint and time.monotonic() - last_save[0] >= config.checkpoint_every:
             save_checkpoint()
 

@@ -48,6 +48,14 @@ class DistContext:
         dist.all_gather_object(gathered, value)
         return gathered
 
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank."""
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def describe(self) -> dict[str, Any]:
         """The report's ``distributed`` block."""
         return {"world_size": self.world_size, "backend": self.backend, "work_split": "batches by token count"}

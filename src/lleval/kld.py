@@ -107,6 +107,11 @@ def kl_divergence(
     Refuses (`ConfigError`) models whose tokenizers differ: the same token
     ids would mean different text, so the distributions cannot be compared.
     """
+    if config.checkpoint:
+        raise ConfigError(
+            "lleval kld does not resume from --checkpoint: its per-token statistics are not saved. "
+            "Drop --checkpoint."
+        )
     collector = _Collector()
 
     def loader() -> LoadedModel:
