@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lleval.errors import ReportError
+from lleval.errors import ReportError, read_text_file
 from lleval.metrics import LN2, bootstrap_sums, percentile_interval
 from lleval.report import SCHEMA_VERSION
 
@@ -35,13 +34,9 @@ DOCUMENT_KEYS = ("index", "log_likelihood", "tokens", "bytes", "words")
 
 def load_report(path: str) -> dict[str, Any]:
     """Read and check a score report; a bad file is a `ReportError` naming what is wrong."""
-    file = Path(path)
+    text = read_text_file(path, "report", ReportError)
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ReportError(f"report {path} does not exist.") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ReportError(f"cannot read report {path}: {exc}.") from None
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ReportError(f"report {path} is not JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}.") from None
     if not isinstance(data, dict):

@@ -7,6 +7,8 @@ these into exit codes (usage problems 2, runtime problems 1).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class LlevalError(Exception):
     """Base class of every error lleval raises on purpose."""
@@ -49,3 +51,14 @@ class ScoringError(LlevalError):
     """Scoring produced a value that cannot be trusted (for example a NaN log-prob)."""
 
     exit_code = 1
+
+
+def read_text_file(path: str | Path, what: str, error: type[LlevalError]) -> str:
+    """The UTF-8 text of a file the user named; a missing or unreadable file raises ``error``
+    with one line that names it as ``what`` (for example "config file")."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{what} {path} does not exist.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"cannot read {what} {path}: {exc}.") from None
