@@ -8,6 +8,8 @@ import random
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lleval.scoring import EngineOptions, EngineStats, Unit, score_units, scorer_from_logits
 from lleval.windows import rolling_spans
@@ -96,3 +98,28 @@ def test_padding_share_is_counted() -> None:
     docs = [[1] * 9, [1] * 3]
     list(score_units(scorer_from_logits(uniform_logits), make_units(docs, 16, 16), EngineOptions(batch_size=2), stats=stats))
     assert stats.computed_tokens == 2 * 8 and stats.padding_tokens == 8 - 2
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.lists(st.integers(0, VOCAB - 1), min_size=0, max_size=70), min_size=1, max_size=8),
+    st.integers(1, 24),
+    st.data(),
+)
+def test_aggregation_matches_reference_for_random_shapes(docs: list[list[int]], max_length: int, data: st.DataObject) -> None:
+    stride = data.draw(st.integers(1, max_length))
+    batch_size = data.draw(st.integers(1, 9))
+    block_tokens = data.draw(st.integers(1, 400))
+    rows = list(
+        score_units(
+            scorer_from_logits(content_logits), make_units(docs, max_length, stride),
+            EngineOptions(batch_size=batch_size, block_tokens=block_tokens),
+        )
+    )
+    assert [r.row for r in rows] == list(range(len(docs)))
+    for doc, row in zip(docs, rows):
+        expected = 0.0
+        for span in rolling_spans(len(doc), max_length, stride):
+            expected += sum(reference(doc[span.start : span.end])[-span.n_scored :])
+        assert row.tokens == max(len(doc) - 1, 0)
+        assert math.isclose(row.log_likelihood, expected, rel_tol=1e-6, abs_tol=1e-6)
