@@ -221,9 +221,12 @@ def load_model(spec: ModelSpec) -> tuple[Any, Any, ModelInfo]:
     """Load ``(model, tokenizer, info)``; every failure is a `ModelLoadError` saying what to do."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from lleval.threads import cap_torch_threads
+
     location, gguf_file, source, display = _locate(spec)
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
+    cap_torch_threads()
     tokenizer = _load_tokenizer(location, gguf_file, source, spec)
     config = _from_pretrained(AutoConfig, f"the model config of {display}", location, gguf_file, source, spec)
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
