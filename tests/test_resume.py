@@ -173,9 +173,11 @@ def test_report_loader_survives_mutations(tmp_path_factory: pytest.TempPathFacto
     path = tmp_path_factory.mktemp("mut") / "r.json"
     path.write_text(mutated)
     try:
-        load_report(str(path))
-    except LlevalError:
-        pass  # a clean, typed error is the other acceptable outcome
+        loaded = load_report(str(path))
+    except LlevalError as exc:  # the other acceptable outcome: a typed error with a one-line message
+        assert str(exc) and "\n" not in str(exc)
+    else:
+        assert loaded["schema_version"] == 1 and isinstance(loaded["documents"], list)
 
 
 def test_sigterm_writes_incomplete_report_and_exits_143(tiny_model_dir: Path, tmp_path: Path) -> None:
