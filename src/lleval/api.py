@@ -163,12 +163,14 @@ def run_engine(
         loaded = loader() if loader is not None else load(config)
     load_seconds = time.perf_counter() - started
     protocol = plan(config, loaded.tokenizer, loaded.info.max_positions)
-    fingerprint = {
-        "model": model_block(loaded.info),
-        "tokenizer": tokenizer_block(loaded)["fingerprint"],
-        "protocol": {**protocol.describe(loaded.tokenizer, counts=False), "batch_size": config.batch_size,
-                     "max_batch_tokens": config.max_batch_tokens, "block_tokens": config.block_tokens},
-    }
+    fingerprint: dict[str, Any] = {}
+    if config.checkpoint:  # hashing the tokenizer costs a pass over its vocabulary: only when needed
+        fingerprint = {
+            "model": model_block(loaded.info),
+            "tokenizer": tokenizer_block(loaded)["fingerprint"],
+            "protocol": {**protocol.describe(loaded.tokenizer, counts=False), "batch_size": config.batch_size,
+                         "max_batch_tokens": config.max_batch_tokens, "block_tokens": config.block_tokens},
+        }
     # Rank 0 reads the checkpoint and hands it to every rank, so all skip the same rows.
     # The world size may change between runs: every rank forms the same batches anyway.
     resumed = None
