@@ -8,6 +8,7 @@ commands, so ``lleval --help`` is fast.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import traceback
@@ -92,7 +93,9 @@ class _StderrProgress:
 
 
 def _quiet_libraries() -> None:
-    """Silence third-party progress bars and info logs; lleval draws its own."""
+    """Silence third-party progress bars and info logs (lleval draws its own), and show
+    warnings as one ``warning:`` line on stderr."""
+    warnings.showwarning = _show_warning
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF loader draws an unconditional tqdm bar
     import datasets
@@ -210,13 +213,13 @@ def score(format_: str, **flags: Any) -> None:
     """
     from rich.console import Console
 
+    from lleval.api import evaluate
+
     config = EvalConfig(format=format_, **flags)
-    err = Console(stderr=True)
     out = Console()
     _quiet_libraries()
-    warnings.showwarning = _show_warning
     with _Interrupts() as interrupts:
-        report = _run(config, err, interrupts)
+        report = _with_progress(config.quiet, evaluate, config, should_stop=interrupts.should_stop)
     if not _is_main_rank():
         return  # rank 0 alone prints and writes
     if config.output:
@@ -276,20 +279,17 @@ def compare(base: str, candidates: tuple[str, ...], max_regression: float | None
     payload = {"max_regression_pct": max_regression, "require_significant": require_significant,
                "bootstrap": {"resamples": bootstrap, "seed": seed, "level": 0.95},
                "comparisons": [r.to_dict() for r in rows], "passed": not any(r.regressed for r in rows)}
+    text = json.dumps(payload, indent=2) + "\n"
     if output:
-        import json
-
         from lleval.report import write_text_atomic
 
-        _call(write_text_atomic, output, json.dumps(payload, indent=2) + "\n")
+        _call(write_text_atomic, output, text)
     if summary:
         _append_summary(markdown)
     if format_ == "markdown":
         click.echo(markdown, nl=False)
     elif format_ == "json":
-        import json
-
-        click.echo(json.dumps(payload, indent=2))
+        click.echo(text, nl=False)
     else:
         render_table(rows, max_regression, Console())
     failed = [r for r in rows if r.regressed]
@@ -326,17 +326,9 @@ def kld(base_model: str, format_: str, **flags: Any) -> None:
 
     config = EvalConfig(format="json", **flags)
     _quiet_libraries()
-    warnings.showwarning = _show_warning
-    err = Console(stderr=True)
-    if config.quiet or not err.is_terminal or not _is_main_rank():
-        result = _call(kl_divergence, config, base_model)
-    else:
-        with _StderrProgress(err) as progress:
-            result = _call(kl_divergence, config, base_model, progress=progress)
+    result = _with_progress(config.quiet, kl_divergence, config, base_model)
     if not _is_main_rank():
         return
-    import json
-
     text = json.dumps(result, indent=2) + "\n"
     if config.output:
         from lleval.report import write_text_atomic
@@ -421,14 +413,15 @@ class _Interrupts:
             signal.signal(sig, handler)
 
 
-def _run(config: EvalConfig, err: Any, interrupts: _Interrupts) -> Any:
-    from lleval.api import evaluate
+def _with_progress(quiet: bool, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a library call with a progress bar on stderr, unless quiet, not a terminal or not rank 0."""
+    from rich.console import Console
 
-    stop = interrupts.should_stop
-    if config.quiet or not err.is_terminal or not _is_main_rank():
-        return _call(evaluate, config, should_stop=stop)
+    err = Console(stderr=True)
+    if quiet or not err.is_terminal or not _is_main_rank():
+        return _call(fn, *args, **kwargs)
     with _StderrProgress(err) as progress:
-        return _call(evaluate, config, progress=progress, should_stop=stop)
+        return _call(fn, *args, progress=progress, **kwargs)
 
 
 def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
