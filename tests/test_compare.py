@@ -165,3 +165,11 @@ def test_score_report_carries_intervals(tiny_loaded: Any, tmp_path: Path) -> Non
     assert low <= data["metrics"]["bits_per_byte"] <= high
     one = evaluate(EvalConfig(dataset=str(path), limit=1), loaded=tiny_loaded).to_dict()
     assert one["metrics"]["perplexity_ci"] is None and any("single document" in n for n in one["notes"])
+
+
+def test_percentile_interval_leaves_out_empty_resamples() -> None:
+    from lleval.metrics import percentile_interval
+
+    samples = np.array([1.0, np.nan, 2.0, np.inf, 3.0])
+    assert percentile_interval(samples, level=1.0) == (1.0, 3.0)
+    assert percentile_interval(np.array([np.nan])) is None

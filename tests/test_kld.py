@@ -89,3 +89,13 @@ def test_kld_cli_end_to_end(tiny_model_dir: Path, tmp_path: Path) -> None:
     data = json.loads(out.read_text())
     assert data["kind"] == "kld" and data["kl_divergence"]["mean"] == 0.0 and data["top_token_agreement"] == 1.0
     assert set(data["kl_divergence"]["percentiles"]) == {"p99.9", "p99", "p95", "p90", "p10", "p5", "p1", "p0.1"}
+
+
+def test_document_with_nothing_to_score_is_kept(tiny_loaded: Any, tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"text": "a"}) + "\n" + json.dumps({"text": TEXTS[0]}) + "\n")
+    config = EvalConfig(dataset=str(path), prefix_token="none")  # "a" is one token: nothing to predict
+    result = kl_divergence(config, None, base=tiny_loaded, model=tiny_loaded)
+    assert result["dataset"]["documents"] == 2 and result["kl_divergence"]["mean"] == 0.0
+    assert result["perplexity"]["ln_ratio_ci"] == [0.0, 0.0]  # resamples of only the empty document are left out
+    json.dumps(result, allow_nan=False)

@@ -163,7 +163,8 @@ def compare_reports(
             b_s, c_s = values(bootstrap_sums(columns, n_resamples, seed))
             changes = c_s / b_s - 1.0
         interval = percentile_interval(changes, level)
-        p_worse = float(np.mean(changes > 0))
+        finite = changes[np.isfinite(changes)]
+        p_worse = float(np.mean(finite > 0)) if finite.size else None
     regressed = False
     if max_regression_pct is not None:
         regressed = change * 100.0 > max_regression_pct

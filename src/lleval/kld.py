@@ -133,7 +133,7 @@ def kl_divergence(
         per_token = np.concatenate(context.all_gather(per_token))
     n = run.totals.tokens
     nll_model = -run.totals.log_likelihood
-    base_lls = np.array([float(e[0]) for e in run.extra])
+    base_lls = np.array([0.0 if e is None else float(e[0]) for e in run.extra])  # None: no token scored
     nll_base = -float(base_lls.sum())
     doc_tokens = np.array([d.tokens for d in run.documents], dtype=np.float64)
     doc_model = np.array([-d.log_likelihood for d in run.documents])
@@ -141,7 +141,9 @@ def kl_divergence(
     interval = None
     if len(run.documents) >= 2 and config.bootstrap > 0:
         sums = bootstrap_sums(np.column_stack([doc_model, -base_lls, doc_tokens]), config.bootstrap, config.seed)
-        interval = list(percentile_interval((sums[:, 0] - sums[:, 1]) / sums[:, 2]))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            found = percentile_interval((sums[:, 0] - sums[:, 1]) / sums[:, 2])
+        interval = None if found is None else list(found)
     return {
         "schema_version": KLD_SCHEMA_VERSION,
         "kind": "kld",

@@ -117,10 +117,18 @@ def bootstrap_sums(columns: np.ndarray, n_resamples: int, seed: int) -> np.ndarr
     return out
 
 
-def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    """The central ``level`` percentile interval of bootstrap samples."""
+def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float] | None:
+    """The central ``level`` percentile interval of bootstrap samples.
+
+    Non-finite samples are left out: a resample that drew only documents with
+    no scored token has no ratio (0/0), and carries no information. None when
+    no sample is finite.
+    """
+    finite = samples[np.isfinite(samples)]
+    if finite.size == 0:
+        return None
     tail = (1.0 - level) / 2.0 * 100.0
-    low, high = np.percentile(samples, [tail, 100.0 - tail])
+    low, high = np.percentile(finite, [tail, 100.0 - tail])
     return float(low), float(high)
 
 
