@@ -298,10 +298,10 @@ def make_logits_slices(model: Any) -> Any:
     ) -> Iterator[torch.Tensor]:
         input_ids = input_ids.to(device)
         mask = score_mask.to(device)
-        attention_mask = None if right_padded(attention_mask) else attention_mask.to(device)
+        attention = None if right_padded(attention_mask) else attention_mask.to(device)
         if plain:
             hidden = model.base_model(
-                input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+                input_ids=input_ids, attention_mask=attention, use_cache=False
             ).last_hidden_state  # (B, T, H)
             selected = hidden[mask]  # (N, H)
             for i in range(0, selected.shape[0], per_slice):
@@ -309,10 +309,10 @@ def make_logits_slices(model: Any) -> Any:
             return
         if keeps:
             logits = model(
-                input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=mask
+                input_ids=input_ids, attention_mask=attention, use_cache=False, logits_to_keep=mask
             ).logits  # (N, V)
         else:
-            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[mask]
+            logits = model(input_ids=input_ids, attention_mask=attention).logits[mask]
         logits = logits.reshape(-1, logits.shape[-1])
         for i in range(0, logits.shape[0], per_slice):
             yield logits[i : i + per_slice]
