@@ -37,7 +37,7 @@ def test_unknown_keys_and_type_errors_are_all_reported(tmp_path: Path) -> None:
         load_config_file(path)
     message = str(info.value)
     assert "'max_lenght'" in message and "did you mean 'max_length'" in message
-    assert "'batch_size' must be int" in message and "'streaming' must be bool" in message
+    assert "'batch_size' must be int or 'auto'" in message and "'streaming' must be bool" in message
 
 
 def test_dashes_are_accepted(tmp_path: Path) -> None:

@@ -39,11 +39,15 @@ def _jsonl(tmp_path: Path, texts: list[str]) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("batch_size", [1, 3, 8])
-def test_batch_sizes_match_naive_loop(tiny_model_dir: Path, tiny_loaded: Any, tmp_path: Path, batch_size: int) -> None:
+@pytest.mark.parametrize(("batch_size", "max_batch_tokens"), [(1, None), (3, None), (8, None), (8, 70), ("auto", None)])
+def test_batch_sizes_match_naive_loop(
+    tiny_model_dir: Path, tiny_loaded: Any, tmp_path: Path, batch_size: int | str, max_batch_tokens: int | None
+) -> None:
     texts = [t[: 150 + 40 * i] for i, t in enumerate(TEXTS[:6])]
     expected_ll, expected_n = _naive_totals(tiny_model_dir, texts, 32, 32)
-    config = EvalConfig(dataset=_jsonl(tmp_path, texts), max_length=32, batch_size=batch_size)
+    config = EvalConfig(
+        dataset=_jsonl(tmp_path, texts), max_length=32, batch_size=batch_size, max_batch_tokens=max_batch_tokens
+    )
     report = evaluate(config, loaded=tiny_loaded)
     assert report.totals.tokens == expected_n
     assert rel_close(report.totals.log_likelihood, expected_ll, 1e-6)

@@ -6,6 +6,7 @@ tests drive the whole path with fakes and tiny models.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import itertools
 import platform
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from lleval import __version__
+from lleval.batching import Batching, auto_batching
 from lleval.config import EvalConfig
 from lleval.data import BUILTIN_DATASET, DataSpec, DataStats, Document, describe_split, iter_documents
 from lleval.errors import DataError, ScoringError
@@ -28,6 +30,7 @@ from lleval.scoring import (
     Stopped,
     TokenScorer,
     Unit,
+    WindowTooLarge,
     score_units,
 )
 from lleval.protocols import Plan, plan
@@ -48,6 +51,7 @@ class LoadedModel:
     model: Any = None  # the underlying transformers model, when there is one
     slices: Any = None  # its LogitsSlices (for KL divergence), when there is one
     vocab: int | None = None
+    bytes_per_token: int | None = None  # activation working set per batch token, for --batch-size auto
 
 
 def model_spec(config: EvalConfig) -> ModelSpec:
@@ -79,7 +83,13 @@ def data_spec(config: EvalConfig) -> DataSpec:
 
 def load(config: EvalConfig) -> LoadedModel:
     """Load the model and tokenizer a config names (the only slow step before scoring)."""
-    from lleval.model import load_model, make_logits_slices, slice_positions, vocab_size
+    from lleval.model import (
+        activation_bytes_per_token,
+        load_model,
+        make_logits_slices,
+        slice_positions,
+        vocab_size,
+    )
     from lleval.scoring import scorer_from_slices
 
     model, tokenizer, info = load_model(model_spec(config))
@@ -87,7 +97,23 @@ def load(config: EvalConfig) -> LoadedModel:
     slices = make_logits_slices(model)
     vocab = vocab_size(model)
     scorer = scorer_from_slices(slices, slice_positions(vocab))
-    return LoadedModel(scorer, tokenizer, info, int(pad or 0), model, slices, vocab)
+    return LoadedModel(
+        scorer, tokenizer, info, int(pad or 0), model, slices, vocab, activation_bytes_per_token(model)
+    )
+
+
+def batching_for(config: EvalConfig, loaded: LoadedModel, max_length: int) -> Batching:
+    """The batch shape the engine uses: the config's numbers, or for ``auto`` a token
+    budget sized from the memory left on the model's device (an explicit
+    ``max_batch_tokens`` still wins). Models without a size estimate (fakes) get 8 rows."""
+    if config.batch_size != "auto":
+        return Batching(int(config.batch_size), config.max_batch_tokens)
+    if loaded.bytes_per_token is None:
+        return Batching(8, config.max_batch_tokens, auto=True)
+    auto = auto_batching(loaded.bytes_per_token, loaded.info.device, max_length=max_length)
+    if config.max_batch_tokens is not None:
+        auto = dataclasses.replace(auto, max_batch_tokens=config.max_batch_tokens)
+    return auto
 
 
 def _peeked(docs: Iterator[Document]) -> Iterator[Document]:
@@ -128,6 +154,7 @@ class ScoreRun:
     distributed: dict[str, Any] | None = None
     complete: bool = True
     resumed_documents: int = 0
+    batching: Batching | None = None
 
 
 def run_engine(
@@ -202,8 +229,11 @@ def run_engine(
         if config.checkpoint and time.monotonic() - last_save[0] >= config.checkpoint_every:
             save_checkpoint()
 
+    batching = batching_for(config, loaded, protocol.max_length)
+    if dist is not None and batching.auto:  # every rank must form the same batches: rank 0's
+        batching = dist.broadcast(batching)
     options = EngineOptions(
-        batch_size=config.batch_size, max_batch_tokens=config.max_batch_tokens, pad_id=loaded.pad_id,
+        batch_size=batching.batch_size, max_batch_tokens=batching.max_batch_tokens, pad_id=loaded.pad_id,
         block_tokens=config.block_tokens,
         allow_nonfinite=config.allow_nonfinite, skip_rows=len(finished), should_stop=should_stop,
     )
@@ -214,6 +244,12 @@ def run_engine(
             pass
     except Stopped:
         complete = False
+    except WindowTooLarge as exc:
+        save_checkpoint()
+        raise ScoringError(
+            f"out of memory on {loaded.info.device} for a single window of {exc.tokens} tokens: lower "
+            "--max-length, or use --dtype bfloat16 or --device-map auto on GPUs."
+        ) from None
     except NonFiniteLogProb as exc:
         save_checkpoint()
         row = protocol.rows[exc.row] if exc.row < len(protocol.rows) else None
@@ -243,7 +279,7 @@ def run_engine(
         )
     return ScoreRun(
         loaded, protocol, stats, engine, documents, extra, totals, started, load_seconds, scoring_seconds,
-        None if dist is None else dist.describe(), complete, len(resumed.rows) if resumed else 0,
+        None if dist is None else dist.describe(), complete, len(resumed.rows) if resumed else 0, batching,
     )
 
 
@@ -314,6 +350,8 @@ def evaluate(
             "windows": engine.windows,
             "batches": engine.batches,
             "padding_share": engine.padding_tokens / engine.computed_tokens if engine.computed_tokens else 0.0,
+            "batching": run.batching.describe() if run.batching else None,
+            "out_of_memory_splits": engine.oom_splits,
         },
         environment=_environment(),
         notes=notes,

@@ -39,6 +39,26 @@ def _click_error(message: str, exit_code: int) -> click.ClickException:
     return InputProblem(message) if exit_code == 2 else RunFailure(message)
 
 
+class _BatchSize(click.ParamType):
+    """A positive number of windows, or ``auto``."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
+        if isinstance(value, int) or value == "auto":
+            return value
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is neither a number of windows nor 'auto'.", param, ctx)
+        if number < 1:
+            self.fail(f"{number} is not at least 1.", param, ctx)
+        return number
+
+
+BATCH_SIZE = _BatchSize()
+
+
 def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     """Eager ``--config`` callback: the YAML file becomes click's ``default_map``."""
     if value is None:
@@ -166,8 +186,8 @@ PROTOCOL_OPTIONS = _options(
                  help="Token that predicts each document's first token: auto (BOS, else EOS), an id, or none."),
     click.option("--concat", is_flag=False, flag_value=DEFAULT_SEPARATOR, default=None, metavar="[SEP]",
                  help="Join all documents with SEP (default: two newlines) into one stream."),
-    click.option("--batch-size", "-b", type=click.IntRange(min=1), default=8, show_default=True,
-                 help="Windows per forward pass."),
+    click.option("--batch-size", "-b", type=BATCH_SIZE, default=8, show_default=True,
+                 help="Windows per forward pass, or 'auto': as many as the free memory allows."),
     click.option("--max-batch-tokens", type=click.IntRange(min=1), default=None,
                  help="Also cap a batch at this many padded tokens (rows x width)."),
     click.option("--block-tokens", type=click.IntRange(min=1), default=1 << 20, show_default=True,

@@ -54,7 +54,7 @@ class EvalConfig:
     prefix_token: str = "auto"
     concat: str | None = None
     # engine and output
-    batch_size: int = 8
+    batch_size: int | str = 8  # or "auto": sized from free memory (see lleval.batching)
     max_batch_tokens: int | None = None
     block_tokens: int = 1 << 20
     allow_nonfinite: bool = False
@@ -84,9 +84,11 @@ class EvalConfig:
                 problems.append(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         if self.checkpoint_every < 0:
             problems.append(f"checkpoint_every must be 0 or more seconds, got {self.checkpoint_every}")
+        if isinstance(self.batch_size, str) and self.batch_size != "auto":
+            problems.append(f"batch_size must be a number of windows or 'auto', got {self.batch_size!r}")
         for name in ("max_length", "stride", "batch_size", "max_batch_tokens", "block_tokens"):
             value = getattr(self, name)
-            if value is not None and value < 1:
+            if isinstance(value, int) and value < 1:
                 problems.append(f"{name} must be at least 1, got {value}")
         if self.bootstrap < 0:
             problems.append(f"bootstrap must be 0 (off) or more resamples, got {self.bootstrap}")
@@ -124,7 +126,7 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "stride": (int,),
     "prefix_token": (str, int),
     "concat": (str, bool),
-    "batch_size": (int,),
+    "batch_size": (int, str),
     "max_batch_tokens": (int,),
     "block_tokens": (int,),
     "allow_nonfinite": (bool,),
@@ -174,6 +176,9 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             continue
         types = FIELD_TYPES[name]
         ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+        if name == "batch_size" and isinstance(value, str) and value != "auto":
+            problems.append(f"{key!r} must be int or 'auto', got str {value!r}")
+            continue
         if not ok:
             wanted = " or ".join(t.__name__ for t in types)
             problems.append(f"{key!r} must be {wanted}, got {type(value).__name__} {value!r}")

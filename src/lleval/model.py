@@ -320,6 +320,16 @@ def make_logits_slices(model: Any) -> Any:
     return slices
 
 
+def activation_bytes_per_token(model: Any) -> int:
+    """Working-set bytes per batch token for `lleval.batching` (activations, plus logits
+    for the architectures whose own forward returns them for every scored position)."""
+    from lleval.batching import bytes_per_token
+
+    plain = model.config.model_type in PLAIN_HEAD_MODEL_TYPES and model.get_output_embeddings() is not None
+    element = next(model.parameters()).element_size()
+    return bytes_per_token(model.config, element, 0 if plain else vocab_size(model))
+
+
 def right_padded(attention_mask: Any) -> bool:
     """True when every row is ones then zeros (real tokens first, padding after)."""
     return bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())

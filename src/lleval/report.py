@@ -65,7 +65,7 @@ class Report:
     protocol: dict[str, Any]
     totals: Totals
     documents: list[DocumentResult]
-    timing: dict[str, float]
+    timing: dict[str, Any]
     environment: dict[str, str]
     notes: list[str] = field(default_factory=list)
     #: 95% bootstrap intervals over documents, keyed by metric; None where there is none.

@@ -71,6 +71,14 @@ class Stopped(Exception):
     """Scoring stopped between batches because ``should_stop`` said so."""
 
 
+class WindowTooLarge(Exception):
+    """A single window ran out of device memory; ``tokens`` is its input length."""
+
+    def __init__(self, tokens: int) -> None:
+        super().__init__(f"out of memory on a single window of {tokens} tokens")
+        self.tokens = tokens
+
+
 @dataclass(frozen=True)
 class EngineOptions:
     """How the engine batches and what it tolerates."""
@@ -105,6 +113,7 @@ class EngineStats:
     computed_tokens: int = 0  # tokens fed to the model, padding included
     padding_tokens: int = 0
     scored_tokens: int = 0
+    oom_splits: int = 0  # times a batch ran out of memory and was split
     extra: dict[str, float] = field(default_factory=dict)
 
 
@@ -170,6 +179,42 @@ def _run_batch(scorer: TokenScorer, units: list[Unit], jobs: list[_Job], pad_id:
         offset += job.span.n_scored
 
 
+class _Backoff:
+    """Rows per forward pass this process has found to fit (None: whatever the batch holds).
+
+    A batch that runs out of memory is split in halves; the smaller size is
+    kept for every later batch of this process, so the error is paid once.
+    Batches are still formed as before (every rank agrees on them): only how
+    a batch is run changes, and with right padding that changes no number.
+    """
+
+    def __init__(self) -> None:
+        self.rows: int | None = None
+
+    def run(self, scorer: TokenScorer, units: list[Unit], jobs: list[_Job], pad_id: int, stats: EngineStats) -> None:
+        start = 0
+        while start < len(jobs):
+            part = jobs[start : start + (self.rows or len(jobs))]
+            try:
+                _run_batch(scorer, units, part, pad_id)
+            except torch.OutOfMemoryError:
+                if len(part) == 1:
+                    raise WindowTooLarge(part[0].span.input_length) from None
+                self.rows = len(part) // 2
+                stats.oom_splits += 1
+                _release_cached_memory()
+                continue
+            start += len(part)
+
+
+def _release_cached_memory() -> None:
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def make_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int | None) -> list[list[int]]:
     """Indices of windows, longest first, cut into batches of at most ``batch_size`` rows
     and (when given) at most ``max_batch_tokens`` padded tokens; a window longer than
@@ -195,7 +240,8 @@ def _score_block(
     units: list[Unit],
     options: EngineOptions,
     stats: EngineStats,
-    shard: Shard | None = None,
+    shard: Shard | None,
+    backoff: _Backoff,
 ) -> Iterator[RowSums]:
     jobs = [_Job(u, span) for u, unit in enumerate(units) for span in unit.spans]
     # Longest first: similar lengths share a batch, so little is padded, and an
@@ -211,7 +257,7 @@ def _score_block(
         if options.should_stop is not None and options.should_stop():
             raise Stopped()
         if owners is None or owners[k] == shard.rank:  # type: ignore[union-attr]
-            _run_batch(scorer, units, [jobs[j] for j in batch], pad_id)
+            backoff.run(scorer, units, [jobs[j] for j in batch], pad_id, stats)
         stats.batches += 1
         stats.computed_tokens += len(batch) * widths[k]
         stats.padding_tokens += sum(widths[k] - jobs[j].span.input_length for j in batch)
@@ -288,18 +334,21 @@ def score_units(
     sorted) at once; a single unit longer than that is a block of its own.
     Blocks depend only on the units, so a resumed run (``skip_rows``) forms
     the same blocks and batches as an uninterrupted one. Rows below
-    ``skip_rows`` are not yielded.
+    ``skip_rows`` are not yielded. A batch that runs out of memory
+    (``torch.OutOfMemoryError``) is run in smaller pieces (see `_Backoff`);
+    a single window that does raises `WindowTooLarge`.
     """
     if options.batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     stats = stats if stats is not None else EngineStats()
+    backoff = _Backoff()
     block: list[Unit] = []
     held = 0
 
     def flush() -> Iterator[RowSums]:
         if block[-1].rows and block[-1].rows[-1] < options.skip_rows:
             return  # done before the resume point: read again only to keep blocks aligned
-        rows = list(_score_block(scorer, block, options, stats, shard))
+        rows = list(_score_block(scorer, block, options, stats, shard, backoff))
         if on_rows:
             on_rows(rows)
         yield from rows

@@ -1,0 +1,167 @@
+"""--batch-size auto and the out-of-memory back-off: the batch shape follows the
+memory budget, and no batching choice changes a number."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from conftest import rel_close
+from lleval.batching import (
+    AUTO_MAX_ROWS,
+    CPU_BUDGET_SHARE,
+    CPU_MAX_BATCH_TOKENS,
+    GPU_BUDGET_SHARE,
+    auto_batching,
+    available_memory_bytes,
+    bytes_per_token,
+)
+from lleval.cli import main
+from lleval.config import EvalConfig
+from lleval.errors import ConfigError
+from lleval.scoring import EngineOptions, EngineStats, Unit, WindowTooLarge, score_units, scorer_from_logits
+from lleval.windows import rolling_spans
+
+VOCAB = 40
+
+
+def _logits(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Causal fake: logits at t depend on tokens 0..t of the row only."""
+    table = torch.randn(VOCAB, VOCAB, generator=torch.Generator().manual_seed(3))
+    return table[torch.cumsum(input_ids, dim=1) % VOCAB]
+
+
+def _units() -> list[Unit]:
+    docs = [[(7 * i + 3 * j) % VOCAB for j in range(5 + 3 * i)] for i in range(12)]
+    return [Unit(d, rolling_spans(len(d), 8, 8), [i]) for i, d in enumerate(docs)]
+
+
+def _failing_above(rows: int, calls: list[int]) -> Any:
+    """A scorer that runs out of memory on any batch of more than ``rows`` windows."""
+    inner = scorer_from_logits(_logits)
+
+    def scorer(input_ids: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+        calls.append(input_ids.shape[0])
+        if input_ids.shape[0] > rows:
+            raise torch.OutOfMemoryError("CUDA out of memory (fake)")
+        return inner(input_ids, *rest)
+
+    return scorer
+
+
+def test_bytes_per_token_counts_the_widest_layer_point() -> None:
+    config = SimpleNamespace(hidden_size=576, intermediate_size=1536)
+    assert bytes_per_token(config, 4) == 2 * (4 * 576 + 3 * 1536) * 4
+    assert bytes_per_token(config, 2, logits_held=1000) == 2 * (4 * 576 + 3 * 1536) * 2 + 4000
+    gpt2 = SimpleNamespace(n_embd=64, n_inner=None)
+    assert bytes_per_token(gpt2, 4) == 2 * (4 * 64 + 3 * 256) * 4
+
+
+def test_auto_batching_on_cpu_caps_tokens() -> None:
+    per_token = 10_000
+    small = auto_batching(per_token, "cpu", available=40_000_000)
+    assert small.max_batch_tokens == int(40_000_000 * CPU_BUDGET_SHARE) // per_token == 1000
+    assert small.batch_size == AUTO_MAX_ROWS and small.auto
+    big = auto_batching(per_token, "cpu", available=1 << 40)
+    assert big.max_batch_tokens == CPU_MAX_BATCH_TOKENS
+    tight = auto_batching(per_token, "cpu", available=1_000_000, max_length=512)
+    assert tight.max_batch_tokens == 512  # one full window always fits
+
+
+def test_auto_batching_on_gpu_uses_free_memory() -> None:
+    plan = auto_batching(50_000, "cuda:1", available=8 << 30)
+    assert plan.max_batch_tokens == int((8 << 30) * GPU_BUDGET_SHARE) // 50_000
+    assert plan.budget_bytes == int((8 << 30) * GPU_BUDGET_SHARE)
+
+
+def test_available_memory_reads_meminfo_and_cgroup(tmp_path: Path) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:  100 kB\nMemAvailable:  2000 kB\n")
+    cgroup = tmp_path / "cg"
+    cgroup.mkdir()
+    assert available_memory_bytes(meminfo, cgroup) == 2000 * 1024
+    (cgroup / "memory.max").write_text("1500000\n")
+    (cgroup / "memory.current").write_text("1000000\n")
+    assert available_memory_bytes(meminfo, cgroup) == 500_000
+    (cgroup / "memory.max").write_text("max\n")
+    assert available_memory_bytes(meminfo, cgroup) == 2000 * 1024
+    assert available_memory_bytes(tmp_path / "missing", tmp_path / "none") is None
+
+
+def test_out_of_memory_splits_once_and_changes_no_number() -> None:
+    expected = list(score_units(scorer_from_logits(_logits), _units(), EngineOptions(batch_size=1)))
+    calls: list[int] = []
+    stats = EngineStats()
+    got = list(score_units(_failing_above(3, calls), _units(), EngineOptions(batch_size=12), stats=stats))
+    assert [(r.row, r.tokens) for r in got] == [(r.row, r.tokens) for r in expected]
+    for a, b in zip(got, expected):
+        assert rel_close(a.log_likelihood, b.log_likelihood, 1e-6)
+    # 12 -> 6 -> 3: two splits, then every later piece is run at 3 rows without failing again
+    assert stats.oom_splits == 2
+    assert calls[:3] == [12, 6, 3] and all(n <= 3 for n in calls[3:])
+
+
+def test_a_single_window_out_of_memory_is_a_typed_error() -> None:
+    with pytest.raises(WindowTooLarge) as info:
+        list(score_units(_failing_above(0, []), _units(), EngineOptions(batch_size=4)))
+    assert info.value.tokens == 8
+
+
+def test_config_accepts_auto_only() -> None:
+    EvalConfig(batch_size="auto").validate()
+    with pytest.raises(ConfigError, match="batch_size"):
+        EvalConfig(batch_size="big").validate()
+    with pytest.raises(ConfigError, match="batch_size"):
+        EvalConfig(batch_size=0).validate()
+
+
+def test_cli_batch_size_auto_matches_fixed(tiny_model_dir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "docs.jsonl"
+    data.write_text("".join(json.dumps({"text": f"Document {i}: " + "words and more words. " * i}) + "\n" for i in range(1, 9)))
+    reports = {}
+    for size in ("auto", "1"):
+        result = CliRunner().invoke(
+            main, ["score", "--model", str(tiny_model_dir), "--dataset", str(data), "--batch-size", size,
+                   "--format", "json", "--quiet", "--bootstrap", "0"], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        reports[size] = json.loads(result.stdout)
+    auto, one = reports["auto"], reports["1"]
+    assert auto["timing"]["batching"]["auto"] is True
+    assert auto["timing"]["batching"]["max_batch_tokens"] >= auto["protocol"]["max_length"]
+    assert auto["timing"]["batches"] < one["timing"]["batches"]
+    assert auto["totals"]["tokens"] == one["totals"]["tokens"]
+    assert rel_close(auto["totals"]["log_likelihood"], one["totals"]["log_likelihood"], 1e-6)
+
+
+def test_cli_rejects_a_bad_batch_size(tiny_model_dir: Path) -> None:
+    result = CliRunner().invoke(main, ["score", "--model", str(tiny_model_dir), "--batch-size", "lots"])
+    assert result.exit_code == 2
+    assert "neither a number of windows nor 'auto'" in result.output
+
+
+def test_window_too_large_is_a_scoring_error_with_advice(tiny_loaded: Any, tmp_path: Path) -> None:
+    import dataclasses
+
+    from lleval.api import evaluate
+    from lleval.errors import ScoringError
+
+    data = tmp_path / "docs.jsonl"
+    data.write_text(json.dumps({"text": "A short document about rivers."}) + "\n")
+    loaded = dataclasses.replace(tiny_loaded, scorer=_failing_above(0, []))
+    with pytest.raises(ScoringError, match="single window of .* tokens: lower --max-length"):
+        evaluate(EvalConfig(dataset=str(data), bootstrap=0), loaded=loaded)
+
+
+def test_config_file_takes_auto(tmp_path: Path) -> None:
+    from lleval.config import load_config_file
+
+    path = tmp_path / "c.yaml"
+    path.write_text("batch-size: auto\nmax-batch-tokens: 4096\n")
+    assert load_config_file(path) == {"batch_size": "auto", "max_batch_tokens": 4096}
+
