@@ -165,3 +165,13 @@ def test_config_file_takes_auto(tmp_path: Path) -> None:
     path.write_text("batch-size: auto\nmax-batch-tokens: 4096\n")
     assert load_config_file(path) == {"batch_size": "auto", "max_batch_tokens": 4096}
 
+
+def test_dtype_auto_is_bf16_only_on_gpus_that_support_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lleval.model import resolve_dtype
+
+    assert resolve_dtype("auto", "cpu") is torch.float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_dtype("auto", "cuda:0") is torch.bfloat16
+    assert resolve_dtype("auto", "mps") is torch.float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_dtype("auto", "cuda") is torch.float32

@@ -331,6 +331,9 @@ def evaluate(
         )
     if loaded.info.dtype != "float32" and loaded.info.device == "cpu":
         notes.append(f"scored in {loaded.info.dtype} on CPU: numbers differ from float32 and it is slow.")
+    elif loaded.info.dtype != "float32":
+        notes.append(f"scored in {loaded.info.dtype}: compare only with runs in the same dtype "
+                     "(--dtype float32 for float32 numbers).")
     tok = loaded.tokenizer
     return Report(
         lleval_version=__version__,

@@ -113,12 +113,15 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_dtype(dtype: str, device: str) -> Any:
-    """``auto``: float32 on CPU (no fast bf16 here), the checkpoint's own dtype elsewhere."""
+    """``auto``: bfloat16 on CUDA GPUs that support it, float32 everywhere else (CPUs
+    without bf16 matmul units run bf16 about 100x slower; float32 is also exact)."""
     import torch
 
     table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if dtype == "auto":
-        return torch.float32 if device == "cpu" else "auto"
+        if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
     if dtype not in table:
         raise ConfigError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16.")
     if device == "cpu" and dtype != "float32":
