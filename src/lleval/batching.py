@@ -6,8 +6,12 @@ so "auto" turns a memory budget into a token budget (``max_batch_tokens``):
 
 - on a GPU, 70% of the memory free once the model is loaded;
 - on a CPU, a quarter of the memory available to this process (cgroup-aware),
-  and never more than `CPU_MAX_BATCH_TOKENS`: measured here, batches beyond a
-  few thousand tokens only stop fitting in cache, they do not run faster.
+  and never more than `CPU_MAX_BATCH_TOKENS`: measured here
+  (`scripts/bench_batch_shapes.py`, SmolLM2, 2 cores), 8 windows of 400 tokens
+  ran at 190 tokens/s one at a time, 196 two at a time, 192 four at a time
+  and 191 all eight together (medians of 3 alternated rounds; two at a time
+  was also best in an earlier run of 5): past about a thousand tokens a
+  batch's activations leave the cache and it gets no faster.
 
 The engine also backs off when a batch still runs out of memory (see
 `lleval.scoring`): the batch is split and the split size is kept for the
@@ -23,7 +27,7 @@ from typing import Any
 #: Rows (windows) an "auto" batch may hold at most.
 AUTO_MAX_ROWS = 256
 #: Padded tokens an "auto" batch may hold at most on a CPU.
-CPU_MAX_BATCH_TOKENS = 4096
+CPU_MAX_BATCH_TOKENS = 1024
 GPU_BUDGET_SHARE = 0.7
 CPU_BUDGET_SHARE = 0.25
 
