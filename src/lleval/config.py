@@ -84,7 +84,7 @@ class EvalConfig:
                 problems.append(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         if self.checkpoint_every < 0:
             problems.append(f"checkpoint_every must be 0 or more seconds, got {self.checkpoint_every}")
-        if isinstance(self.batch_size, str) and self.batch_size != "auto":
+        if _not_a_batch_size(self.batch_size):
             problems.append(f"batch_size must be a number of windows or 'auto', got {self.batch_size!r}")
         for name in ("max_length", "stride", "batch_size", "max_batch_tokens", "block_tokens"):
             value = getattr(self, name)
@@ -103,6 +103,11 @@ class EvalConfig:
             problems.append("concat separator is empty: documents would run into each other")
         if problems:
             raise ConfigError("invalid configuration: " + "; ".join(problems) + ".")
+
+
+def _not_a_batch_size(value: object) -> bool:
+    """A string other than ``auto`` (numbers are checked for range separately)."""
+    return isinstance(value, str) and value != "auto"
 
 
 FIELD_TYPES: dict[str, tuple[type, ...]] = {
@@ -176,7 +181,7 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             continue
         types = FIELD_TYPES[name]
         ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
-        if name == "batch_size" and isinstance(value, str) and value != "auto":
+        if name == "batch_size" and _not_a_batch_size(value):
             problems.append(f"{key!r} must be int or 'auto', got str {value!r}")
             continue
         if not ok:
