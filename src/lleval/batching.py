@@ -20,6 +20,7 @@ rest of the run, so "auto" never needs to be exact.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,13 +43,8 @@ class Batching:
     budget_bytes: int | None = None  # the memory budget "auto" sized the batch for
 
     def describe(self) -> dict[str, Any]:
-        """The report's view of it."""
-        return {
-            "batch_size": self.batch_size,
-            "max_batch_tokens": self.max_batch_tokens,
-            "auto": self.auto,
-            "budget_bytes": self.budget_bytes,
-        }
+        """The report's view of it: every field."""
+        return dataclasses.asdict(self)
 
 
 def available_memory_bytes(proc: Path = Path("/proc/meminfo"), cgroup: Path = Path("/sys/fs/cgroup")) -> int | None:
