@@ -125,13 +125,13 @@ def test_cli_batch_size_auto_matches_fixed(tiny_model_dir: Path, tmp_path: Path)
     data = tmp_path / "docs.jsonl"
     data.write_text("".join(json.dumps({"text": f"Document {i}: " + "words and more words. " * i}) + "\n" for i in range(1, 9)))
     reports = {}
-    for size in ("auto", "1"):
+    for size in ("AUTO", "1"):  # the word is taken in any case
         result = CliRunner().invoke(
             main, ["score", "--model", str(tiny_model_dir), "--dataset", str(data), "--batch-size", size,
                    "--format", "json", "--quiet", "--bootstrap", "0"], catch_exceptions=False)
         assert result.exit_code == 0, result.output
         reports[size] = json.loads(result.stdout)
-    auto, one = reports["auto"], reports["1"]
+    auto, one = reports["AUTO"], reports["1"]
     assert auto["timing"]["batching"]["auto"] is True
     assert auto["timing"]["batching"]["max_batch_tokens"] >= auto["protocol"]["max_length"]
     assert auto["timing"]["batches"] < one["timing"]["batches"]

@@ -45,8 +45,10 @@ class _BatchSize(click.ParamType):
     name = "N|auto"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
-        if isinstance(value, int) or value == "auto":
+        if isinstance(value, int):
             return value
+        if str(value).strip().lower() == "auto":
+            return "auto"
         try:
             number = int(value)
         except (TypeError, ValueError):
@@ -186,7 +188,7 @@ PROTOCOL_OPTIONS = _options(
                  help="Token that predicts each document's first token: auto (BOS, else EOS), an id, or none."),
     click.option("--concat", is_flag=False, flag_value=DEFAULT_SEPARATOR, default=None, metavar="[SEP]",
                  help="Join all documents with SEP (default: two newlines) into one stream."),
-    click.option("--batch-size", "-b", type=BATCH_SIZE, default=8, show_default=True,
+    click.option("--batch-size", "-b", type=BATCH_SIZE, default=8, show_default=True, metavar="N|auto",
                  help="Windows per forward pass, or 'auto': as many as the free memory allows."),
     click.option("--max-batch-tokens", type=click.IntRange(min=1), default=None,
                  help="Also cap a batch at this many padded tokens (rows x width)."),
