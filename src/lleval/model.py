@@ -292,7 +292,7 @@ def make_logits_slices(model: Any) -> Any:
 
     device = next(model.parameters()).device
     head = model.get_output_embeddings()
-    plain = model.config.model_type in PLAIN_HEAD_MODEL_TYPES and head is not None
+    plain = has_plain_head(model)
     keeps = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     @torch.inference_mode()
@@ -328,9 +328,13 @@ def activation_bytes_per_token(model: Any) -> int:
     for the architectures whose own forward returns them for every scored position)."""
     from lleval.batching import bytes_per_token
 
-    plain = model.config.model_type in PLAIN_HEAD_MODEL_TYPES and model.get_output_embeddings() is not None
     element = next(model.parameters()).element_size()
-    return bytes_per_token(model.config, element, 0 if plain else vocab_size(model))
+    return bytes_per_token(model.config, element, 0 if has_plain_head(model) else vocab_size(model))
+
+
+def has_plain_head(model: Any) -> bool:
+    """True when lleval may apply the output projection itself (see `PLAIN_HEAD_MODEL_TYPES`)."""
+    return model.config.model_type in PLAIN_HEAD_MODEL_TYPES and model.get_output_embeddings() is not None
 
 
 def right_padded(attention_mask: Any) -> bool:
