@@ -1,11 +1,11 @@
-"""Shared fixtures: offline environment, tiny models saved once per run, a naive reference loop."""
+"""Shared fixtures: offline environment, tiny models saved once per run (reference loops and
+data helpers are in `helpers`)."""
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -65,36 +65,3 @@ def tiny_loaded(tiny_model_dir: Path) -> Any:
     from lleval.config import EvalConfig
 
     return load(EvalConfig(model=str(tiny_model_dir)))
-
-
-def naive_rolling_logprobs(
-    model: Any, tokens: Sequence[int], max_length: int, stride: int
-) -> list[float]:
-    """Reference: one window at a time, full logits, written from the protocol text.
-
-    Token ``i >= 1`` of ``tokens`` is predicted once. The first window predicts
-    tokens 1..L; then each window predicts the next S tokens, reading the L
-    tokens just before the last one it predicts (fewer at the start).
-    """
-    import torch
-
-    out: list[float] = []
-    target = 1
-    first = True
-    while target < len(tokens):
-        count = max_length if first else stride
-        first = False
-        last = min(target + count, len(tokens)) - 1  # last position predicted
-        begin = max(0, last - max_length)
-        window = torch.tensor([list(tokens[begin:last])])
-        with torch.no_grad():
-            logp = torch.log_softmax(model(window).logits[0].double(), dim=-1)
-        for pos in range(target, last + 1):
-            out.append(float(logp[pos - 1 - begin, tokens[pos]]))
-        target = last + 1
-    return out
-
-
-def rel_close(a: float, b: float, tol: float) -> bool:
-    """|a - b| <= tol * max(|a|, |b|)."""
-    return math.isclose(a, b, rel_tol=tol, abs_tol=0.0)

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from lleval.cli import main
+from lleval.errors import ConfigError, DataError, LlevalError, ModelLoadError, OutputError, ReportError
 
 GOOD = [{"text": "The keeper wrote in the logbook every evening."}, {"text": "Bread needs flour and water."}]
 
@@ -29,8 +30,9 @@ def _report(tmp: Path, model: Path) -> Path:
     return out
 
 
-# Each case: (name, setup(tmp, model) -> argv, exit code, fragments the one-line message must hold)
-Case = tuple[str, Callable[[Path, Path], list[str]], int, list[str]]
+# Each case: (name, setup(tmp, model) -> argv, the typed error the library raises (None: click's
+# own usage error), fragments the one-line message must hold)
+Case = tuple[str, Callable[[Path, Path], list[str]], "type[LlevalError] | None", list[str]]
 
 
 def _score(tmp: Path, model: Path, *args: str) -> list[str]:
@@ -59,54 +61,58 @@ def _gguf(tmp: Path, content: bytes) -> str:
 
 
 CASES: list[Case] = [
-    ("non-utf8 text", lambda t, m: _data(t, m, "latin.txt", "caf\xe9 au lait".encode("latin-1")), 2,
+    ("non-utf8 text", lambda t, m: _data(t, m, "latin.txt", "caf\xe9 au lait".encode("latin-1")), DataError,
      ["latin.txt", "byte offset 3", "--encoding", "--errors replace"]),
-    ("non-utf8 jsonl", lambda t, m: _data(t, m, "bad.jsonl", b'{"text": "ok"}\n{"text": "\xff"}\n'), 2,
+    ("non-utf8 jsonl", lambda t, m: _data(t, m, "bad.jsonl", b'{"text": "ok"}\n{"text": "\xff"}\n'), DataError,
      ["bad.jsonl", "byte offset 25"]),
-    ("binary file", lambda t, m: _data(t, m, "blob.txt", b"\x7fELF\x00\x01\x02" * 10), 2, ["blob.txt", "binary"]),
-    ("empty file", lambda t, m: _data(t, m, "empty.txt", b""), 2, ["empty.txt", "empty"]),
-    ("empty jsonl", lambda t, m: _data(t, m, "empty.jsonl", b""), 2, ["empty.jsonl", "empty"]),
-    ("broken jsonl line", lambda t, m: _data(t, m, "broken.jsonl", b'{"text": "a"}\n{"text": "b"\n{"text": "c"}\n'), 2,
+    ("binary file", lambda t, m: _data(t, m, "blob.txt", b"\x7fELF\x00\x01\x02" * 10), DataError, ["blob.txt", "binary"]),
+    ("empty file", lambda t, m: _data(t, m, "empty.txt", b""), DataError, ["empty.txt", "empty"]),
+    ("empty jsonl", lambda t, m: _data(t, m, "empty.jsonl", b""), DataError, ["empty.jsonl", "empty"]),
+    ("broken jsonl line", lambda t, m: _data(t, m, "broken.jsonl", b'{"text": "a"}\n{"text": "b"\n{"text": "c"}\n'), DataError,
      ["broken.jsonl", "line 2", "not valid JSON"]),
-    ("jsonl line not an object", lambda t, m: _data(t, m, "list.jsonl", b'{"text": "a"}\n[1, 2]\n'), 2,
+    ("jsonl line not an object", lambda t, m: _data(t, m, "list.jsonl", b'{"text": "a"}\n[1, 2]\n'), DataError,
      ["list.jsonl", "line 2", "not an object"]),
-    ("missing text field", lambda t, m: _data(t, m, "f.jsonl", b'{"body": "a"}\n'), 2, ["f.jsonl", "'text'", "body"]),
-    ("null text", lambda t, m: _data(t, m, "null.jsonl", b'{"text": "a"}\n{"text": null}\n'), 2,
+    ("missing text field", lambda t, m: _data(t, m, "f.jsonl", b'{"body": "a"}\n'), DataError, ["f.jsonl", "'text'", "body"]),
+    ("null text", lambda t, m: _data(t, m, "null.jsonl", b'{"text": "a"}\n{"text": null}\n'), DataError,
      ["null.jsonl", "row 1", "null"]),
-    ("number text", lambda t, m: _data(t, m, "num.jsonl", b'{"text": 5}\n'), 2, ["num.jsonl", "row 0", "int"]),
-    ("not a saved dataset", lambda t, m: (t / "folder").mkdir() or _score(t, m, "-d", str(t / "folder")), 2,
+    ("number text", lambda t, m: _data(t, m, "num.jsonl", b'{"text": 5}\n'), DataError, ["num.jsonl", "row 0", "int"]),
+    ("not a saved dataset", lambda t, m: (t / "folder").mkdir() or _score(t, m, "-d", str(t / "folder")), DataError,
      ["folder", "not a saved dataset"]),
-    ("unknown file kind", lambda t, m: _data(t, m, "data.xlsx", b"PK\x03\x04"), 2, ["data.xlsx", "unknown kind"]),
-    ("missing data file", lambda t, m: _score(t, m, "-d", str(t / "nope.jsonl")), 2, ["nope.jsonl", "does not exist"]),
-    ("not parquet", lambda t, m: _data(t, m, "x.parquet", b"hello"), 2, ["x.parquet", "not a Parquet file"]),
-    ("unknown encoding", lambda t, m: _data(t, m, "a.txt", b"abc", "--encoding", "klingon"), 2, ["klingon"]),
-    ("truncated gguf", lambda t, m: _score(t, m, "-m", _gguf(t, b"GGUF\x03\x00\x00\x00" + b"\x00" * 5)), 2,
+    ("unknown file kind", lambda t, m: _data(t, m, "data.xlsx", b"PK\x03\x04"), DataError, ["data.xlsx", "unknown kind"]),
+    ("missing data file", lambda t, m: _score(t, m, "-d", str(t / "nope.jsonl")), DataError, ["nope.jsonl", "does not exist"]),
+    ("not parquet", lambda t, m: _data(t, m, "x.parquet", b"hello"), DataError, ["x.parquet", "not a Parquet file"]),
+    ("corrupt parquet", lambda t, m: _data(t, m, "c.parquet", b"PAR1" + b"garbage" * 9 + b"PAR1"), DataError,
+     ["c.parquet", "cannot read data file"]),
+    ("split of a local file", lambda t, m: _data(t, m, "s.jsonl", b'{"text": "a"}\n', "--split", "validation"),
+     ConfigError, ["s.jsonl", "one split, 'train'"]),
+    ("unknown encoding", lambda t, m: _data(t, m, "a.txt", b"abc", "--encoding", "klingon"), DataError, ["klingon"]),
+    ("truncated gguf", lambda t, m: _score(t, m, "-m", _gguf(t, b"GGUF\x03\x00\x00\x00" + b"\x00" * 5)), ModelLoadError,
      ["broken.gguf", "truncated or corrupted"]),
-    ("not a gguf", lambda t, m: _score(t, m, "-m", _gguf(t, b"this is no gguf file at all" * 100)), 2, ["broken.gguf"]),
-    ("model without weights", lambda t, m: _score(t, m, "-m", str(_model_copy(t, m, ["*.safetensors"]))), 2,
+    ("not a gguf", lambda t, m: _score(t, m, "-m", _gguf(t, b"this is no gguf file at all" * 100)), ModelLoadError, ["broken.gguf"]),
+    ("model without weights", lambda t, m: _score(t, m, "-m", str(_model_copy(t, m, ["*.safetensors"]))), ModelLoadError,
      ["model-copy"]),
-    ("model without tokenizer", lambda t, m: _score(t, m, "-m", str(_model_copy(t, m, ["tokenizer*"]))), 2,
+    ("model without tokenizer", lambda t, m: _score(t, m, "-m", str(_model_copy(t, m, ["tokenizer*"]))), ModelLoadError,
      ["model-copy", "tokenizer"]),
-    ("model folder without config", lambda t, m: _score(t, m, "-m", str(_model_copy(t, m, ["config.json"]))), 2,
+    ("model folder without config", lambda t, m: _score(t, m, "-m", str(_model_copy(t, m, ["config.json"]))), ModelLoadError,
      ["model-copy", "config.json"]),
-    ("max length over positions", lambda t, m: _score(t, m, "-L", "4096"), 2, ["4096", "64 positions"]),
-    ("negative limit", lambda t, m: _score(t, m, "--limit", "-3"), 2, ["--limit"]),
-    ("stride over max length", lambda t, m: _score(t, m, "-L", "8", "-S", "9"), 2, ["stride (9)"]),
-    ("unwritable output", lambda t, m: ["score", "-q", "-m", str(m), "-o", str(t / "missing-dir" / "r.json")], 2,
+    ("max length over positions", lambda t, m: _score(t, m, "-L", "4096"), ConfigError, ["4096", "64 positions"]),
+    ("negative limit", lambda t, m: _score(t, m, "--limit", "-3"), None, ["--limit"]),
+    ("stride over max length", lambda t, m: _score(t, m, "-L", "8", "-S", "9"), ConfigError, ["stride (9)"]),
+    ("unwritable output", lambda t, m: ["score", "-q", "-m", str(m), "-o", str(t / "missing-dir" / "r.json")], OutputError,
      ["missing-dir", "does not exist"]),
-    ("output is a folder", lambda t, m: ["score", "-q", "-m", str(m), "-o", str(t)], 2, ["is a directory"]),
-    ("report not json", lambda t, m: ["compare", str(_report(t, m)), str(_data(t, m, "r.json", b"{oops")[5])], 2,
+    ("output is a folder", lambda t, m: ["score", "-q", "-m", str(m), "-o", str(t)], None, ["is a directory"]),
+    ("report not json", lambda t, m: ["compare", str(_report(t, m)), str(_data(t, m, "r.json", b"{oops")[5])], ReportError,
      ["r.json", "not JSON"]),
-    ("report of another schema", lambda t, m: ["compare", str(_report(t, m)), _other_schema(t)], 2,
+    ("report of another schema", lambda t, m: ["compare", str(_report(t, m)), _other_schema(t)], ReportError,
      ["other.json", "schema version 99"]),
-    ("config type error", lambda t, m: ["score", "--config", _config(t, "batch_size: lots\n"), "-m", str(m)], 2,
+    ("config type error", lambda t, m: ["score", "--config", _config(t, "batch_size: lots\n"), "-m", str(m)], ConfigError,
      ["cfg.yaml", "'batch_size' must be int"]),
-    ("config unknown key", lambda t, m: ["score", "--config", _config(t, "protocoll: lm-eval\n"), "-m", str(m)], 2,
+    ("config unknown key", lambda t, m: ["score", "--config", _config(t, "protocoll: lm-eval\n"), "-m", str(m)], ConfigError,
      ["cfg.yaml", "did you mean 'protocol'"]),
-    ("unknown protocol", lambda t, m: _score(t, m, "--protocol", "perplexity-2000"), 2, ["--protocol"]),
-    ("unknown protocol in config", lambda t, m: ["score", "--config", _config(t, "protocol: nope\n"), "-m", str(m)], 2,
+    ("unknown protocol", lambda t, m: _score(t, m, "--protocol", "perplexity-2000"), None, ["--protocol"]),
+    ("unknown protocol in config", lambda t, m: ["score", "--config", _config(t, "protocol: nope\n"), "-m", str(m)], None,
      ["--protocol", "nope"]),
-    ("bad checkpoint file", lambda t, m: _score(t, m, "--checkpoint", str(_data(t, m, "c.ckpt", b"garbage")[5])), 2,
+    ("bad checkpoint file", lambda t, m: _score(t, m, "--checkpoint", str(_data(t, m, "c.ckpt", b"garbage")[5])), ConfigError,
      ["c.ckpt", "cannot be read"]),
 ]
 
@@ -123,16 +129,33 @@ def _config(tmp: Path, text: str) -> str:
     return str(path)
 
 
-def test_table_is_large_enough() -> None:
-    assert len(CASES) >= 25
+def test_table_covers_every_input_error() -> None:
+    """Every typed error that means "fix your input" (exit code 2) has a case in the table."""
+    import lleval.errors as errors
+
+    input_errors = {cls for cls in vars(errors).values()
+                    if isinstance(cls, type) and issubclass(cls, LlevalError) and cls.exit_code == 2}
+    assert input_errors == {case[2] for case in CASES} - {None}
 
 
-@pytest.mark.parametrize("name,setup,code,fragments", CASES, ids=[c[0] for c in CASES])
-def test_bad_input(tiny_model_dir: Path, tmp_path: Path, name: str, setup: Any, code: int, fragments: list[str]) -> None:
+@pytest.mark.parametrize("name,setup,error,fragments", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, setup: Any,
+    error: type[LlevalError] | None, fragments: list[str],
+) -> None:
     argv = setup(tmp_path, tiny_model_dir)
     before = {p.name for p in tmp_path.iterdir()}
+    raised: list[type] = []
+    original = LlevalError.__init__
+
+    def recording_init(self: LlevalError, *args: Any) -> None:
+        raised.append(type(self))
+        original(self, *args)
+
+    monkeypatch.setattr(LlevalError, "__init__", recording_init)
     result = CliRunner().invoke(main, argv, catch_exceptions=False)
-    assert result.exit_code == code, (name, result.output)
+    assert result.exit_code == 2, (name, result.output)
+    assert raised[-1:] == ([error] if error else []), (name, raised)
     lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("warning:")]
     assert len(lines) == 1 or result.stderr.startswith("Usage:"), result.stderr
     for fragment in fragments:
@@ -161,3 +184,18 @@ def test_errors_replace_scores_a_latin1_file(tiny_model_dir: Path, tmp_path: Pat
         result = CliRunner().invoke(main, ["score", "-q", "-m", str(tiny_model_dir), "-d", str(path), "--format", "json", *extra])
         assert result.exit_code == 0, result.output
         assert json.loads(result.stdout)["totals"]["bytes"] == len(text.encode())
+
+
+def test_corrupt_parquet_gives_exactly_one_line_in_a_real_process(tmp_path: Path) -> None:
+    """pyarrow's own "Failed to read schema" log line must not come before lleval's (a real
+    process: CliRunner would not see what library loggers write to the real stderr)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "c.parquet"
+    path.write_bytes(b"PAR1" + b"garbage" * 9 + b"PAR1")
+    lleval = str(Path(sys.executable).parent / "lleval")
+    result = subprocess.run([lleval, "score", "-q", "-d", str(path), "--model", "none.gguf"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: cannot read data file"), result.stderr

@@ -4,6 +4,7 @@ memory budget, and no batching choice changes a number."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import rel_close
+from helpers import rel_close, write_jsonl
 from lleval.batching import (
     AUTO_MAX_ROWS,
     CPU_BUDGET_SHARE,
@@ -55,12 +56,46 @@ def _failing_above(rows: int, calls: list[int]) -> Any:
     return scorer
 
 
-def test_bytes_per_token_counts_the_widest_layer_point() -> None:
-    config = SimpleNamespace(hidden_size=576, intermediate_size=1536)
-    assert bytes_per_token(config, 4) == 2 * (4 * 576 + 3 * 1536) * 4
-    assert bytes_per_token(config, 2, logits_held=1000) == 2 * (4 * 576 + 3 * 1536) * 2 + 4000
-    gpt2 = SimpleNamespace(n_embd=64, n_inner=None)
-    assert bytes_per_token(gpt2, 4) == 2 * (4 * 64 + 3 * 256) * 4
+MEASURE_ACTIVATIONS = r"""
+import json, torch
+from transformers import LlamaConfig, LlamaForCausalLM
+def hwm():
+    with open("/proc/self/status") as h:
+        return next(int(l.split()[1]) * 1024 for l in h if l.startswith("VmHWM:"))
+config = LlamaConfig(vocab_size=320, hidden_size=512, intermediate_size=1536, num_hidden_layers=2,
+                     num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=8192)
+model = LlamaForCausalLM(config).eval()
+with torch.inference_mode():
+    model.model(input_ids=torch.randint(0, 320, (1, 64)), use_cache=False)  # lazy initialisation
+    with open("/proc/self/clear_refs", "w") as h:
+        h.write("5")
+    before = hwm()
+    model.model(input_ids=torch.randint(0, 320, (1, 4096)), use_cache=False)
+print(json.dumps({"bytes_per_token": (hwm() - before) / 4096}))
+"""
+
+
+def test_bytes_per_token_bounds_the_measured_activations() -> None:
+    """The estimate against the peak resident memory a real decoder's forward pass adds per
+    token (measured in a fresh process, large blocks mmapped so that freed memory is not
+    reused unseen): it must cover it, without overstating it more than 3x."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", MEASURE_ACTIVATIONS], capture_output=True, text=True, env=env,
+                         check=True, timeout=300)
+    measured = json.loads(out.stdout.strip().splitlines()[-1])["bytes_per_token"]
+    estimate = bytes_per_token(SimpleNamespace(hidden_size=512, intermediate_size=1536), 4)
+    assert measured <= estimate <= 3 * measured, (measured, estimate)
+
+
+def test_bytes_per_token_adds_held_logits_and_halves_for_bf16() -> None:
+    config = SimpleNamespace(hidden_size=512, intermediate_size=1536)
+    assert bytes_per_token(config, 2) * 2 == bytes_per_token(config, 4)
+    assert bytes_per_token(config, 4, logits_held=1000) - bytes_per_token(config, 4) == 4 * 1000  # float32 logits
+    gpt2 = SimpleNamespace(n_embd=512, n_inner=None)  # GPT-2 configs leave the MLP width to 4 x hidden
+    assert bytes_per_token(gpt2, 4) == bytes_per_token(SimpleNamespace(hidden_size=512, intermediate_size=2048), 4)
 
 
 def test_auto_batching_on_cpu_caps_tokens() -> None:
@@ -122,12 +157,11 @@ def test_config_accepts_auto_only() -> None:
 
 
 def test_cli_batch_size_auto_matches_fixed(tiny_model_dir: Path, tmp_path: Path) -> None:
-    data = tmp_path / "docs.jsonl"
-    data.write_text("".join(json.dumps({"text": f"Document {i}: " + "words and more words. " * i}) + "\n" for i in range(1, 9)))
+    data = write_jsonl(tmp_path / "docs.jsonl", [f"Document {i}: " + "words and more words. " * i for i in range(1, 9)])
     reports = {}
     for size in ("AUTO", "1"):  # the word is taken in any case
         result = CliRunner().invoke(
-            main, ["score", "--model", str(tiny_model_dir), "--dataset", str(data), "--batch-size", size,
+            main, ["score", "--model", str(tiny_model_dir), "--dataset", data, "--batch-size", size,
                    "--format", "json", "--quiet", "--bootstrap", "0"], catch_exceptions=False)
         assert result.exit_code == 0, result.output
         reports[size] = json.loads(result.stdout)
@@ -151,11 +185,10 @@ def test_window_too_large_is_a_scoring_error_with_advice(tiny_loaded: Any, tmp_p
     from lleval.api import evaluate
     from lleval.errors import ScoringError
 
-    data = tmp_path / "docs.jsonl"
-    data.write_text(json.dumps({"text": "A short document about rivers."}) + "\n")
+    data = write_jsonl(tmp_path / "docs.jsonl", ["A short document about rivers."])
     loaded = dataclasses.replace(tiny_loaded, scorer=_failing_above(0, []))
     with pytest.raises(ScoringError, match="single window of .* tokens: lower --max-length"):
-        evaluate(EvalConfig(dataset=str(data), bootstrap=0), loaded=loaded)
+        evaluate(EvalConfig(dataset=data, bootstrap=0), loaded=loaded)
 
 
 def test_config_file_takes_auto(tmp_path: Path) -> None:

@@ -107,63 +107,108 @@ def test_text_field_and_config_file(tiny_model_dir: Path, tmp_path: Path) -> Non
     assert data["totals"]["tokens"] == n_tokens(tiny_model_dir, TEXTS)
 
 
-def test_markdown_and_table_formats(tiny_model_dir: Path, tmp_path: Path) -> None:
+def _rendered_pairs(text: str) -> dict[str, str]:
+    """(label, value) rows of a rendered table, markdown ``| a | b |`` or rich ``│ a │ b │``."""
+    pairs = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.replace("│", "|").strip().strip("|").split("|")]
+        if len(cells) == 2 and cells[0] and not set(cells[0]) <= {"-"}:
+            pairs[cells[0]] = cells[1]
+    return pairs
+
+
+@pytest.mark.parametrize("fmt", ["markdown", "table"])
+def test_markdown_and_table_show_the_reports_numbers(tiny_model_dir: Path, tmp_path: Path, fmt: str) -> None:
     data = str(write_format(tmp_path, "jsonl"))
-    for fmt in ("markdown", "table"):
-        result = run(["score", "-m", str(tiny_model_dir), "-d", data, "--format", fmt, "-q"])
-        assert result.exit_code == 0
-        assert result.stdout.strip() and not result.stdout.lstrip().startswith("{")
+    out = tmp_path / "r.json"
+    result = run(["score", "-m", str(tiny_model_dir), "-d", data, "--format", fmt, "-q", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    shown = _rendered_pairs(result.stdout)
+    metrics = report["metrics"]
+    assert shown["perplexity (exp NLL)"].startswith(f"{metrics['perplexity']:.4f}")
+    assert shown["bits per byte"].startswith(f"{metrics['bits_per_byte']:.4f}")
+    low, high = metrics["perplexity_ci"]
+    assert f"[{low:.4f}, {high:.4f}]" in shown["perplexity (exp NLL)"]
+    t = report["totals"]
+    assert shown["tokens / bytes / words"] == f"{t['tokens']} / {t['bytes']} / {t['words']}"
 
 
-def test_version_and_help() -> None:
+@pytest.mark.parametrize("command", ["score", "kld", "compare"])
+def test_version_and_help(command: str) -> None:
     from lleval import __version__
 
-    assert run(["--version"]).stdout.strip().endswith(__version__)
-    assert run(["score", "--help"]).exit_code == 0
+    assert run(["--version"]).stdout.strip() == f"lleval, version {__version__}"
+    result = run([command, "--help"])
+    assert result.exit_code == 0
+    options = {opt for param in main.commands[command].params for opt in param.opts if opt.startswith("--")}
+    missing = [opt for opt in options if opt not in result.stdout]
+    assert options and not missing, missing
 
 
-def _bad_cases(tmp_path: Path, model: Path) -> list[tuple[list[str], int, str]]:
+def _bad_data(tmp_path: Path) -> dict[str, Path]:
     data = tmp_path / "docs.jsonl"
     data.write_text("".join(json.dumps({"body": t}) + "\n" for t in TEXTS))
     empty = tmp_path / "empty.jsonl"
     empty.write_text(json.dumps({"text": ""}) + "\n")
     odd = tmp_path / "docs.xyz"
     odd.write_text("hello")
-    not_saved = tmp_path / "plain-folder"
-    not_saved.mkdir()
-    bad_config = tmp_path / "bad.yaml"
-    bad_config.write_text("strid: 3\n")
-    no_config = tmp_path / "no-config-model"
-    no_config.mkdir()
-    m = ["--model", str(model)]
-    return [
-        (["--model", str(tmp_path / "missing-model")], 2, "does not exist"),
-        (["--model", str(no_config), "-d", str(data), "--text-field", "body"], 2, "no config.json"),
-        (m + ["-d", str(tmp_path / "missing.jsonl")], 2, "does not exist"),
-        (m + ["-d", str(odd)], 2, "unknown kind"),
-        (m + ["-d", str(not_saved)], 2, "not a saved dataset"),
-        (m + ["-d", str(data)], 2, "its columns are body"),
-        (m + ["-d", str(data), "--text-field", "body", "-L", "8", "-S", "9"], 2, "stride (9) is larger"),
-        (m + ["-d", str(data), "--stride", "0"], 2, "--stride"),
-        (m + ["-d", str(data), "--text-field", "body", "-L", "4096"], 2, "larger than the model's 64 positions"),
-        (m + ["-d", str(empty)], 2, "nothing left to score"),
-        (m + ["-d", str(data), "--text-field", "body", "--limit", "0"], 2, "nothing left to score"),
-        (m + ["-d", str(data), "--text-field", "body", "-o", str(tmp_path / "no" / "r.json")], 2, "does not exist"),
-        (m + ["-d", str(data), "--text-field", "body", "--prefix-token", "99999"], 2, "not in the tokenizer"),
-        (["--config", str(bad_config)], 2, "did you mean 'stride'"),
-        (m + ["--dtype", "fp8"], 2, "--dtype"),
-        (["--model", "no-such-org/no-such-model"], 2, "not in the local cache"),
-        (m + ["-d", "no-such-org/no-such-dataset"], 2, "not in the local cache"),
-    ]
+    (tmp_path / "plain-folder").mkdir()
+    (tmp_path / "bad.yaml").write_text("strid: 3\n")
+    (tmp_path / "no-config-model").mkdir()
+    return {"data": data, "empty": empty, "odd": odd, "folder": tmp_path / "plain-folder",
+            "config": tmp_path / "bad.yaml", "no-config": tmp_path / "no-config-model"}
 
 
-def test_bad_input_gives_one_line_and_exit_code(tiny_model_dir: Path, tmp_path: Path) -> None:
-    for args, code, fragment in _bad_cases(tmp_path, tiny_model_dir):
-        result = run(["score", "-q", *args])
-        assert result.exit_code == code, (args, result.output)
-        assert fragment in result.stderr, (args, result.stderr)
-        assert "Traceback" not in result.output
-        assert result.stdout == ""
+# (argv after "score -q", {placeholders} filled in; exit code; a fragment of the one-line message)
+BAD_CASES = [
+    (["--model", "{tmp}/missing-model"], 2, "does not exist"),
+    (["--model", "{no-config}", "-d", "{data}", "--text-field", "body"], 2, "no config.json"),
+    (["-d", "{tmp}/missing.jsonl"], 2, "does not exist"),
+    (["-d", "{odd}"], 2, "unknown kind"),
+    (["-d", "{folder}"], 2, "not a saved dataset"),
+    (["-d", "{data}"], 2, "its columns are body"),
+    (["-d", "{data}", "--text-field", "body", "-L", "8", "-S", "9"], 2, "stride (9) is larger"),
+    (["-d", "{data}", "--stride", "0"], 2, "--stride"),
+    (["-d", "{data}", "--text-field", "body", "-L", "4096"], 2, "larger than the model's 64 positions"),
+    (["-d", "{empty}"], 2, "nothing left to score"),
+    (["-d", "{data}", "--text-field", "body", "--limit", "0"], 2, "nothing left to score"),
+    (["-d", "{data}", "--text-field", "body", "-o", "{tmp}/no/r.json"], 2, "does not exist"),
+    (["-d", "{data}", "--text-field", "body", "--prefix-token", "99999"], 2, "not in the tokenizer"),
+    (["--config", "{config}"], 2, "did you mean 'stride'"),
+    (["--dtype", "fp8"], 2, "--dtype"),
+    (["--model", "no-such-org/no-such-model"], 2, "not in the local cache"),
+    (["-d", "no-such-org/no-such-dataset"], 2, "not in the local cache"),
+    # flags that would be accepted and then ignored
+    (["-d", "{data}", "--text-field", "body", "--split", "validation"], 2, "has one split, 'train'"),
+    (["-d", "{data}", "--text-field", "body", "--dataset-config", "foo"], 2, "--dataset-config names a configuration"),
+    (["-d", "{data}", "--text-field", "body", "--sample-by", "paragraph"], 2, "each row is already a document"),
+    (["--checkpoint-every", "5"], 2, "--checkpoint-every needs --checkpoint"),
+    (["--bootstrap", "0", "--seed", "3"], 2, "--seed seeds the bootstrap"),
+    (["--device-map", "auto", "--device", "cpu"], 2, "drop --device"),
+    (["--revision", "main"], 2, "--revision"),
+    # flag conflicts found before the model loads
+    (["--concat", "--protocol", "lm-eval"], 2, "drop --concat"),
+    (["--prefix-token", "abc"], 2, "prefix_token must be auto, none or a token id"),
+    (["--protocol", "hf-guide", "--prefix-token", "none"], 2, "fixes the prefix token"),
+    (["--checkpoint", "{tmp}/no/such/ck"], 2, "pick another --checkpoint"),
+]
+
+
+@pytest.mark.parametrize("args,code,fragment", BAD_CASES, ids=[" ".join(c[0]) for c in BAD_CASES])
+def test_bad_input_gives_one_line_and_exit_code(
+    tiny_model_dir: Path, tmp_path: Path, args: list[str], code: int, fragment: str
+) -> None:
+    paths = {"tmp": str(tmp_path), "model": str(tiny_model_dir), **{k: str(v) for k, v in _bad_data(tmp_path).items()}}
+    argv = [a.format(**paths) for a in args]
+    if "--model" not in argv:
+        argv = ["--model", str(tiny_model_dir), *argv]
+    result = run(["score", "-q", *argv])
+    assert result.exit_code == code, (argv, result.output)
+    assert fragment in result.stderr, (argv, result.stderr)
+    assert len(result.stderr.strip().splitlines()) == 1 or result.stderr.startswith("Usage:"), result.stderr
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
 
 
 def test_not_a_causal_lm(tmp_path: Path) -> None:

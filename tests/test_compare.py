@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from helpers import write_jsonl
 from lleval.cli import main
 from lleval.compare import compare_reports
 from lleval.metrics import ratio_intervals
@@ -156,14 +157,13 @@ def test_score_report_carries_intervals(tiny_loaded: Any, tmp_path: Path) -> Non
     from lleval.api import evaluate
     from lleval.config import EvalConfig
 
-    path = tmp_path / "d.jsonl"
-    path.write_text("".join(json.dumps({"text": f"document number {i} " * (i + 1)}) + "\n" for i in range(6)))
-    data = evaluate(EvalConfig(dataset=str(path), bootstrap=200), loaded=tiny_loaded).to_dict()
+    path = write_jsonl(tmp_path / "d.jsonl", [f"document number {i} " * (i + 1) for i in range(6)])
+    data = evaluate(EvalConfig(dataset=path, bootstrap=200), loaded=tiny_loaded).to_dict()
     low, high = data["metrics"]["perplexity_ci"]
     assert low <= data["metrics"]["perplexity"] <= high
     low, high = data["metrics"]["bits_per_byte_ci"]
     assert low <= data["metrics"]["bits_per_byte"] <= high
-    one = evaluate(EvalConfig(dataset=str(path), limit=1), loaded=tiny_loaded).to_dict()
+    one = evaluate(EvalConfig(dataset=path, limit=1), loaded=tiny_loaded).to_dict()
     assert one["metrics"]["perplexity_ci"] is None and any("single document" in n for n in one["notes"])
 
 

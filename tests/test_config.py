@@ -12,8 +12,23 @@ from lleval.errors import ConfigError
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 
 
-def test_configs_folder_is_not_empty() -> None:
-    assert {p.name for p in CONFIGS} >= {"default.yaml", "wikitext2.yaml"}
+def test_default_config_spells_out_the_builtin_default() -> None:
+    """configs/default.yaml says it is `lleval score` with no flags: every key it sets
+    resolves to what the built-in defaults resolve to (same protocol plan for a model
+    with 8,192 positions, same value for every other field)."""
+    from conftest import TINY_TOKENIZER
+    from transformers import AutoTokenizer
+
+    from lleval.protocols import plan
+
+    values = load_config_file(Path(__file__).parent.parent / "configs" / "default.yaml")
+    spelled, default = EvalConfig(**values), EvalConfig()
+    tokenizer = AutoTokenizer.from_pretrained(TINY_TOKENIZER)
+    assert plan(spelled, tokenizer, 8192) == plan(default, tokenizer, 8192)
+    plan_fields = {"max_length", "stride", "prefix_token", "protocol", "concat"}
+    assert set(values) - plan_fields  # the file sets more than the window shape
+    for key in set(values) - plan_fields:
+        assert getattr(spelled, key) == getattr(default, key), key
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

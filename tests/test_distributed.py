@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import write_jsonl
 from lleval.scoring import assign_batches
 
 BIN = Path(sys.executable).parent
@@ -17,9 +18,7 @@ TEXTS = [f"Document {i}: " + "the quick brown fox jumps over the lazy dog. " * (
 
 
 def _data(tmp_path: Path) -> str:
-    path = tmp_path / "d.jsonl"
-    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
-    return str(path)
+    return write_jsonl(tmp_path / "d.jsonl", TEXTS)
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from conftest import naive_rolling_logprobs, rel_close
+from helpers import naive_rolling_logprobs, rel_close, write_jsonl
 from lleval.api import evaluate
 from lleval.config import EvalConfig
 from lleval.data import builtin_sample_path
@@ -34,9 +34,7 @@ def _naive_totals(model_dir: Path, texts: list[str], max_length: int, stride: in
 
 
 def _jsonl(tmp_path: Path, texts: list[str]) -> str:
-    path = tmp_path / "docs.jsonl"
-    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    return str(path)
+    return write_jsonl(tmp_path / "docs.jsonl", texts)
 
 
 @pytest.mark.parametrize(("batch_size", "max_batch_tokens"), [(1, None), (3, None), (8, None), (8, 70), ("auto", None)])

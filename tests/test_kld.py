@@ -12,6 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from helpers import write_jsonl
 from lleval.cli import main
 from lleval.config import EvalConfig
 from lleval.errors import ConfigError
@@ -26,9 +27,7 @@ TEXTS = [
 
 
 def _data(tmp_path: Path) -> str:
-    path = tmp_path / "d.jsonl"
-    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
-    return str(path)
+    return write_jsonl(tmp_path / "d.jsonl", TEXTS)
 
 
 def test_model_against_itself_is_zero(tiny_loaded: Any, tmp_path: Path) -> None:
@@ -92,9 +91,7 @@ def test_kld_cli_end_to_end(tiny_model_dir: Path, tmp_path: Path) -> None:
 
 
 def test_document_with_nothing_to_score_is_kept(tiny_loaded: Any, tmp_path: Path) -> None:
-    path = tmp_path / "d.jsonl"
-    path.write_text(json.dumps({"text": "a"}) + "\n" + json.dumps({"text": TEXTS[0]}) + "\n")
-    config = EvalConfig(dataset=str(path), prefix_token="none")  # "a" is one token: nothing to predict
+    config = EvalConfig(dataset=write_jsonl(tmp_path / "d.jsonl", ["a", TEXTS[0]]), prefix_token="none")  # "a" is one token: nothing to predict
     result = kl_divergence(config, None, base=tiny_loaded, model=tiny_loaded)
     assert result["dataset"]["documents"] == 2 and result["kl_divergence"]["mean"] == 0.0
     assert result["perplexity"]["ln_ratio_ci"] == [0.0, 0.0]  # resamples of only the empty document are left out

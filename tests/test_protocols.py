@@ -13,7 +13,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import TINY_TOKENIZER, naive_rolling_logprobs, rel_close
+from conftest import TINY_TOKENIZER
+from helpers import naive_hf_guide, naive_llama_cpp, naive_rolling_logprobs, rel_close, write_jsonl
 from lleval.api import evaluate
 from lleval.config import EvalConfig
 from lleval.data import Document, builtin_sample_path
@@ -24,56 +25,13 @@ TEXTS = [json.loads(line)["text"][:260] for line in builtin_sample_path().read_t
 
 
 def _jsonl(tmp_path: Path, texts: list[str]) -> str:
-    path = tmp_path / "docs.jsonl"
-    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    return str(path)
+    return write_jsonl(tmp_path / "docs.jsonl", texts)
 
 
 def _model(model_dir: Path) -> Any:
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-
-
-def _logprobs(model: Any, tokens: list[int]) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.log_softmax(model(torch.tensor([tokens])).logits[0].double(), dim=-1)
-
-
-def naive_hf_guide(model: Any, ids: list[int], max_length: int, stride: int) -> tuple[float, int]:
-    """The guide's loop: labels masked to -100 before the last trg_len, shifted inside the model."""
-    nll, count, prev_end = 0.0, 0, 0
-    for begin in range(0, len(ids), stride):
-        end = min(begin + max_length, len(ids))
-        trg_len = end - prev_end
-        window = ids[begin:end]
-        labels = list(window)
-        labels[: len(labels) - trg_len] = [-100] * (len(labels) - trg_len)
-        logp = _logprobs(model, window)
-        for pos in range(1, len(window)):  # the model's shift: logits[pos-1] predict labels[pos]
-            if labels[pos] != -100:
-                nll -= float(logp[pos - 1, labels[pos]])
-                count += 1
-        prev_end = end
-        if end == len(ids):
-            break
-    return -nll, count
-
-
-def naive_llama_cpp(model: Any, stream: list[int], n_ctx: int, bos: int | None) -> tuple[float, int, float]:
-    """llama.cpp's perplexity loop: chunks of n_ctx, BOS over the first token, score n_ctx/2+1 .. n_ctx-1."""
-    ll, count, sq = 0.0, 0, 0.0
-    for k in range(len(stream) // n_ctx):
-        chunk = list(stream[k * n_ctx : (k + 1) * n_ctx])
-        if bos is not None:
-            chunk[0] = bos
-        logp = _logprobs(model, chunk)
-        for pos in range(n_ctx // 2 + 1, n_ctx):
-            value = float(logp[pos - 1, chunk[pos]])
-            ll += value
-            sq += value * value
-            count += 1
-    return ll, count, sq
 
 
 def test_lm_eval_protocol(tiny_model_dir: Path, tiny_loaded: Any, tmp_path: Path) -> None:
@@ -144,9 +102,9 @@ def test_llama_cpp_needs_two_chunks(tiny_loaded: Any, tmp_path: Path) -> None:
         {"protocol": "hf-guide", "prefix_token": "none"},
     ],
 )
-def test_protocol_conflicts_are_config_errors(tiny_loaded: Any, overrides: dict[str, Any]) -> None:
-    with pytest.raises(ConfigError):
-        plan(EvalConfig(**overrides), tiny_loaded.tokenizer, 64)
+def test_protocol_conflicts_are_config_errors(overrides: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match="--protocol"):
+        EvalConfig(**overrides).validate()  # before any tokenizer or model is loaded
 
 
 _TOKENIZER: list[Any] = []
@@ -160,10 +118,15 @@ def _tiny_tokenizer() -> Any:
     return _TOKENIZER[0]
 
 
-def _scored(config: EvalConfig, texts: list[str]) -> tuple[int, Any]:
+def _scored(config: EvalConfig, texts: list[str]) -> int:
     p = plan(config, _tiny_tokenizer(), None)
     units = list(p.units(iter([Document(i, t) for i, t in enumerate(texts)]), _tiny_tokenizer()))
-    return sum(s.n_scored for u in units for s in u.spans), p
+    return sum(s.n_scored for u in units for s in u.spans)
+
+
+def _stream_length(texts: list[str], special_tokens: bool) -> int:
+    """Tokens of the texts joined by two newlines, straight from the tokenizer."""
+    return len(_tiny_tokenizer()("\n\n".join(texts), add_special_tokens=special_tokens)["input_ids"])
 
 
 words = st.text(alphabet="abcde fg\n", min_size=1, max_size=60)
@@ -172,17 +135,20 @@ words = st.text(alphabet="abcde fg\n", min_size=1, max_size=60)
 @settings(max_examples=40, deadline=None)
 @given(st.lists(words, min_size=1, max_size=6), st.integers(4, 40))
 def test_llama_cpp_scores_chunks_times_half_minus_one(texts: list[str], max_length: int) -> None:
+    tok = _tiny_tokenizer()
+    adds_bos = tok("a")["input_ids"][:1] == [tok.bos_token_id]
+    stream = _stream_length(texts, False) + adds_bos  # llama.cpp puts BOS in front when the tokenizer adds it
     config = EvalConfig(protocol="llama-cpp", max_length=max_length)
-    try:
-        scored, p = _scored(config, texts)
-    except DataError:
-        return  # fewer than 2 chunks: covered by test_llama_cpp_needs_two_chunks
-    assert scored == (p.stream_tokens // max_length) * (max_length - max_length // 2 - 1)
+    if stream < 2 * max_length:
+        with pytest.raises(DataError, match="at least 2 x"):
+            _scored(config, texts)
+        return
+    assert _scored(config, texts) == (stream // max_length) * (max_length - max_length // 2 - 1)
 
 
 @settings(max_examples=40, deadline=None)
 @given(st.lists(words, min_size=1, max_size=6), st.integers(2, 40), st.data())
 def test_hf_guide_scores_stream_minus_one(texts: list[str], max_length: int, data: st.DataObject) -> None:
     stride = data.draw(st.integers(1, max_length - 1))
-    scored, p = _scored(EvalConfig(protocol="hf-guide", max_length=max_length, stride=stride), texts)
-    assert scored == p.stream_tokens - 1
+    scored = _scored(EvalConfig(protocol="hf-guide", max_length=max_length, stride=stride), texts)
+    assert scored == _stream_length(texts, True) - 1

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
-from conftest import naive_rolling_logprobs, rel_close
+from helpers import naive_hf_guide, naive_rolling_logprobs, rel_close, write_jsonl
 from lleval.api import evaluate, load
 from lleval.config import EvalConfig
 from lleval.data import builtin_sample_path
@@ -25,9 +26,7 @@ def smollm() -> Any:
 
 def test_smollm_matches_naive_loop(smollm: Any, tmp_path: Path) -> None:
     texts = [TEXTS[2], TEXTS[6][:700], "A short one."]
-    path = tmp_path / "d.jsonl"
-    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    report = evaluate(EvalConfig(dataset=str(path), max_length=160, stride=64, batch_size=4), loaded=smollm)
+    report = evaluate(EvalConfig(dataset=write_jsonl(tmp_path / "d.jsonl", texts), max_length=160, stride=64, batch_size=4), loaded=smollm)
     tokenizer = smollm.tokenizer
     assert report.protocol["prefix_token"] == tokenizer.bos_token_id
     for doc, text in zip(report.documents, texts):
@@ -38,12 +37,13 @@ def test_smollm_matches_naive_loop(smollm: Any, tmp_path: Path) -> None:
 
 
 def test_default_run_end_to_end(tmp_path: Path) -> None:
+    """The built-in default in a real process: --quiet leaves stderr empty (no foreign progress bar)."""
     out = tmp_path / "r.json"
-    result = CliRunner().invoke(
-        __import__("lleval.cli", fromlist=["main"]).main,
-        ["score", "--limit", "2", "--max-length", "256", "-q", "-o", str(out), "--format", "json"],
-    )
-    assert result.exit_code == 0, result.output
+    lleval = str(Path(sys.executable).parent / "lleval")
+    result = subprocess.run([lleval, "score", "--limit", "2", "--max-length", "256", "-q", "-o", str(out),
+                             "--format", "json"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
     data = json.loads(out.read_text())
     assert data["model"]["source"] == "builtin" and data["model"]["parameters"] > 100_000_000
     assert data["model"]["sha256"] and data["tokenizer"]["vocab_size"] == 49152
@@ -64,25 +64,10 @@ def test_missing_default_model_says_how_to_install(monkeypatch: pytest.MonkeyPat
 
 
 def test_smollm_hf_guide_matches_guide_loop(smollm: Any, tmp_path: Path) -> None:
-    import torch
-
     texts = [TEXTS[0][:900], TEXTS[4][:900]]
-    path = tmp_path / "d.jsonl"
-    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    config = EvalConfig(dataset=str(path), protocol="hf-guide", max_length=192, stride=96, batch_size=4)
+    config = EvalConfig(dataset=write_jsonl(tmp_path / "d.jsonl", texts), protocol="hf-guide", max_length=192, stride=96, batch_size=4)
     report = evaluate(config, loaded=smollm)
     ids = smollm.tokenizer("\n\n".join(texts))["input_ids"]
-    nll, count, prev_end = 0.0, 0, 0
-    for begin in range(0, len(ids), 96):  # the guide's loop, scoring the new labels of each window
-        end = min(begin + 192, len(ids))
-        window = torch.tensor([ids[begin:end]])
-        with torch.no_grad():
-            logp = torch.log_softmax(smollm.model(window).logits[0].double(), dim=-1)
-        for pos in range(max(prev_end, begin + 1), end):
-            nll -= float(logp[pos - 1 - begin, ids[pos]])
-            count += 1
-        prev_end = end
-        if end == len(ids):
-            break
+    ll, count = naive_hf_guide(smollm.model, ids, 192, 96)
     assert report.totals.tokens == count == len(ids) - 1
-    assert rel_close(report.totals.log_likelihood, -nll, 1e-5)
+    assert rel_close(report.totals.log_likelihood, ll, 1e-5)

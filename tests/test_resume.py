@@ -18,7 +18,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import rel_close
+from helpers import rel_close, write_jsonl
 from lleval.api import evaluate
 from lleval.compare import load_report
 from lleval.config import EvalConfig
@@ -29,9 +29,7 @@ TEXTS = [f"Document {i}. " + "The river begins as a spring in a boggy hollow hig
 
 
 def _data(tmp_path: Path, texts: list[str] = TEXTS) -> str:
-    path = tmp_path / "d.jsonl"
-    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    return str(path)
+    return write_jsonl(tmp_path / "d.jsonl", texts)
 
 
 def _config(tmp_path: Path, **kw: Any) -> EvalConfig:
@@ -133,7 +131,15 @@ def test_two_runs_give_byte_identical_rows(tiny_loaded: Any, tmp_path: Path) -> 
 def test_long_text_pieces_rejoin(text: str, piece: int) -> None:
     pieces = split_for_tokenizing(text, piece)
     assert "".join(pieces) == text
-    assert all(len(p) <= piece for p in pieces[:-1]) or any(not any(c.isspace() for c in p) for p in pieces)
+    assert len(pieces[-1]) <= piece and all(1 <= len(p) <= piece for p in pieces[:-1])
+    for cut, nxt in zip(pieces, pieces[1:]):
+        if nxt[0].isspace():
+            # cut just before a whitespace character, as late as the piece size allows:
+            # none of the characters after it, up to the size limit, is whitespace
+            assert not any(c.isspace() for c in nxt[1 : piece - len(cut) + 1]), (cut, nxt)
+        else:
+            # no whitespace to cut before: a full-size piece cut where it is
+            assert len(cut) == piece and not any(c.isspace() for c in cut[1:] + nxt[:1]), (cut, nxt)
 
 
 def test_long_document_tokenized_in_pieces(tiny_loaded: Any, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from helpers import hf_guide_targets
 from lleval.errors import ConfigError
 from lleval.windows import Span, chunk_spans, rolling_spans, scored_positions, strided_spans
 
@@ -55,15 +56,7 @@ def test_docstring_example() -> None:
 @given(shapes())
 def test_strided_matches_guide_loop(shape: tuple[int, int, int]) -> None:
     seq_len, max_length, stride = shape
-    # the guide's loop, restated: labels at positions [prev_end, end) of window [begin, end), minus shift
-    expected: list[int] = []
-    prev_end = 0
-    for begin in range(0, seq_len, stride):
-        end = min(begin + max_length, seq_len)
-        expected += [p for p in range(prev_end, end) if p > begin]
-        prev_end = end
-        if end == seq_len:
-            break
+    expected = [p for _, positions in hf_guide_targets(seq_len, max_length, stride) for p in positions]
     assert list(scored_positions(strided_spans(seq_len, max_length, stride))) == expected
     if stride < max_length:
         assert expected == list(range(1, seq_len))

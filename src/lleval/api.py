@@ -122,10 +122,12 @@ def _peeked(docs: Iterator[Document]) -> Iterator[Document]:
     return docs if first is None else itertools.chain([first], docs)
 
 
-def _environment() -> dict[str, str]:
+def _environment() -> dict[str, Any]:
     import datasets
     import torch
     import transformers
+
+    from lleval.hardware import cpu_features
 
     return {
         "python": platform.python_version(),
@@ -134,6 +136,8 @@ def _environment() -> dict[str, str]:
         "transformers": transformers.__version__,
         "datasets": datasets.__version__,
         "lleval": __version__,
+        "cpu": dict(cpu_features()),
+        "torch_threads": torch.get_num_threads(),
     }
 
 
@@ -180,9 +184,9 @@ def run_engine(
 
     started = time.perf_counter()
     config.validate()
-    for path in (config.output, config.checkpoint):
+    for path, flag in ((config.output, "--output"), (config.checkpoint, "--checkpoint")):
         if path:
-            check_writable(path)
+            check_writable(path, flag)
     dist = from_env()
     stats = DataStats()
     docs = _peeked(iter_documents(data_spec(config), stats))
@@ -330,7 +334,10 @@ def evaluate(
             "tokens unscored, so bits per byte and word/byte perplexity are not reported."
         )
     if loaded.info.dtype != "float32" and loaded.info.device == "cpu":
-        notes.append(f"scored in {loaded.info.dtype} on CPU: numbers differ from float32 and it is slow.")
+        from lleval.hardware import has_fast_half
+
+        speed = "" if has_fast_half(loaded.info.dtype) else " and, without native units on this CPU, slow"
+        notes.append(f"scored in {loaded.info.dtype} on CPU: numbers differ from float32{speed}.")
     elif loaded.info.dtype != "float32":
         notes.append(f"scored in {loaded.info.dtype}: compare only with runs in the same dtype "
                      "(--dtype float32 for float32 numbers).")

@@ -114,19 +114,21 @@ class _StderrProgress:
         )
 
 
-def _quiet_libraries() -> None:
-    """Silence third-party progress bars and info logs (lleval draws its own), and show
-    warnings as one ``warning:`` line on stderr."""
-    warnings.showwarning = _show_warning
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF loader draws an unconditional tqdm bar
+def _quiet_libraries(quiet: bool) -> None:
+    """Silence third-party progress bars and logs (lleval draws its own progress and turns
+    library errors into one line), and show warnings as one ``warning:`` line on stderr,
+    or not at all with ``--quiet`` (the report's ``notes`` keep what matters)."""
+    if quiet:
+        warnings.simplefilter("ignore")
+    else:
+        warnings.showwarning = _show_warning
     import datasets
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     datasets.disable_progress_bars()
-    datasets.utils.logging.set_verbosity_error()
+    datasets.utils.logging.set_verbosity(datasets.utils.logging.CRITICAL)
 
 
 def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
@@ -137,6 +139,11 @@ def _show_warning(message: Any, category: Any, filename: str, lineno: int, file:
 @click.version_option(__version__, "--version", "-V", prog_name="lleval")
 def main() -> None:
     """Exact, fast log-likelihood and perplexity of causal LMs on text datasets."""
+    # Before torch is imported (it imports tqdm, which reads these once): no foreign
+    # progress bars, such as transformers' GGUF conversion bar, on lleval's stderr.
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def _options(*options: Any) -> Any:
@@ -239,7 +246,7 @@ def score(format_: str, **flags: Any) -> None:
 
     config = EvalConfig(format=format_, **flags)
     out = Console()
-    _quiet_libraries()
+    _quiet_libraries(config.quiet)
     with _Interrupts() as interrupts:
         report = _with_progress(config.quiet, evaluate, config, should_stop=interrupts.should_stop)
     if not _is_main_rank():
@@ -347,7 +354,7 @@ def kld(base_model: str, format_: str, **flags: Any) -> None:
     from lleval.kld import kl_divergence
 
     config = EvalConfig(format="json", **flags)
-    _quiet_libraries()
+    _quiet_libraries(config.quiet)
     result = _with_progress(config.quiet, kl_divergence, config, base_model)
     if not _is_main_rank():
         return

@@ -11,19 +11,24 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lleval.errors import ConfigError, read_text_file
 
+# Allowed values, defined here once; the CLI, the config-file reader and the library use these.
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 FORMATS = ("table", "json", "markdown")
 DEVICE_MAPS = ("auto", "balanced", "sequential")
 PROTOCOLS = ("rolling", "lm-eval", "hf-guide", "llama-cpp")
+SAMPLE_BY = ("document", "paragraph", "line")
+DECODE_ERRORS = ("strict", "replace", "ignore")
 DEFAULT_SEPARATOR = "\n\n"
 DEFAULT_MAX_LENGTH_CAP = 2048
+DEFAULT_CHECKPOINT_EVERY = 60.0
 
 
 @dataclass(frozen=True)
@@ -59,7 +64,7 @@ class EvalConfig:
     block_tokens: int = 1 << 20
     allow_nonfinite: bool = False
     checkpoint: str | None = None
-    checkpoint_every: float = 60.0
+    checkpoint_every: float = DEFAULT_CHECKPOINT_EVERY
     bootstrap: int = 1000
     seed: int = 0
     output: str | None = None
@@ -67,16 +72,27 @@ class EvalConfig:
     quiet: bool = False
 
     def validate(self) -> None:
-        """Raise one `ConfigError` that lists every problem found."""
+        """Raise one `ConfigError` that lists every problem found.
+
+        Every check that needs neither the data nor the tokenizer lives here,
+        so that a wrong flag fails in milliseconds rather than after the model
+        has loaded: allowed values, ranges, flags that conflict with the
+        protocol, and flags that would have no effect in this combination.
+        """
+        problems = self._value_problems() + self._protocol_problems() + self._ineffective_flags()
+        if problems:
+            raise ConfigError("invalid configuration: " + "; ".join(problems) + ".")
+
+    def _value_problems(self) -> list[str]:
         problems: list[str] = []
         choices: tuple[tuple[str, tuple[str, ...]], ...] = (
             ("dtype", DTYPES),
             ("device", DEVICES),
             ("format", FORMATS),
             ("protocol", PROTOCOLS),
-            ("sample_by", ("document", "paragraph", "line")),
+            ("sample_by", SAMPLE_BY),
             ("device_map", DEVICE_MAPS),
-            ("errors", ("strict", "replace", "ignore")),
+            ("errors", DECODE_ERRORS),
         )
         for name, allowed in choices:
             value = getattr(self, name)
@@ -101,9 +117,40 @@ class EvalConfig:
             )
         if self.concat == "":
             problems.append("concat separator is empty: documents would run into each other")
-        if problems:
-            raise ConfigError("invalid configuration: " + "; ".join(problems) + ".")
+        if self.prefix_token not in ("auto", "none") and not re.fullmatch(r"[0-9]+", self.prefix_token):
+            problems.append(f"prefix_token must be auto, none or a token id, got {self.prefix_token!r}")
+        return problems
 
+    def _protocol_problems(self) -> list[str]:
+        """Flags a protocol fixes itself (see `lleval.protocols`)."""
+        problems: list[str] = []
+        name = self.protocol
+        if name == "lm-eval":
+            if self.stride is not None and self.stride != self.max_length:
+                problems.append("--protocol lm-eval has disjoint windows: leave --stride unset (it equals --max-length)")
+            if self.prefix_token == "none":
+                problems.append("--protocol lm-eval always predicts the first token from a prefix: drop --prefix-token none")
+            if self.concat is not None:
+                problems.append("--protocol lm-eval scores each document on its own: drop --concat")
+        if name in ("hf-guide", "llama-cpp") and self.prefix_token != "auto":
+            problems.append(f"--protocol {name} fixes the prefix token: drop --prefix-token")
+        if name == "llama-cpp":
+            if self.stride is not None:
+                problems.append("--protocol llama-cpp scores disjoint chunks: drop --stride")
+            if self.max_length is not None and self.max_length < 4:
+                problems.append("--protocol llama-cpp needs --max-length of at least 4")
+        return problems
+
+    def _ineffective_flags(self) -> list[str]:
+        """Flags that would be accepted and then do nothing: refused rather than ignored."""
+        problems: list[str] = []
+        if self.checkpoint is None and self.checkpoint_every != DEFAULT_CHECKPOINT_EVERY:
+            problems.append("--checkpoint-every needs --checkpoint (there is nothing to save)")
+        if self.bootstrap == 0 and self.seed != 0:
+            problems.append("--seed seeds the bootstrap, which --bootstrap 0 turns off: drop one of them")
+        if self.device_map is not None and self.device != "auto":
+            problems.append("--device-map places the model itself: drop --device")
+        return problems
 
 def _not_a_batch_size(value: object) -> bool:
     """A string other than ``auto`` (numbers are checked for range separately)."""

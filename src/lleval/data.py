@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from lleval.errors import DataError
+from lleval.config import SAMPLE_BY
+from lleval.errors import ConfigError, DataError
 from lleval.hub import first_line, hub_reachable, is_hub_id, offline_hint
 
 BUILTIN_DATASET = "builtin:sample-prose"
-SAMPLE_BY = ("document", "paragraph", "line")
+LOCAL_SPLIT = "train"  # the one split of a local file (what the datasets builders call it)
 FILE_BUILDERS = {
     ".txt": "text",
     ".text": "text",
@@ -77,7 +78,48 @@ def describe_split(spec: DataSpec) -> str:
     """The split name that will be read, for the report."""
     if spec.split is not None:
         return spec.split
-    return "test" if _kind(spec.dataset)[0] == "hub" else "train"
+    return "test" if _kind(spec.dataset)[0] == "hub" else LOCAL_SPLIT
+
+
+def check_spec(spec: DataSpec) -> None:
+    """Refuse flags this source would accept and then ignore (a `ConfigError` naming each):
+    a split or configuration of a local file, ``--sample-by`` on a file whose rows are
+    already documents, ``--encoding``/``--errors`` on a source that holds no raw text, and
+    ``--streaming`` on standard input."""
+    kind, path = _kind(spec.dataset)
+    where = spec.dataset or BUILTIN_DATASET
+    builder = FILE_BUILDERS.get(path.suffix.lower()) if path is not None and kind in ("file", "builtin") else None
+    what = {"stdin": "standard input", "saved": "a saved dataset", "builtin": "the built-in sample"}.get(
+        kind, f"a local {path.suffix if path else ''} file")
+    problems: list[str] = []
+    if kind != "hub" and spec.dataset_config is not None:
+        problems.append(f"--dataset-config names a configuration of a hub dataset, and {where} is {what}")
+    if kind in ("file", "builtin", "stdin") and spec.split not in (None, LOCAL_SPLIT):
+        problems.append(f"{where} has one split, {LOCAL_SPLIT!r}: drop --split {spec.split}")
+    if spec.sample_by != "document" and kind != "stdin" and builder != "text":
+        problems.append(
+            f"--sample-by cuts .txt files and standard input into documents, and in {where} ({what}) each "
+            "row is already a document: drop --sample-by"
+        )
+    decodes = kind == "stdin" or builder in ("text", "json", "csv")
+    if not decodes and (_codec(spec.encoding) != "utf-8" or spec.errors != "strict"):
+        problems.append(
+            f"--encoding and --errors apply to .txt, .jsonl, .json and .csv files and standard input, and "
+            f"{where} is {what}: drop them"
+        )
+    if kind == "stdin" and spec.streaming:
+        problems.append("--streaming applies to files and hub datasets; standard input is read as it arrives")
+    if problems:
+        raise ConfigError("; ".join(problems) + ".")
+
+
+def _codec(encoding: str) -> str:
+    import codecs
+
+    try:
+        return codecs.lookup(encoding).name
+    except LookupError:
+        raise DataError(f"unknown --encoding {encoding!r}: use a Python codec name such as utf-8 or latin-1.") from None
 
 
 def _kind(name: str | None) -> tuple[str, Path | None]:
@@ -122,6 +164,10 @@ def _load(spec: DataSpec) -> Any:
                         f"{', '.join(loaded)}. Pass --split."
                     )
             loaded = loaded[split]
+        elif spec.split not in (None, str(loaded.split or LOCAL_SPLIT)):
+            raise ConfigError(
+                f"saved dataset {path} has one split, {str(loaded.split or LOCAL_SPLIT)!r}: drop --split {spec.split}."
+            )
         return loaded.to_iterable_dataset() if spec.streaming else loaded
     if kind in ("file", "builtin"):
         assert path is not None
@@ -137,9 +183,7 @@ def _load(spec: DataSpec) -> Any:
         kwargs: dict[str, Any] = {"data_files": {"train": str(path)}}
         if builder == "text":
             kwargs["sample_by"] = spec.sample_by
-            kwargs["encoding"] = spec.encoding
-            kwargs["encoding_errors"] = spec.errors
-        elif builder == "csv":
+        if builder in ("text", "json", "csv"):
             kwargs["encoding"] = spec.encoding
             kwargs["encoding_errors"] = spec.errors
         try:
@@ -247,8 +291,17 @@ def split_text(text: str, sample_by: str) -> list[str]:
 
 def _rows(spec: DataSpec, stats: DataStats) -> Iterator[Any]:
     if spec.dataset == "-":
-        for text in split_text(sys.stdin.read(), spec.sample_by):
-            yield {"text": text}
+        raw = sys.stdin.buffer.read()
+        try:
+            text = raw.decode(spec.encoding, errors=spec.errors)
+        except UnicodeDecodeError as exc:
+            raise DataError(
+                f"standard input is not valid {spec.encoding} at byte offset {exc.start}: pass --encoding "
+                "with its encoding, or --errors replace to substitute bad bytes."
+            ) from None
+        text = text.replace("\r\n", "\n").replace("\r", "\n")  # universal newlines, as for .txt files
+        for text_part in split_text(text, spec.sample_by):
+            yield {"text": text_part}
         return
     dataset = _load(spec)
     if hasattr(dataset, "__len__"):
@@ -273,10 +326,7 @@ def iter_documents(spec: DataSpec, stats: DataStats) -> Iterator[Document]:
     Empty texts are skipped and counted in ``stats``;
     ``--limit N`` counts rows, so skipped rows count towards it.
     """
-    if spec.limit is not None and spec.limit < 0:
-        raise DataError(f"--limit must be 0 or more, got {spec.limit}.")
-    if spec.sample_by not in SAMPLE_BY:
-        raise DataError(f"unknown --sample-by {spec.sample_by!r}: use {', '.join(SAMPLE_BY)}.")
+    check_spec(spec)
     for index, row in enumerate(_rows(spec, stats)):
         if spec.limit is not None and index >= spec.limit:
             return

@@ -107,27 +107,26 @@ def resolve_device(device: str) -> str:
         raise ConfigError("--device cuda was asked for, but torch sees no CUDA device. Use --device cpu.")
     if device == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("--device mps was asked for, but MPS is not available here. Use --device cpu.")
-    if device not in {"cpu", "cuda", "mps"}:
-        raise ConfigError(f"unknown device {device!r}: use auto, cpu, cuda or mps.")
     return device
 
 
 def resolve_dtype(dtype: str, device: str) -> Any:
-    """``auto``: bfloat16 on CUDA GPUs that support it, float32 everywhere else (CPUs
-    without bf16 matmul units run bf16 about 100x slower; float32 is also exact)."""
+    """``auto``: bfloat16 on CUDA GPUs that support it, float32 everywhere else (float32
+    is exact and the same on every CPU). bf16/fp16 on a CPU without native units for it
+    (see `lleval.hardware`) warns: there it runs far slower than float32."""
     import torch
+
+    from lleval.hardware import has_fast_half
 
     table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if dtype == "auto":
         if device.startswith("cuda") and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32
-    if dtype not in table:
-        raise ConfigError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16.")
-    if device == "cpu" and dtype != "float32":
+    if device == "cpu" and dtype != "float32" and not has_fast_half(dtype):
         warnings.warn(
-            f"{dtype} on CPU: CPUs without bf16/fp16 matmul units run it far slower than "
-            "float32 (about 100x on an AVX2 machine). Use --dtype float32 unless you mean it.",
+            f"{dtype} on this CPU: it has no {dtype} matmul units (no AMX or AVX512 {dtype} support), so "
+            "it runs far slower than float32 (about 100x on an AVX2 machine). Use --dtype float32.",
             stacklevel=2,
         )
     return table[dtype]
@@ -143,6 +142,16 @@ def _sha256(path: Path) -> str:
 
 def _locate(spec: ModelSpec) -> tuple[str, str | None, str, str]:
     """Return (path or hub id, gguf file name or None, source, display name)."""
+    location, gguf_file, source, display = _find(spec)
+    if spec.revision is not None and source != "hub":
+        raise ConfigError(
+            f"--revision picks a version of a hub model, and {display} is a local "
+            f"{'file' if gguf_file else 'folder'}: drop --revision."
+        )
+    return location, gguf_file, source, display
+
+
+def _find(spec: ModelSpec) -> tuple[str, str | None, str, str]:
     if spec.name is None:
         path = default_model_path()
         return str(path.parent), path.name, "builtin", DEFAULT_MODEL_NAME

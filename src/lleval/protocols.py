@@ -186,22 +186,14 @@ def _adds_bos(tokenizer: Any) -> bool:
 
 
 def plan(config: EvalConfig, tokenizer: Any, positions: int | None) -> Plan:
-    """Resolve the config's protocol, window shape and prefix for this tokenizer and model."""
+    """Resolve a validated config's protocol, window shape and prefix for this tokenizer and
+    model: what needs the tokenizer or the model's positions is checked here, the rest
+    in `EvalConfig.validate`."""
     name = config.protocol
     cap = min(positions or DEFAULT_MAX_LENGTH_CAP, DEFAULT_MAX_LENGTH_CAP)
     if name in ("rolling", "lm-eval"):
         max_length = config.max_length or cap
         stride = config.stride or max_length
-        if name == "lm-eval":
-            problems = []
-            if stride != max_length:
-                problems.append("its windows are disjoint: leave --stride unset (it equals --max-length)")
-            if config.prefix_token == "none":
-                problems.append("it always predicts the first token from a prefix: drop --prefix-token none")
-            if config.concat is not None:
-                problems.append("it scores each document on its own: drop --concat")
-            if problems:
-                raise ConfigError("--protocol lm-eval: " + "; ".join(problems) + ".")
         _check_max_length(max_length, positions)
         check_window_params(max_length, stride)
         return Plan(
@@ -213,8 +205,6 @@ def plan(config: EvalConfig, tokenizer: Any, positions: int | None) -> Plan:
             special_tokens=False,
             words=lm_eval_words if name == "lm-eval" else split_words,
         )
-    if config.prefix_token != "auto":
-        raise ConfigError(f"--protocol {name} fixes the prefix token: drop --prefix-token.")
     separator = config.concat or DEFAULT_SEPARATOR
     if name == "hf-guide":
         max_length = config.max_length or min(1024, positions or 1024)
@@ -225,17 +215,10 @@ def plan(config: EvalConfig, tokenizer: Any, positions: int | None) -> Plan:
             name=name, max_length=max_length, stride=stride, prefix_token=None, separator=separator,
             special_tokens=True, scores_every_token=stride < max_length,
         )
-    if name == "llama-cpp":
-        if config.stride is not None:
-            raise ConfigError("--protocol llama-cpp scores disjoint chunks: drop --stride.")
-        max_length = config.max_length or 512
-        _check_max_length(max_length, positions)
-        if max_length < 4:
-            raise ConfigError("--protocol llama-cpp needs --max-length of at least 4.")
-        bos = tokenizer.bos_token_id if _adds_bos(tokenizer) else None
-        return Plan(
-            name=name, max_length=max_length, stride=None, prefix_token=bos, separator=separator,
-            special_tokens=False, scores_every_token=False, chunk_bos=bos,
-            first_scored=max_length // 2 + 1,
-        )
-    raise ConfigError(f"unknown protocol {name!r}: use rolling, lm-eval, hf-guide or llama-cpp.")
+    max_length = config.max_length or 512  # llama-cpp
+    _check_max_length(max_length, positions)
+    bos = tokenizer.bos_token_id if _adds_bos(tokenizer) else None
+    return Plan(
+        name=name, max_length=max_length, stride=None, prefix_token=bos, separator=separator,
+        special_tokens=False, scores_every_token=False, chunk_bos=bos, first_scored=max_length // 2 + 1,
+    )

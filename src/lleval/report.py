@@ -138,16 +138,16 @@ def _json_interval(value: tuple[float, float] | None) -> list[float | None] | No
     return None if value is None else [_json_float(value[0]), _json_float(value[1])]
 
 
-def check_writable(path: str) -> None:
-    """Fail now, before any scoring, if ``path`` cannot be written later."""
+def check_writable(path: str, flag: str = "--output") -> None:
+    """Fail now, before any scoring, if ``path`` (given as ``flag``) cannot be written later."""
     target = Path(path).expanduser()
     folder = target.parent if str(target.parent) else Path(".")
     if target.is_dir():
-        raise OutputError(f"output path {path} is a folder: give a file name such as {path}/report.json.")
+        raise OutputError(f"{flag} {path} is a folder: give a file name such as {path}/report.json.")
     if not folder.is_dir():
-        raise OutputError(f"output folder {folder} does not exist: create it or pick another --output.")
+        raise OutputError(f"{flag} {path}: folder {folder} does not exist. Create it or pick another {flag}.")
     if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
-        raise OutputError(f"output path {path} is not writable: pick another --output.")
+        raise OutputError(f"{flag} {path} is not writable: pick another {flag}.")
 
 
 def write_text_atomic(path: str, text: str) -> None:

@@ -28,10 +28,7 @@ def resolve_prefix_token(tokenizer: Any, option: str) -> int | None:
             "the tokenizer has neither a BOS nor an EOS token: pass --prefix-token with a token "
             "id, or --prefix-token none to leave each document's first token unscored."
         )
-    try:
-        token = int(option)
-    except ValueError:
-        raise ConfigError(f"--prefix-token must be auto, none or a token id, got {option!r}.") from None
+    token = int(option)  # EvalConfig.validate accepts only auto, none or digits
     if not 0 <= token < len(tokenizer):
         raise ConfigError(
             f"--prefix-token {token} is not in the tokenizer's vocabulary (0..{len(tokenizer) - 1})."

@@ -1,0 +1,98 @@
+"""What several test files need: data files, and naive reference loops written from each
+protocol's description (one window at a time, full logits, float64 log-softmax), never
+from lleval's code."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+
+def write_jsonl(path: Path, texts: Sequence[Any], field: str = "text") -> str:
+    """A JSON-lines file with one ``{field: text}`` object per line (``texts`` may also hold
+    whole row objects, written as they are); returns its path as a string."""
+    rows = [t if isinstance(t, dict) else {field: t} for t in texts]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def rel_close(a: float, b: float, tol: float) -> bool:
+    """|a - b| <= tol * max(|a|, |b|)."""
+    return math.isclose(a, b, rel_tol=tol, abs_tol=0.0)
+
+
+def window_logprobs(model: Any, tokens: Sequence[int]) -> Any:
+    """float64 log-softmax of the model's logits for one unpadded window: (T, V)."""
+    import torch
+
+    with torch.no_grad():
+        return torch.log_softmax(model(torch.tensor([list(tokens)])).logits[0].double(), dim=-1)
+
+
+def naive_rolling_logprobs(model: Any, tokens: Sequence[int], max_length: int, stride: int) -> list[float]:
+    """lleval's rolling protocol, one window at a time.
+
+    Token ``i >= 1`` of ``tokens`` is predicted once. The first window predicts
+    tokens 1..L; then each window predicts the next S tokens, reading the L
+    tokens just before the last one it predicts (fewer at the start).
+    """
+    out: list[float] = []
+    target, first = 1, True
+    while target < len(tokens):
+        count = max_length if first else stride
+        first = False
+        last = min(target + count, len(tokens)) - 1  # last position predicted
+        begin = max(0, last - max_length)
+        logp = window_logprobs(model, tokens[begin:last])
+        for pos in range(target, last + 1):
+            out.append(float(logp[pos - 1 - begin, tokens[pos]]))
+        target = last + 1
+    return out
+
+
+def hf_guide_targets(seq_len: int, max_length: int, stride: int) -> list[tuple[int, list[int]]]:
+    """The transformers perplexity guide's loop, restated: a window ``[begin, end)`` every
+    ``stride`` tokens whose labels before the last ``end - prev_end`` are masked to -100,
+    then shifted inside the model (so a window's first position is never a label).
+    Returns ``(begin, positions scored)`` per window."""
+    windows, prev_end = [], 0
+    for begin in range(0, seq_len, stride):
+        end = min(begin + max_length, seq_len)
+        trg_len = end - prev_end
+        labelled = range(end - trg_len, end)
+        windows.append((begin, [p for p in labelled if p > begin]))
+        prev_end = end
+        if end == seq_len:
+            break
+    return windows
+
+
+def naive_hf_guide(model: Any, ids: Sequence[int], max_length: int, stride: int) -> tuple[float, int]:
+    """Log-likelihood and token count of the guide's loop (see `hf_guide_targets`)."""
+    ll, count = 0.0, 0
+    for begin, positions in hf_guide_targets(len(ids), max_length, stride):
+        end = min(begin + max_length, len(ids))
+        logp = window_logprobs(model, ids[begin:end])
+        for pos in positions:
+            ll += float(logp[pos - 1 - begin, ids[pos]])
+            count += 1
+    return ll, count
+
+
+def naive_llama_cpp(model: Any, stream: Sequence[int], n_ctx: int, bos: int | None) -> tuple[float, int, float]:
+    """llama.cpp's perplexity loop: chunks of n_ctx, BOS over the first token, score
+    n_ctx/2+1 .. n_ctx-1. Returns (log-likelihood, tokens, sum of squared log-probs)."""
+    ll, count, sq = 0.0, 0, 0.0
+    for k in range(len(stream) // n_ctx):
+        chunk = list(stream[k * n_ctx : (k + 1) * n_ctx])
+        if bos is not None:
+            chunk[0] = bos
+        logp = window_logprobs(model, chunk)
+        for pos in range(n_ctx // 2 + 1, n_ctx):
+            value = float(logp[pos - 1, chunk[pos]])
+            ll += value
+            sq += value * value
+            count += 1
+    return ll, count, sq
