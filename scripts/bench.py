@@ -206,10 +206,14 @@ def rss():
     with open("/proc/self/statm") as h:
         return int(h.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
 marks = {}
-def progress(docs, tokens, expected):
-    if docs >= 1000 and "first_1000" not in marks:
-        marks["first_1000"] = rss()
-    marks["last"] = rss()
+class Progress:
+    def stage(self, text):
+        pass
+    def update(self, docs, tokens, expected):
+        if docs >= 1000 and "first_1000" not in marks:
+            marks["first_1000"] = rss()
+        marks["last"] = rss()
+progress = Progress()
 loaded = load(EvalConfig(model=sys.argv[1]))
 report = evaluate(EvalConfig(dataset=sys.argv[2], streaming=True, max_length=64, batch_size=64, bootstrap=0,
                              block_tokens=20000), loaded=loaded, progress=progress)

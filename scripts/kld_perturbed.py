@@ -45,7 +45,7 @@ def main() -> None:
         scorer=scorer_from_slices(slices, slice_positions(base.vocab or 1)),
         info=dataclasses.replace(base.info, name=f"{base.info.name} + {args.noise:g} noise"),
     )
-    result = kl_divergence(config, None, base=base, model=perturbed)
+    result = kl_divergence(config, None, base=base, model=perturbed).to_dict()
     kl, ppl = result["kl_divergence"], result["perplexity"]
     print(json.dumps({
         "noise": args.noise,

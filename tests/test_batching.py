@@ -13,7 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from helpers import rel_close, write_jsonl
+from helpers import document_sums, rel_close, units_of, write_jsonl
 from lleval.batching import (
     AUTO_MAX_ROWS,
     CPU_BUDGET_SHARE,
@@ -27,7 +27,6 @@ from lleval.cli import main
 from lleval.config import EvalConfig
 from lleval.errors import ConfigError
 from lleval.scoring import EngineOptions, EngineStats, Unit, WindowTooLarge, score_units, scorer_from_logits
-from lleval.windows import rolling_spans
 
 VOCAB = 40
 
@@ -39,8 +38,7 @@ def _logits(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tens
 
 
 def _units() -> list[Unit]:
-    docs = [[(7 * i + 3 * j) % VOCAB for j in range(5 + 3 * i)] for i in range(12)]
-    return [Unit(d, rolling_spans(len(d), 8, 8), [i]) for i, d in enumerate(docs)]
+    return units_of([[(7 * i + 3 * j) % VOCAB for j in range(5 + 3 * i)] for i in range(12)], 8, 8)
 
 
 def _failing_above(rows: int, calls: list[int]) -> Any:
@@ -130,11 +128,11 @@ def test_available_memory_reads_meminfo_and_cgroup(tmp_path: Path) -> None:
 
 
 def test_out_of_memory_splits_once_and_changes_no_number() -> None:
-    expected = list(score_units(scorer_from_logits(_logits), _units(), EngineOptions(batch_size=1)))
+    expected = document_sums(scorer_from_logits(_logits), _units(), EngineOptions(batch_size=1))
     calls: list[int] = []
     stats = EngineStats()
-    got = list(score_units(_failing_above(3, calls), _units(), EngineOptions(batch_size=12), stats=stats))
-    assert [(r.row, r.tokens) for r in got] == [(r.row, r.tokens) for r in expected]
+    got = document_sums(_failing_above(3, calls), _units(), EngineOptions(batch_size=12), stats)
+    assert [(r.index, r.tokens) for r in got] == [(r.index, r.tokens) for r in expected]
     for a, b in zip(got, expected):
         assert rel_close(a.log_likelihood, b.log_likelihood, 1e-6)
     # 12 -> 6 -> 3: two splits, then every later piece is run at 3 rows without failing again

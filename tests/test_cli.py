@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -241,3 +242,32 @@ def test_device_map_records_placement(tiny_model_dir: Path, tmp_path: Path) -> N
     plain = score_json(tiny_model_dir, "--dataset", str(write_format(tmp_path, "jsonl")))
     assert data["model"]["device_map"] == {"": "cpu"} and plain["model"]["device_map"] is None
     assert data["documents"] == plain["documents"]
+
+
+def test_score_and_kld_share_every_flag() -> None:
+    """Every flag of score is a flag of kld with the same names, default and help text."""
+    def params(command: str) -> dict[str, Any]:
+        return {p.name: p for p in main.commands[command].params if isinstance(p, click.Option)}
+
+    score, kld = params("score"), params("kld")
+    assert set(score) <= set(kld) and set(kld) - set(score) == {"base_model"}
+    for name, option in score.items():
+        other = kld[name]
+        assert (option.opts, option.secondary_opts, option.default, option.help) == (
+            other.opts, other.secondary_opts, other.default, other.help), name
+
+
+@pytest.mark.parametrize("how", [["-d", "{data}"], ["--dataset", "{data}"], ["{data}"]])
+def test_kld_takes_the_data_as_score_does(tiny_model_dir: Path, tmp_path: Path, how: list[str]) -> None:
+    data = str(write_format(tmp_path, "jsonl"))
+    args = [a.format(data=data) for a in how]
+    result = run(["kld", "--base", str(tiny_model_dir), "-m", str(tiny_model_dir), *args, "-q", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["kind"] == "kld" and report["dataset"]["spec"] == data and report["dataset"]["documents"] == 3
+
+
+def test_kld_refuses_two_different_datasets(tiny_model_dir: Path, tmp_path: Path) -> None:
+    data = str(write_format(tmp_path, "jsonl"))
+    result = run(["kld", "--base", str(tiny_model_dir), data, "-d", data + ".other", "-q"])
+    assert result.exit_code == 2 and "two datasets given" in result.stderr

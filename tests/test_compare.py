@@ -173,3 +173,20 @@ def test_percentile_interval_leaves_out_empty_resamples() -> None:
     samples = np.array([1.0, np.nan, 2.0, np.inf, 3.0])
     assert percentile_interval(samples, level=1.0) == (1.0, 3.0)
     assert percentile_interval(np.array([np.nan])) is None
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--require-significant"], "--require-significant qualifies the gate of --max-regression"),
+    (["--bootstrap", "0", "--seed", "4"], "--seed seeds the bootstrap"),
+])
+def test_flags_without_effect_are_refused(tmp_path: Path, args: list[str], fragment: str) -> None:
+    base = write(tmp_path, "a.json", make_report())
+    result = run([base, base, *args])
+    assert result.exit_code == 2 and fragment in result.output
+
+
+def test_a_kld_report_is_not_compared(tmp_path: Path) -> None:
+    base = write(tmp_path, "a.json", make_report())
+    other = write(tmp_path, "k.json", {**make_report(), "kind": "kld"})
+    result = run([base, other])
+    assert result.exit_code == 2 and "'kld' report" in result.stderr

@@ -65,5 +65,5 @@ def test_validate_lists_every_problem() -> None:
     with pytest.raises(ConfigError) as info:
         EvalConfig(max_length=4, stride=8, dtype="fp8", batch_size=0).validate()
     message = str(info.value)
-    assert "stride (8) is larger than max_length (4)" in message
+    assert "stride (8) is larger than max length (4)" in message
     assert "dtype" in message and "batch_size" in message

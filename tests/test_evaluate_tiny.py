@@ -134,3 +134,40 @@ def test_report_metrics_follow_from_totals(tiny_loaded: Any, tmp_path: Path) -> 
     assert math.isclose(data["metrics"]["bits_per_byte"], -t["log_likelihood"] / (math.log(2) * t["bytes"]))
     assert math.isclose(data["metrics"]["word_perplexity"], math.exp(-t["log_likelihood"] / t["words"]))
     assert t["log_likelihood"] <= 0
+
+
+def test_tokenizer_checks_fail_before_the_weights_load(tiny_model_dir: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A --prefix-token outside the vocabulary, or --max-length past the model's positions,
+    is found from the tokenizer and config alone: the weights are never loaded."""
+    import lleval.model
+    from lleval.errors import ConfigError
+
+    def no_weights(*args: Any) -> Any:
+        raise AssertionError("weights loaded before the flags were checked")
+
+    monkeypatch.setattr(lleval.model, "load_weights", no_weights)
+    data = _jsonl(tmp_path, ["a short text"])
+    with pytest.raises(ConfigError, match="not in the tokenizer's vocabulary"):
+        evaluate(EvalConfig(model=str(tiny_model_dir), dataset=data, prefix_token="99999"))
+    with pytest.raises(ConfigError, match="larger than the model's 64 positions"):
+        evaluate(EvalConfig(model=str(tiny_model_dir), dataset=data, max_length=128))
+
+
+def test_kld_compares_tokenizers_before_the_weights_load(tiny_model_dir: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    import lleval.model
+    from lleval.errors import ConfigError
+    from lleval.kld import kl_divergence
+    from transformers import AutoTokenizer
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model_dir, other)
+    tokenizer = AutoTokenizer.from_pretrained(other)
+    tokenizer.add_tokens(["<|extra|>"])
+    tokenizer.save_pretrained(other)
+    monkeypatch.setattr(lleval.model, "load_weights", lambda *a: (_ for _ in ()).throw(AssertionError("loaded")))
+    with pytest.raises(ConfigError, match="tokenizers .* differ"):
+        kl_divergence(EvalConfig(model=str(tiny_model_dir), dataset=_jsonl(tmp_path, ["text"])), str(other))

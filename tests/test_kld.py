@@ -32,7 +32,7 @@ def _data(tmp_path: Path) -> str:
 
 def test_model_against_itself_is_zero(tiny_loaded: Any, tmp_path: Path) -> None:
     config = EvalConfig(dataset=_data(tmp_path), max_length=16, batch_size=3)
-    result = kl_divergence(config, None, base=tiny_loaded, model=tiny_loaded)
+    result = kl_divergence(config, None, base=tiny_loaded, model=tiny_loaded).to_dict()
     assert result["kl_divergence"]["mean"] == 0.0 and result["kl_divergence"]["max"] == 0.0
     assert result["top_token_agreement"] == 1.0
     assert result["delta_p"]["mean"] == 0.0
@@ -46,7 +46,7 @@ def test_against_uniform_is_log_v_minus_entropy(tiny_model_dir: Path, tiny_loade
     vocab = tiny_loaded.vocab
     uniform = slices_from_logits(lambda ids, mask: torch.zeros(*ids.shape, vocab))
     fake = dataclasses.replace(tiny_loaded, slices=uniform, scorer=scorer_from_slices(uniform, 64))
-    result = kl_divergence(EvalConfig(dataset=_data(tmp_path), max_length=64), None, base=tiny_loaded, model=fake)
+    result = kl_divergence(EvalConfig(dataset=_data(tmp_path), max_length=64), None, base=tiny_loaded, model=fake).to_dict()
 
     # Independent: one window per document (each fits in 64), entropy of the base at every position.
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
@@ -92,7 +92,7 @@ def test_kld_cli_end_to_end(tiny_model_dir: Path, tmp_path: Path) -> None:
 
 def test_document_with_nothing_to_score_is_kept(tiny_loaded: Any, tmp_path: Path) -> None:
     config = EvalConfig(dataset=write_jsonl(tmp_path / "d.jsonl", ["a", TEXTS[0]]), prefix_token="none")  # "a" is one token: nothing to predict
-    result = kl_divergence(config, None, base=tiny_loaded, model=tiny_loaded)
+    result = kl_divergence(config, None, base=tiny_loaded, model=tiny_loaded).to_dict()
     assert result["dataset"]["documents"] == 2 and result["kl_divergence"]["mean"] == 0.0
     assert result["perplexity"]["ln_ratio_ci"] == [0.0, 0.0]  # resamples of only the empty document are left out
     json.dumps(result, allow_nan=False)

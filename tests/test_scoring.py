@@ -1,4 +1,5 @@
-"""The engine with fake models: analytic golden values, batching and padding invariance."""
+"""The engine with fake models: analytic golden values, what each scored token is, and
+batching and padding invariance."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lleval.scoring import EngineOptions, EngineStats, Unit, score_units, scorer_from_logits
+from helpers import document_sums, units_of
+from lleval.scoring import EngineOptions, EngineStats, Row, Unit, score_units, scorer_from_logits
 from lleval.windows import rolling_spans
 
 VOCAB = 50
@@ -39,18 +41,22 @@ def reference(tokens: list[int]) -> list[float]:
     return out
 
 
-def make_units(docs: list[list[int]], max_length: int, stride: int) -> list[Unit]:
-    return [Unit(d, rolling_spans(len(d), max_length, stride), [i]) for i, d in enumerate(docs)]
-
-
 def random_docs(seed: int, n: int = 20) -> list[list[int]]:
     rng = random.Random(seed)
     return [[rng.randrange(VOCAB) for _ in range(rng.randrange(1, 90))] for _ in range(n)]
 
 
+def expected_document(doc: list[int], max_length: int, stride: int) -> float:
+    """The same windows scored one at a time: content_logits sees only a window's tokens."""
+    total = 0.0
+    for span in rolling_spans(len(doc), max_length, stride):
+        total += sum(reference(doc[span.start : span.end])[-span.n_scored :])
+    return total
+
+
 def test_uniform_logits_give_perplexity_equal_to_vocab() -> None:
     docs = random_docs(0)
-    rows = list(score_units(scorer_from_logits(uniform_logits), make_units(docs, 16, 8), EngineOptions(batch_size=4)))
+    rows = document_sums(scorer_from_logits(uniform_logits), units_of(docs, 16, 8), EngineOptions(batch_size=4))
     ll = sum(r.log_likelihood for r in rows)
     n = sum(r.tokens for r in rows)
     assert n == sum(len(d) - 1 for d in docs)
@@ -60,43 +66,31 @@ def test_uniform_logits_give_perplexity_equal_to_vocab() -> None:
 @pytest.mark.parametrize("batch_size", [1, 3, 8, 64])
 @pytest.mark.parametrize("max_length,stride", [(16, 16), (16, 5), (1, 1)])
 def test_totals_match_reference_for_any_batching(batch_size: int, max_length: int, stride: int) -> None:
-    # content_logits depends on the whole prefix, so windows see truncated context:
-    # compare against the same windows scored one at a time.
     docs = random_docs(1)
-    expected_rows = []
-    for doc in docs:
-        lp = 0.0
-        for span in rolling_spans(len(doc), max_length, stride):
-            window = doc[span.start : span.end]
-            lp += sum(reference(window)[-span.n_scored :])
-        expected_rows.append(lp)
     stats = EngineStats()
-    rows = list(
-        score_units(
-            scorer_from_logits(content_logits), make_units(docs, max_length, stride),
-            EngineOptions(batch_size=batch_size, block_tokens=200), stats=stats,
-        )
-    )
-    assert [r.row for r in rows] == list(range(len(docs)))
-    for row, expected in zip(rows, expected_rows):
-        assert math.isclose(row.log_likelihood, expected, rel_tol=1e-6, abs_tol=1e-9)
+    rows = document_sums(scorer_from_logits(content_logits), units_of(docs, max_length, stride),
+                         EngineOptions(batch_size=batch_size, block_tokens=200), stats)
+    assert [r.index for r in rows] == list(range(len(docs)))
+    for row, doc in zip(rows, docs):
+        assert math.isclose(row.log_likelihood, expected_document(doc, max_length, stride), rel_tol=1e-6, abs_tol=1e-9)
     assert stats.scored_tokens == sum(len(d) - 1 for d in docs)
 
 
 def test_owners_split_a_stream_into_rows() -> None:
     tokens = list(range(1, 30))
     owners = np.array([0] * 10 + [1] * 5 + [2] * 14)
-    unit = Unit(tokens, rolling_spans(len(tokens), 8, 3), [0, 1, 2], owners)
-    rows = list(score_units(scorer_from_logits(uniform_logits), [unit], EngineOptions(batch_size=2)))
-    assert [r.tokens for r in rows] == [9, 5, 14]  # position 0 is never scored
-    for r in rows:
+    rows = tuple(Row(i, 1, 1, f"{i:064x}") for i in range(3))
+    unit = Unit(tokens, rolling_spans(len(tokens), 8, 3), rows, 0, np.array([0, 10, 15]), owners)
+    got = document_sums(scorer_from_logits(uniform_logits), [unit], EngineOptions(batch_size=2))
+    assert [r.tokens for r in got] == [9, 5, 14]  # position 0 is never scored
+    for r in got:
         assert math.isclose(r.log_likelihood, -r.tokens * math.log(VOCAB), rel_tol=1e-6)
 
 
 def test_padding_share_is_counted() -> None:
     stats = EngineStats()
-    docs = [[1] * 9, [1] * 3]
-    list(score_units(scorer_from_logits(uniform_logits), make_units(docs, 16, 16), EngineOptions(batch_size=2), stats=stats))
+    document_sums(scorer_from_logits(uniform_logits), units_of([[1] * 9, [1] * 3], 16, 16),
+                  EngineOptions(batch_size=2), stats)
     assert stats.computed_tokens == 2 * 8 and stats.padding_tokens == 8 - 2
 
 
@@ -108,18 +102,37 @@ def test_padding_share_is_counted() -> None:
 )
 def test_aggregation_matches_reference_for_random_shapes(docs: list[list[int]], max_length: int, data: st.DataObject) -> None:
     stride = data.draw(st.integers(1, max_length))
-    batch_size = data.draw(st.integers(1, 9))
-    block_tokens = data.draw(st.integers(1, 400))
-    rows = list(
-        score_units(
-            scorer_from_logits(content_logits), make_units(docs, max_length, stride),
-            EngineOptions(batch_size=batch_size, block_tokens=block_tokens),
-        )
-    )
-    assert [r.row for r in rows] == list(range(len(docs)))
+    options = EngineOptions(batch_size=data.draw(st.integers(1, 9)), block_tokens=data.draw(st.integers(1, 400)))
+    rows = document_sums(scorer_from_logits(content_logits), units_of(docs, max_length, stride), options)
+    assert [r.index for r in rows] == list(range(len(docs)))
     for doc, row in zip(docs, rows):
-        expected = 0.0
-        for span in rolling_spans(len(doc), max_length, stride):
-            expected += sum(reference(doc[span.start : span.end])[-span.n_scored :])
         assert row.tokens == max(len(doc) - 1, 0)
-        assert math.isclose(row.log_likelihood, expected, rel_tol=1e-6, abs_tol=1e-6)
+        assert math.isclose(row.log_likelihood, expected_document(doc, max_length, stride), rel_tol=1e-6, abs_tol=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(1, 60), min_size=1, max_size=5), st.integers(1, 12), st.data())
+def test_each_scored_token_says_where_it_is(lengths: list[int], max_length: int, data: st.DataObject) -> None:
+    """Document, position, context length and id of every token the engine yields, against
+    the windows enumerated by hand, in window order."""
+    stride = data.draw(st.integers(1, max_length))
+    prefix = data.draw(st.booleans())
+    docs = [[(7 * d + 3 * i) % VOCAB for i in range(n)] for d, n in enumerate(lengths)]
+    units = [
+        Unit(([VOCAB - 1] if prefix else []) + doc, rolling_spans(len(doc) + prefix, max_length, stride),
+             (Row(d, 1, 1, f"{d:064x}"),), d, np.array([int(prefix)]))
+        for d, doc in enumerate(docs)
+    ]
+    expected = []
+    for unit in units:
+        for span in unit.spans:
+            for p in range(span.end - span.n_scored, span.end):
+                expected.append((unit.first_row, p - int(prefix), p - span.start, unit.tokens[p]))
+    options = EngineOptions(batch_size=data.draw(st.integers(1, 6)), block_tokens=data.draw(st.integers(1, 200)))
+    got = []
+    for block in score_units(scorer_from_logits(uniform_logits), units, options):
+        for scores in block.units:
+            assert scores.windows[-1] == len(scores) and len(scores.windows) == len(scores.unit.spans) + 1
+            got += list(zip(scores.row.tolist(), scores.position.tolist(), scores.context.tolist(), scores.token.tolist()))
+            assert np.allclose(scores.logprob, -math.log(VOCAB))
+    assert got == expected

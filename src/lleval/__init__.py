@@ -1,29 +1,33 @@
 """lleval: exact, fast log-likelihood and perplexity of causal LMs on text datasets.
 
-Public API: `evaluate`, `EvalConfig`, `Report`. Heavy modules (torch,
-transformers) load only when `evaluate` is first used, so ``import lleval``
-and ``lleval --help`` stay fast.
+Public API: `evaluate` (a score run, returns a `Report`), `kl_divergence`
+(returns a `KLReport`), `compare_files` (returns a `ComparisonReport`),
+`EvalConfig` and `LoadedModel`. Heavy modules (torch, transformers) load
+only when first used, so ``import lleval`` and ``lleval --help`` stay fast.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["evaluate", "EvalConfig", "Report", "LoadedModel", "__version__"]
+
+_EXPORTS = {
+    "evaluate": "lleval.api",
+    "LoadedModel": "lleval.model",
+    "EvalConfig": "lleval.config",
+    "Report": "lleval.report",
+    "kl_divergence": "lleval.kld",
+    "KLReport": "lleval.kld",
+    "compare_files": "lleval.compare",
+    "ComparisonReport": "lleval.compare",
+}
+__all__ = [*_EXPORTS, "__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("evaluate", "LoadedModel"):
-        from lleval import api
-
-        return getattr(api, name)
-    if name == "EvalConfig":
-        from lleval.config import EvalConfig
-
-        return EvalConfig
-    if name == "Report":
-        from lleval.report import Report
-
-        return Report
+    if name in _EXPORTS:
+        module = importlib.import_module(_EXPORTS[name])
+        return getattr(module, "compare_report_files" if name == "compare_files" else name)
     raise AttributeError(f"module 'lleval' has no attribute {name!r}")

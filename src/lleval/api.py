@@ -1,105 +1,182 @@
 """`evaluate()`: one score run, from an `EvalConfig` to a `Report`.
 
-The heavy objects (model, tokenizer) can be injected as a `LoadedModel`, so
-tests drive the whole path with fakes and tiny models.
+Read top to bottom, a run is three steps (the README's "How it works" has
+the whole flow):
+
+1. **prepare** (`open_inputs`, `load_and_plan`, `make_job`): validate the
+   flags, check the output paths, open the data and read its first
+   document, load the tokenizer and plan the protocol, then load the weights
+   and resume a checkpoint; so a mistake costs milliseconds, not a model load;
+2. **score** (`score`): one plain loop over the scored blocks the engine
+   yields, feeding the reducers, the progress display and the checkpointer;
+3. **finish** (`score_report`): the report, derived from the reducers' sums.
+
+The heavy objects can be injected as a `LoadedModel`, so tests drive the
+whole path with fakes and tiny models. ``lleval kld`` (`lleval.kld`) runs the
+same steps with a pair of models and one more reducer.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import itertools
-import platform
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping, Protocol
 
 from lleval import __version__
 from lleval.batching import Batching, auto_batching
+from lleval.checkpoint import Checkpoint, Checkpointer, verify_resumed
 from lleval.config import EvalConfig
-from lleval.data import BUILTIN_DATASET, DataSpec, DataStats, Document, describe_split, iter_documents
+from lleval.data import BUILTIN_DATASET, DataSpec, DataStats, Document, iter_documents
+from lleval.distributed import DistContext
 from lleval.errors import DataError, ScoringError
-from lleval.metrics import Totals
-from lleval.model import ModelInfo, ModelSpec
-from lleval.report import DocumentResult, Report, check_writable
-from lleval.scoring import (
-    EngineOptions,
-    EngineStats,
-    NonFiniteLogProb,
-    RowSums,
-    Stopped,
-    TokenScorer,
-    Unit,
-    WindowTooLarge,
-    score_units,
-)
+from lleval.metrics import Totals, ratio_intervals
+from lleval.model import LoadedModel, ModelSpec
 from lleval.protocols import Plan, plan
-from lleval.tokenization import tokenizer_fingerprint
+from lleval.reducers import DocumentSums, NonFiniteLogProb, Reducer, StreamCounts, finite_only
+from lleval.report import (
+    Report,
+    check_writable,
+    dataset_block,
+    environment,
+    model_block,
+    now,
+    timing_block,
+    tokenizer_block,
+)
+from lleval.scoring import EngineOptions, EngineStats, Stopped, WindowTooLarge, score_units
 
-#: Called after each scored block with (documents done, tokens scored, documents expected or None).
-ProgressFn = Callable[[int, int, "int | None"], None]
+__all__ = ["evaluate", "load", "LoadedModel", "Progress"]
 
 
-@dataclass
-class LoadedModel:
-    """A scorer with the tokenizer that feeds it and a description for the report."""
+class Progress(Protocol):
+    """What a run tells the progress display: the stage it is in, then how far scoring is."""
 
-    scorer: TokenScorer
-    tokenizer: Any
-    info: ModelInfo
-    pad_id: int = 0
-    model: Any = None  # the underlying transformers model, when there is one
-    slices: Any = None  # its LogitsSlices (for KL divergence), when there is one
-    vocab: int | None = None
-    bytes_per_token: int | None = None  # activation working set per batch token, for --batch-size auto
+    def stage(self, text: str) -> None:
+        """A new stage begins (``"loading model"``, ``"scoring"``)."""
+        ...
+
+    def update(self, documents: int, tokens: int, expected: int | None) -> None:
+        """After each scored block: documents and tokens done, documents expected (if known)."""
+        ...
 
 
 def model_spec(config: EvalConfig) -> ModelSpec:
     """The model part of a config."""
-    return ModelSpec(
-        name=config.model,
-        revision=config.revision,
-        trust_remote_code=config.trust_remote_code,
-        dtype=config.dtype,
-        device=config.device,
-        device_map=config.device_map,
-    )
+    return ModelSpec(config.model, config.revision, config.trust_remote_code, config.dtype, config.device,
+                     config.device_map)
 
 
 def data_spec(config: EvalConfig) -> DataSpec:
     """The data part of a config."""
-    return DataSpec(
-        dataset=config.dataset,
-        dataset_config=config.dataset_config,
-        split=config.split,
-        text_field=config.text_field,
-        sample_by=config.sample_by,
-        limit=config.limit,
-        streaming=config.streaming,
-        encoding=config.encoding,
-        errors=config.errors,
-    )
+    return DataSpec(config.dataset, config.dataset_config, config.split, config.text_field, config.sample_by,
+                    config.limit, config.streaming, config.encoding, config.errors)
 
 
 def load(config: EvalConfig) -> LoadedModel:
-    """Load the model and tokenizer a config names (the only slow step before scoring)."""
-    from lleval.model import (
-        activation_bytes_per_token,
-        load_model,
-        make_logits_slices,
-        slice_positions,
-        vocab_size,
-    )
-    from lleval.scoring import scorer_from_slices
+    """Load the model a config names (see `lleval.model.load`)."""
+    from lleval.model import load as load_model
 
-    model, tokenizer, info = load_model(model_spec(config))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    slices = make_logits_slices(model)
-    vocab = vocab_size(model)
-    scorer = scorer_from_slices(slices, slice_positions(vocab))
-    return LoadedModel(
-        scorer, tokenizer, info, int(pad or 0), model, slices, vocab, activation_bytes_per_token(model)
-    )
+    return load_model(model_spec(config))
+
+
+@dataclass
+class Inputs:
+    """What a run has found before any model work: checked flags and paths, open data."""
+
+    config: EvalConfig
+    stats: DataStats
+    documents: Iterator[Document]  # the first one already read, so bad data fails early
+    dist: DistContext | None
+    started: float
+
+
+@dataclass
+class Job:
+    """Everything the scoring loop needs, prepared."""
+
+    inputs: Inputs
+    loaded: LoadedModel
+    protocol: Plan
+    batching: Batching
+    fingerprint: dict[str, Any]  # what a checkpoint must have been made with
+    resumed: Checkpoint | None
+    load_seconds: float
+
+    @property
+    def config(self) -> EvalConfig:
+        """The run's configuration."""
+        return self.inputs.config
+
+
+@dataclass
+class ScoringRun:
+    """How the scoring loop went."""
+
+    engine: EngineStats
+    seconds: float
+    complete: bool  # False when stopped early (``should_stop``)
+
+
+def open_inputs(config: EvalConfig) -> Inputs:
+    """Validate the config, check that output files can be written, join a process group
+    when launched by torchrun, and open the data, reading its first document."""
+    from lleval.distributed import from_env
+
+    started = time.perf_counter()
+    config.validate()
+    for path, flag in ((config.output, "--output"), (config.checkpoint, "--checkpoint")):
+        if path:
+            check_writable(path, flag)
+    dist = from_env()
+    stats = DataStats()
+    docs = iter_documents(data_spec(config), stats)
+    first = next(docs, None)
+    documents = docs if first is None else itertools.chain([first], docs)
+    return Inputs(config, stats, documents, dist, started)
+
+
+def load_and_plan(config: EvalConfig, progress: Progress | None = None) -> tuple[LoadedModel, Plan]:
+    """Load the tokenizer and config, plan the protocol (so a flag that does not fit the
+    tokenizer or the model's length fails now), then load the weights."""
+    from lleval.model import load_weights, open_model
+
+    if progress is not None:
+        progress.stage("loading model")
+    found = open_model(model_spec(config))
+    protocol = plan(config, found.tokenizer, found.max_positions)
+    return load_weights(found), protocol
+
+
+def make_job(inputs: Inputs, loaded: LoadedModel, protocol: Plan) -> Job:
+    """Size the batches and read the checkpoint to resume, if there is one."""
+    from lleval import checkpoint as ckpt
+
+    config, dist = inputs.config, inputs.dist
+    load_seconds = time.perf_counter() - inputs.started
+    batching = batching_for(config, loaded, protocol.max_length)
+    if dist is not None and batching.auto:  # every rank must form the same batches: rank 0's
+        batching = dist.broadcast(batching)
+    fingerprint = _fingerprint(config, loaded, protocol) if config.checkpoint else {}
+    # Rank 0 reads the checkpoint and hands it to every rank, so all skip the same rows.
+    resumed = None
+    if config.checkpoint and (dist is None or dist.is_main):
+        resumed = ckpt.load(config.checkpoint, fingerprint)
+    if config.checkpoint and dist is not None:
+        resumed = dist.broadcast(resumed)
+    return Job(inputs, loaded, protocol, batching, fingerprint, resumed, load_seconds)
+
+
+def _fingerprint(config: EvalConfig, loaded: LoadedModel, protocol: Plan) -> dict[str, Any]:
+    """What decides every number of a run: hashing the tokenizer costs a pass over its
+    vocabulary, so this is computed only when a checkpoint is used."""
+    return {
+        "model": model_block(loaded.info),
+        "tokenizer": tokenizer_block(loaded.tokenizer, loaded.info.name)["fingerprint"],
+        "protocol": {**protocol.describe(loaded.tokenizer), "batch_size": config.batch_size,
+                     "max_batch_tokens": config.max_batch_tokens, "block_tokens": config.block_tokens},
+    }
 
 
 def batching_for(config: EvalConfig, loaded: LoadedModel, max_length: int) -> Batching:
@@ -116,195 +193,77 @@ def batching_for(config: EvalConfig, loaded: LoadedModel, max_length: int) -> Ba
     return auto
 
 
-def _peeked(docs: Iterator[Document]) -> Iterator[Document]:
-    """Read the first document now, so bad data fails before the model loads."""
-    first = next(docs, None)
-    return docs if first is None else itertools.chain([first], docs)
-
-
-def _environment() -> dict[str, Any]:
-    import datasets
-    import torch
-    import transformers
-
-    from lleval.hardware import cpu_features
-
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "datasets": datasets.__version__,
-        "lleval": __version__,
-        "cpu": dict(cpu_features()),
-        "torch_threads": torch.get_num_threads(),
-    }
-
-
-@dataclass
-class ScoreRun:
-    """What one pass of the engine over a dataset produced, before it becomes a report."""
-
-    loaded: LoadedModel
-    protocol: Plan
-    data: DataStats
-    engine: EngineStats
-    documents: list[DocumentResult]
-    extra: list[Any]  # per document: sums of the scorer's further columns (or None)
-    totals: Totals
-    started: float
-    load_seconds: float
-    scoring_seconds: float
-    distributed: dict[str, Any] | None = None
-    complete: bool = True
-    resumed_documents: int = 0
-    batching: Batching | None = None
-
-
-def run_engine(
-    config: EvalConfig,
-    *,
-    loaded: LoadedModel | None = None,
-    loader: Callable[[], LoadedModel] | None = None,
-    progress: ProgressFn | None = None,
+def score(
+    job: Job,
+    sums: DocumentSums,
+    others: Mapping[str, Reducer] | None = None,
+    progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
-) -> ScoreRun:
-    """Validate, read the first document, load, then score every window of the dataset.
-
-    Order of work, so that mistakes cost seconds, not a run: the config is
-    validated, the output path checked, the first document read, and only
-    then the model loaded (``loader``, default `load`) and the corpus scored.
-    With ``config.checkpoint`` the finished documents are saved as it goes
-    and a matching checkpoint is resumed. When ``should_stop`` turns true the
-    run stops after the current batch and returns what is finished, with
-    ``complete`` false.
-    """
-    from lleval import checkpoint as ckpt
-    from lleval.distributed import from_env
-
-    started = time.perf_counter()
-    config.validate()
-    for path, flag in ((config.output, "--output"), (config.checkpoint, "--checkpoint")):
-        if path:
-            check_writable(path, flag)
-    dist = from_env()
-    stats = DataStats()
-    docs = _peeked(iter_documents(data_spec(config), stats))
-    if loaded is None:
-        loaded = loader() if loader is not None else load(config)
-    load_seconds = time.perf_counter() - started
-    protocol = plan(config, loaded.tokenizer, loaded.info.max_positions)
-    fingerprint: dict[str, Any] = {}
-    if config.checkpoint:  # hashing the tokenizer costs a pass over its vocabulary: only when needed
-        fingerprint = {
-            "model": model_block(loaded.info),
-            "tokenizer": tokenizer_block(loaded)["fingerprint"],
-            "protocol": {**protocol.describe(loaded.tokenizer, counts=False), "batch_size": config.batch_size,
-                         "max_batch_tokens": config.max_batch_tokens, "block_tokens": config.block_tokens},
-        }
-    # Rank 0 reads the checkpoint and hands it to every rank, so all skip the same rows.
-    # The world size may change between runs: every rank forms the same batches anyway.
-    resumed = None
-    if config.checkpoint and (dist is None or dist.is_main):
-        resumed = ckpt.load(config.checkpoint, fingerprint)
-    if config.checkpoint and dist is not None:
-        resumed = dist.broadcast(resumed)
-    finished: list[RowSums] = list(resumed.rows) if resumed else []
-    units = protocol.units(docs, loaded.tokenizer)
-    if resumed is not None and finished:
-        units = _checking_resumed_data(units, protocol, config.checkpoint or "", resumed)
-    engine = EngineStats()
-    last_save = [time.monotonic()]
-
-    def save_checkpoint() -> None:
-        if not config.checkpoint or (dist is not None and not dist.is_main):
-            return
-        hashes = [protocol.rows[r.row].text_sha for r in finished]
-        ckpt.save(config.checkpoint, ckpt.Checkpoint(fingerprint, ckpt.rows_hash(hashes), finished))
-        last_save[0] = time.monotonic()
-
-    scored = [sum(r.tokens for r in finished)]
-
-    def on_rows(block: list[RowSums]) -> None:
-        finished.extend(block)
-        scored[0] += sum(r.tokens for r in block)
-        if progress is not None:
-            progress(len(finished), scored[0], stats.expected_rows)
-        if config.checkpoint and time.monotonic() - last_save[0] >= config.checkpoint_every:
-            save_checkpoint()
-
-    batching = batching_for(config, loaded, protocol.max_length)
-    if dist is not None and batching.auto:  # every rank must form the same batches: rank 0's
-        batching = dist.broadcast(batching)
-    options = EngineOptions(
-        batch_size=batching.batch_size, max_batch_tokens=batching.max_batch_tokens, pad_id=loaded.pad_id,
-        block_tokens=config.block_tokens,
-        allow_nonfinite=config.allow_nonfinite, skip_rows=len(finished), should_stop=should_stop,
-    )
-    scoring_started = time.perf_counter()
-    complete = True
+) -> ScoringRun:
+    """The scoring loop: every scored block goes to the reducers (``sums`` and ``others``,
+    restored first from a resumed checkpoint), then to the progress display, then the
+    checkpointer is asked whether a save is due. Stops early (``complete`` false) when
+    ``should_stop`` turns true; a checkpoint is saved whenever the run ends."""
+    config, dist = job.config, job.inputs.dist
+    reducers: dict[str, Any] = {"documents": sums, **(others or {})}
+    checkpointer = Checkpointer(config.checkpoint if dist is None or dist.is_main else None,
+                                config.checkpoint_every, job.fingerprint)
+    units = job.protocol.units(job.inputs.documents, job.loaded.tokenizer)
+    if job.resumed is not None:
+        Checkpointer.restore(job.resumed, reducers)
+        units = verify_resumed(units, job.resumed, config.checkpoint or "")
+    options = EngineOptions(batch_size=job.batching.batch_size, max_batch_tokens=job.batching.max_batch_tokens,
+                            pad_id=job.loaded.pad_id, block_tokens=config.block_tokens,
+                            skip_rows=len(sums.documents), should_stop=should_stop)
+    engine, started, complete = EngineStats(), time.perf_counter(), True
+    done_tokens = sum(d.tokens for d in sums.documents)
+    if progress is not None:
+        progress.stage("scoring")
     try:
-        for _ in score_units(loaded.scorer, units, options, stats=engine, on_rows=on_rows, shard=dist):
-            pass
+        for block in score_units(job.loaded.scorer, units, options, stats=engine, shard=dist):
+            block = finite_only(block, config.allow_nonfinite)
+            for reducer in reducers.values():
+                reducer.update(block)
+            done_tokens += block.tokens
+            if progress is not None:
+                progress.update(len(sums.documents), done_tokens, job.inputs.stats.expected_rows)
+            if checkpointer.due():
+                checkpointer.save(len(sums.documents), sums.data_hash, reducers)
     except Stopped:
         complete = False
-    except WindowTooLarge as exc:
-        save_checkpoint()
-        raise ScoringError(
-            f"out of memory on {loaded.info.device} for a single window of {exc.tokens} tokens: lower "
-            "--max-length, or use --dtype bfloat16 or --device-map auto on GPUs."
-        ) from None
-    except NonFiniteLogProb as exc:
-        save_checkpoint()
-        row = protocol.rows[exc.row] if exc.row < len(protocol.rows) else None
-        where = f"document {row.index}" if row else f"row {exc.row}"
-        raise ScoringError(
-            f"non-finite log-prob ({exc.value}) in {where} of {config.dataset or BUILTIN_DATASET}, at "
-            f"token position {exc.position} of its sequence: the model produced NaN or infinity. Try "
-            "--dtype float32, or --allow-nonfinite to count such tokens and leave them out."
-        ) from None
-    if config.checkpoint and (complete or finished):
-        save_checkpoint()
-    scoring_seconds = time.perf_counter() - scoring_started
-    totals = Totals()
-    documents: list[DocumentResult] = []
-    extra: list[Any] = []
-    for sums in finished:
-        row = protocol.rows[sums.row]
-        documents.append(DocumentResult(row.index, sums.log_likelihood, sums.tokens, row.bytes, row.words))
-        extra.append(sums.extra)
-        totals.add(Totals(sums.log_likelihood, sums.tokens, row.bytes, row.words, 1, sums.logprob_sq_sum,
-                          sums.nonfinite))
-    if totals.tokens == 0 and complete:
+    except (WindowTooLarge, NonFiniteLogProb) as exc:
+        checkpointer.save(len(sums.documents), sums.data_hash, reducers)
+        raise _scoring_error(job, exc) from None
+    if complete or sums.documents:
+        checkpointer.save(len(sums.documents), sums.data_hash, reducers)
+    if complete and not any(d.tokens for d in sums.documents):
+        stats = job.inputs.stats
         raise DataError(
             f"nothing left to score in {config.dataset or BUILTIN_DATASET}: {stats.rows} rows read, "
-            f"{stats.skipped_empty} empty, {totals.documents} documents with no token to predict. "
+            f"{stats.skipped_empty} empty, {len(sums.documents)} documents with no token to predict. "
             "Check --limit, --text-field and --prefix-token."
         )
-    return ScoreRun(
-        loaded, protocol, stats, engine, documents, extra, totals, started, load_seconds, scoring_seconds,
-        None if dist is None else dist.describe(), complete, len(resumed.rows) if resumed else 0, batching,
+    return ScoringRun(engine, time.perf_counter() - started, complete)
+
+
+def _scoring_error(job: Job, exc: WindowTooLarge | NonFiniteLogProb) -> ScoringError:
+    if isinstance(exc, WindowTooLarge):
+        return ScoringError(
+            f"out of memory on {job.loaded.info.device} for a single window of {exc.tokens} tokens: lower "
+            "--max-length, or use --dtype bfloat16 or --device-map auto on GPUs."
+        )
+    return ScoringError(
+        f"non-finite log-prob ({exc.value}) in document {exc.index} of {job.config.dataset or BUILTIN_DATASET}, "
+        f"at token position {exc.position} of the document: the model produced NaN or infinity. Try --dtype "
+        "float32, or --allow-nonfinite to count such tokens and leave them out."
     )
-
-
-def _checking_resumed_data(units: Iterator[Unit], protocol: Plan, path: str, resumed: Any) -> Iterator[Unit]:
-    """Pass units through; once the resumed rows have been read again, check they are the same texts."""
-    from lleval import checkpoint as ckpt
-
-    done = len(resumed.rows)
-    checked = False
-    for unit in units:
-        if not checked and len(protocol.rows) >= done:
-            ckpt.check_data(path, resumed, [row.text_sha for row in protocol.rows[:done]])
-            checked = True
-        yield unit
 
 
 def evaluate(
     config: EvalConfig,
     *,
     loaded: LoadedModel | None = None,
-    progress: ProgressFn | None = None,
+    progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> Report:
     """Score the dataset a config names with the model it names, and return the `Report`.
@@ -312,150 +271,96 @@ def evaluate(
     A run stopped by ``should_stop`` returns a report with ``complete`` false
     holding the documents finished so far.
     """
-    run = run_engine(config, loaded=loaded, progress=progress, should_stop=should_stop)
-    loaded, protocol, stats, engine = run.loaded, run.protocol, run.data, run.engine
-    documents, totals = run.documents, run.totals
-    load_seconds, scoring_seconds, started = run.load_seconds, run.scoring_seconds, run.started
-    intervals, bootstrap_info = _intervals(config, documents, protocol.scores_every_token)
+    inputs = open_inputs(config)
+    if loaded is None:
+        loaded, protocol = load_and_plan(config, progress)
+    else:
+        protocol = plan(config, loaded.tokenizer, loaded.info.max_positions)
+    job = make_job(inputs, loaded, protocol)
+    sums, counts = DocumentSums(), StreamCounts()
+    run = score(job, sums, {"stream": counts}, progress, should_stop)
+    return score_report(job, run, sums, counts)
+
+
+def score_report(job: Job, run: ScoringRun, sums: DocumentSums, counts: StreamCounts) -> Report:
+    """The `Report` of a score run: every block of it derived from the reducers' state."""
+    totals = sums.totals()
+    intervals, bootstrap = document_intervals(job.config, sums, job.protocol.scores_every_token)
+    notes = score_notes(job, run, sums, counts) + ([str(bootstrap["skipped"])] if "skipped" in bootstrap else [])
+    return Report(**header_fields(job, run, counts, totals, notes), totals=totals, documents=sums.documents,
+                  intervals=intervals, bootstrap=bootstrap)
+
+
+def header_fields(job: Job, run: ScoringRun, counts: StreamCounts, totals: Totals, notes: list[str]) -> dict[str, Any]:
+    """The `ReportHeader` fields of a run's report (score and kld alike)."""
+    loaded, protocol = job.loaded, job.protocol
+    return {
+        "lleval_version": __version__,
+        "created": now(),
+        "complete": run.complete,
+        "model": model_block(loaded.info),
+        "tokenizer": tokenizer_block(loaded.tokenizer, loaded.info.name),
+        "dataset": dataset_block(data_spec(job.config), job.inputs.stats, totals.documents),
+        "protocol": protocol.counted(protocol.describe(loaded.tokenizer), counts.stream_tokens, counts.unscored_tokens),
+        "timing": timing_block(time.perf_counter() - job.inputs.started, job.load_seconds, run.seconds, totals.tokens,
+                               run.engine, job.batching),
+        "environment": environment(),
+        "distributed": None if job.inputs.dist is None else job.inputs.dist.describe(),
+        "notes": notes,
+    }
+
+
+def score_notes(job: Job, run: ScoringRun, sums: DocumentSums, counts: StreamCounts) -> list[str]:
+    """What a reader of the report must know about how its numbers were made."""
+    config, protocol, info = job.config, job.protocol, job.loaded.info
     notes = []
     if not run.complete:
-        notes.append(f"stopped early: {len(documents)} documents finished; rerun with --checkpoint to resume.")
-    if run.resumed_documents:
-        notes.append(f"resumed from {config.checkpoint}: {run.resumed_documents} documents were scored before.")
-    if totals.nonfinite:
-        notes.append(f"{totals.nonfinite} tokens had a NaN or infinite log-prob and are left out (--allow-nonfinite).")
-    if bootstrap_info.get("skipped"):
-        notes.append(str(bootstrap_info["skipped"]))
+        notes.append(f"stopped early: {len(sums.documents)} documents finished; rerun with --checkpoint to resume.")
+    if job.resumed is not None and job.resumed.rows:
+        notes.append(f"resumed from {config.checkpoint}: {job.resumed.rows} documents were scored before.")
+    nonfinite = sum(d.nonfinite for d in sums.documents)
+    if nonfinite:
+        notes.append(f"{nonfinite} tokens had a NaN or infinite log-prob and are left out (--allow-nonfinite).")
     if protocol.name == "rolling" and protocol.prefix_token is None:
         notes.append("--prefix-token none: the first token of each document is not scored.")
     if not protocol.scores_every_token:
         notes.append(
-            f"the {protocol.name} protocol leaves {protocol.dropped_tokens} of {protocol.stream_tokens} "
+            f"the {protocol.name} protocol leaves {counts.unscored_tokens} of {counts.stream_tokens} "
             "tokens unscored, so bits per byte and word/byte perplexity are not reported."
         )
-    if loaded.info.dtype != "float32" and loaded.info.device == "cpu":
+    notes += dtype_notes(info)
+    return notes
+
+
+def dtype_notes(info: Any) -> list[str]:
+    """The note a run in a half precision needs (numbers differ from float32)."""
+    if info.dtype == "float32":
+        return []
+    if info.device == "cpu":
         from lleval.hardware import has_fast_half
 
-        speed = "" if has_fast_half(loaded.info.dtype) else " and, without native units on this CPU, slow"
-        notes.append(f"scored in {loaded.info.dtype} on CPU: numbers differ from float32{speed}.")
-    elif loaded.info.dtype != "float32":
-        notes.append(f"scored in {loaded.info.dtype}: compare only with runs in the same dtype "
-                     "(--dtype float32 for float32 numbers).")
-    tok = loaded.tokenizer
-    return Report(
-        lleval_version=__version__,
-        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        complete=run.complete,
-        model=model_block(loaded.info),
-        tokenizer=tokenizer_block(loaded),
-        dataset=dataset_block(config, stats, totals.documents),
-        protocol=protocol.describe(tok),
-        totals=totals,
-        documents=documents,
-        timing={
-            "seconds": time.perf_counter() - started,
-            "load_seconds": load_seconds,
-            "scoring_seconds": scoring_seconds,
-            "tokens_per_second": totals.tokens / scoring_seconds if scoring_seconds > 0 else 0.0,
-            "windows": engine.windows,
-            "batches": engine.batches,
-            "padding_share": engine.padding_tokens / engine.computed_tokens if engine.computed_tokens else 0.0,
-            "batching": run.batching.describe() if run.batching else None,
-            "out_of_memory_splits": engine.oom_splits,
-        },
-        environment=_environment(),
-        notes=notes,
-        intervals=intervals,
-        bootstrap=bootstrap_info,
-        distributed=run.distributed,
-    )
+        speed = "" if has_fast_half(info.dtype) else " and, without native units on this CPU, slow"
+        return [f"scored in {info.dtype} on CPU: numbers differ from float32{speed}."]
+    return [f"scored in {info.dtype}: compare only with runs in the same dtype (--dtype float32 for float32 numbers)."]
 
 
-def model_block(info: ModelInfo) -> dict[str, Any]:
-    """The report's ``model`` block."""
-    return {
-        "name": info.name,
-        "source": info.source,
-        "revision": info.revision,
-        "sha256": info.sha256,
-        "dtype": info.dtype,
-        "device": info.device,
-        "parameters": info.parameters,
-        "max_positions": info.max_positions,
-        "device_map": info.device_map,
-    }
-
-
-def tokenizer_block(loaded: LoadedModel) -> dict[str, Any]:
-    """The report's ``tokenizer`` block."""
-    tok = loaded.tokenizer
-    return {
-        "name": loaded.info.name,
-        "vocab_size": len(tok),
-        "fingerprint": tokenizer_fingerprint(tok),
-        "bos_token_id": tok.bos_token_id,
-        "eos_token_id": tok.eos_token_id,
-    }
-
-
-def dataset_block(config: EvalConfig, stats: DataStats, documents: int) -> dict[str, Any]:
-    """The report's ``dataset`` block."""
-    return {
-        "spec": config.dataset or BUILTIN_DATASET,
-        "config": config.dataset_config,
-        "split": describe_split(data_spec(config)),
-        "text_field": config.text_field,
-        "sample_by": config.sample_by,
-        "limit": config.limit,
-        "streaming": config.streaming,
-        "rows": stats.rows,
-        "documents": documents,
-        "skipped_empty": stats.skipped_empty,
-        "fingerprint": stats.fingerprint(),
-    }
-
-
-def _intervals(
-    config: EvalConfig, documents: list[DocumentResult], per_byte: bool
+def document_intervals(
+    config: EvalConfig, sums: DocumentSums, per_byte: bool
 ) -> tuple[dict[str, tuple[float, float] | None], dict[str, Any]]:
-    """95% bootstrap intervals over documents for perplexity and bits per byte."""
+    """95% bootstrap intervals over documents for perplexity and bits per byte, and the
+    report's ``bootstrap`` block (with a ``skipped`` sentence when there are none)."""
     import numpy as np
-
-    from lleval.metrics import ratio_intervals
 
     info: dict[str, Any] = {"resamples": config.bootstrap, "seed": config.seed, "level": 0.95, "unit": "document"}
     if config.bootstrap == 0:
         info["skipped"] = "--bootstrap 0: no confidence intervals."
-    elif len(documents) < 2:
+    elif len(sums.documents) < 2:
         info["skipped"] = "a single document gives no confidence interval: score two or more."
-    nll = np.array([-d.log_likelihood for d in documents])
-    tokens = np.array([d.tokens for d in documents], dtype=np.float64)
-    n_bytes = np.array([d.bytes for d in documents], dtype=np.float64)
+    docs = sums.documents
+    nll = np.array([-d.log_likelihood for d in docs])
+    tokens = np.array([d.tokens for d in docs], dtype=np.float64)
+    n_bytes = np.array([d.bytes for d in docs], dtype=np.float64)
     intervals = ratio_intervals(nll, tokens, n_bytes, config.bootstrap, config.seed)
     if not per_byte:
         intervals["bits_per_byte"] = None
     return intervals, info
-
-
-def compare_files(
-    base: str,
-    candidates: list[str],
-    *,
-    max_regression_pct: float | None = None,
-    require_significant: bool = False,
-    n_resamples: int = 1000,
-    seed: int = 0,
-) -> list[Any]:
-    """Load reports and compare each candidate with the base (see `lleval.compare`)."""
-    from lleval.compare import compare_reports, load_report
-
-    base_report = load_report(base)
-    loaded = [(path, load_report(path)) for path in candidates]
-    return [
-        compare_reports(
-            base_report, report, base_name=base, candidate_name=path,
-            max_regression_pct=max_regression_pct, require_significant=require_significant,
-            n_resamples=n_resamples, seed=seed,
-        )
-        for path, report in loaded
-    ]

@@ -1,80 +1,59 @@
-"""Checkpoints: the per-document sums finished so far, and what they were computed with.
+"""Checkpoints: the reducers' state after the last finished block, and what it was computed with.
 
 A checkpoint is a JSON file written atomically (temp file, fsync, rename) at
 most every ``--checkpoint-every`` seconds, always at a block boundary of the
 engine. Re-running the same command with the same ``--checkpoint`` re-reads
-the data, skips the blocks already done (forming the remaining blocks and
-batches exactly as an uninterrupted run would), and so produces the same
-per-document numbers. A checkpoint made with another model, tokenizer, data
-or protocol is refused, naming which.
+the data, checks that the documents already done are the same texts (a hash
+chain over their text hashes), skips the blocks already done (forming the
+remaining blocks and batches exactly as an uninterrupted run would), and
+restores every resumable reducer, so it produces the same numbers. A
+checkpoint made with another model, tokenizer, data or protocol is refused,
+naming which.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import Any, Iterator, Mapping
 
 from lleval.errors import ConfigError
+from lleval.reducers import EMPTY_CHAIN, Resumable, chain_hash
 from lleval.report import write_text_atomic
-from lleval.scoring import RowSums
+from lleval.scoring import Unit
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 FINGERPRINT_PARTS = ("model", "tokenizer", "protocol")
 
 
-def rows_hash(text_hashes: list[str]) -> str:
-    """sha256 over the per-document text hashes, in order."""
-    digest = hashlib.sha256()
-    for h in text_hashes:
-        digest.update(bytes.fromhex(h))
-    return digest.hexdigest()
-
-
-@dataclass
+@dataclass(frozen=True)
 class Checkpoint:
     """What a resumed run starts from."""
 
     fingerprint: dict[str, Any]
-    data_hash: str  # rows_hash of the texts of the finished rows
-    rows: list[RowSums]
+    rows: int  # documents finished
+    data_hash: str  # hash chain over the finished documents' text hashes
+    states: dict[str, dict[str, Any]]  # reducer name -> its state
 
     def to_json(self) -> str:
         """The checkpoint file's text."""
-        return json.dumps(
-            {
-                "lleval_checkpoint": CHECKPOINT_VERSION,
-                "fingerprint": self.fingerprint,
-                "data_hash": self.data_hash,
-                "rows": [
-                    {
-                        "row": r.row,
-                        "log_likelihood": r.log_likelihood,
-                        "tokens": r.tokens,
-                        "logprob_sq_sum": r.logprob_sq_sum,
-                        "nonfinite": r.nonfinite,
-                        "extra": None if r.extra is None else [float(x) for x in r.extra],
-                    }
-                    for r in self.rows
-                ],
-            }
-        )
-
-
-def save(path: str, checkpoint: Checkpoint) -> None:
-    """Write the checkpoint atomically."""
-    write_text_atomic(path, checkpoint.to_json())
+        return json.dumps({
+            "lleval_checkpoint": CHECKPOINT_VERSION,
+            "fingerprint": self.fingerprint,
+            "rows": self.rows,
+            "data_hash": self.data_hash,
+            "reducers": self.states,
+        })
 
 
 def load(path: str, fingerprint: dict[str, Any]) -> Checkpoint | None:
     """The checkpoint at ``path`` if it exists and matches ``fingerprint``; None if no file.
 
     A file made with a different model, tokenizer or protocol (or a file that
-    is not an lleval checkpoint) is a `ConfigError` naming what differs.
+    is not an lleval checkpoint of this version) is a `ConfigError` naming
+    what differs.
     """
     file = Path(path)
     if not file.exists():
@@ -82,33 +61,68 @@ def load(path: str, fingerprint: dict[str, Any]) -> Checkpoint | None:
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
         if data.get("lleval_checkpoint") != CHECKPOINT_VERSION:
-            raise ValueError("not a version-1 lleval checkpoint")
-        rows = [
-            RowSums(
-                int(r["row"]), float(r["log_likelihood"]), int(r["tokens"]), float(r["logprob_sq_sum"]),
-                int(r["nonfinite"]), None if r["extra"] is None else np.asarray(r["extra"], dtype=np.float64),
-            )
-            for r in data["rows"]
-        ]
-        stored = data["fingerprint"]
-        data_hash = str(data["data_hash"])
+            raise ValueError(f"not a version-{CHECKPOINT_VERSION} lleval checkpoint")
+        checkpoint = Checkpoint(dict(data["fingerprint"]), int(data["rows"]), str(data["data_hash"]),
+                                dict(data["reducers"]))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(
             f"checkpoint {path} cannot be read ({exc}): delete it or pass another --checkpoint."
         ) from None
-    differs = [part for part in FINGERPRINT_PARTS if stored.get(part) != fingerprint.get(part)]
+    differs = [part for part in FINGERPRINT_PARTS if checkpoint.fingerprint.get(part) != fingerprint.get(part)]
     if differs:
         raise ConfigError(
             f"checkpoint {path} was made with a different {' and '.join(differs)}: it cannot be resumed "
             "with this command. Delete it, or pass another --checkpoint."
         )
-    return Checkpoint(stored, data_hash, rows)
+    return checkpoint
 
 
-def check_data(path: str, checkpoint: Checkpoint, text_hashes: list[str]) -> None:
-    """Refuse to resume when the documents already scored are not the ones read now."""
-    if rows_hash(text_hashes) != checkpoint.data_hash:
-        raise ConfigError(
-            f"checkpoint {path} was made with different data: the first {len(text_hashes)} documents "
-            "differ. Delete it, or pass another --checkpoint."
-        )
+def verify_resumed(units: Iterator[Unit], checkpoint: Checkpoint, path: str) -> Iterator[Unit]:
+    """Pass units through; once the documents already done have been read again, refuse
+    to go on unless they are the same texts."""
+    chain, seen = EMPTY_CHAIN, 0
+    for unit in units:
+        for row in unit.rows:
+            if seen < checkpoint.rows:
+                chain, seen = chain_hash(chain, row.text_sha), seen + 1
+                if seen == checkpoint.rows and chain != checkpoint.data_hash:
+                    raise ConfigError(
+                        f"checkpoint {path} was made with different data: the first {seen} documents "
+                        "differ. Delete it, or pass another --checkpoint."
+                    )
+        yield unit
+
+
+class Checkpointer:
+    """Decides when to save, and saves the reducers' state at a block boundary.
+
+    ``path`` None (no ``--checkpoint``) or a rank other than 0 makes every
+    call a no-op, so the scoring loop asks the same questions either way.
+    """
+
+    def __init__(self, path: str | None, every_seconds: float, fingerprint: dict[str, Any]) -> None:
+        self.path = path
+        self.every = every_seconds
+        self.fingerprint = fingerprint
+        self.last_save = time.monotonic()
+
+    def due(self) -> bool:
+        """Whether ``--checkpoint-every`` seconds have passed since the last save."""
+        return self.path is not None and time.monotonic() - self.last_save >= self.every
+
+    def save(self, rows: int, data_hash: str, reducers: Mapping[str, Resumable]) -> None:
+        """Write the state of ``reducers`` after ``rows`` finished documents."""
+        if self.path is None:
+            return
+        states = {name: reducer.state() for name, reducer in reducers.items()}
+        write_text_atomic(self.path, Checkpoint(self.fingerprint, rows, data_hash, states).to_json())
+        self.last_save = time.monotonic()
+
+    @staticmethod
+    def restore(checkpoint: Checkpoint, reducers: Mapping[str, Resumable]) -> None:
+        """Put each reducer back to its saved state."""
+        missing = set(reducers) - set(checkpoint.states)
+        if missing:
+            raise ConfigError(f"checkpoint lacks the state of {', '.join(sorted(missing))}: delete it and rerun.")
+        for name, reducer in reducers.items():
+            reducer.restore(checkpoint.states[name])

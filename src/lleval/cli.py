@@ -1,14 +1,15 @@
-"""The ``lleval`` command line: flags -> `EvalConfig` -> `evaluate` -> rendering.
+"""The ``lleval`` command line: flags -> `EvalConfig` -> one library call -> rendering.
 
-Nothing here computes a number. Library errors (`LlevalError`) become one
-line on stderr and an exit code: 2 for input the user must fix, 1 for
-failures at run time. Torch and transformers are imported only inside
-commands, so ``lleval --help`` is fast.
+Nothing here computes a number, builds a JSON document or decides a verdict:
+each command parses its flags, calls one library function, writes and
+renders the typed result it gets back, and picks the exit code. Library
+errors (`LlevalError`) become one line on stderr and an exit code: 2 for
+input the user must fix, 1 for failures at run time. Torch and transformers
+are imported only inside commands, so ``lleval --help`` is fast.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import traceback
@@ -18,7 +19,18 @@ from typing import Any
 import click
 
 from lleval import __version__
-from lleval.config import DEFAULT_SEPARATOR, DEVICE_MAPS, DEVICES, DTYPES, FORMATS, PROTOCOLS, EvalConfig
+from lleval.config import (
+    DECODE_ERRORS,
+    DEFAULT_CHECKPOINT_EVERY,
+    DEFAULT_SEPARATOR,
+    DEVICE_MAPS,
+    DEVICES,
+    DTYPES,
+    FORMATS,
+    PROTOCOLS,
+    SAMPLE_BY,
+    EvalConfig,
+)
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -33,10 +45,6 @@ class RunFailure(click.ClickException):
     """A failure while running (or a bug): exit code 1."""
 
     exit_code = 1
-
-
-def _click_error(message: str, exit_code: int) -> click.ClickException:
-    return InputProblem(message) if exit_code == 2 else RunFailure(message)
 
 
 class _BatchSize(click.ParamType):
@@ -58,9 +66,6 @@ class _BatchSize(click.ParamType):
         return number
 
 
-BATCH_SIZE = _BatchSize()
-
-
 def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     """Eager ``--config`` callback: the YAML file becomes click's ``default_map``."""
     if value is None:
@@ -76,42 +81,201 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
     return value
 
 
-class _StderrProgress:
-    """A rich progress bar on stderr: documents, tokens/s and ETA."""
+def _options(*options: Any) -> Any:
+    """Apply a list of click options in the order they are listed."""
 
-    def __init__(self, console: Any) -> None:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    def decorate(func: Any) -> Any:
+        for option in reversed(options):
+            func = option(func)
+        return func
 
-        self._progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total} docs"),
-            TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            transient=True,
-        )
-        self._task = self._progress.add_task("loading model", total=None, rate="")
-        self._started: float | None = None
+    return decorate
 
-    def __enter__(self) -> "_StderrProgress":
-        self._progress.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._progress.stop()
+# Every flag of `score` and `kld`, defined once: the same name, default and help on both.
+SCORING_OPTIONS = _options(
+    click.option("--config", type=click.Path(dir_okay=False), callback=_load_config, is_eager=True,
+                 expose_value=False, help="YAML file of defaults for any flag below; flags win."),
+    click.option("--model", "-m", default=None,
+                 help="Hub id, local model folder or .gguf file. Default: built-in SmolLM2-135M."),
+    click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of a hub model."),
+    click.option("--trust-remote-code/--no-trust-remote-code", default=False, show_default=True,
+                 help="Allow model code from the hub repository to run."),
+    click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
+                 help="auto: bfloat16 on CUDA GPUs that support it, float32 elsewhere."),
+    click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+                 help="auto: CUDA, else MPS, else CPU."),
+    click.option("--device-map", type=click.Choice(DEVICE_MAPS), default=None,
+                 help="Spread a model too large for one device over all visible devices (accelerate)."),
+    click.option("--dataset", "-d", default=None,
+                 help="Hub dataset, .txt/.jsonl/.json/.csv/.parquet file, saved dataset folder, or - "
+                 "for stdin. Default: built-in sample prose."),
+    click.option("--dataset-config", default=None, help="Hub dataset configuration name."),
+    click.option("--split", default=None, help="Split to score. Default: test (hub), train (local files)."),
+    click.option("--text-field", default="text", show_default=True, help="Column holding the text."),
+    click.option("--sample-by", type=click.Choice(SAMPLE_BY), default="document", show_default=True,
+                 help="How a .txt file or stdin is cut into documents."),
+    click.option("--limit", type=click.IntRange(min=0), default=None, help="Score only the first N rows."),
+    click.option("--streaming/--no-streaming", default=False, show_default=True,
+                 help="Stream the dataset instead of loading it into memory."),
+    click.option("--encoding", default="utf-8", show_default=True,
+                 help="Encoding of .txt/.jsonl/.json/.csv files and stdin (a Python codec name)."),
+    click.option("--errors", type=click.Choice(DECODE_ERRORS), default="strict", show_default=True,
+                 help="Bytes that do not decode: stop (strict), or replace/ignore them."),
+    click.option("--protocol", type=click.Choice(PROTOCOLS), default="rolling", show_default=True,
+                 help="Scoring protocol: rolling (lleval's), lm-eval, hf-guide or llama-cpp."),
+    click.option("--max-length", "-L", type=click.IntRange(min=1), default=None,
+                 help="Input tokens per window. Default: min(model positions, 2048)."),
+    click.option("--stride", "-S", type=click.IntRange(min=1), default=None,
+                 help="New tokens scored per window after the first. Default: max length."),
+    click.option("--prefix-token", default="auto", show_default=True,
+                 help="Token that predicts each document's first token: auto (BOS, else EOS), an id, or none."),
+    click.option("--concat", is_flag=False, flag_value=DEFAULT_SEPARATOR, default=None, metavar="[SEP]",
+                 help="Join all documents with SEP (default: two newlines) into one stream."),
+    click.option("--batch-size", "-b", type=_BatchSize(), default=8, show_default=True, metavar="N|auto",
+                 help="Windows per forward pass, or 'auto': as many as the free memory allows."),
+    click.option("--max-batch-tokens", type=click.IntRange(min=1), default=None,
+                 help="Also cap a batch at this many padded tokens (rows x width)."),
+    click.option("--block-tokens", type=click.IntRange(min=1), default=1 << 20, show_default=True,
+                 help="Sequence tokens read, sorted and batched together (memory bound of the sort)."),
+    click.option("--allow-nonfinite", is_flag=True, default=False,
+                 help="Count NaN/inf token log-probs and leave them out, instead of stopping."),
+    click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+                 help="Save progress here; rerunning the same command resumes from it."),
+    click.option("--checkpoint-every", type=click.FloatRange(min=0), default=DEFAULT_CHECKPOINT_EVERY,
+                 show_default=True, help="Seconds between checkpoint saves (needs --checkpoint)."),
+    click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True,
+                 help="Bootstrap resamples over documents for 95% intervals (0: none)."),
+    click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap."),
+    click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
+                 help="Write the JSON report here (atomically)."),
+    click.option("--format", type=click.Choice(FORMATS), default="table", show_default=True,
+                 help="What stdout gets: a table, the JSON report, or markdown."),
+    click.option("--quiet", "-q", is_flag=True, default=False,
+                 help="Nothing on stderr but errors: no progress, no warnings."),
+)
 
-    def __call__(self, docs: int, tokens: int, expected: int | None) -> None:
-        import time
 
-        now = time.perf_counter()
-        if self._started is None:
-            self._started = now
-        rate = tokens / (now - self._started) if now > self._started else 0.0
-        self._progress.update(
-            self._task, description="scoring", completed=docs, total=expected, rate=f"{rate:,.0f} tok/s"
-        )
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, "--version", "-V", prog_name="lleval")
+def main() -> None:
+    """Exact, fast log-likelihood and perplexity of causal LMs on text datasets."""
+    # Before torch is imported (it imports tqdm, which reads these once): no foreign
+    # progress bars, such as transformers' GGUF conversion bar, on lleval's stderr.
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+@main.command(context_settings=CONTEXT_SETTINGS)
+@SCORING_OPTIONS
+def score(**flags: Any) -> None:
+    """Score a dataset with a causal LM: log-likelihood, perplexity, bits per byte.
+
+    \b
+    Examples:
+      lleval score                                   # built-in model and sample text
+      lleval score -m ./my-model -d notes.txt --sample-by paragraph -o report.json
+      lleval score --config configs/wikitext2.yaml -m gpt2
+    """
+    from lleval.api import evaluate
+
+    config = EvalConfig(**flags)
+    _quiet_libraries(config.quiet)
+    with _Interrupts() as interrupts:
+        report = _with_progress(config.quiet, evaluate, config, should_stop=interrupts.should_stop)
+    _deliver(report, config.output, config.format)
+    if interrupts.signum is not None:
+        click.echo(f"stopped by signal {interrupts.signum}: report marked incomplete", err=True)
+        sys.exit(128 + interrupts.signum)
+
+
+@main.command(context_settings=CONTEXT_SETTINGS)
+@click.option("--base", "base_model", required=True, help="Reference model (hub id, folder or .gguf file).")
+@click.argument("dataset_argument", metavar="[DATASET]", required=False, default=None)
+@SCORING_OPTIONS
+def kld(base_model: str, dataset_argument: str | None, **flags: Any) -> None:
+    """KL divergence KL(P_base || P_model) per scored token, over the full vocabulary.
+
+    --model is the model compared with the base (default: the built-in
+    SmolLM2-135M). Both run over the same windows, with every option of
+    score; nothing is written to disk but the report. The data is --dataset
+    (or DATASET, the same). Refuses models whose tokenizers differ.
+
+    \b
+    Example:
+      lleval kld --base ./model-fp32 --model ./model-int8 -d eval.jsonl -o kld.json
+    """
+    from lleval.kld import kl_divergence
+
+    if dataset_argument is not None and flags["dataset"] not in (None, dataset_argument):
+        raise click.UsageError(f"two datasets given ({dataset_argument} and --dataset {flags['dataset']}): pick one.")
+    config = EvalConfig(**{**flags, "dataset": flags["dataset"] or dataset_argument})
+    _quiet_libraries(config.quiet)
+    result = _with_progress(config.quiet, kl_divergence, config, base_model)
+    _deliver(result, config.output, config.format)
+
+
+@main.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("base", type=click.Path(dir_okay=False))
+@click.argument("candidates", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--max-regression", type=click.FloatRange(min=0), default=None, metavar="PCT",
+              help="Exit 1 if a candidate is worse than the base by more than PCT percent.")
+@click.option("--require-significant", is_flag=True, default=False,
+              help="With --max-regression: fail only when the 95% interval also excludes zero.")
+@click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Paired bootstrap resamples over documents.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")
+@click.option("--format", type=click.Choice(FORMATS), default="table", show_default=True,
+              help="What stdout gets: a table, the JSON comparison, or markdown.")
+@click.option("--summary", is_flag=True, default=False,
+              help="Append the markdown table to the file named by $GITHUB_STEP_SUMMARY.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write compare.json here.")
+def compare(base: str, candidates: tuple[str, ...], max_regression: float | None, require_significant: bool,
+            bootstrap: int, seed: int, format: str, summary: bool, output: str | None) -> None:
+    """Compare score reports of candidates against a base on the same texts.
+
+    Exit codes: 0 every candidate passes, 1 a candidate regressed beyond
+    --max-regression, 2 unusable input (unreadable report, different texts).
+
+    \b
+    Example (CI gate: fail if perplexity rises by more than 1%):
+      lleval compare base.json new.json --max-regression 1 --summary
+    """
+    from lleval.compare import compare_report_files
+
+    if require_significant and max_regression is None:
+        raise click.UsageError("--require-significant qualifies the gate of --max-regression: give both.")
+    if bootstrap == 0 and seed != 0:
+        raise click.UsageError("--seed seeds the bootstrap, which --bootstrap 0 turns off: drop one of them.")
+    result = _call(compare_report_files, base, list(candidates), max_regression_pct=max_regression,
+                   require_significant=require_significant, n_resamples=bootstrap, seed=seed)
+    if summary:
+        _append_summary(result.render_markdown())
+    _deliver(result, output, format)
+    for r in result.regressions:
+        click.echo(f"regression: {r.candidate} {r.metric} {r.change * 100:+.2f}% (limit +{max_regression:g}%)",
+                   err=True)
+    if not result.passed:
+        sys.exit(1)
+
+
+def _deliver(result: Any, output: str | None, format: str) -> None:
+    """Rank 0 writes the result's JSON to ``output`` and renders it on stdout."""
+    if not _is_main_rank():
+        return
+    if output:
+        from lleval.report import write_report
+
+        _call(write_report, result, output)
+    if format == "json":
+        click.echo(result.to_json(), nl=False)
+    elif format == "markdown":
+        click.echo(result.render_markdown(), nl=False)
+    else:
+        from rich.console import Console
+
+        result.render_table(Console())
 
 
 def _quiet_libraries(quiet: bool) -> None:
@@ -135,262 +299,40 @@ def _show_warning(message: Any, category: Any, filename: str, lineno: int, file:
     click.echo(f"warning: {message}", err=True)
 
 
-@click.group(context_settings=CONTEXT_SETTINGS)
-@click.version_option(__version__, "--version", "-V", prog_name="lleval")
-def main() -> None:
-    """Exact, fast log-likelihood and perplexity of causal LMs on text datasets."""
-    # Before torch is imported (it imports tqdm, which reads these once): no foreign
-    # progress bars, such as transformers' GGUF conversion bar, on lleval's stderr.
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+class _StderrProgress:
+    """lleval's one status line on stderr: the stage (``loading model``), then a bar of
+    documents with tokens/s and the time left."""
 
+    def __init__(self, console: Any) -> None:
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import TimeRemainingColumn
 
-def _options(*options: Any) -> Any:
-    """Apply a list of click options in the order they are listed."""
+        self._progress = Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[docs]}"),
+            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=console, transient=True,
+        )
+        self._task = self._progress.add_task("starting", total=None, docs="", rate="")
+        self._started: float | None = None
 
-    def decorate(func: Any) -> Any:
-        for option in reversed(options):
-            func = option(func)
-        return func
+    def __enter__(self) -> "_StderrProgress":
+        self._progress.start()
+        return self
 
-    return decorate
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
 
+    def stage(self, text: str) -> None:
+        self._progress.update(self._task, description=f"{text}…")
 
-CONFIG_OPTION = click.option(
-    "--config", type=click.Path(dir_okay=False), callback=_load_config, is_eager=True,
-    expose_value=False, help="YAML file of defaults for any flag below; flags win.")
-MODEL_OPTIONS = _options(
-    click.option("--revision", default=None, help="Hub revision (branch, tag or commit)."),
-    click.option("--trust-remote-code/--no-trust-remote-code", default=False, show_default=True,
-                 help="Allow model code from the hub repository to run."),
-    click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
-                 help="auto: float32 on CPU, the checkpoint's dtype on GPU."),
-    click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True),
-    click.option("--device-map", type=click.Choice(DEVICE_MAPS), default=None,
-                 help="Spread a model too large for one device over all visible devices (accelerate)."),
-)
-DATA_OPTIONS = _options(
-    click.option("--dataset-config", default=None, help="Hub dataset configuration name."),
-    click.option("--split", default=None, help="Split to score. Default: test (hub), train (local files)."),
-    click.option("--text-field", default="text", show_default=True, help="Column holding the text."),
-    click.option("--sample-by", type=click.Choice(["document", "paragraph", "line"]), default="document",
-                 show_default=True, help="How a .txt file or stdin is cut into documents."),
-    click.option("--limit", type=click.IntRange(min=0), default=None, help="Score only the first N rows."),
-    click.option("--streaming/--no-streaming", default=False, show_default=True,
-                 help="Stream the dataset instead of loading it into memory."),
-    click.option("--encoding", default="utf-8", show_default=True,
-                 help="Encoding of .txt/.jsonl/.json/.csv files (a Python codec name)."),
-    click.option("--errors", type=click.Choice(["strict", "replace", "ignore"]), default="strict",
-                 show_default=True, help="Bytes that do not decode: stop (strict), or replace/ignore them."),
-)
-PROTOCOL_OPTIONS = _options(
-    click.option("--protocol", type=click.Choice(PROTOCOLS), default="rolling", show_default=True,
-                 help="Scoring protocol: rolling (lleval's), lm-eval, hf-guide or llama-cpp."),
-    click.option("--max-length", "-L", type=click.IntRange(min=1), default=None,
-                 help="Input tokens per window. Default: min(model positions, 2048)."),
-    click.option("--stride", "-S", type=click.IntRange(min=1), default=None,
-                 help="New tokens scored per window after the first. Default: max length."),
-    click.option("--prefix-token", default="auto", show_default=True,
-                 help="Token that predicts each document's first token: auto (BOS, else EOS), an id, or none."),
-    click.option("--concat", is_flag=False, flag_value=DEFAULT_SEPARATOR, default=None, metavar="[SEP]",
-                 help="Join all documents with SEP (default: two newlines) into one stream."),
-    click.option("--batch-size", "-b", type=BATCH_SIZE, default=8, show_default=True, metavar="N|auto",
-                 help="Windows per forward pass, or 'auto': as many as the free memory allows."),
-    click.option("--max-batch-tokens", type=click.IntRange(min=1), default=None,
-                 help="Also cap a batch at this many padded tokens (rows x width)."),
-    click.option("--block-tokens", type=click.IntRange(min=1), default=1 << 20, show_default=True,
-                 help="Sequence tokens read, sorted and batched together (memory bound of the sort)."),
-    click.option("--allow-nonfinite", is_flag=True, default=False,
-                 help="Count NaN/inf token log-probs and leave them out, instead of stopping."),
-    click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
-                 help="Save progress here; rerunning the same command resumes from it."),
-    click.option("--checkpoint-every", type=click.FloatRange(min=0), default=60.0, show_default=True,
-                 help="Seconds between checkpoint saves."),
-    click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True,
-                 help="Bootstrap resamples over documents for 95% intervals (0: none)."),
-    click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap."),
-)
-OUTPUT_OPTIONS = _options(
-    click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
-                 help="Write the JSON report here (atomically)."),
-    click.option("--quiet", "-q", is_flag=True, default=False, help="No progress bar."),
-)
+    def update(self, documents: int, tokens: int, expected: int | None) -> None:
+        import time
 
-
-@main.command(context_settings=CONTEXT_SETTINGS)
-@CONFIG_OPTION
-@click.option("--model", "-m", default=None,
-              help="Hub id, local model folder or .gguf file. Default: built-in SmolLM2-135M.")
-@MODEL_OPTIONS
-@click.option("--dataset", "-d", default=None,
-              help="Hub dataset, .txt/.jsonl/.json/.csv/.parquet file, saved dataset folder, or - "
-              "for stdin. Default: built-in sample prose.")
-@DATA_OPTIONS
-@PROTOCOL_OPTIONS
-@OUTPUT_OPTIONS
-@click.option("--format", "format_", type=click.Choice(FORMATS), default="table", show_default=True,
-              help="What stdout gets.")
-def score(format_: str, **flags: Any) -> None:
-    """Score a dataset with a causal LM: log-likelihood, perplexity, bits per byte.
-
-    \b
-    Examples:
-      lleval score                                   # built-in model and sample text
-      lleval score -m ./my-model -d notes.txt --sample-by paragraph -o report.json
-      lleval score --config configs/wikitext2.yaml -m gpt2
-    """
-    from rich.console import Console
-
-    from lleval.api import evaluate
-
-    config = EvalConfig(format=format_, **flags)
-    out = Console()
-    _quiet_libraries(config.quiet)
-    with _Interrupts() as interrupts:
-        report = _with_progress(config.quiet, evaluate, config, should_stop=interrupts.should_stop)
-    if not _is_main_rank():
-        return  # rank 0 alone prints and writes
-    if config.output:
-        from lleval.report import write_report
-
-        _call(write_report, report, config.output)
-    if config.format == "json":
-        click.echo(report.to_json(), nl=False)
-    elif config.format == "markdown":
-        from lleval.report import render_markdown
-
-        click.echo(render_markdown(report), nl=False)
-    else:
-        from lleval.report import render_table
-
-        render_table(report, out)
-    if interrupts.signum is not None:
-        click.echo(f"stopped by signal {interrupts.signum}: report marked incomplete", err=True)
-        sys.exit(128 + interrupts.signum)
-
-
-@main.command(context_settings=CONTEXT_SETTINGS)
-@click.argument("base", type=click.Path(dir_okay=False))
-@click.argument("candidates", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--max-regression", type=click.FloatRange(min=0), default=None, metavar="PCT",
-              help="Exit 1 if a candidate is worse than the base by more than PCT percent.")
-@click.option("--require-significant", is_flag=True, default=False,
-              help="With --max-regression: fail only when the 95% interval also excludes zero.")
-@click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True,
-              help="Paired bootstrap resamples over documents.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--format", "format_", type=click.Choice(["table", "markdown", "json"]), default="table",
-              show_default=True, help="What stdout gets.")
-@click.option("--summary", is_flag=True, default=False,
-              help="Append the markdown table to the file named by $GITHUB_STEP_SUMMARY.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write compare.json here.")
-def compare(base: str, candidates: tuple[str, ...], max_regression: float | None, require_significant: bool,
-            bootstrap: int, seed: int, format_: str, summary: bool, output: str | None) -> None:
-    """Compare score reports of candidates against a base on the same texts.
-
-    Exit codes: 0 every candidate passes, 1 a candidate regressed beyond
-    --max-regression, 2 unusable input (unreadable report, different texts).
-
-    \b
-    Example (CI gate: fail if perplexity rises by more than 1%):
-      lleval compare base.json new.json --max-regression 1 --summary
-    """
-    from rich.console import Console
-
-    from lleval.api import compare_files
-
-    rows = _call(compare_files, base, list(candidates), max_regression_pct=max_regression,
-                 require_significant=require_significant, n_resamples=bootstrap, seed=seed)
-    from lleval.compare import render_markdown, render_table
-
-    markdown = render_markdown(rows, max_regression)
-    payload = {"max_regression_pct": max_regression, "require_significant": require_significant,
-               "bootstrap": {"resamples": bootstrap, "seed": seed, "level": 0.95},
-               "comparisons": [r.to_dict() for r in rows], "passed": not any(r.regressed for r in rows)}
-    text = json.dumps(payload, indent=2) + "\n"
-    if output:
-        from lleval.report import write_text_atomic
-
-        _call(write_text_atomic, output, text)
-    if summary:
-        _append_summary(markdown)
-    if format_ == "markdown":
-        click.echo(markdown, nl=False)
-    elif format_ == "json":
-        click.echo(text, nl=False)
-    else:
-        render_table(rows, max_regression, Console())
-    failed = [r for r in rows if r.regressed]
-    for r in failed:
-        click.echo(f"regression: {r.candidate} {r.metric} {r.change * 100:+.2f}% (limit +{max_regression:g}%)", err=True)
-    if failed:
-        sys.exit(1)
-
-
-@main.command(context_settings=CONTEXT_SETTINGS)
-@CONFIG_OPTION
-@click.option("--base", "base_model", required=True, help="Reference model (hub id, folder or .gguf file).")
-@click.option("--model", "-m", default=None, help="Model compared with the base. Default: built-in SmolLM2-135M.")
-@click.argument("dataset", required=False, default=None)
-@MODEL_OPTIONS
-@DATA_OPTIONS
-@PROTOCOL_OPTIONS
-@OUTPUT_OPTIONS
-@click.option("--format", "format_", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def kld(base_model: str, format_: str, **flags: Any) -> None:
-    """KL divergence KL(P_base || P_model) per scored token, over the full vocabulary.
-
-    Both models run over the same windows (same protocol options as score);
-    nothing is written to disk but the report. DATASET is as score --dataset
-    (default: the built-in sample prose). Refuses models whose tokenizers differ.
-
-    \b
-    Example:
-      lleval kld --base ./model-fp32 --model ./model-int8 eval.jsonl -o kld.json
-    """
-    from rich.console import Console
-
-    from lleval.kld import kl_divergence
-
-    config = EvalConfig(format="json", **flags)
-    _quiet_libraries(config.quiet)
-    result = _with_progress(config.quiet, kl_divergence, config, base_model)
-    if not _is_main_rank():
-        return
-    text = json.dumps(result, indent=2) + "\n"
-    if config.output:
-        from lleval.report import write_text_atomic
-
-        _call(write_text_atomic, config.output, text)
-    if format_ == "json":
-        click.echo(text, nl=False)
-    else:
-        _render_kld(result, Console())
-
-
-def _render_kld(result: dict[str, Any], console: Any) -> None:
-    from rich.table import Table
-
-    kl, dp, ppl = result["kl_divergence"], result["delta_p"], result["perplexity"]
-    table = Table(title=f"lleval kld — {result['protocol']['name']} protocol", show_header=False)
-    table.add_column("what", style="bold")
-    table.add_column("value")
-    ci = ppl["ln_ratio_ci"]
-    rows = [
-        ("base / model", f"{result['base']['name']} / {result['model']['name']}"),
-        ("tokens", str(result["tokens"])),
-        ("mean KL (nats)", f"{kl['mean']:.6f} ± {kl['stderr'] or 0:.6f}"),
-        ("median KL", f"{kl['median']:.6f}"),
-        *((f"KL {k}", f"{v:.6f}") for k, v in kl["percentiles"].items()),
-        ("top-token agreement", f"{result['top_token_agreement'] * 100:.3f}%"),
-        ("mean Δp", f"{dp['mean'] * 100:+.4f}%"),
-        ("perplexity base / model", f"{ppl['base']:.4f} / {ppl['model']:.4f}"),
-        ("ln(PPL_model / PPL_base)", f"{ppl['ln_ratio']:+.6f}" + (f"  [{ci[0]:+.6f}, {ci[1]:+.6f}] 95% CI" if ci else "")),
-    ]
-    for label, value in rows:
-        table.add_row(label, value)
-    console.print(table)
+        now = time.perf_counter()
+        self._started = self._started or now
+        rate = tokens / (now - self._started) if now > self._started else 0.0
+        docs = f"{documents}/{expected} docs" if expected else f"{documents} docs"
+        self._progress.update(self._task, completed=documents, total=expected, docs=docs, rate=f"{rate:,.0f} tok/s")
 
 
 def _append_summary(markdown: str) -> None:
@@ -443,7 +385,8 @@ class _Interrupts:
 
 
 def _with_progress(quiet: bool, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run a library call with a progress bar on stderr, unless quiet, not a terminal or not rank 0."""
+    """Run a library call with lleval's status line on stderr, unless quiet, not a
+    terminal or not rank 0."""
     from rich.console import Console
 
     err = Console(stderr=True)
@@ -461,15 +404,14 @@ def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, **kwargs)
     except LlevalError as exc:
-        raise _click_error(str(exc), exc.exit_code) from None
+        raise (InputProblem if exc.exit_code == 2 else RunFailure)(str(exc)) from None
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
     except Exception as exc:  # a bug: one line, with the traceback on request
         if os.environ.get("LLEVAL_DEBUG"):
             traceback.print_exc()
-        raise _click_error(
+        raise RunFailure(
             f"internal error ({type(exc).__name__}: {first_line(exc)}). Rerun with LLEVAL_DEBUG=1 for the "
-            "traceback and report it.",
-            1,
+            "traceback and report it."
         ) from None

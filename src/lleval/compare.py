@@ -18,7 +18,8 @@ import numpy as np
 
 from lleval.errors import ReportError, read_text_file
 from lleval.metrics import LN2, bootstrap_sums, percentile_interval
-from lleval.report import SCHEMA_VERSION
+from lleval import __version__
+from lleval.report import SCHEMA_VERSION, to_json
 
 REQUIRED = {
     "schema_version": int,
@@ -47,6 +48,8 @@ def load_report(path: str) -> dict[str, Any]:
             f"report {path} has schema version {version}; this lleval reads version "
             f"{SCHEMA_VERSION}. Re-run lleval score with this version."
         )
+    if data.get("kind", "score") != "score":
+        raise ReportError(f"report {path} is a {data.get('kind')!r} report: lleval compare reads score reports.")
     for key, kind in REQUIRED.items():
         if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
             raise ReportError(f"report {path} has no valid {key!r}: is it an lleval score report?")
@@ -175,17 +178,83 @@ def compare_reports(
     )
 
 
-def render_markdown(rows: list[Comparison], max_regression_pct: float | None) -> str:
-    """A markdown table for a CI job summary."""
-    gate = "no gate" if max_regression_pct is None else f"gate: at most +{max_regression_pct:g}%"
-    lines = [f"### lleval compare ({gate})", "", "| candidate | metric | base | candidate | change | 95% CI | P(worse) | verdict |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
-        lines.append(
-            f"| {r.candidate} | {r.metric} | {r.base_value:.4f} | {r.candidate_value:.4f} | {r.change * 100:+.2f}% "
-            f"| {_interval_text(r.interval)} | {_p_text(r.p_worse)} | {verdict(r, max_regression_pct)} |"
-        )
-    return "\n".join(lines) + "\n"
+@dataclass(frozen=True)
+class ComparisonReport:
+    """``lleval compare``'s result (``kind: "compare"``): each candidate against the base,
+    and whether every candidate passes the gate."""
+
+    comparisons: list[Comparison]
+    max_regression_pct: float | None
+    require_significant: bool
+    n_resamples: int
+    seed: int
+    lleval_version: str = __version__
+    created: str = ""
+
+    @property
+    def passed(self) -> bool:
+        """True unless a candidate regressed beyond ``max_regression_pct``."""
+        return not any(r.regressed for r in self.comparisons)
+
+    @property
+    def regressions(self) -> list[Comparison]:
+        """The candidates that failed the gate."""
+        return [r for r in self.comparisons if r.regressed]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON export of ``compare --output``."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "kind": "compare",
+            "lleval_version": self.lleval_version,
+            "created": self.created,
+            "max_regression_pct": self.max_regression_pct,
+            "require_significant": self.require_significant,
+            "bootstrap": {"resamples": self.n_resamples, "seed": self.seed, "level": 0.95},
+            "comparisons": [r.to_dict() for r in self.comparisons],
+            "passed": self.passed,
+        }
+
+    def to_json(self) -> str:
+        """The JSON export as text."""
+        return to_json(self.to_dict())
+
+    def render_markdown(self) -> str:
+        """A markdown table for a CI job summary."""
+        gate = self.max_regression_pct
+        lines = [f"### lleval compare ({'no gate' if gate is None else f'gate: at most +{gate:g}%'})", "",
+                 "| candidate | metric | base | candidate | change | 95% CI | P(worse) | verdict |",
+                 "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in self.comparisons:
+            lines.append(
+                f"| {r.candidate} | {r.metric} | {r.base_value:.4f} | {r.candidate_value:.4f} | "
+                f"{r.change * 100:+.2f}% | {_interval_text(r.interval)} | {_p_text(r.p_worse)} | {self.verdict(r)} |"
+            )
+        return "\n".join(lines) + "\n"
+
+    def verdict(self, row: Comparison) -> str:
+        """``REGRESSED by X%``, ``ok`` or ``no gate``."""
+        if self.max_regression_pct is None:
+            return "no gate"
+        return f"REGRESSED by {row.change * 100:+.2f}%" if row.regressed else "ok"
+
+    def render_table(self, console: Any) -> None:
+        """A rich table, one row per candidate."""
+        from rich.table import Table
+
+        rows = self.comparisons
+        table = Table(title=f"lleval compare — base {rows[0].base}" if rows else "lleval compare")
+        for column in ("candidate", "metric", "base", "candidate value", "change", "95% CI", "P(worse)", "verdict"):
+            table.add_column(column)
+        for r in rows:
+            table.add_row(
+                r.candidate, r.metric, f"{r.base_value:.4f}", f"{r.candidate_value:.4f}", f"{r.change * 100:+.2f}%",
+                _interval_text(r.interval), _p_text(r.p_worse), self.verdict(r),
+            )
+        console.print(table)
+        for r in rows:
+            if r.metric != "perplexity":
+                console.print(f"note: {r.candidate}: {r.why}.")
 
 
 def _interval_text(interval: tuple[float, float] | None) -> str:
@@ -196,26 +265,26 @@ def _p_text(p: float | None) -> str:
     return "n/a" if p is None else f"{p:.3f}"
 
 
-def verdict(row: Comparison, max_regression_pct: float | None) -> str:
-    """``REGRESSED by X%``, ``ok`` or ``no gate``."""
-    if max_regression_pct is None:
-        return "no gate"
-    return f"REGRESSED by {row.change * 100:+.2f}%" if row.regressed else "ok"
+def compare_report_files(
+    base: str,
+    candidates: list[str],
+    *,
+    max_regression_pct: float | None = None,
+    require_significant: bool = False,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> ComparisonReport:
+    """Load score reports and compare each candidate with the base."""
+    from lleval.report import now
 
-
-def render_table(rows: list[Comparison], max_regression_pct: float | None, console: Any) -> None:
-    """A rich table, one row per candidate."""
-    from rich.table import Table
-
-    table = Table(title=f"lleval compare — base {rows[0].base}" if rows else "lleval compare")
-    for column in ("candidate", "metric", "base", "candidate value", "change", "95% CI", "P(worse)", "verdict"):
-        table.add_column(column)
-    for r in rows:
-        table.add_row(
-            r.candidate, r.metric, f"{r.base_value:.4f}", f"{r.candidate_value:.4f}", f"{r.change * 100:+.2f}%",
-            _interval_text(r.interval), _p_text(r.p_worse), verdict(r, max_regression_pct),
+    base_report = load_report(base)
+    loaded = [(path, load_report(path)) for path in candidates]
+    comparisons = [
+        compare_reports(
+            base_report, report, base_name=base, candidate_name=path,
+            max_regression_pct=max_regression_pct, require_significant=require_significant,
+            n_resamples=n_resamples, seed=seed,
         )
-    console.print(table)
-    for r in rows:
-        if r.metric != "perplexity":
-            console.print(f"note: {r.candidate}: {r.why}.")
+        for path, report in loaded
+    ]
+    return ComparisonReport(comparisons, max_regression_pct, require_significant, n_resamples, seed, created=now())

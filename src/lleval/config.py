@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lleval.errors import ConfigError, read_text_file
+from lleval.windows import window_problem
 
 # Allowed values, defined here once; the CLI, the config-file reader and the library use these.
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -110,11 +111,8 @@ class EvalConfig:
             problems.append(f"bootstrap must be 0 (off) or more resamples, got {self.bootstrap}")
         if self.limit is not None and self.limit < 0:
             problems.append(f"limit must be 0 or more, got {self.limit}")
-        if self.max_length and self.stride and self.stride > self.max_length:
-            problems.append(
-                f"stride ({self.stride}) is larger than max_length ({self.max_length}): tokens "
-                "between windows would never be scored"
-            )
+        if self.max_length and self.stride and (problem := window_problem(self.max_length, self.stride)):
+            problems.append(problem)  # with a derived max length, `lleval.protocols.plan` checks
         if self.concat == "":
             problems.append("concat separator is empty: documents would run into each other")
         if self.prefix_token not in ("auto", "none") and not re.fullmatch(r"[0-9]+", self.prefix_token):
@@ -127,9 +125,11 @@ class EvalConfig:
         name = self.protocol
         if name == "lm-eval":
             if self.stride is not None and self.stride != self.max_length:
-                problems.append("--protocol lm-eval has disjoint windows: leave --stride unset (it equals --max-length)")
+                problems.append("--protocol lm-eval has disjoint windows: leave --stride unset "
+                                "(it equals --max-length)")
             if self.prefix_token == "none":
-                problems.append("--protocol lm-eval always predicts the first token from a prefix: drop --prefix-token none")
+                problems.append("--protocol lm-eval always predicts the first token from a prefix: "
+                                "drop --prefix-token none")
             if self.concat is not None:
                 problems.append("--protocol lm-eval scores each document on its own: drop --concat")
         if name in ("hf-guide", "llama-cpp") and self.prefix_token != "auto":

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from lleval.config import SAMPLE_BY
 from lleval.errors import ConfigError, DataError
 from lleval.hub import first_line, hub_reachable, is_hub_id, offline_hint
 
@@ -139,66 +138,74 @@ def _kind(name: str | None) -> tuple[str, Path | None]:
 
 def _load(spec: DataSpec) -> Any:
     """A ``datasets`` Dataset or IterableDataset for the spec (not for stdin)."""
-    import datasets
-
     kind, path = _kind(spec.dataset)
-    split = describe_split(spec)
     if kind == "saved":
         assert path is not None
-        if not any((path / marker).exists() for marker in ("dataset_info.json", "dataset_dict.json", "state.json")):
-            raise DataError(
-                f"{path} is a folder but not a saved dataset (no dataset_info.json or "
-                "dataset_dict.json): pass a file, or a folder written by Dataset.save_to_disk."
-            )
-        try:
-            loaded = datasets.load_from_disk(str(path))
-        except Exception as exc:  # datasets raises many kinds; the user needs one line
-            raise DataError(f"cannot read saved dataset {path}: {first_line(exc)}") from exc
-        if isinstance(loaded, datasets.DatasetDict):
-            if split not in loaded:
-                if spec.split is None and len(loaded) == 1:
-                    split = next(iter(loaded))
-                else:
-                    raise DataError(
-                        f"saved dataset {path} has no split {split!r}; it has "
-                        f"{', '.join(loaded)}. Pass --split."
-                    )
-            loaded = loaded[split]
-        elif spec.split not in (None, str(loaded.split or LOCAL_SPLIT)):
-            raise ConfigError(
-                f"saved dataset {path} has one split, {str(loaded.split or LOCAL_SPLIT)!r}: drop --split {spec.split}."
-            )
-        return loaded.to_iterable_dataset() if spec.streaming else loaded
+        return _load_saved(path, spec)
     if kind in ("file", "builtin"):
         assert path is not None
-        builder = FILE_BUILDERS.get(path.suffix.lower())
-        if builder is None:
-            raise DataError(
-                f"data file {path} is of an unknown kind ({path.suffix or 'no extension'}): "
-                f"use one of {', '.join(sorted(FILE_BUILDERS))}, a saved dataset folder, or - for stdin."
-            )
-        if not os.access(path, os.R_OK):
-            raise DataError(f"data file {path} is not readable: check its permissions.")
-        check_file(path, builder, spec)
-        kwargs: dict[str, Any] = {"data_files": {"train": str(path)}}
-        if builder == "text":
-            kwargs["sample_by"] = spec.sample_by
-        if builder in ("text", "json", "csv"):
-            kwargs["encoding"] = spec.encoding
-            kwargs["encoding_errors"] = spec.errors
-        try:
-            return datasets.load_dataset(builder, split="train", streaming=spec.streaming, **kwargs)
-        except Exception as exc:
-            raise DataError(f"cannot read data file {path}: {first_line(exc)}") from exc
+        return _load_file(path, spec)
+    import datasets
+
     hub_reachable()  # switches to offline mode at once when the hub is out of reach
     try:
-        return datasets.load_dataset(
-            spec.dataset, spec.dataset_config, split=split, streaming=spec.streaming
-        )
+        return datasets.load_dataset(spec.dataset, spec.dataset_config, split=describe_split(spec),
+                                     streaming=spec.streaming)
     except Exception as exc:
+        raise DataError(f"cannot load hub dataset {spec.dataset}: {first_line(exc)}. {offline_hint()}") from exc
+
+
+def _load_saved(path: Path, spec: DataSpec) -> Any:
+    """A folder written by ``Dataset.save_to_disk`` (or ``DatasetDict.save_to_disk``)."""
+    import datasets
+
+    if not any((path / marker).exists() for marker in ("dataset_info.json", "dataset_dict.json", "state.json")):
         raise DataError(
-            f"cannot load hub dataset {spec.dataset}: {first_line(exc)}. {offline_hint()}"
-        ) from exc
+            f"{path} is a folder but not a saved dataset (no dataset_info.json or "
+            "dataset_dict.json): pass a file, or a folder written by Dataset.save_to_disk."
+        )
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as exc:  # datasets raises many kinds; the user needs one line
+        raise DataError(f"cannot read saved dataset {path}: {first_line(exc)}") from exc
+    split = describe_split(spec)
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            if spec.split is not None or len(loaded) != 1:
+                raise DataError(
+                    f"saved dataset {path} has no split {split!r}; it has {', '.join(loaded)}. Pass --split.")
+            split = next(iter(loaded))
+        loaded = loaded[split]
+    elif spec.split not in (None, str(loaded.split or LOCAL_SPLIT)):
+        raise ConfigError(
+            f"saved dataset {path} has one split, {str(loaded.split or LOCAL_SPLIT)!r}: drop --split {spec.split}."
+        )
+    return loaded.to_iterable_dataset() if spec.streaming else loaded
+
+
+def _load_file(path: Path, spec: DataSpec) -> Any:
+    """A local file, through the ``datasets`` builder for its extension."""
+    import datasets
+
+    builder = FILE_BUILDERS.get(path.suffix.lower())
+    if builder is None:
+        raise DataError(
+            f"data file {path} is of an unknown kind ({path.suffix or 'no extension'}): "
+            f"use one of {', '.join(sorted(FILE_BUILDERS))}, a saved dataset folder, or - for stdin."
+        )
+    if not os.access(path, os.R_OK):
+        raise DataError(f"data file {path} is not readable: check its permissions.")
+    check_file(path, builder, spec)
+    kwargs: dict[str, Any] = {"data_files": {LOCAL_SPLIT: str(path)}}
+    if builder == "text":
+        kwargs["sample_by"] = spec.sample_by
+    if builder in ("text", "json", "csv"):
+        kwargs["encoding"] = spec.encoding
+        kwargs["encoding_errors"] = spec.errors
+    try:
+        return datasets.load_dataset(builder, split=LOCAL_SPLIT, streaming=spec.streaming, **kwargs)
+    except Exception as exc:
+        raise DataError(f"cannot read data file {path}: {first_line(exc)}") from exc
 
 
 SNIFF_BYTES = 1 << 16  # bytes read to tell a binary file from a text file
@@ -280,13 +287,11 @@ def _check_json_lines(path: Path, spec: DataSpec) -> None:
 
 def split_text(text: str, sample_by: str) -> list[str]:
     """Cut raw text into documents the way the ``datasets`` text builder does."""
-    if sample_by == "document":
-        return [text]
     if sample_by == "line":
         return [line.rstrip("\n") for line in io.StringIO(text).readlines()]
     if sample_by == "paragraph":
         return [part for part in text.split("\n\n") if part]
-    raise DataError(f"unknown --sample-by {sample_by!r}: use {', '.join(SAMPLE_BY)}.")
+    return [text]  # "document" (EvalConfig.validate allows only SAMPLE_BY)
 
 
 def _rows(spec: DataSpec, stats: DataStats) -> Iterator[Any]:

@@ -5,65 +5,66 @@ disk (gigabytes for a few hundred thousand tokens). Here both models run on
 the same batch and the divergence is computed slice by slice in memory:
 ``KL(P_base || P_model) = sum_v p_base(v) (log p_base(v) - log p_model(v))``
 over the full vocabulary at every scored position.
+
+It is a score run (`lleval.api`) with a paired scorer, whose further
+columns (the base's log-prob, the KL, top-token agreement, delta p) go
+through the engine like any other, and one more reducer, `KLStats`.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import math
-import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from lleval import __version__
-from lleval.api import (
-    LoadedModel,
-    ProgressFn,
-    _environment,
-    dataset_block,
-    load,
-    model_block,
-    run_engine,
-    tokenizer_block,
-)
+from lleval.api import Job, Progress, ScoringRun, dtype_notes, header_fields, make_job, model_spec, open_inputs, score
 from lleval.config import EvalConfig
 from lleval.errors import ConfigError, ModelLoadError
 from lleval.metrics import bootstrap_sums, percentile_interval
-from lleval.model import LOGITS_SLICE_BYTES, slice_positions
-from lleval.scoring import TokenScorer
+from lleval.model import LOGITS_SLICE_BYTES, LoadedModel, slice_positions
+from lleval.protocols import Plan, plan
+from lleval.reducers import DocumentSums, StreamCounts, row_sums
+from lleval.report import (
+    ReportHeader,
+    fmt,
+    model_block,
+    protocol_summary,
+    render_pairs_markdown,
+    render_pairs_table,
+    to_json,
+)
+from lleval.scoring import ScoredBlock
+from lleval.tokenization import tokenizer_fingerprint
 
 PERCENTILES = (99.9, 99.0, 95.0, 90.0, 10.0, 5.0, 1.0, 0.1)
-KLD_SCHEMA_VERSION = 1
 
 
-class _Collector:
-    """Per-token KL, top-token agreement and delta-p, in the order they are scored."""
+class PairScorer:
+    """Scores the model and, on the same batch, the base: returns ``(N, 5)`` float32,
+    the model's target log-prob then the columns named by `columns`.
 
-    def __init__(self) -> None:
-        self.parts: list[np.ndarray] = []
-
-    def values(self) -> np.ndarray:
-        return np.concatenate(self.parts) if self.parts else np.zeros((0, 3), dtype=np.float64)
-
-
-def kld_scorer(base: LoadedModel, model: LoadedModel, collector: _Collector, per_slice: int) -> TokenScorer:
-    """A scorer returning ``(N, 2)``: the model's and the base's target log-probs.
-
-    As a side effect it appends, per position, ``[KL, top-1 agreement, delta p]``
-    to ``collector``, where delta p = p_model(target) - p_base(target).
+    Each slice of positions is log-softmaxed once per model (the KL needs every
+    log-prob of both distributions), and the target log-probs are gathered
+    from those same slices, so KL, agreement, delta p and log-probs all come
+    from one computation.
     """
 
-    def scorer(
-        input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, score_mask: torch.Tensor
+    columns = ("base_logprob", "kl", "top_token_agrees", "delta_p")
+
+    def __init__(self, base: LoadedModel, model: LoadedModel, per_slice: int) -> None:
+        self.base, self.model, self.per_slice = base, model, per_slice
+
+    def __call__(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, score_mask: torch.Tensor
     ) -> torch.Tensor:
         targets = labels[score_mask]  # (N,)
-        out, stats, offset = [], [], 0
+        out, offset = [], 0
         pairs = zip(
-            base.slices(input_ids, attention_mask, score_mask, per_slice),
-            model.slices(input_ids, attention_mask, score_mask, per_slice),
+            self.base.slices(input_ids, attention_mask, score_mask, self.per_slice),
+            self.model.slices(input_ids, attention_mask, score_mask, self.per_slice),
         )
         for base_logits, model_logits in pairs:
             lp_base = torch.log_softmax(base_logits.float(), dim=-1).cpu()  # (n, V)
@@ -74,15 +75,31 @@ def kld_scorer(base: LoadedModel, model: LoadedModel, collector: _Collector, per
             kl = torch.nn.functional.kl_div(lp_model, lp_base, log_target=True, reduction="none").sum(dim=-1)
             agree = (lp_base.argmax(dim=-1) == lp_model.argmax(dim=-1)).float()
             tb, tm = lp_base.gather(1, t).squeeze(1), lp_model.gather(1, t).squeeze(1)
-            out.append(torch.stack([tm, tb], dim=1))
-            stats.append(torch.stack([kl, agree, tm.exp() - tb.exp()], dim=1).double().numpy())
-        collector.parts.extend(stats)
-        return torch.cat(out) if out else torch.zeros((0, 2))
-
-    return scorer
+            out.append(torch.stack([tm, tb, kl, agree, tm.exp() - tb.exp()], dim=1))
+        return torch.cat(out) if out else torch.zeros((0, 1 + len(self.columns)))
 
 
-def _summary(values: np.ndarray) -> dict[str, Any]:
+class KLStats:
+    """Per-token KL, top-token agreement and delta p (kept: medians and percentiles need
+    every value; 24 bytes a token), and each document's base log-likelihood."""
+
+    def __init__(self) -> None:
+        self.parts: list[np.ndarray] = []
+        self.base_log_likelihood: list[float] = []  # per document, in input order
+
+    def update(self, block: ScoredBlock) -> None:
+        for scores in block.units:
+            c = scores.columns
+            self.parts.append(np.stack([c["kl"], c["top_token_agrees"], c["delta_p"]], axis=1).astype(np.float64))
+            self.base_log_likelihood += row_sums(scores, c["base_logprob"].astype(np.float64))
+
+    def values(self) -> np.ndarray:
+        """``(tokens, 3)``: KL, agreement (0/1), delta p, in window order."""
+        return np.concatenate(self.parts) if self.parts else np.zeros((0, 3), dtype=np.float64)
+
+
+def summary(values: np.ndarray) -> dict[str, Any]:
+    """Mean (with its standard error), median, percentiles, min and max of per-token values."""
     n = len(values)
     return {
         "mean": float(values.mean()),
@@ -94,96 +111,120 @@ def _summary(values: np.ndarray) -> dict[str, Any]:
     }
 
 
+@dataclass
+class KLReport(ReportHeader):
+    """``lleval kld``'s result (``kind: "kld"``): the shared header (``model`` is the
+    compared model), the base model, and the divergence statistics."""
+
+    base: dict[str, Any]
+    tokens: int
+    kl_divergence: dict[str, Any]
+    top_token_agreement: float
+    delta_p: dict[str, Any]
+    perplexity: dict[str, Any]
+    bootstrap: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON export (see README, "KL divergence between two models")."""
+        return {
+            **self.header_dict("kld"),
+            "base": dict(self.base),
+            "tokens": self.tokens,
+            "kl_divergence": dict(self.kl_divergence),
+            "top_token_agreement": self.top_token_agreement,
+            "delta_p": dict(self.delta_p),
+            "perplexity": dict(self.perplexity),
+            "bootstrap": dict(self.bootstrap),
+        }
+
+    def to_json(self) -> str:
+        """The JSON export as text."""
+        return to_json(self.to_dict())
+
+    def summary_rows(self) -> list[tuple[str, str]]:
+        """(label, value) pairs for the table and markdown renderings."""
+        kl, dp, ppl = self.kl_divergence, self.delta_p, self.perplexity
+        ci = ppl["ln_ratio_ci"]
+        return [
+            ("base / model", f"{self.base['name']} / {self.model['name']}"),
+            ("protocol", protocol_summary(self.protocol)),
+            ("tokens", str(self.tokens)),
+            ("mean KL (nats)", f"{kl['mean']:.6f} ± {kl['stderr'] or 0:.6f}"),
+            ("median KL", f"{kl['median']:.6f}"),
+            *((f"KL {k}", f"{v:.6f}") for k, v in kl["percentiles"].items()),
+            ("top-token agreement", f"{self.top_token_agreement * 100:.3f}%"),
+            ("mean Δp", f"{dp['mean'] * 100:+.4f}%"),
+            ("perplexity base / model", f"{fmt(ppl['base'])} / {fmt(ppl['model'])}"),
+            ("ln(PPL_model / PPL_base)",
+             f"{ppl['ln_ratio']:+.6f}" + (f"  [{ci[0]:+.6f}, {ci[1]:+.6f}] 95% CI" if ci else "")),
+        ]
+
+    def render_table(self, console: Any) -> None:
+        """Print as a rich table on ``console``."""
+        render_pairs_table(f"lleval kld — {self.protocol['name']} protocol", self.summary_rows(), self.notes, console)
+
+    def render_markdown(self) -> str:
+        """A two-column markdown table."""
+        title = f"lleval kld — {self.protocol['name']} protocol"
+        return render_pairs_markdown(title, self.summary_rows(), self.notes)
+
+
 def kl_divergence(
     config: EvalConfig,
     base_model: str | None,
     *,
     base: LoadedModel | None = None,
     model: LoadedModel | None = None,
-    progress: ProgressFn | None = None,
-) -> dict[str, Any]:
-    """Score the config's data with the base and the config's model; return the KLD report.
+    progress: Progress | None = None,
+) -> KLReport:
+    """Score the config's data with the base (``base_model``, or ``base``) and the config's
+    model (or ``model``) on the same windows, and return the `KLReport`.
 
-    Refuses (`ConfigError`) models whose tokenizers differ: the same token
-    ids would mean different text, so the distributions cannot be compared.
+    Refuses (`ConfigError`) models whose tokenizers differ, before their
+    weights load: the same token ids would mean different text, so the
+    distributions cannot be compared.
     """
     if config.checkpoint:
         raise ConfigError(
             "lleval kld does not resume from --checkpoint: its per-token statistics are not saved. "
             "Drop --checkpoint."
         )
-    collector = _Collector()
-
-    def loader() -> LoadedModel:
-        nonlocal base, model
-        if model is None:
-            model = load(config)
-        if base is None:
-            base = load(replace(config, model=base_model))
-        return _pair(base, model, collector)
-
-    run = run_engine(config, loader=loader, progress=progress)
-    assert base is not None and model is not None
-    per_token = collector.values()
-    if run.distributed is not None:  # each rank holds the per-token values of its own batches
-        from lleval.distributed import from_env
-
-        context = from_env()
-        assert context is not None
-        per_token = np.concatenate(context.all_gather(per_token))
-    n = run.totals.tokens
-    nll_model = -run.totals.log_likelihood
-    base_lls = np.array([0.0 if e is None else float(e[0]) for e in run.extra])  # None: no token scored
-    nll_base = -float(base_lls.sum())
-    doc_tokens = np.array([d.tokens for d in run.documents], dtype=np.float64)
-    doc_model = np.array([-d.log_likelihood for d in run.documents])
-    ln_ratio = (nll_model - nll_base) / n
-    interval = None
-    if len(run.documents) >= 2 and config.bootstrap > 0:
-        sums = bootstrap_sums(np.column_stack([doc_model, -base_lls, doc_tokens]), config.bootstrap, config.seed)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            found = percentile_interval((sums[:, 0] - sums[:, 1]) / sums[:, 2])
-        interval = None if found is None else list(found)
-    return {
-        "schema_version": KLD_SCHEMA_VERSION,
-        "kind": "kld",
-        "lleval_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "complete": True,
-        "base": model_block(base.info),
-        "model": model_block(model.info),
-        "tokenizer": tokenizer_block(model),
-        "dataset": dataset_block(config, run.data, run.totals.documents),
-        "protocol": run.protocol.describe(model.tokenizer),
-        "tokens": n,
-        "kl_divergence": {**_summary(per_token[:, 0]), "unit": "nats", "direction": "KL(P_base || P_model)"},
-        "top_token_agreement": float(per_token[:, 1].mean()),
-        "delta_p": {**_summary(per_token[:, 2]), "definition": "p_model(correct) - p_base(correct)"},
-        "perplexity": {
-            "base": math.exp(nll_base / n),
-            "model": math.exp(nll_model / n),
-            "ln_ratio": ln_ratio,
-            "ln_ratio_ci": interval,
-        },
-        "bootstrap": {"resamples": config.bootstrap, "seed": config.seed, "level": 0.95, "unit": "document"},
-        "timing": {
-            "seconds": time.perf_counter() - run.started,
-            "scoring_seconds": run.scoring_seconds,
-            "tokens_per_second": n / run.scoring_seconds if run.scoring_seconds > 0 else 0.0,
-        },
-        "environment": _environment(),
-    }
+    inputs = open_inputs(config)
+    base, model, protocol = load_pair(config, base_model, base, model, progress)
+    job = make_job(inputs, pair(base, model), protocol)
+    sums, counts, stats = DocumentSums(), StreamCounts(), KLStats()
+    run = score(job, sums, {"stream": counts, "kl": stats}, progress)
+    return kl_report(job, run, sums, counts, stats, base)
 
 
-def _pair(base: LoadedModel, model: LoadedModel, collector: _Collector) -> LoadedModel:
-    base_fp = tokenizer_block(base)["fingerprint"]
-    model_fp = tokenizer_block(model)["fingerprint"]
-    if base_fp != model_fp:
+def load_pair(
+    config: EvalConfig, base_model: str | None, base: LoadedModel | None, model: LoadedModel | None,
+    progress: Progress | None,
+) -> tuple[LoadedModel, LoadedModel, Plan]:
+    """Both models (loaded unless given): tokenizers compared and the protocol planned
+    before either model's weights load."""
+    from lleval.model import ModelSource, load_weights, open_model
+
+    if progress is not None:
+        progress.stage("loading models")
+    opened_model = model or open_model(model_spec(config))
+    opened_base = base or open_model(model_spec(replace(config, model=base_model)))
+    if tokenizer_fingerprint(opened_base.tokenizer) != tokenizer_fingerprint(opened_model.tokenizer):
         raise ConfigError(
-            f"the tokenizers of {base.info.name} and {model.info.name} differ: the same token ids mean "
+            f"the tokenizers of {opened_base.name} and {opened_model.name} differ: the same token ids mean "
             "different text, so their distributions cannot be compared. Use lleval compare on "
             "bits per byte instead."
         )
+    protocol = plan(config, opened_model.tokenizer, opened_model.max_positions)
+    if isinstance(opened_model, ModelSource):
+        opened_model = load_weights(opened_model)
+    if isinstance(opened_base, ModelSource):
+        opened_base = load_weights(opened_base)
+    return opened_base, opened_model, protocol
+
+
+def pair(base: LoadedModel, model: LoadedModel) -> LoadedModel:
+    """``model`` with a `PairScorer` that also runs ``base`` on every batch."""
     if base.slices is None or model.slices is None:
         raise ModelLoadError("KL divergence needs models that expose logits slices.")
     if base.vocab != model.vocab:
@@ -191,5 +232,46 @@ def _pair(base: LoadedModel, model: LoadedModel, collector: _Collector) -> Loade
             f"{base.info.name} predicts over {base.vocab} tokens and {model.info.name} over {model.vocab}: "
             "KL divergence needs the same vocabulary."
         )
+    # two models' log-probs are held per slice: a quarter of score's slice budget each
     per_slice = slice_positions(max(base.vocab or 1, model.vocab or 1), LOGITS_SLICE_BYTES // 4)
-    return replace(model, scorer=kld_scorer(base, model, collector, per_slice))
+    return replace(model, scorer=PairScorer(base, model, per_slice))
+
+
+def kl_report(
+    job: Job, run: ScoringRun, sums: DocumentSums, counts: StreamCounts, stats: KLStats, base: LoadedModel
+) -> KLReport:
+    """The `KLReport`: the shared header, then the divergence statistics."""
+    config = job.config
+    per_token = stats.values()
+    totals = sums.totals()
+    n = totals.tokens
+    nll_model = -totals.log_likelihood
+    base_lls = np.array(stats.base_log_likelihood)
+    nll_base = -float(base_lls.sum())
+    return KLReport(
+        **header_fields(job, run, counts, totals, dtype_notes(job.loaded.info)),
+        base=model_block(base.info),
+        tokens=n,
+        kl_divergence={**summary(per_token[:, 0]), "unit": "nats", "direction": "KL(P_base || P_model)"},
+        top_token_agreement=float(per_token[:, 1].mean()),
+        delta_p={**summary(per_token[:, 2]), "definition": "p_model(correct) - p_base(correct)"},
+        perplexity={
+            "base": math.exp(nll_base / n),
+            "model": math.exp(nll_model / n),
+            "ln_ratio": (nll_model - nll_base) / n,
+            "ln_ratio_ci": _ln_ratio_interval(config, sums, base_lls),
+        },
+        bootstrap={"resamples": config.bootstrap, "seed": config.seed, "level": 0.95, "unit": "document"},
+    )
+
+
+def _ln_ratio_interval(config: EvalConfig, sums: DocumentSums, base_lls: np.ndarray) -> list[float] | None:
+    """Paired bootstrap over documents of ln(PPL_model / PPL_base)."""
+    if len(sums.documents) < 2 or config.bootstrap == 0:
+        return None
+    doc_tokens = np.array([d.tokens for d in sums.documents], dtype=np.float64)
+    doc_model = np.array([-d.log_likelihood for d in sums.documents])
+    resampled = bootstrap_sums(np.column_stack([doc_model, -base_lls, doc_tokens]), config.bootstrap, config.seed)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        found = percentile_interval((resampled[:, 0] - resampled[:, 1]) / resampled[:, 2])
+    return None if found is None else list(found)

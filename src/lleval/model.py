@@ -183,12 +183,6 @@ def _hub_hint(source: str) -> str:
     return " " + offline_hint() if source == "hub" else ""
 
 
-def load_tokenizer(spec: ModelSpec) -> tuple[Any, str]:
-    """Load the tokenizer only (fast path for commands that need no model)."""
-    location, gguf_file, source, _ = _locate(spec)
-    return _load_tokenizer(location, gguf_file, source, spec), source
-
-
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "tokenizer_config.json")
 
 
@@ -229,20 +223,62 @@ def _max_positions(config: Any) -> int | None:
     return None
 
 
-def load_model(spec: ModelSpec) -> tuple[Any, Any, ModelInfo]:
-    """Load ``(model, tokenizer, info)``; every failure is a `ModelLoadError` saying what to do."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+@dataclass
+class LoadedModel:
+    """A scorer with the tokenizer that feeds it and a description for the report."""
 
-    from lleval.threads import cap_torch_threads
+    scorer: Any  # a lleval.scoring.TokenScorer
+    tokenizer: Any
+    info: ModelInfo
+    pad_id: int = 0
+    model: Any = None  # the underlying transformers model, when there is one
+    slices: Any = None  # its LogitsSlices (for KL divergence), when there is one
+    vocab: int | None = None
+    bytes_per_token: int | None = None  # activation working set per batch token, for --batch-size auto
 
-    location, gguf_file, source, display = _locate(spec)
-    device = resolve_device(spec.device)
-    dtype = resolve_dtype(spec.dtype, device)
-    cap_torch_threads()
-    tokenizer = _load_tokenizer(location, gguf_file, source, spec)
-    config = _from_pretrained(AutoConfig, f"the model config of {display}", location, gguf_file, source, spec)
+    @property
+    def name(self) -> str:
+        """The model's display name."""
+        return self.info.name
+
+    @property
+    def max_positions(self) -> int | None:
+        """The longest input the model was built for, when its config says."""
+        return self.info.max_positions
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model located, with its tokenizer and config loaded but not its weights: enough to
+    check every flag that needs the tokenizer before the slow part of loading."""
+
+    spec: ModelSpec
+    location: str  # folder or hub id
+    gguf_file: str | None
+    source: str  # builtin | gguf | local | hub
+    display: str
+    tokenizer: Any
+    config: Any
+
+    @property
+    def name(self) -> str:
+        """The model's display name."""
+        return self.display
+
+    @property
+    def max_positions(self) -> int | None:
+        """The longest input the model was built for, when its config says."""
+        return _max_positions(self.config)
+
+
+def open_model(spec: ModelSpec) -> ModelSource:
+    """Locate the model and load its tokenizer and config; refuse what is not a causal LM."""
+    from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+    location, gguf_file, source, display = _locate(spec)
+    tokenizer = _load_tokenizer(location, gguf_file, source, spec)
+    config = _from_pretrained(AutoConfig, f"the model config of {display}", location, gguf_file, source, spec)
     is_causal = config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not getattr(
         config, "is_encoder_decoder", False
     )
@@ -251,9 +287,23 @@ def load_model(spec: ModelSpec) -> tuple[Any, Any, ModelInfo]:
             f"{display} is a {config.model_type!r} model, which is not a causal language model: "
             "lleval scores decoder-only LMs (AutoModelForCausalLM), such as Llama, GPT-2 or Qwen."
         )
+    return ModelSource(spec, location, gguf_file, source, display, tokenizer, config)
+
+
+def load_weights(found: ModelSource) -> LoadedModel:
+    """Load the weights of an opened model onto its device, and build its scorer."""
+    from transformers import AutoModelForCausalLM
+
+    from lleval.threads import cap_torch_threads
+
+    spec = found.spec
+    device = resolve_device(spec.device)
+    dtype = resolve_dtype(spec.dtype, device)
+    cap_torch_threads()
     device_map = {"device_map": spec.device_map} if spec.device_map else {}
     model = _from_pretrained(
-        AutoModelForCausalLM, f"model {display}", location, gguf_file, source, spec, dtype=dtype, **device_map
+        AutoModelForCausalLM, f"model {found.display}", found.location, found.gguf_file, found.source, spec,
+        dtype=dtype, **device_map,
     )
     placement: dict[str, Any] | None = None
     if spec.device_map:
@@ -263,22 +313,30 @@ def load_model(spec: ModelSpec) -> tuple[Any, Any, ModelInfo]:
     else:
         model.to(device)
     model.eval()
-    sha = _sha256(Path(location) / gguf_file) if gguf_file else None
-    revision = spec.revision
-    if source == "hub":
-        revision = getattr(model.config, "_commit_hash", None) or spec.revision
     info = ModelInfo(
-        name=display,
-        source=source,
-        revision=revision,
-        sha256=sha,
+        name=found.display,
+        source=found.source,
+        revision=getattr(model.config, "_commit_hash", None) or spec.revision if found.source == "hub" else None,
+        sha256=_sha256(Path(found.location) / found.gguf_file) if found.gguf_file else None,
         dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
         device=device,
         parameters=sum(p.numel() for p in model.parameters()),
         max_positions=_max_positions(model.config),
         device_map={str(k): str(v) for k, v in placement.items()} if placement else None,
     )
-    return model, tokenizer, info
+    tokenizer = found.tokenizer
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    slices = make_logits_slices(model)
+    vocab = vocab_size(model)
+    from lleval.scoring import scorer_from_slices
+
+    return LoadedModel(scorer_from_slices(slices, slice_positions(vocab)), tokenizer, info, int(pad or 0), model,
+                       slices, vocab, activation_bytes_per_token(model))
+
+
+def load(spec: ModelSpec) -> LoadedModel:
+    """`open_model` then `load_weights`: every failure is a `ModelLoadError` saying what to do."""
+    return load_weights(open_model(spec))
 
 
 def make_logits_slices(model: Any) -> Any:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -29,7 +29,7 @@ import numpy as np
 from lleval.config import DEFAULT_MAX_LENGTH_CAP, DEFAULT_SEPARATOR, EvalConfig
 from lleval.data import Document
 from lleval.errors import ConfigError, DataError
-from lleval.scoring import Unit
+from lleval.scoring import Row, Unit
 from lleval.tokenization import encode, encode_with_owners, resolve_prefix_token
 from lleval.windows import Span, check_window_params, chunk_spans, rolling_spans, strided_spans
 
@@ -53,18 +53,12 @@ def lm_eval_words(text: str) -> int:
 
 
 @dataclass(frozen=True)
-class Row:
-    """What the report needs of one document besides its sums."""
-
-    index: int
-    bytes: int
-    words: int
-    text_sha: str = ""  # sha256 of the text, for resuming checkpoints
-
-
-@dataclass
 class Plan:
-    """A protocol resolved against a config and a tokenizer."""
+    """A protocol resolved against a config and a tokenizer: what it scores and how.
+
+    Immutable: the counts a run produces (stream tokens, unscored tokens)
+    come from reducers (`lleval.reducers.StreamCounts`), not from the plan.
+    """
 
     name: str
     max_length: int
@@ -76,46 +70,48 @@ class Plan:
     scores_every_token: bool = True
     chunk_bos: int | None = None  # llama-cpp: token written over each chunk's first token
     first_scored: int | None = None  # llama-cpp: first scored position in a chunk
-    rows: list[Row] = field(default_factory=list)
-    stream_tokens: int = 0
-    dropped_tokens: int = 0
 
-    def units(self, docs: Iterator[Document], tokenizer: Any) -> Iterator[Unit]:
-        """The engine's input; fills ``rows`` as documents are read."""
+    def units(self, docs: Iterator[Document], tokenizer: Any, keep_text: bool = False) -> Iterator[Unit]:
+        """The engine's input, read lazily from ``docs``. ``keep_text`` keeps each document's
+        text on its `Row` (for reducers that show tokens, such as the per-token export)."""
         if self.name in ("rolling", "lm-eval") and self.separator is None:
-            return self._document_units(docs, tokenizer)
-        return self._stream_units(docs, tokenizer)
+            return self._document_units(docs, tokenizer, keep_text)
+        return self._stream_units(docs, tokenizer, keep_text)
 
-    def _document_units(self, docs: Iterator[Document], tokenizer: Any) -> Iterator[Unit]:
+    def _row(self, doc: Document, n_bytes: int | None, keep_text: bool) -> Row:
+        encoded = doc.text.encode("utf-8")
+        size = len(encoded) if n_bytes is None else n_bytes
+        return Row(doc.index, size, self.words(doc.text), _sha(encoded), doc.text if keep_text else None)
+
+    def _document_units(self, docs: Iterator[Document], tokenizer: Any, keep_text: bool) -> Iterator[Unit]:
         head = [] if self.prefix_token is None else [self.prefix_token]
+        starts = np.array([len(head)], dtype=np.int64)
         assert self.stride is not None
+        number = 0
         while group := list(itertools.islice(docs, TOKENIZE_GROUP)):
             for doc, ids in zip(group, encode(tokenizer, [d.text for d in group])):
                 sequence = head + ids
-                encoded = doc.text.encode("utf-8")
-                self.rows.append(Row(doc.index, len(encoded), self.words(doc.text), _sha(encoded)))
-                self.stream_tokens += len(sequence)
                 spans = rolling_spans(len(sequence), self.max_length, self.stride)
-                yield Unit(sequence, spans, [len(self.rows) - 1])
+                yield Unit(sequence, spans, (self._row(doc, None, keep_text),), number, starts)
+                number += 1
 
-    def _stream_units(self, docs: Iterator[Document], tokenizer: Any) -> Iterator[Unit]:
+    def _stream_units(self, docs: Iterator[Document], tokenizer: Any, keep_text: bool) -> Iterator[Unit]:
         assert self.separator is not None
-        texts = []
-        for doc in docs:
-            texts.append(doc.text)
-            self.rows.append(Row(doc.index, 0, self.words(doc.text), _sha(doc.text.encode("utf-8"))))
-        if not texts:
+        read = list(docs)
+        if not read:
             return
-        ids, owners, n_bytes = encode_with_owners(tokenizer, texts, self.separator, self.special_tokens)
-        self.rows = [Row(row.index, size, row.words, row.text_sha) for row, size in zip(self.rows, n_bytes)]
+        ids, owners, n_bytes = encode_with_owners(tokenizer, [d.text for d in read], self.separator,
+                                                  self.special_tokens)
+        rows = tuple(self._row(doc, size, keep_text) for doc, size in zip(read, n_bytes))
+        skip = 0 if self.prefix_token is None else 1
         if self.prefix_token is not None:
             ids = [self.prefix_token] + ids
             owners = np.concatenate([np.zeros(1, dtype=np.int64), owners])
-        self.stream_tokens = len(ids)
+        # a document's first own token: the first position it owns, after the prefix
+        starts = np.searchsorted(owners[skip:], np.arange(len(rows)), side="left").astype(np.int64) + skip
         spans = self._stream_spans(len(ids))
-        scored = sum(s.n_scored for s in spans)
-        self.dropped_tokens = len(ids) - scored
-        yield Unit(ids, spans, list(range(len(texts))), owners, window_head=self.chunk_bos)
+        unscored = len(ids) - sum(s.n_scored for s in spans)
+        yield Unit(ids, spans, rows, 0, starts, owners, window_head=self.chunk_bos, unscored=unscored)
 
     def _stream_spans(self, n: int) -> list[Span]:
         if self.name == "llama-cpp":
@@ -131,9 +127,9 @@ class Plan:
             return strided_spans(n, self.max_length, self.stride)
         return rolling_spans(n, self.max_length, self.stride)
 
-    def describe(self, tokenizer: Any, counts: bool = True) -> dict[str, Any]:
-        """The report's ``protocol`` block: every choice this protocol made (and, with
-        ``counts``, how many tokens the stream had and how many went unscored)."""
+    def describe(self, tokenizer: Any) -> dict[str, Any]:
+        """The report's ``protocol`` block: every choice this protocol made (the counts of
+        a run are added by the report, from `lleval.reducers.StreamCounts`)."""
         prefix_text = None if self.prefix_token is None else tokenizer.convert_ids_to_tokens(self.prefix_token)
         block: dict[str, Any] = {
             "name": self.name,
@@ -147,9 +143,6 @@ class Plan:
             "word_count": "len(re.split(r'\\s+', text))" if self.words is lm_eval_words else "len(text.split())",
             "scores_every_token": self.scores_every_token,
         }
-        if counts:
-            block["stream_tokens"] = self.stream_tokens
-            block["unscored_tokens"] = self.dropped_tokens
         if self.name in ("rolling", "lm-eval"):
             block["windows"] = (
                 "first window predicts up to max_length tokens, each later one up to stride new "
@@ -167,8 +160,13 @@ class Plan:
             )
             block["first_scored_position"] = self.first_scored
             block["chunk_bos"] = self.chunk_bos
-            if counts:
-                block["chunks"] = self.stream_tokens // self.max_length
+        return block
+
+    def counted(self, described: dict[str, Any], stream_tokens: int, unscored_tokens: int) -> dict[str, Any]:
+        """``described`` with a run's counts: stream and unscored tokens (and llama-cpp's chunks)."""
+        block = {**described, "stream_tokens": stream_tokens, "unscored_tokens": unscored_tokens}
+        if self.name == "llama-cpp":
+            block["chunks"] = stream_tokens // self.max_length
         return block
 
 

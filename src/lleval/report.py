@@ -1,15 +1,21 @@
-"""The `Report`: what a run measured, its JSON contract, and its rendering.
+"""Report results: the header every report kind shares, the score `Report`, its JSON
+contract, and its rendering.
 
-``Report.to_dict()`` is a versioned contract (``schema_version``) that later
-tools and users' scripts read. Every field is written explicitly; metrics are
-derived from the float64 sums at serialisation time, never stored twice.
+``to_dict()`` of every report is a versioned contract (``schema_version`` and
+``kind``) that later tools and users' scripts read. Every field is written
+explicitly; metrics are derived from the float64 sums at serialisation time,
+never stored twice. The blocks that say who scored what, how, when and on
+what machine (model, tokenizer, dataset, protocol, timing, environment) are
+built here once, for ``score`` and ``kld`` alike.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import math
 import os
+import platform
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,13 +39,15 @@ METRIC_LABELS = {
 
 @dataclass(frozen=True)
 class DocumentResult:
-    """Sums for one document; ``index`` is its row in the source."""
+    """Float64 sums for one document; ``index`` is its row in the source."""
 
     index: int
-    log_likelihood: float
+    log_likelihood: float  # nats, <= 0
     tokens: int
     bytes: int
     words: int
+    logprob_sq_sum: float = 0.0  # sum of squared token log-probs (nats^2), for variance estimates
+    nonfinite: int = 0  # tokens left out because their log-prob was NaN or infinite
 
     def to_dict(self) -> dict[str, Any]:
         """The document's row in the JSON export."""
@@ -53,8 +61,9 @@ class DocumentResult:
 
 
 @dataclass
-class Report:
-    """Everything one score run measured and how."""
+class ReportHeader:
+    """What every report of a scoring run says besides its numbers: who scored what, how,
+    when and on what machine. `Report` (``score``) and ``kld``'s report extend it."""
 
     lleval_version: str
     created: str
@@ -63,15 +72,128 @@ class Report:
     tokenizer: dict[str, Any]
     dataset: dict[str, Any]
     protocol: dict[str, Any]
-    totals: Totals
-    documents: list[DocumentResult]
     timing: dict[str, Any]
-    environment: dict[str, str]
-    notes: list[str] = field(default_factory=list)
+    environment: dict[str, Any]
+    distributed: dict[str, Any] | None  # world size and backend of a data-parallel run
+    notes: list[str]
+
+    def header_dict(self, kind: str) -> dict[str, Any]:
+        """The shared part of ``to_dict()``, opening with ``schema_version`` and ``kind``."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "kind": kind,
+            "lleval_version": self.lleval_version,
+            "created": self.created,
+            "complete": self.complete,
+            "model": dict(self.model),
+            "tokenizer": dict(self.tokenizer),
+            "dataset": dict(self.dataset),
+            "protocol": dict(self.protocol),
+            "timing": dict(self.timing),
+            "environment": dict(self.environment),
+            "distributed": None if self.distributed is None else dict(self.distributed),
+            "notes": list(self.notes),
+        }
+
+
+def now() -> str:
+    """The ``created`` time stamp: UTC, to the second."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def model_block(info: Any) -> dict[str, Any]:
+    """The report's ``model`` block, from a `lleval.model.ModelInfo`."""
+    return {
+        "name": info.name,
+        "source": info.source,
+        "revision": info.revision,
+        "sha256": info.sha256,
+        "dtype": info.dtype,
+        "device": info.device,
+        "parameters": info.parameters,
+        "max_positions": info.max_positions,
+        "device_map": info.device_map,
+    }
+
+
+def tokenizer_block(tokenizer: Any, name: str) -> dict[str, Any]:
+    """The report's ``tokenizer`` block."""
+    from lleval.tokenization import tokenizer_fingerprint
+
+    return {
+        "name": name,
+        "vocab_size": len(tokenizer),
+        "fingerprint": tokenizer_fingerprint(tokenizer),
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+
+
+def dataset_block(spec: Any, stats: Any, documents: int) -> dict[str, Any]:
+    """The report's ``dataset`` block, from a `lleval.data.DataSpec` and its `DataStats`."""
+    from lleval.data import BUILTIN_DATASET, describe_split
+
+    return {
+        "spec": spec.dataset or BUILTIN_DATASET,
+        "config": spec.dataset_config,
+        "split": describe_split(spec),
+        "text_field": spec.text_field,
+        "sample_by": spec.sample_by,
+        "limit": spec.limit,
+        "streaming": spec.streaming,
+        "rows": stats.rows,
+        "documents": documents,
+        "skipped_empty": stats.skipped_empty,
+        "fingerprint": stats.fingerprint(),
+    }
+
+
+def timing_block(total_seconds: float, load_seconds: float, scoring_seconds: float, tokens: int,
+                 engine: Any, batching: Any) -> dict[str, Any]:
+    """The report's ``timing`` block, from the engine's `EngineStats` and the `Batching` used."""
+    return {
+        "seconds": total_seconds,
+        "load_seconds": load_seconds,
+        "scoring_seconds": scoring_seconds,
+        "tokens_per_second": tokens / scoring_seconds if scoring_seconds > 0 else 0.0,
+        "windows": engine.windows,
+        "batches": engine.batches,
+        "padding_share": engine.padding_tokens / engine.computed_tokens if engine.computed_tokens else 0.0,
+        "batching": None if batching is None else batching.describe(),
+        "out_of_memory_splits": engine.oom_splits,
+    }
+
+
+def environment() -> dict[str, Any]:
+    """The report's ``environment`` block: versions, the CPU and what it can do fast."""
+    import datasets
+    import torch
+    import transformers
+
+    from lleval import __version__
+    from lleval.hardware import cpu_features
+
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "datasets": datasets.__version__,
+        "lleval": __version__,
+        "cpu": dict(cpu_features()),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+@dataclass
+class Report(ReportHeader):
+    """Everything one score run measured and how (``kind: "score"``)."""
+
+    totals: Totals = field(default_factory=Totals)
+    documents: list[DocumentResult] = field(default_factory=list)
     #: 95% bootstrap intervals over documents, keyed by metric; None where there is none.
     intervals: dict[str, tuple[float, float] | None] = field(default_factory=dict)
     bootstrap: dict[str, Any] = field(default_factory=dict)
-    distributed: dict[str, Any] | None = None  # world size and backend of a data-parallel run
 
     @property
     def metrics(self) -> dict[str, float | None]:
@@ -90,16 +212,9 @@ class Report:
         return metrics
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON export, schema version 1 (see README, "Report format")."""
+        """The JSON export, schema version 1 (see README, "The JSON report")."""
         return {
-            "schema_version": SCHEMA_VERSION,
-            "lleval_version": self.lleval_version,
-            "created": self.created,
-            "complete": self.complete,
-            "model": dict(self.model),
-            "tokenizer": dict(self.tokenizer),
-            "dataset": dict(self.dataset),
-            "protocol": dict(self.protocol),
+            **self.header_dict("score"),
             "totals": {
                 "log_likelihood": self.totals.log_likelihood,
                 "log_likelihood_unit": "nats",
@@ -111,31 +226,41 @@ class Report:
                 "nonfinite_tokens": self.totals.nonfinite,
             },
             "metrics": {
-                **{key: _json_float(value) for key, value in self.metrics.items()},
-                **{f"{key}_ci": _json_interval(value) for key, value in self.intervals.items()},
+                **{key: json_float(value) for key, value in self.metrics.items()},
+                **{f"{key}_ci": json_interval(value) for key, value in self.intervals.items()},
             },
             "bootstrap": dict(self.bootstrap),
             "documents": [doc.to_dict() for doc in self.documents],
-            "timing": dict(self.timing),
-            "environment": dict(self.environment),
-            "distributed": None if self.distributed is None else dict(self.distributed),
-            "notes": list(self.notes),
         }
 
     def to_json(self) -> str:
         """The JSON export as text (UTF-8, two-space indent, trailing newline)."""
-        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+        return to_json(self.to_dict())
+
+    def render_table(self, console: Any) -> None:
+        """Print as a rich table on ``console`` (stdout in the CLI)."""
+        render_table(self, console)
+
+    def render_markdown(self) -> str:
+        """A two-column markdown table (for CI job summaries)."""
+        return render_markdown(self)
 
 
-def _json_float(value: float | None) -> float | None:
-    # JSON has no infinity: an overflowing perplexity is written as null.
+def to_json(data: dict[str, Any]) -> str:
+    """A report's JSON text: UTF-8, two-space indent, no NaN, trailing newline."""
+    return json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def json_float(value: float | None) -> float | None:
+    """JSON has no infinity: an overflowing perplexity is written as null."""
     if value is None or not math.isfinite(value):
         return None
     return value
 
 
-def _json_interval(value: tuple[float, float] | None) -> list[float | None] | None:
-    return None if value is None else [_json_float(value[0]), _json_float(value[1])]
+def json_interval(value: tuple[float, float] | None) -> list[float | None] | None:
+    """An interval for JSON: a pair, with infinities as null; None stays None."""
+    return None if value is None else [json_float(value[0]), json_float(value[1])]
 
 
 def check_writable(path: str, flag: str = "--output") -> None:
@@ -167,12 +292,13 @@ def write_text_atomic(path: str, text: str) -> None:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}.") from exc
 
 
-def write_report(report: Report, path: str) -> None:
-    """Write the JSON export of ``report`` to ``path`` atomically."""
+def write_report(report: Any, path: str) -> None:
+    """Write the JSON export of any report (anything with ``to_json()``) to ``path`` atomically."""
     write_text_atomic(path, report.to_json())
 
 
-def _fmt(value: float | None, digits: int = 4) -> str:
+def fmt(value: float | None, digits: int = 4) -> str:
+    """A number for a rendered table: fixed digits, ``n/a`` for none, ``inf`` for overflow."""
     if value is None:
         return "n/a"
     if not math.isfinite(value):
@@ -180,46 +306,62 @@ def _fmt(value: float | None, digits: int = 4) -> str:
     return f"{value:.{digits}f}"
 
 
+def protocol_summary(protocol: dict[str, Any]) -> str:
+    """One line naming a protocol block's choices, for rendered tables."""
+    window = f"L={protocol['max_length']}" + (f", S={protocol['stride']}" if protocol.get("stride") else "")
+    return f"{protocol['name']}: {window}, prefix={protocol['prefix_token']}, concat={protocol['concat'] is not None}"
+
+
 def summary_rows(report: Report) -> list[tuple[str, str]]:
-    """(label, value) pairs shown by the table and markdown renderings."""
+    """(label, value) pairs shown by the table and markdown renderings of a score report."""
     t = report.totals
-    p = report.protocol
-    window = f"L={p['max_length']}" + (f", S={p['stride']}" if p.get("stride") else "")
     rows = [
         ("model", f"{report.model['name']} ({report.model['dtype']}, {report.model['device']})"),
         ("dataset", f"{report.dataset['spec']} [{report.dataset['split']}]"),
-        ("protocol", f"{p['name']}: {window}, prefix={p['prefix_token']}, concat={p['concat'] is not None}"),
+        ("protocol", protocol_summary(report.protocol)),
         ("documents", f"{t.documents} scored, {report.dataset['skipped_empty']} empty skipped"),
         ("tokens / bytes / words", f"{t.tokens} / {t.bytes} / {t.words}"),
-        ("log-likelihood (nats)", _fmt(t.log_likelihood, 2)),
+        ("log-likelihood (nats)", fmt(t.log_likelihood, 2)),
     ]
     for key, value in report.metrics.items():
         interval = report.intervals.get(key)
-        shown = _fmt(value)
+        shown = fmt(value)
         if interval is not None:
-            shown += f"  [{_fmt(interval[0])}, {_fmt(interval[1])}] 95% CI"
+            shown += f"  [{fmt(interval[0])}, {fmt(interval[1])}] 95% CI"
         rows.append((METRIC_LABELS[key], shown))
     rows.append(("throughput", f"{report.timing.get('tokens_per_second', 0.0):.0f} tokens/s"))
     return rows
 
 
-def render_table(report: Report, console: Any) -> None:
-    """Print the report as a rich table on ``console`` (stdout in the CLI)."""
+def render_pairs_table(title: str, rows: list[tuple[str, str]], notes: list[str], console: Any) -> None:
+    """A two-column rich table of (label, value) rows, then the notes."""
     from rich.table import Table
 
-    table = Table(title=f"lleval score — {report.protocol['name']} protocol", show_header=False)
+    table = Table(title=title, show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
-    for label, value in summary_rows(report):
+    for label, value in rows:
         table.add_row(label, value)
     console.print(table)
-    for note in report.notes:
+    for note in notes:
         console.print(f"note: {note}")
 
 
-def render_markdown(report: Report) -> str:
-    """The report as a two-column markdown table (for CI job summaries)."""
-    lines = [f"### lleval score — {report.protocol['name']} protocol", "", "| what | value |", "| --- | --- |"]
-    lines += [f"| {label} | {value.replace('|', '/')} |" for label, value in summary_rows(report)]
-    lines += [f"\n> note: {note}" for note in report.notes]
+def render_pairs_markdown(title: str, rows: list[tuple[str, str]], notes: list[str]) -> str:
+    """A two-column markdown table of (label, value) rows (for CI job summaries), then the notes."""
+    lines = [f"### {title}", "", "| what | value |", "| --- | --- |"]
+    lines += [f"| {label} | {value.replace('|', '/')} |" for label, value in rows]
+    lines += [f"\n> note: {note}" for note in notes]
     return "\n".join(lines) + "\n"
+
+
+def render_table(report: Report, console: Any) -> None:
+    """Print a score report as a rich table on ``console`` (stdout in the CLI)."""
+    render_pairs_table(f"lleval score — {report.protocol['name']} protocol", summary_rows(report), report.notes,
+                       console)
+
+
+def render_markdown(report: Report) -> str:
+    """A score report as a two-column markdown table."""
+    return render_pairs_markdown(f"lleval score — {report.protocol['name']} protocol", summary_rows(report),
+                                 report.notes)

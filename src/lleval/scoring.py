@@ -1,15 +1,18 @@
-"""The batched scoring engine: windows in, float64 sums per row out.
+"""The batched scoring engine: units in, scored tokens out.
 
-The engine knows nothing about model names or files. It takes a
+The engine knows nothing about model names, files or metrics. It takes a
 `TokenScorer`, a callable that returns the float32 log-probs of the labels at
 the positions it is asked to score, and a stream of `Unit`s (token sequences
-with their windows). It packs windows into length-sorted, right-padded
-batches, scores them, and adds each window's log-probs into float64 sums of
-the rows (documents) its tokens belong to, in window order, so that batch
-size and sort order do not change the order of additions.
+with their windows and the documents they belong to). It packs windows into
+length-sorted, right-padded batches, scores them, and yields, block by
+block, every scored token with what it is: its document, its position in
+the document, how much context the model saw, its id and its log-prob (plus
+any further columns the scorer returns), unit by unit and window by window,
+in input order. What is made of those tokens (per-document sums, KL
+statistics, ...) is the business of the reducers (`lleval.reducers`).
 
 Memory stays bounded for any corpus: units are gathered into blocks of about
-``block_tokens`` tokens, each block is sorted, scored and emitted, and only
+``block_tokens`` tokens, each block is sorted, scored and yielded, and only
 then is the next block read.
 """
 
@@ -30,8 +33,9 @@ class TokenScorer(Protocol):
     Arguments are ``(B, T)`` tensors: ``input_ids`` (right-padded),
     ``attention_mask`` (1 for real tokens), ``labels`` (the token each
     position predicts) and ``score_mask`` (bool, only real positions). The
-    result is a 1-D float32 tensor of ``score_mask.sum()`` log-probs (<= 0),
-    in row-major order of the true positions.
+    result is a float32 tensor of ``score_mask.sum()`` log-probs (<= 0), in
+    row-major order of the true positions: 1-D, or ``(N, 1 + k)`` with ``k``
+    further columns named by the scorer's ``columns`` attribute.
     """
 
     def __call__(
@@ -43,28 +47,85 @@ class TokenScorer(Protocol):
     ) -> torch.Tensor: ...
 
 
-@dataclass
-class Unit:
-    """One token sequence scored by `spans`, owned by one or more rows.
+@dataclass(frozen=True)
+class Row:
+    """What the report needs of one document besides what its tokens scored."""
 
-    ``owners[i]`` is the row (document number, 0-based among ``rows``) that
-    position ``i`` belongs to; ``None`` means every position belongs to
-    ``rows[0]``. ``rows`` lists the rows this unit completes, in order.
+    index: int  # row in the source
+    bytes: int  # UTF-8 bytes it contributes (a separator counts with the document before it)
+    words: int
+    text_sha: str = ""  # sha256 of the text, to check resumed data
+    text: str | None = None  # kept only when a reducer needs it (the per-token export)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One token sequence scored by ``spans``, owned by one or more consecutive rows.
+
+    ``owners[i]`` is the row (0-based within ``rows``) that position ``i``
+    belongs to; ``None`` means every position belongs to ``rows[0]``.
+    ``starts[r]`` is the sequence position of row ``r``'s first own token
+    (after a prefix token), so a token's position in its document is its
+    sequence position minus its row's start. ``first_row`` numbers
+    ``rows[0]`` among all rows of the run; ``unscored`` counts the tokens of
+    the sequence the protocol leaves unscored (for the report).
     """
 
     tokens: Sequence[int]
     spans: list[Span]
-    rows: list[int]
-    owners: np.ndarray | None = None
+    rows: tuple[Row, ...]
+    first_row: int
+    starts: np.ndarray  # (len(rows),) int64
+    owners: np.ndarray | None = None  # (len(tokens),) int64
     window_head: int | None = None  # if set, written over the first token of every window
+    unscored: int = 0
+
+    @property
+    def last_row(self) -> int:
+        """Number of the last row this unit completes."""
+        return self.first_row + len(self.rows) - 1
 
 
-class NonFiniteLogProb(Exception):
-    """A token's log-prob is NaN or infinite; ``row`` and ``position`` say where."""
+@dataclass(frozen=True)
+class TokenScores:
+    """Every token one unit's windows scored, window by window: arrays of one length N.
 
-    def __init__(self, row: int, position: int, value: float) -> None:
-        super().__init__(f"non-finite log-prob {value} at row {row}, sequence position {position}")
-        self.row, self.position, self.value = row, position, value
+    ``windows[w]:windows[w + 1]`` are the tokens window ``w`` scored, in
+    position order. ``row`` numbers the token's document among all rows of
+    the run, ``position`` is its place in the document (0 = its first
+    token), ``context`` the number of tokens the model read before
+    predicting it in that window.
+    """
+
+    unit: Unit
+    windows: np.ndarray  # (W + 1,) int64 offsets
+    row: np.ndarray  # (N,) int64
+    position: np.ndarray  # (N,) int64
+    context: np.ndarray  # (N,) int64
+    token: np.ndarray  # (N,) int64
+    logprob: np.ndarray  # (N,) float32, log P(token | context) in nats, <= 0
+    columns: dict[str, np.ndarray] = field(default_factory=dict)  # the scorer's further (N,) columns
+    nonfinite: np.ndarray | None = None  # (len(unit.rows),) tokens left out as NaN/inf, per row
+
+    def __len__(self) -> int:
+        return int(self.logprob.shape[0])
+
+
+@dataclass(frozen=True)
+class ScoredBlock:
+    """What the engine yields: the scored tokens of a run of consecutive units, in order."""
+
+    units: list[TokenScores]
+
+    @property
+    def rows(self) -> list[Row]:
+        """The rows (documents) this block completes, in order."""
+        return [row for scores in self.units for row in scores.unit.rows]
+
+    @property
+    def tokens(self) -> int:
+        """Scored tokens in the block."""
+        return sum(len(scores) for scores in self.units)
 
 
 class Stopped(Exception):
@@ -81,27 +142,14 @@ class WindowTooLarge(Exception):
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """How the engine batches and what it tolerates."""
+    """How the engine batches."""
 
     batch_size: int = 8
     max_batch_tokens: int | None = None  # also cap batch rows x padded width
     pad_id: int = 0
     block_tokens: int = 1 << 20
-    allow_nonfinite: bool = False  # count NaN/inf log-probs and leave them out, instead of failing
     skip_rows: int = 0  # rows already done (resume): their units are read but not scored
     should_stop: Callable[[], bool] | None = None  # checked between batches
-
-
-@dataclass
-class RowSums:
-    """Float64 log-likelihood and scored-token count of one row (document)."""
-
-    row: int
-    log_likelihood: float = 0.0
-    tokens: int = 0
-    logprob_sq_sum: float = 0.0  # sum of squared token log-probs, for variance estimates
-    nonfinite: int = 0  # tokens left out because their log-prob was NaN or infinite
-    extra: np.ndarray | None = None  # sums of a scorer's further columns, if it returns (N, k)
 
 
 @dataclass
@@ -114,7 +162,6 @@ class EngineStats:
     padding_tokens: int = 0
     scored_tokens: int = 0
     oom_splits: int = 0  # times a batch ran out of memory and was split
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -236,20 +283,15 @@ def make_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int 
 
 
 def _score_block(
-    scorer: TokenScorer,
-    units: list[Unit],
-    options: EngineOptions,
-    stats: EngineStats,
-    shard: Shard | None,
+    scorer: TokenScorer, units: list[Unit], options: EngineOptions, stats: EngineStats, shard: Shard | None,
     backoff: _Backoff,
-) -> Iterator[RowSums]:
+) -> ScoredBlock:
     jobs = [_Job(u, span) for u, unit in enumerate(units) for span in unit.spans]
     # Longest first: similar lengths share a batch, so little is padded, and an
     # out-of-memory error shows up on the first batch rather than the last.
     lengths = [job.span.input_length for job in jobs]
     batches = make_batches(lengths, options.batch_size, options.max_batch_tokens)
-    pad_id = options.pad_id
-    widths = [max(jobs[j].span.input_length for j in batch) for batch in batches]
+    widths = [max(lengths[j] for j in batch) for batch in batches]
     # Every rank forms the same batches a single process would, and runs its
     # share: each window meets the same batch-mates, so numbers are identical.
     owners = assign_batches([len(b) * w for b, w in zip(batches, widths)], shard.world_size) if shard else None
@@ -257,66 +299,48 @@ def _score_block(
         if options.should_stop is not None and options.should_stop():
             raise Stopped()
         if owners is None or owners[k] == shard.rank:  # type: ignore[union-attr]
-            backoff.run(scorer, units, [jobs[j] for j in batch], pad_id, stats)
+            backoff.run(scorer, units, [jobs[j] for j in batch], options.pad_id, stats)
         stats.batches += 1
         stats.computed_tokens += len(batch) * widths[k]
-        stats.padding_tokens += sum(widths[k] - jobs[j].span.input_length for j in batch)
+        stats.padding_tokens += sum(widths[k] - lengths[j] for j in batch)
     if shard is not None and owners is not None:
         mine = {j: jobs[j].result for k, batch in enumerate(batches) if owners[k] == shard.rank for j in batch}
         for j, result in shard.exchange(mine).items():  # type: ignore[arg-type]
             jobs[j].result = result
     stats.windows += len(jobs)
-    # Add in window order so the sums do not depend on how windows were batched.
     by_unit: list[list[_Job]] = [[] for _ in units]
     for job in jobs:
         by_unit[job.unit].append(job)
-    for unit, unit_jobs in zip(units, by_unit):
-        yield from _unit_sums(unit, unit_jobs, stats, options.allow_nonfinite)
+    columns = tuple(getattr(scorer, "columns", ()))
+    scored = [_token_scores(unit, unit_jobs, columns) for unit, unit_jobs in zip(units, by_unit)]
+    stats.scored_tokens += sum(len(s) for s in scored)
+    return ScoredBlock(scored)
 
 
-def _unit_sums(unit: Unit, jobs: list[_Job], stats: EngineStats, allow_nonfinite: bool) -> Iterator[RowSums]:
-    sums = [RowSums(row) for row in unit.rows]
-    first_row = unit.rows[0] if unit.rows else 0
-    for job in jobs:
-        assert job.result is not None
-        values = job.result.astype(np.float64)
-        extra = values[:, 1:] if values.ndim == 2 else None
-        values = values[:, 0] if values.ndim == 2 else values
-        positions = np.arange(job.span.end - job.span.n_scored, job.span.end)
-        finite = np.isfinite(values)
-        if not finite.all():
-            bad = int(np.flatnonzero(~finite)[0])
-            owner = first_row if unit.owners is None else int(unit.owners[positions[bad]])
-            if not allow_nonfinite:
-                raise NonFiniteLogProb(owner, int(positions[bad]), float(values[bad]))
-            for k in (~finite).nonzero()[0]:
-                row = first_row if unit.owners is None else int(unit.owners[positions[k]])
-                sums[row - first_row].nonfinite += 1
-            values, positions = values[finite], positions[finite]
-            extra = None if extra is None else extra[finite]
-        stats.scored_tokens += len(values)
-        if unit.owners is None:
-            sums[0].log_likelihood += float(values.sum())
-            sums[0].logprob_sq_sum += float(np.square(values).sum())
-            sums[0].tokens += len(values)
-            if extra is not None:
-                sums[0].extra = extra.sum(axis=0) + (0.0 if sums[0].extra is None else sums[0].extra)
-            continue
-        local = unit.owners[positions] - first_row
-        ll = np.bincount(local, weights=values, minlength=len(sums))
-        sq = np.bincount(local, weights=np.square(values), minlength=len(sums))
-        counts = np.bincount(local, minlength=len(sums))
-        columns = (
-            None if extra is None
-            else np.stack([np.bincount(local, weights=extra[:, c], minlength=len(sums)) for c in range(extra.shape[1])], axis=1)
-        )
-        for k in np.flatnonzero(counts):
-            sums[k].log_likelihood += float(ll[k])
-            sums[k].logprob_sq_sum += float(sq[k])
-            sums[k].tokens += int(counts[k])
-            if columns is not None:
-                sums[k].extra = columns[k] + (0.0 if sums[k].extra is None else sums[k].extra)
-    yield from sums
+def _token_scores(unit: Unit, jobs: list[_Job], columns: tuple[str, ...]) -> TokenScores:
+    """Lay one unit's window results out as per-token arrays, in window order."""
+    positions = np.concatenate(
+        [np.arange(job.span.end - job.span.n_scored, job.span.end, dtype=np.int64) for job in jobs]
+    ) if jobs else np.zeros(0, dtype=np.int64)
+    starts = np.repeat(np.asarray([job.span.start for job in jobs], dtype=np.int64),
+                       [job.span.n_scored for job in jobs])
+    width = 1 + len(columns)
+    values = np.concatenate([job.result for job in jobs if job.result is not None]) if jobs else np.zeros(
+        (0, width) if columns else 0, np.float32)
+    local = np.zeros(len(positions), dtype=np.int64) if unit.owners is None else unit.owners[positions]
+    tokens = np.asarray(unit.tokens, dtype=np.int64)[positions] if len(positions) else positions
+    logprob = values[:, 0] if values.ndim == 2 else values
+    extra = {name: values[:, 1 + c] for c, name in enumerate(columns)} if values.ndim == 2 else {}
+    return TokenScores(
+        unit=unit,
+        windows=np.concatenate([[0], np.cumsum([job.span.n_scored for job in jobs], dtype=np.int64)]),
+        row=unit.first_row + local,
+        position=positions - unit.starts[local],
+        context=positions - starts,
+        token=tokens,
+        logprob=np.ascontiguousarray(logprob, dtype=np.float32),
+        columns={name: np.ascontiguousarray(col) for name, col in extra.items()},
+    )
 
 
 def score_units(
@@ -325,18 +349,19 @@ def score_units(
     options: EngineOptions,
     *,
     stats: EngineStats | None = None,
-    on_rows: Callable[[list[RowSums]], None] | None = None,
     shard: Shard | None = None,
-) -> Iterator[RowSums]:
-    """Score every window of every unit and yield one `RowSums` per row, in input order.
+) -> Iterator[ScoredBlock]:
+    """Score every window of every unit; yield a `ScoredBlock` per block, in input order.
 
     ``options.block_tokens`` bounds how many sequence tokens are held (and
     sorted) at once; a single unit longer than that is a block of its own.
     Blocks depend only on the units, so a resumed run (``skip_rows``) forms
-    the same blocks and batches as an uninterrupted one. Rows below
-    ``skip_rows`` are not yielded. A batch that runs out of memory
-    (``torch.OutOfMemoryError``) is run in smaller pieces (see `_Backoff`);
-    a single window that does raises `WindowTooLarge`.
+    the same blocks and batches as an uninterrupted one: blocks whose rows
+    all lie below ``skip_rows`` are read but not scored or yielded. A batch
+    that runs out of memory (``torch.OutOfMemoryError``) is run in smaller
+    pieces (see `_Backoff`); a single window that does raises
+    `WindowTooLarge`. When ``should_stop`` turns true, `Stopped` is raised
+    between batches.
     """
     if options.batch_size < 1:
         raise ValueError("batch_size must be at least 1")
@@ -344,23 +369,15 @@ def score_units(
     backoff = _Backoff()
     block: list[Unit] = []
     held = 0
-
-    def flush() -> Iterator[RowSums]:
-        if block[-1].rows and block[-1].rows[-1] < options.skip_rows:
-            return  # done before the resume point: read again only to keep blocks aligned
-        rows = list(_score_block(scorer, block, options, stats, shard, backoff))
-        if on_rows:
-            on_rows(rows)
-        yield from rows
-
     for unit in units:
         block.append(unit)
         held += len(unit.tokens)
         if held >= options.block_tokens:
-            yield from flush()
+            if block[-1].last_row >= options.skip_rows:
+                yield _score_block(scorer, block, options, stats, shard, backoff)
             block, held = [], 0
-    if block:
-        yield from flush()
+    if block and block[-1].last_row >= options.skip_rows:
+        yield _score_block(scorer, block, options, stats, shard, backoff)
 
 
 class LogitsSlices(Protocol):

@@ -53,17 +53,25 @@ class Span:
         return self.end - self.start - 1
 
 
+def window_problem(max_length: int, stride: int) -> str | None:
+    """What is wrong with a window shape (``1 <= stride <= max_length``), or None."""
+    if max_length < 1:
+        return f"max length must be at least 1 token, got {max_length}"
+    if stride < 1:
+        return f"stride must be at least 1 token, got {stride}"
+    if stride > max_length:
+        return (
+            f"stride ({stride}) is larger than max length ({max_length}): tokens between windows would "
+            "never be scored. Use a stride no larger than the max length"
+        )
+    return None
+
+
 def check_window_params(max_length: int, stride: int) -> None:
     """Raise `ConfigError` unless ``1 <= stride <= max_length``."""
-    if max_length < 1:
-        raise ConfigError(f"max length must be at least 1 token, got {max_length}.")
-    if stride < 1:
-        raise ConfigError(f"stride must be at least 1 token, got {stride}.")
-    if stride > max_length:
-        raise ConfigError(
-            f"stride ({stride}) is larger than max length ({max_length}): tokens between "
-            "windows would never be scored. Use a stride no larger than the max length."
-        )
+    problem = window_problem(max_length, stride)
+    if problem:
+        raise ConfigError(problem + ".")
 
 
 def rolling_spans(seq_len: int, max_length: int, stride: int) -> list[Span]:

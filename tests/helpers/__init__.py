@@ -96,3 +96,29 @@ def naive_llama_cpp(model: Any, stream: Sequence[int], n_ctx: int, bos: int | No
             sq += value * value
             count += 1
     return ll, count, sq
+
+
+def units_of(sequences: Sequence[Sequence[int]], max_length: int, stride: int) -> list[Any]:
+    """Engine units for token sequences, one document each (position 0 of a sequence is
+    its document's first token and, having no context, is never scored)."""
+    import numpy as np
+
+    from lleval.scoring import Row, Unit
+    from lleval.windows import rolling_spans
+
+    return [
+        Unit(list(seq), rolling_spans(len(seq), max_length, stride), (Row(i, len(seq), 1, f"{i:064x}"),), i,
+             np.zeros(1, dtype=np.int64))
+        for i, seq in enumerate(sequences)
+    ]
+
+
+def document_sums(scorer: Any, units: Sequence[Any], options: Any, stats: Any = None) -> list[Any]:
+    """Score units with the engine and fold them with `DocumentSums`: one result per document."""
+    from lleval.reducers import DocumentSums
+    from lleval.scoring import score_units
+
+    sums = DocumentSums()
+    for block in score_units(scorer, units, options, stats=stats):
+        sums.update(block)
+    return sums.documents

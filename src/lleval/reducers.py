@@ -1,0 +1,182 @@
+"""Reducers: small classes that fold the engine's stream of scored tokens.
+
+The engine (`lleval.scoring`) yields `ScoredBlock`s; each reducer has one
+job: ``update(block)`` adds the block to its state, and a result method
+reads the state out. State is only sums, counts and (where a statistic needs
+every value) plain arrays, added in window order, so batch size, sort order
+and world size change no number. A reducer that can be resumed from a
+checkpoint also has ``state()`` (JSON-serialisable) and ``restore(state)``.
+
+A new feature is a new reducer, never a new path through the engine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any, Protocol
+
+import numpy as np
+
+from lleval.metrics import Totals
+from lleval.report import DocumentResult
+from lleval.scoring import ScoredBlock, TokenScores
+
+
+class Reducer(Protocol):
+    """Folds scored blocks into a result."""
+
+    def update(self, block: ScoredBlock) -> None:
+        """Add one block (its units in order) to the state."""
+        ...
+
+
+class Resumable(Reducer, Protocol):
+    """A reducer whose state a checkpoint can save and a resumed run restore."""
+
+    def state(self) -> dict[str, Any]:
+        """The state as JSON-serialisable values (floats exact through JSON)."""
+        ...
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a saved state."""
+        ...
+
+
+class NonFiniteLogProb(Exception):
+    """A token's log-prob is NaN or infinite; ``index`` (the document's row in the source)
+    and ``position`` (the token's place in the document) say where."""
+
+    def __init__(self, index: int, position: int, value: float) -> None:
+        super().__init__(f"non-finite log-prob {value} in document {index}, token position {position}")
+        self.index, self.position, self.value = index, position, value
+
+
+def finite_only(block: ScoredBlock, allow_nonfinite: bool) -> ScoredBlock:
+    """The block with its NaN/inf log-probs dealt with before any reducer sees it.
+
+    Without ``allow_nonfinite`` the first one raises `NonFiniteLogProb`;
+    with it, such tokens are left out of every column and counted per row in
+    ``TokenScores.nonfinite``. Checking the whole block first keeps every
+    reducer at the same block boundary, which is where checkpoints are made.
+    """
+    if all(np.isfinite(scores.logprob).all() for scores in block.units):
+        return block
+    return ScoredBlock([_drop_nonfinite(scores, allow_nonfinite) for scores in block.units])
+
+
+def _drop_nonfinite(scores: TokenScores, allow: bool) -> TokenScores:
+    finite = np.isfinite(scores.logprob)
+    if finite.all():
+        return scores
+    bad = int(np.flatnonzero(~finite)[0])
+    if not allow:
+        row = scores.unit.rows[int(scores.row[bad]) - scores.unit.first_row]
+        raise NonFiniteLogProb(row.index, int(scores.position[bad]), float(scores.logprob[bad]))
+    window_of = np.repeat(np.arange(len(scores.windows) - 1), np.diff(scores.windows))
+    kept_per_window = np.bincount(window_of[finite], minlength=len(scores.windows) - 1)
+    rows = scores.row[~finite] - scores.unit.first_row
+    return dataclasses.replace(
+        scores,
+        windows=np.concatenate([[0], np.cumsum(kept_per_window)]).astype(np.int64),
+        row=scores.row[finite],
+        position=scores.position[finite],
+        context=scores.context[finite],
+        token=scores.token[finite],
+        logprob=scores.logprob[finite],
+        columns={name: column[finite] for name, column in scores.columns.items()},
+        nonfinite=np.bincount(rows, minlength=len(scores.unit.rows)),
+    )
+
+
+def chain_hash(previous: str, text_sha: str) -> str:
+    """One link of the hash chain over the finished documents' text hashes (O(1) state)."""
+    return hashlib.sha256(bytes.fromhex(previous) + bytes.fromhex(text_sha)).hexdigest()
+
+
+EMPTY_CHAIN = hashlib.sha256(b"").hexdigest()
+
+
+class DocumentSums:
+    """Per-document float64 sums of log-probs, squared log-probs and tokens, in window order
+    (see `row_sums`). Documents come out in input order, each once, with the bytes and
+    words of its row."""
+
+    def __init__(self) -> None:
+        self.documents: list[DocumentResult] = []
+        self.data_hash = EMPTY_CHAIN  # chain over the finished documents' text hashes
+
+    def update(self, block: ScoredBlock) -> None:
+        for scores in block.units:
+            values = scores.logprob.astype(np.float64)
+            ll, sq = row_sums(scores, values), row_sums(scores, np.square(values))
+            tokens = np.bincount(scores.row - scores.unit.first_row, minlength=len(scores.unit.rows))
+            for k, row in enumerate(scores.unit.rows):
+                nonfinite = 0 if scores.nonfinite is None else int(scores.nonfinite[k])
+                self.documents.append(DocumentResult(row.index, ll[k], int(tokens[k]), row.bytes, row.words, sq[k],
+                                                     nonfinite))
+                self.data_hash = chain_hash(self.data_hash, row.text_sha)
+
+    def totals(self) -> Totals:
+        """Corpus sums, added document by document in input order."""
+        totals = Totals()
+        for d in self.documents:
+            totals.add(Totals(d.log_likelihood, d.tokens, d.bytes, d.words, 1, d.logprob_sq_sum, d.nonfinite))
+        return totals
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "data_hash": self.data_hash,
+            "documents": [[d.index, d.log_likelihood, d.tokens, d.bytes, d.words, d.logprob_sq_sum, d.nonfinite]
+                          for d in self.documents],
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.data_hash = str(state["data_hash"])
+        self.documents = [
+            DocumentResult(int(i), float(ll), int(t), int(b), int(w), float(sq), int(nf))
+            for i, ll, t, b, w, sq, nf in state["documents"]
+        ]
+
+
+def row_sums(scores: TokenScores, values: np.ndarray) -> list[float]:
+    """The float64 sum of ``values`` (one per scored token) for each row of a unit.
+
+    Added window by window, in window order: a window whose tokens all belong
+    to one document is summed as one array (numpy's pairwise summation); a
+    window of a concatenated stream is split among its documents with one
+    ``bincount`` (sequential). So the sums do not depend on how windows were
+    batched, sorted or shared among ranks.
+    """
+    n_rows = len(scores.unit.rows)
+    sums = [0.0] * n_rows
+    for w in range(len(scores.windows) - 1):
+        start, end = int(scores.windows[w]), int(scores.windows[w + 1])
+        if scores.unit.owners is None:
+            sums[0] += float(values[start:end].sum())
+            continue
+        local = scores.row[start:end] - scores.unit.first_row
+        window = np.bincount(local, weights=values[start:end], minlength=n_rows)
+        for k in np.flatnonzero(np.bincount(local, minlength=n_rows)):
+            sums[k] += float(window[k])
+    return sums
+
+
+class StreamCounts:
+    """Tokens in the scored sequences and how many of them the protocol leaves unscored."""
+
+    def __init__(self) -> None:
+        self.stream_tokens = 0
+        self.unscored_tokens = 0
+
+    def update(self, block: ScoredBlock) -> None:
+        for scores in block.units:
+            self.stream_tokens += len(scores.unit.tokens)
+            self.unscored_tokens += scores.unit.unscored
+
+    def state(self) -> dict[str, Any]:
+        return {"stream_tokens": self.stream_tokens, "unscored_tokens": self.unscored_tokens}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.stream_tokens = int(state["stream_tokens"])
+        self.unscored_tokens = int(state["unscored_tokens"])

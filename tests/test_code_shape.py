@@ -1,0 +1,49 @@
+"""Limits on the shape of the code (issue: "one scoring path"): no function in src/lleval
+longer than 60 lines, and click command bodies under 40, counted with `ast`."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parent.parent / "src" / "lleval"
+
+
+def _functions() -> list[tuple[str, ast.FunctionDef | ast.AsyncFunctionDef]]:
+    found = []
+    for path in sorted(SRC.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                found.append((f"{path.name}:{node.lineno} {node.name}", node))
+    return found
+
+
+def _body_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Lines of the body, the docstring left out."""
+    body = node.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant):
+        body = body[1:]
+    if not body:
+        return 0
+    return (body[-1].end_lineno or body[-1].lineno) - body[0].lineno + 1
+
+
+def _is_click_command(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    return any(
+        isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute) and d.func.attr == "command"
+        for d in node.decorator_list
+    )
+
+
+def test_no_function_is_longer_than_60_lines() -> None:
+    functions = _functions()
+    assert len(functions) > 50  # the walk found the package
+    too_long = {name: (node.end_lineno or 0) - node.lineno + 1 for name, node in functions
+                if (node.end_lineno or 0) - node.lineno + 1 > 60}
+    assert not too_long, too_long
+
+
+def test_click_command_bodies_are_under_40_lines() -> None:
+    commands = {name: _body_lines(node) for name, node in _functions() if _is_click_command(node)}
+    assert set(n.split()[-1] for n in commands) >= {"score", "kld", "compare"}
+    assert all(lines < 40 for lines in commands.values()), commands
