@@ -12,16 +12,22 @@ from typing import Any
 import pytest
 import torch
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from helpers import document_sums, rel_close, units_of, write_jsonl
 from lleval.batching import (
     AUTO_MAX_ROWS,
     CPU_BUDGET_SHARE,
-    CPU_MAX_BATCH_TOKENS,
+    CPU_BATCH_TOKENS,
+    CPU_FORWARD_OVERHEAD_TOKENS,
+    GPU_FORWARD_OVERHEAD_TOKENS,
+    Batching,
     GPU_BUDGET_SHARE,
     auto_batching,
     available_memory_bytes,
     bytes_per_token,
+    make_batches,
 )
 from lleval.cli import main
 from lleval.config import EvalConfig
@@ -97,12 +103,12 @@ def test_bytes_per_token_adds_held_logits_and_halves_for_bf16() -> None:
 
 
 def test_auto_batching_on_cpu_caps_tokens() -> None:
-    per_token = 10_000
+    per_token = 10_000  # bytes of activations per token: 40 MB of memory, a quarter of it, is 1,000 tokens
     small = auto_batching(per_token, "cpu", available=40_000_000)
-    assert small.max_batch_tokens == int(40_000_000 * CPU_BUDGET_SHARE) // per_token == 1000
-    assert small.batch_size == AUTO_MAX_ROWS and small.auto
-    big = auto_batching(per_token, "cpu", available=1 << 40)
-    assert big.max_batch_tokens == CPU_MAX_BATCH_TOKENS
+    assert small.max_batch_tokens == 1000
+    assert small.batch_size == AUTO_MAX_ROWS and small.auto and small.overhead_tokens == CPU_FORWARD_OVERHEAD_TOKENS
+    assert auto_batching(per_token, "cpu", available=1 << 40).max_batch_tokens == CPU_BATCH_TOKENS
+    assert auto_batching(None, "cpu").max_batch_tokens == CPU_BATCH_TOKENS  # a fake model: no memory estimate
     tight = auto_batching(per_token, "cpu", available=1_000_000, max_length=512)
     assert tight.max_batch_tokens == 512  # one full window always fits
 
@@ -111,6 +117,57 @@ def test_auto_batching_on_gpu_uses_free_memory() -> None:
     plan = auto_batching(50_000, "cuda:1", available=8 << 30)
     assert plan.max_batch_tokens == int((8 << 30) * GPU_BUDGET_SHARE) // 50_000
     assert plan.budget_bytes == int((8 << 30) * GPU_BUDGET_SHARE)
+    assert plan.overhead_tokens == GPU_FORWARD_OVERHEAD_TOKENS
+
+
+def _all_cuts(n: int) -> list[list[tuple[int, int]]]:
+    """Every way to cut n sorted windows into runs of consecutive ones."""
+    if n == 0:
+        return [[]]
+    return [cut + [(start, n)] for start in range(n) for cut in _all_cuts(start)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(1, 60), min_size=1, max_size=9), st.integers(1, 5), st.integers(1, 200),
+       st.integers(0, 40))
+def test_batches_minimise_padding_plus_passes(lengths: list[int], max_rows: int, budget: int, overhead: int) -> None:
+    """Against brute force over every cut of the sorted windows: the cheapest allowed cut
+    (padded tokens + overhead per pass; at most max_rows rows and budget padded tokens,
+    a lone window always allowed) costs what make_batches' cut costs."""
+    batching = Batching(max_rows, budget, overhead_tokens=overhead)
+    widths = sorted(lengths, reverse=True)
+
+    def allowed(run: tuple[int, int]) -> bool:
+        rows = run[1] - run[0]
+        return rows == 1 or (rows <= max_rows and rows * widths[run[0]] <= budget)
+
+    def cost(cut: list[tuple[int, int]]) -> int:
+        return sum((end - start) * widths[start] + overhead for start, end in cut)
+
+    best = min(cost(cut) for cut in _all_cuts(len(widths)) if all(allowed(run) for run in cut))
+    batches = make_batches(lengths, batching)
+    assert sorted(j for b in batches for j in b) == list(range(len(lengths)))  # every window once
+    got = sum(len(b) * max(lengths[j] for j in b) + overhead for b in batches)
+    if overhead:
+        assert got == best
+    for b in batches:
+        assert len(b) == 1 or (len(b) <= max_rows and len(b) * max(lengths[j] for j in b) <= budget)
+
+
+def test_greedy_batches_fill_longest_first() -> None:
+    lengths = [5, 9, 3, 9, 7, 1]
+    assert make_batches(lengths, Batching(2, None)) == [[1, 3], [4, 0], [2, 5]]
+    assert make_batches(lengths, Batching(4, 20)) == [[1, 3], [4, 0], [2, 5]]  # 3 x 9 > 20; 2 x 7 <= 20
+
+
+def test_a_long_window_runs_alone_and_short_ones_share() -> None:
+    lengths = [2000, 480, 470] + [30] * 40
+    batches = make_batches(lengths, auto_batching(None, "cpu"))
+    assert batches[0] == [0]  # longer than the budget: alone, as at batch size 1
+    assert [1, 2] in batches  # 2 x 480 <= 1,024, and 10 tokens of padding cost less than a pass
+    small = [b for b in batches if lengths[b[0]] == 30]
+    assert len(small) == -(-40 // (CPU_BATCH_TOKENS // 30))  # as few passes as the budget allows
+    assert sum(len(b) for b in small) == 40
 
 
 def test_available_memory_reads_meminfo_and_cgroup(tmp_path: Path) -> None:

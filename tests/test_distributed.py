@@ -48,7 +48,7 @@ def test_failing_rank_fails_the_job(tiny_model_dir: Path, tmp_path: Path) -> Non
     helper = Path(__file__).parent / "helpers" / "fail_rank1.py"
     result = _run([
         str(BIN / "torchrun"), "--nproc-per-node", "2", str(helper),
-        "score", "-m", str(tiny_model_dir), "-d", _data(tmp_path), "-L", "24", "-q", "-o", str(out),
+        "score", "-m", str(tiny_model_dir), "-d", _data(tmp_path), "-L", "24", "-b", "1", "-q", "-o", str(out),
     ])
     assert result.returncode != 0
     assert "injected failure on rank 1" in result.stderr

@@ -1,21 +1,35 @@
-"""``--batch-size auto``: how many windows go into one forward pass.
+"""How windows are grouped into forward passes.
 
-A batch's working set is the model's activations for its tokens (the weights
-are already in memory, and logits are held one slice of positions at a time),
-so "auto" turns a memory budget into a token budget (``max_batch_tokens``):
+The default (``--batch-size auto``) is a token budget per forward pass, sized
+per device, and batches chosen to waste as little as possible: windows are
+sorted by length and cut into consecutive groups that minimise the padded
+tokens computed plus a fixed cost per forward pass (`make_batches`). Padding
+is paid only where it saves more than a forward pass costs, so a long window
+runs alone, exactly as at batch size 1, and many short ones share a pass.
 
-- on a GPU, 70% of the memory free once the model is loaded;
-- on a CPU, a quarter of the memory available to this process (cgroup-aware),
-  and never more than `CPU_MAX_BATCH_TOKENS`: measured here
-  (`scripts/bench_batch_shapes.py`, SmolLM2, 2 cores), 8 windows of 400 tokens
-  ran at 190 tokens/s one at a time, 196 two at a time, 192 four at a time
-  and 191 all eight together (medians of 3 alternated rounds; two at a time
-  was also best in an earlier run of 5): past about a thousand tokens a
-  batch's activations leave the cache and it gets no faster.
+- **CPU**: at most `CPU_BATCH_TOKENS` padded tokens per pass, and one pass
+  costs `CPU_FORWARD_OVERHEAD_TOKENS` tokens' worth of time. Measured with
+  `scripts/bench_batch_shapes.py` (SmolLM2-135M, float32, 2 threads): on an
+  AMD EPYC Zen 5, tokens/s by rows x width, 1x16: 284, 64x16: 717, 1x64: 540,
+  8x64: 692, 1x128: 516, 8x128: 668, 1x512: 571, 2x512: 593, 4x512: 548,
+  1x1024: 572, 2x1024: 552, 1x2048: 498: throughput peaks once a pass holds
+  512 to 1,024 tokens and falls past that (the activations leave the cache);
+  a single pass of w tokens takes about (w + 17) times the per-token time, so
+  a pass is worth about 17 to 30 tokens. On an AMD EPYC Zen 1 (an earlier
+  session) 2 windows of 400 were best and 8 no faster; on an Intel Sapphire
+  Rapids a 2,048-token budget with greedy filling lost 11% to batch 1 through
+  9.9% padding, which this rule avoids.
+- **GPU**: 70% of the memory free once the model is loaded, in tokens of
+  activations (`bytes_per_token`), and a pass costs `GPU_FORWARD_OVERHEAD_TOKENS`
+  (a forward pass of a small batch is bound by kernel launches: about 3 ms for
+  30 layers, in which a large GPU computes thousands of tokens). Not measured
+  here (no GPU was available): an estimate.
 
-The engine also backs off when a batch still runs out of memory (see
-`lleval.scoring`): the batch is split and the split size is kept for the
-rest of the run, so "auto" never needs to be exact.
+An explicit ``--batch-size N`` keeps the old rule: up to N windows per pass,
+filled greedily longest first (and ``--max-batch-tokens`` caps either). The
+engine also backs off when a batch still runs out of memory (see
+`lleval.scoring`): the batch is split and the split size is kept for the rest
+of the run, so the budget never needs to be exact.
 """
 
 from __future__ import annotations
@@ -23,24 +37,30 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-#: Rows (windows) an "auto" batch may hold at most.
+#: Rows (windows) a batch may hold at most under "auto".
 AUTO_MAX_ROWS = 256
-#: Padded tokens an "auto" batch may hold at most on a CPU.
-CPU_MAX_BATCH_TOKENS = 1024
+#: Padded tokens per forward pass on a CPU.
+CPU_BATCH_TOKENS = 1024
+#: What one more forward pass costs on a CPU, in tokens (see the module docstring).
+CPU_FORWARD_OVERHEAD_TOKENS = 32
+#: What one more forward pass costs on a GPU, in tokens (an estimate).
+GPU_FORWARD_OVERHEAD_TOKENS = 4096
 GPU_BUDGET_SHARE = 0.7
 CPU_BUDGET_SHARE = 0.25
 
 
 @dataclass(frozen=True)
 class Batching:
-    """What the engine is given: rows per batch and (if any) a padded-token cap."""
+    """What the engine is given: rows and padded tokens per pass at most, and (when above
+    zero) the cost of a pass, which makes batches minimise padding plus passes."""
 
     batch_size: int
     max_batch_tokens: int | None
     auto: bool = False
     budget_bytes: int | None = None  # the memory budget "auto" sized the batch for
+    overhead_tokens: int = 0  # 0: fill batches greedily, longest first
 
     def describe(self) -> dict[str, Any]:
         """The report's view of it: every field."""
@@ -82,12 +102,14 @@ def bytes_per_token(config: Any, element_bytes: int, logits_held: int = 0) -> in
 
 
 def auto_batching(
-    per_token: int, device: str, available: int | None = None, max_length: int | None = None
+    per_token: int | None, device: str, available: int | None = None, max_length: int | None = None
 ) -> Batching:
-    """A `Batching` whose batches fit the memory budget of ``device``.
+    """The default `Batching` for ``device``: a token budget and the cost of a pass.
 
-    ``available`` overrides the measured free memory (for tests). The token
-    cap is never below ``max_length``: one full window always fits a batch.
+    ``per_token`` is the activation estimate (`bytes_per_token`; None for
+    fakes, which then get the CPU rule without a memory cap); ``available``
+    overrides the measured free memory (for tests). The token budget is never
+    below ``max_length``: one full window always fits a batch.
     """
     if device.startswith("cuda"):
         if available is None:
@@ -95,11 +117,72 @@ def auto_batching(
 
             available, _total = torch.cuda.mem_get_info(torch.device(device))
         budget = int(available * GPU_BUDGET_SHARE)
-        tokens = budget // max(1, per_token)
+        tokens = budget // max(1, per_token or 1)
+        overhead = GPU_FORWARD_OVERHEAD_TOKENS
     else:
         if available is None:
             available = available_memory_bytes() or 4 << 30
         budget = int(available * CPU_BUDGET_SHARE)
-        tokens = min(CPU_MAX_BATCH_TOKENS, budget // max(1, per_token))
+        tokens = CPU_BATCH_TOKENS if per_token is None else min(CPU_BATCH_TOKENS, budget // max(1, per_token))
+        overhead = CPU_FORWARD_OVERHEAD_TOKENS
     tokens = max(tokens, max_length or 1)
-    return Batching(batch_size=AUTO_MAX_ROWS, max_batch_tokens=tokens, auto=True, budget_bytes=budget)
+    return Batching(AUTO_MAX_ROWS, tokens, auto=True, budget_bytes=budget, overhead_tokens=overhead)
+
+
+def make_batches(lengths: Sequence[int], batching: Batching) -> list[list[int]]:
+    """Indices of windows (given their input lengths), longest first, cut into batches.
+
+    No batch holds more than ``batch_size`` windows or (when set) more than
+    ``max_batch_tokens`` padded tokens, except that a window longer than the
+    budget gets a batch of its own. With ``overhead_tokens`` zero, batches are
+    filled greedily; otherwise the cut minimises the padded tokens computed
+    plus ``overhead_tokens`` per batch (dynamic programming over the sorted
+    windows: a batch is always a run of consecutive ones, and the best cut of
+    the first ``j`` windows extends the best cut of a shorter prefix).
+    """
+    order = sorted(range(len(lengths)), key=lambda j: -lengths[j])  # stable: ties keep input order
+    widths = [lengths[j] for j in order]
+    if batching.overhead_tokens <= 0:
+        runs = _greedy_runs(widths, batching.batch_size, batching.max_batch_tokens)
+    else:
+        runs = _cheapest_runs(widths, batching.batch_size, batching.max_batch_tokens, batching.overhead_tokens)
+    return [order[start:end] for start, end in runs]
+
+
+def _greedy_runs(widths: list[int], max_rows: int, budget: int | None) -> list[tuple[int, int]]:
+    runs: list[tuple[int, int]] = []
+    start = 0
+    for end in range(1, len(widths) + 1):
+        rows = end - start
+        if rows > max_rows or (budget is not None and rows > 1 and rows * widths[start] > budget):
+            runs.append((start, end - 1))
+            start = end - 1
+    if widths:
+        runs.append((start, len(widths)))
+    return runs
+
+
+def _cheapest_runs(widths: list[int], max_rows: int, budget: int | None, overhead: int) -> list[tuple[int, int]]:
+    import numpy as np
+
+    n = len(widths)
+    w = np.asarray(widths, dtype=np.float64)
+    best = np.full(n + 1, np.inf)
+    best[0] = 0.0
+    cut = np.zeros(n + 1, dtype=np.int64)
+    for end in range(1, n + 1):
+        # the narrowest window of a batch ending here is widths[end - 1]: a bound on its rows
+        rows_cap = max_rows if budget is None else max(1, min(max_rows, budget // max(1, widths[end - 1])))
+        starts = np.arange(max(0, end - rows_cap), end)
+        rows = end - starts
+        padded = rows * w[starts]  # the first (widest) window sets the width
+        allowed = (padded <= budget) | (rows == 1) if budget is not None else np.ones(len(rows), dtype=bool)
+        costs = np.where(allowed, best[starts] + padded + overhead, np.inf)
+        k = int(np.argmin(costs))
+        best[end], cut[end] = costs[k], starts[k]
+    runs = []
+    end = n
+    while end > 0:
+        runs.append((int(cut[end]), end))
+        end = int(cut[end])
+    return runs[::-1]

@@ -24,6 +24,7 @@ from typing import Callable, Iterable, Iterator, Protocol, Sequence
 import numpy as np
 import torch
 
+from lleval.batching import Batching, make_batches
 from lleval.windows import Span
 
 
@@ -146,6 +147,7 @@ class EngineOptions:
 
     batch_size: int = 8
     max_batch_tokens: int | None = None  # also cap batch rows x padded width
+    overhead_tokens: int = 0  # cost of a forward pass in tokens; 0: fill batches greedily (lleval.batching)
     pad_id: int = 0
     block_tokens: int = 1 << 20
     skip_rows: int = 0  # rows already done (resume): their units are read but not scored
@@ -262,26 +264,6 @@ def _release_cached_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def make_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int | None) -> list[list[int]]:
-    """Indices of windows, longest first, cut into batches of at most ``batch_size`` rows
-    and (when given) at most ``max_batch_tokens`` padded tokens; a window longer than
-    the token budget gets a batch of its own."""
-    order = sorted(range(len(lengths)), key=lambda j: -lengths[j])  # stable: ties keep input order
-    batches: list[list[int]] = []
-    for j in order:
-        if batches:
-            current = batches[-1]
-            width = lengths[current[0]]  # longest first: the first window sets the width
-            fits = len(current) < batch_size and (
-                max_batch_tokens is None or (len(current) + 1) * width <= max_batch_tokens
-            )
-            if fits:
-                current.append(j)
-                continue
-        batches.append([j])
-    return batches
-
-
 def _score_block(
     scorer: TokenScorer, units: list[Unit], options: EngineOptions, stats: EngineStats, shard: Shard | None,
     backoff: _Backoff,
@@ -290,7 +272,8 @@ def _score_block(
     # Longest first: similar lengths share a batch, so little is padded, and an
     # out-of-memory error shows up on the first batch rather than the last.
     lengths = [job.span.input_length for job in jobs]
-    batches = make_batches(lengths, options.batch_size, options.max_batch_tokens)
+    batches = make_batches(lengths, Batching(options.batch_size, options.max_batch_tokens,
+                                             overhead_tokens=options.overhead_tokens))
     widths = [max(lengths[j] for j in batch) for batch in batches]
     # Every rank forms the same batches a single process would, and runs its
     # share: each window meets the same batch-mates, so numbers are identical.
