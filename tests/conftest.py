@@ -4,12 +4,15 @@ data helpers are in `helpers`)."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# converted .gguf models go to a folder of this test session, not the user's cache
+os.environ.setdefault("LLEVAL_MODEL_CACHE", tempfile.mkdtemp(prefix="lleval-model-cache-"))
 
 import pytest  # noqa: E402
 
@@ -56,6 +59,14 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random 1-layer Llama saved with the tiny tokenizer (the real model's architecture)."""
     return _save_tiny(tmp_path_factory.mktemp("tiny-llama"), "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama as a float32 .gguf file (converts in milliseconds)."""
+    from helpers import write_tiny_gguf
+
+    return write_tiny_gguf(tiny_llama_dir, tmp_path_factory.mktemp("tiny-gguf") / "tiny.gguf")
 
 
 @pytest.fixture(scope="session")

@@ -188,6 +188,7 @@ BAD_CASES = [
     (["--bootstrap", "0", "--seed", "3"], 2, "--seed seeds the bootstrap"),
     (["--device-map", "auto", "--device", "cpu"], 2, "drop --device"),
     (["--revision", "main"], 2, "--revision"),
+    (["--no-model-cache"], 2, "--no-model-cache bypasses the cache of converted .gguf files"),
     # flag conflicts found before the model loads
     (["--concat", "--protocol", "lm-eval"], 2, "drop --concat"),
     (["--prefix-token", "abc"], 2, "prefix_token must be auto, none or a token id"),

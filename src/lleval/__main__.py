@@ -1,6 +1,6 @@
-"""``python -m lleval``: the same CLI as the ``lleval`` console script."""
+"""``python -m lleval`` runs the CLI (``lleval``)."""
 
-from lleval.cli import main
+from lleval.cli import entry
 
 if __name__ == "__main__":
-    main()
+    entry()

@@ -65,7 +65,7 @@ class Progress(Protocol):
 def model_spec(config: EvalConfig) -> ModelSpec:
     """The model part of a config."""
     return ModelSpec(config.model, config.revision, config.trust_remote_code, config.dtype, config.device,
-                     config.device_map)
+                     config.device_map, config.model_cache)
 
 
 def data_spec(config: EvalConfig) -> DataSpec:
@@ -102,7 +102,6 @@ class Job:
     batching: Batching
     fingerprint: dict[str, Any]  # what a checkpoint must have been made with
     resumed: Checkpoint | None
-    load_seconds: float
 
     @property
     def config(self) -> EvalConfig:
@@ -144,9 +143,11 @@ def load_and_plan(config: EvalConfig, progress: Progress | None = None) -> tuple
 
     if progress is not None:
         progress.stage("loading model")
+    started = time.perf_counter()
     found = open_model(model_spec(config))
     protocol = plan(config, found.tokenizer, found.max_positions)
-    return load_weights(found), protocol
+    loaded = load_weights(found)
+    return dataclasses.replace(loaded, load_seconds=time.perf_counter() - started), protocol
 
 
 def make_job(inputs: Inputs, loaded: LoadedModel, protocol: Plan) -> Job:
@@ -154,7 +155,6 @@ def make_job(inputs: Inputs, loaded: LoadedModel, protocol: Plan) -> Job:
     from lleval import checkpoint as ckpt
 
     config, dist = inputs.config, inputs.dist
-    load_seconds = time.perf_counter() - inputs.started
     batching = batching_for(config, loaded, protocol.max_length)
     if dist is not None and batching.auto:  # every rank must form the same batches: rank 0's
         batching = dist.broadcast(batching)
@@ -165,14 +165,14 @@ def make_job(inputs: Inputs, loaded: LoadedModel, protocol: Plan) -> Job:
         resumed = ckpt.load(config.checkpoint, fingerprint)
     if config.checkpoint and dist is not None:
         resumed = dist.broadcast(resumed)
-    return Job(inputs, loaded, protocol, batching, fingerprint, resumed, load_seconds)
+    return Job(inputs, loaded, protocol, batching, fingerprint, resumed)
 
 
 def _fingerprint(config: EvalConfig, loaded: LoadedModel, protocol: Plan) -> dict[str, Any]:
     """What decides every number of a run: hashing the tokenizer costs a pass over its
     vocabulary, so this is computed only when a checkpoint is used."""
     return {
-        "model": model_block(loaded.info),
+        "model": {k: v for k, v in model_block(loaded.info).items() if k != "cache"},  # a cache hit is the same model
         "tokenizer": tokenizer_block(loaded.tokenizer, loaded.info.name)["fingerprint"],
         "protocol": {**protocol.describe(loaded.tokenizer), "batch_size": config.batch_size,
                      "max_batch_tokens": config.max_batch_tokens, "block_tokens": config.block_tokens},
@@ -180,13 +180,11 @@ def _fingerprint(config: EvalConfig, loaded: LoadedModel, protocol: Plan) -> dic
 
 
 def batching_for(config: EvalConfig, loaded: LoadedModel, max_length: int) -> Batching:
-    """The batch shape the engine uses: the config's numbers, or for ``auto`` a token
-    budget sized from the memory left on the model's device (an explicit
-    ``max_batch_tokens`` still wins). Models without a size estimate (fakes) get 8 rows."""
+    """The batch shape the engine uses: for ``auto`` (the default) the device's token
+    budget and pass cost (`lleval.batching.auto_batching`; an explicit
+    ``max_batch_tokens`` still wins), else the config's numbers."""
     if config.batch_size != "auto":
         return Batching(int(config.batch_size), config.max_batch_tokens)
-    if loaded.bytes_per_token is None:
-        return Batching(8, config.max_batch_tokens, auto=True)
     auto = auto_batching(loaded.bytes_per_token, loaded.info.device, max_length=max_length)
     if config.max_batch_tokens is not None:
         auto = dataclasses.replace(auto, max_batch_tokens=config.max_batch_tokens)
@@ -213,7 +211,8 @@ def score(
         Checkpointer.restore(job.resumed, reducers)
         units = verify_resumed(units, job.resumed, config.checkpoint or "")
     options = EngineOptions(batch_size=job.batching.batch_size, max_batch_tokens=job.batching.max_batch_tokens,
-                            pad_id=job.loaded.pad_id, block_tokens=config.block_tokens,
+                            overhead_tokens=job.batching.overhead_tokens, pad_id=job.loaded.pad_id,
+                            block_tokens=config.block_tokens,
                             skip_rows=len(sums.documents), should_stop=should_stop)
     engine, started, complete = EngineStats(), time.perf_counter(), True
     done_tokens = sum(d.tokens for d in sums.documents)
@@ -302,8 +301,8 @@ def header_fields(job: Job, run: ScoringRun, counts: StreamCounts, totals: Total
         "tokenizer": tokenizer_block(loaded.tokenizer, loaded.info.name),
         "dataset": dataset_block(data_spec(job.config), job.inputs.stats, totals.documents),
         "protocol": protocol.counted(protocol.describe(loaded.tokenizer), counts.stream_tokens, counts.unscored_tokens),
-        "timing": timing_block(time.perf_counter() - job.inputs.started, job.load_seconds, run.seconds, totals.tokens,
-                               run.engine, job.batching),
+        "timing": timing_block(time.perf_counter() - job.inputs.started, loaded.load_seconds, run.seconds,
+                               totals.tokens, run.engine, job.batching),
         "environment": environment(),
         "distributed": None if job.inputs.dist is None else job.inputs.dist.describe(),
         "notes": notes,

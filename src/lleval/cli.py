@@ -107,6 +107,9 @@ SCORING_OPTIONS = _options(
                  help="auto: CUDA, else MPS, else CPU."),
     click.option("--device-map", type=click.Choice(DEVICE_MAPS), default=None,
                  help="Spread a model too large for one device over all visible devices (accelerate)."),
+    click.option("--model-cache/--no-model-cache", default=True, show_default=True,
+                 help="Keep a .gguf model converted after its first load, so later runs load in a second "
+                 "(in $LLEVAL_MODEL_CACHE, else under $HF_HOME; LLEVAL_MODEL_CACHE=off turns it off)."),
     click.option("--dataset", "-d", default=None,
                  help="Hub dataset, .txt/.jsonl/.json/.csv/.parquet file, saved dataset folder, or - "
                  "for stdin. Default: built-in sample prose."),
@@ -132,8 +135,9 @@ SCORING_OPTIONS = _options(
                  help="Token that predicts each document's first token: auto (BOS, else EOS), an id, or none."),
     click.option("--concat", is_flag=False, flag_value=DEFAULT_SEPARATOR, default=None, metavar="[SEP]",
                  help="Join all documents with SEP (default: two newlines) into one stream."),
-    click.option("--batch-size", "-b", type=_BatchSize(), default=8, show_default=True, metavar="N|auto",
-                 help="Windows per forward pass, or 'auto': as many as the free memory allows."),
+    click.option("--batch-size", "-b", type=_BatchSize(), default="auto", show_default=True, metavar="N|auto",
+                 help="auto: a token budget per forward pass sized for the device, batches cut to waste "
+                 "least; or N windows per pass, filled greedily."),
     click.option("--max-batch-tokens", type=click.IntRange(min=1), default=None,
                  help="Also cap a batch at this many padded tokens (rows x width)."),
     click.option("--block-tokens", type=click.IntRange(min=1), default=1 << 20, show_default=True,
@@ -258,6 +262,27 @@ def compare(base: str, candidates: tuple[str, ...], max_regression: float | None
                    err=True)
     if not result.passed:
         sys.exit(1)
+
+
+def entry() -> None:
+    """The ``lleval`` console command: run the CLI, then leave without Python's teardown.
+
+    Once the report is written (atomically, fsynced) and stdout flushed,
+    nothing is left to do, yet tearing down torch and a loaded model takes
+    about a second (1.1 s of a 7.6 s run of the built-in default on 3
+    documents, measured here): the process exits at once instead.
+    """
+    code: Any = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code
+    if isinstance(code, str):  # sys.exit("message") prints the message and exits 1
+        click.echo(code, err=True)
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
 
 
 def _deliver(result: Any, output: str | None, format: str) -> None:

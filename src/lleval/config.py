@@ -43,6 +43,7 @@ class EvalConfig:
     dtype: str = "auto"
     device: str = "auto"
     device_map: str | None = None
+    model_cache: bool = True  # keep a converted .gguf for later runs (lleval.model_cache)
     # data
     dataset: str | None = None
     dataset_config: str | None = None
@@ -60,7 +61,7 @@ class EvalConfig:
     prefix_token: str = "auto"
     concat: str | None = None
     # engine and output
-    batch_size: int | str = 8  # or "auto": sized from free memory (see lleval.batching)
+    batch_size: int | str = "auto"  # a token budget per device (see lleval.batching), or windows per pass
     max_batch_tokens: int | None = None
     block_tokens: int = 1 << 20
     allow_nonfinite: bool = False
@@ -164,6 +165,7 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "dtype": (str,),
     "device": (str,),
     "device_map": (str,),
+    "model_cache": (bool,),
     "dataset": (str,),
     "dataset_config": (str,),
     "split": (str,),

@@ -14,6 +14,7 @@ through the engine like any other, and one more reducer, `KLStats`.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -207,6 +208,7 @@ def load_pair(
 
     if progress is not None:
         progress.stage("loading models")
+    started = time.perf_counter()
     opened_model = model or open_model(model_spec(config))
     opened_base = base or open_model(model_spec(replace(config, model=base_model)))
     if tokenizer_fingerprint(opened_base.tokenizer) != tokenizer_fingerprint(opened_model.tokenizer):
@@ -216,10 +218,10 @@ def load_pair(
             "bits per byte instead."
         )
     protocol = plan(config, opened_model.tokenizer, opened_model.max_positions)
-    if isinstance(opened_model, ModelSource):
-        opened_model = load_weights(opened_model)
     if isinstance(opened_base, ModelSource):
         opened_base = load_weights(opened_base)
+    if isinstance(opened_model, ModelSource):
+        opened_model = replace(load_weights(opened_model), load_seconds=time.perf_counter() - started)
     return opened_base, opened_model, protocol
 
 

@@ -6,7 +6,6 @@ is described in a `ModelInfo` that goes into the report.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import importlib.util
 import os
@@ -54,6 +53,7 @@ class ModelSpec:
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     device: str = "auto"  # auto | cpu | cuda | mps
     device_map: str | None = None  # auto | balanced | sequential: spread over visible devices
+    cache: bool = True  # keep a converted .gguf for later runs (lleval.model_cache)
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,7 @@ class ModelInfo:
     parameters: int
     max_positions: int | None
     device_map: dict[str, str] | None = None  # module -> device, when loaded with a device map
+    cache: str | None = None  # .gguf only: hit | stored | miss (not stored) | off
 
 
 def default_model_path() -> Path:
@@ -130,14 +131,6 @@ def resolve_dtype(dtype: str, device: str) -> Any:
             stacklevel=2,
         )
     return table[dtype]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _locate(spec: ModelSpec) -> tuple[str, str | None, str, str]:
@@ -235,6 +228,7 @@ class LoadedModel:
     slices: Any = None  # its LogitsSlices (for KL divergence), when there is one
     vocab: int | None = None
     bytes_per_token: int | None = None  # activation working set per batch token, for --batch-size auto
+    load_seconds: float = 0.0  # reading the tokenizer, config and weights (0 for a model handed in)
 
     @property
     def name(self) -> str:
@@ -253,12 +247,17 @@ class ModelSource:
     check every flag that needs the tokenizer before the slow part of loading."""
 
     spec: ModelSpec
-    location: str  # folder or hub id
-    gguf_file: str | None
+    location: str  # folder or hub id (for a cached .gguf: the cache entry's folder)
+    gguf_file: str | None  # None once a .gguf is read from the cache
     source: str  # builtin | gguf | local | hub
     display: str
     tokenizer: Any
     config: Any
+    device: str
+    dtype: Any  # torch dtype
+    sha256: str | None = None  # of the .gguf file
+    cache: Any = None  # its lleval.model_cache.CacheEntry, when the cache is on
+    cache_status: str | None = None  # hit | miss | off (.gguf only)
 
     @property
     def name(self) -> str:
@@ -273,12 +272,19 @@ class ModelSource:
 
 def open_model(spec: ModelSpec) -> ModelSource:
     """Locate the model and load its tokenizer and config; refuse what is not a causal LM."""
-    from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     location, gguf_file, source, display = _locate(spec)
-    tokenizer = _load_tokenizer(location, gguf_file, source, spec)
-    config = _from_pretrained(AutoConfig, f"the model config of {display}", location, gguf_file, source, spec)
+    device = resolve_device(spec.device)
+    dtype = resolve_dtype(spec.dtype, device)
+    sha, check, status = _cached_conversion(spec, location, gguf_file, dtype)
+    if check is not None and status == "checking":
+        tokenizer, config = _tokenizer_and_config(str(check.entry.folder), None, source, spec, display)
+        status = "hit" if check.passed() else "miss"
+    if check is not None and status == "hit":
+        location, gguf_file = str(check.entry.folder), None
+    else:
+        tokenizer, config = _tokenizer_and_config(location, gguf_file, source, spec, display)
     is_causal = config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not getattr(
         config, "is_encoder_decoder", False
     )
@@ -287,7 +293,34 @@ def open_model(spec: ModelSpec) -> ModelSource:
             f"{display} is a {config.model_type!r} model, which is not a causal language model: "
             "lleval scores decoder-only LMs (AutoModelForCausalLM), such as Llama, GPT-2 or Qwen."
         )
-    return ModelSource(spec, location, gguf_file, source, display, tokenizer, config)
+    entry = None if check is None else check.entry
+    return ModelSource(spec, location, gguf_file, source, display, tokenizer, config, device, dtype, sha, entry, status)
+
+
+def _cached_conversion(spec: ModelSpec, location: str, gguf_file: str | None, dtype: Any) -> tuple[Any, ...]:
+    """For a .gguf file: its sha256, the check of its cache entry (None when the cache is
+    off) and what is known so far: ``checking`` (a plausible entry, its hashes being
+    checked), ``miss`` or ``off``. For other models: Nones."""
+    from lleval.model_cache import CacheEntry, cache_root, source_sha256
+
+    if gguf_file is None:
+        if not spec.cache:
+            raise ConfigError("--no-model-cache bypasses the cache of converted .gguf files, and this model is "
+                              "not one (it loads from its own files): drop --no-model-cache.")
+        return None, None, None
+    root = cache_root() if spec.cache else None
+    sha = source_sha256(Path(location) / gguf_file, root)
+    if root is None:
+        return sha, None, "off"
+    check = CacheEntry(root, sha, str(dtype).removeprefix("torch.")).verify()
+    return sha, check, "checking" if check.plausible else "miss"
+
+
+def _tokenizer_and_config(location: str, gguf_file: str | None, source: str, spec: ModelSpec, display: str) -> Any:
+    from transformers import AutoConfig
+
+    tokenizer = _load_tokenizer(location, gguf_file, source, spec)
+    return tokenizer, _from_pretrained(AutoConfig, f"the model config of {display}", location, gguf_file, source, spec)
 
 
 def load_weights(found: ModelSource) -> LoadedModel:
@@ -296,15 +329,16 @@ def load_weights(found: ModelSource) -> LoadedModel:
 
     from lleval.threads import cap_torch_threads
 
-    spec = found.spec
-    device = resolve_device(spec.device)
-    dtype = resolve_dtype(spec.dtype, device)
+    spec, device = found.spec, found.device
     cap_torch_threads()
     device_map = {"device_map": spec.device_map} if spec.device_map else {}
     model = _from_pretrained(
         AutoModelForCausalLM, f"model {found.display}", found.location, found.gguf_file, found.source, spec,
-        dtype=dtype, **device_map,
+        dtype=found.dtype, **device_map,
     )
+    cache_status = found.cache_status
+    if cache_status == "miss" and found.cache.store(model, found.tokenizer):
+        cache_status = "stored"
     placement: dict[str, Any] | None = None
     if spec.device_map:
         # accelerate's placement; transformers leaves hf_device_map unset when one device holds it all
@@ -317,12 +351,13 @@ def load_weights(found: ModelSource) -> LoadedModel:
         name=found.display,
         source=found.source,
         revision=getattr(model.config, "_commit_hash", None) or spec.revision if found.source == "hub" else None,
-        sha256=_sha256(Path(found.location) / found.gguf_file) if found.gguf_file else None,
+        sha256=found.sha256,
         dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
         device=device,
         parameters=sum(p.numel() for p in model.parameters()),
         max_positions=_max_positions(model.config),
         device_map={str(k): str(v) for k, v in placement.items()} if placement else None,
+        cache=cache_status,
     )
     tokenizer = found.tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -113,6 +113,7 @@ def model_block(info: Any) -> dict[str, Any]:
         "parameters": info.parameters,
         "max_positions": info.max_positions,
         "device_map": info.device_map,
+        "cache": info.cache,
     }
 
 

@@ -122,3 +122,51 @@ def document_sums(scorer: Any, units: Sequence[Any], options: Any, stats: Any = 
     for block in score_units(scorer, units, options, stats=stats):
         sums.update(block)
     return sums.documents
+
+
+# transformers' llama names -> GGUF tensor names (llama.cpp's convention)
+_GGUF_NAMES = (
+    ("model.embed_tokens.", "token_embd."), ("model.norm.", "output_norm."), ("lm_head.", "output."),
+    ("model.layers.", "blk."), (".self_attn.q_proj.", ".attn_q."), (".self_attn.k_proj.", ".attn_k."),
+    (".self_attn.v_proj.", ".attn_v."), (".self_attn.o_proj.", ".attn_output."), (".mlp.gate_proj.", ".ffn_gate."),
+    (".mlp.up_proj.", ".ffn_up."), (".mlp.down_proj.", ".ffn_down."), (".input_layernorm.", ".attn_norm."),
+    (".post_attention_layernorm.", ".ffn_norm."),
+)
+
+
+def write_tiny_gguf(llama_dir: Path, path: Path) -> Path:
+    """A float32 GGUF file of the tiny Llama and its byte-level BPE tokenizer: a .gguf that
+    converts in milliseconds, for tests of the GGUF path and its cache."""
+    import gguf
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(llama_dir)
+    tokenizer = AutoTokenizer.from_pretrained(llama_dir)
+    config = model.config
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_vocab_size(config.vocab_size)
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    tokens = [t for t, _ in sorted(spec["model"]["vocab"].items(), key=lambda kv: kv[1])]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3 if t == tokenizer.eos_token else 1 for t in tokens])
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]])
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+    for name, tensor in model.state_dict().items():
+        for old, new in _GGUF_NAMES:
+            name = name.replace(old, new)
+        writer.add_tensor(name, tensor.detach().float().numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

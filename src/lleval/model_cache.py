@@ -1,0 +1,224 @@
+"""Converted models, kept: a ``.gguf`` file is parsed and dequantized once, not every run.
+
+transformers converts a GGUF file on every load (for SmolLM2-135M: about
+12 s for the weights, 3 s for the tokenizer and 3 s for the config, nearly
+all in gguf-py's metadata parsing and per-tensor name mapping). lleval saves
+the converted model (safetensors) and tokenizer once, in a folder keyed by
+the file's sha256 and the dtype, and loads that folder on later runs in a
+fraction of a second, with bit-identical weights and the same tokenizer.
+
+- **Where**: ``$LLEVAL_MODEL_CACHE`` if set (``off`` turns the cache off),
+  else ``lleval/converted`` under the Hugging Face cache folder
+  (``$HF_HOME``, by default ``~/.cache/huggingface``). ``--no-model-cache``
+  bypasses it for one run.
+- **Atomic and concurrent**: an entry is written into a temporary folder next
+  to it and renamed into place in one step, its manifest written last; two
+  runs converting at once each write their own and the first rename wins. A
+  run killed mid-write leaves only a temporary folder, which is never read
+  and is swept after an hour.
+- **Verified on read**: the manifest lists every file's size and sha256, the
+  source file's sha256, the dtype and the transformers version; an entry that
+  does not match in every point is moved aside and rebuilt.
+- The source file's sha256 is remembered next to the entries, keyed by its
+  path, size, inode and modification time, so an unchanged multi-gigabyte
+  file is not hashed again on every run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CACHE_ENV = "LLEVAL_MODEL_CACHE"
+MANIFEST = "lleval-cache.json"
+CACHE_FORMAT = 1
+STALE_SECONDS = 3600  # temporary folders older than this belong to runs that died
+
+
+def cache_root() -> Path | None:
+    """The cache folder, or None when ``$LLEVAL_MODEL_CACHE`` is ``off``."""
+    value = os.environ.get(CACHE_ENV, "").strip()
+    if value.lower() in ("off", "0", "false", "no"):
+        return None
+    if value:
+        return Path(value).expanduser()
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HOME) / "lleval" / "converted"
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read a megabyte at a time."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def source_sha256(path: Path, root: Path | None) -> str:
+    """sha256 of the source file, remembered under ``root`` by path, size, inode and mtime."""
+    if root is None:
+        return file_sha256(path)
+    stat, resolved = path.stat(), str(path.resolve())
+    identity = {"path": resolved, "size": stat.st_size, "inode": stat.st_ino, "mtime_ns": stat.st_mtime_ns}
+    memo = root / "hashes" / (hashlib.sha256(resolved.encode()).hexdigest()[:32] + ".json")
+    try:
+        saved = json.loads(memo.read_text())
+        if {k: saved.get(k) for k in identity} == identity and isinstance(saved.get("sha256"), str):
+            return str(saved["sha256"])
+    except (OSError, ValueError):
+        pass
+    digest = file_sha256(path)
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(memo, json.dumps({**identity, "sha256": digest}))
+    except OSError:
+        pass  # a read-only cache still works, it only hashes every time
+    return digest
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """The cache folder for one source file in one dtype."""
+
+    root: Path
+    sha256: str  # of the source file
+    dtype: str
+
+    @property
+    def folder(self) -> Path:
+        """Where the converted model and tokenizer live."""
+        return self.root / f"{self.sha256}-{self.dtype}"
+
+    def verify(self) -> "Verification":
+        """Check the entry: its manifest and file sizes now, its files' sha256 in a background
+        thread (hashing releases the GIL, so it overlaps the tokenizer's loading); the caller
+        asks `Verification.passed` before it trusts the entry."""
+        return Verification(self)
+
+    def _manifest_files(self) -> dict[str, Any] | None:
+        """The manifest's files if the manifest matches this entry and every size is right."""
+        import transformers
+
+        try:
+            manifest = json.loads((self.folder / MANIFEST).read_text())
+            expected = {"format": CACHE_FORMAT, "source_sha256": self.sha256, "dtype": self.dtype,
+                        "transformers": transformers.__version__}
+            files: dict[str, Any] = manifest["files"]
+            sizes_match = all((self.folder / name).stat().st_size == meta["bytes"] for name, meta in files.items())
+            return files if files and sizes_match and {k: manifest.get(k) for k in expected} == expected else None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    def _discard(self, folder: Path) -> None:
+        aside = folder.with_name(f".stale-{folder.name}-{uuid.uuid4().hex}")
+        try:
+            folder.rename(aside)
+            shutil.rmtree(aside, ignore_errors=True)
+        except OSError:
+            pass  # another run got there first
+
+    def store(self, model: Any, tokenizer: Any) -> bool:
+        """Save ``model`` and ``tokenizer`` as this entry; False if the cache cannot be written
+        (the run goes on without it)."""
+        import transformers
+
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._sweep()
+            tmp = self.root / f".tmp-{self.folder.name}-{os.getpid()}-{uuid.uuid4().hex}"
+            tmp.mkdir()
+            _save_plain(model, tokenizer, tmp)
+            files = {p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in sorted(tmp.iterdir())}
+            manifest = {"format": CACHE_FORMAT, "source_sha256": self.sha256, "dtype": self.dtype,
+                        "transformers": transformers.__version__, "files": files}
+            with (tmp / MANIFEST).open("w") as out:
+                out.write(json.dumps(manifest, indent=1))
+                out.flush()
+                os.fsync(out.fileno())
+            try:
+                tmp.rename(self.folder)
+            except OSError:  # another run renamed its entry into place first: keep that one
+                shutil.rmtree(tmp, ignore_errors=True)
+            return True
+        except Exception:  # the cache only saves time: a failure to fill it never fails a run
+            return False
+
+    def _sweep(self) -> None:
+        now = time.time()
+        for stale in self.root.glob(".tmp-*"):
+            try:
+                if now - stale.stat().st_mtime > STALE_SECONDS:
+                    shutil.rmtree(stale, ignore_errors=True)
+            except OSError:
+                pass
+
+
+class Verification:
+    """An entry's check, hashing its files in a background thread."""
+
+    def __init__(self, entry: CacheEntry) -> None:
+        import threading
+
+        self.entry = entry
+        self.files = entry._manifest_files() if entry.folder.is_dir() else None
+        if self.files is None and entry.folder.is_dir():
+            entry._discard(entry.folder)  # no manifest, or one that does not match: not ours to trust
+        self._ok = False
+        self._thread = threading.Thread(target=self._hash, daemon=True)
+        if self.files is not None:
+            self._thread.start()
+
+    @property
+    def plausible(self) -> bool:
+        """The manifest and the sizes match: worth reading while the hashes are checked."""
+        return self.files is not None
+
+    def _hash(self) -> None:
+        assert self.files is not None
+        try:
+            self._ok = all(file_sha256(self.entry.folder / name) == meta["sha256"] for name, meta in self.files.items())
+        except OSError:
+            self._ok = False
+
+    def passed(self) -> bool:
+        """Wait for the hashes; an entry that fails is moved aside (and rebuilt by the run)."""
+        if self.files is not None:
+            self._thread.join()
+        if not self._ok and self.entry.folder.is_dir():
+            self.entry._discard(self.entry.folder)
+        return self._ok
+
+
+def _save_plain(model: Any, tokenizer: Any, folder: Path) -> None:
+    """Save a model loaded from GGUF as plain safetensors: its weights are already
+    dequantized (float), only the GGUF quantizer marker stops ``save_pretrained``."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    quantization = getattr(model.config, "quantization_config", None)
+    try:
+        model.hf_quantizer = None
+        if quantization is not None:
+            del model.config.quantization_config
+        model.save_pretrained(folder)
+    finally:
+        model.hf_quantizer = quantizer
+        if quantization is not None:
+            model.config.quantization_config = quantization
+    tokenizer.save_pretrained(folder)
+    for path in folder.iterdir():
+        with path.open("rb") as handle:
+            os.fsync(handle.fileno())

@@ -1,0 +1,166 @@
+"""The cache of converted .gguf models: bit-identical results, rebuilt after a crash or
+corruption, safe when two runs convert at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers import write_jsonl
+from lleval.config import EvalConfig
+from lleval.model_cache import MANIFEST, STALE_SECONDS, file_sha256, source_sha256
+
+TEXTS = ["The keeper wrote in the logbook every evening.", "Bread needs flour, water, salt and yeast.",
+         "Blue light scatters more than red light."]
+
+
+def _score(model: Path | None, data: str, **overrides: Any) -> Any:
+    from lleval.api import evaluate
+
+    return evaluate(EvalConfig(model=None if model is None else str(model), dataset=data, bootstrap=0, **overrides))
+
+
+def _entries(root: Path) -> list[Path]:
+    return [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "hashes"]
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "cache"
+    monkeypatch.setenv("LLEVAL_MODEL_CACHE", str(root))
+    return root
+
+
+def test_cached_load_gives_bit_identical_logprobs(tiny_gguf: Path, cache: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    data = write_jsonl(tmp_path / "d.jsonl", TEXTS)
+    stored = _score(tiny_gguf, data)
+    hit = _score(tiny_gguf, data)
+    direct = _score(tiny_gguf, data, model_cache=False)
+    monkeypatch.setenv("LLEVAL_MODEL_CACHE", "off")
+    off = _score(tiny_gguf, data)
+    assert [r.model["cache"] for r in (stored, hit, direct, off)] == ["stored", "hit", "off", "off"]
+    rows = [[d.to_dict() for d in r.documents] for r in (stored, hit, direct, off)]
+    assert rows[0] == rows[1] == rows[2] == rows[3]  # bit for bit
+    assert stored.tokenizer["fingerprint"] == hit.tokenizer["fingerprint"] == direct.tokenizer["fingerprint"]
+    assert stored.model["sha256"] == hit.model["sha256"] == file_sha256(tiny_gguf)
+    (entry,) = _entries(cache)
+    assert entry.name == f"{file_sha256(tiny_gguf)}-float32"
+
+
+def test_the_real_model_is_bit_identical_from_the_cache(tmp_path: Path) -> None:
+    """SmolLM2's quantized Q4_1 GGUF: direct conversion against the session's cache entry."""
+    data = write_jsonl(tmp_path / "d.jsonl", [TEXTS[0] * 3])
+    cached = _score(None, data, max_length=64)
+    direct = _score(None, data, max_length=64, model_cache=False)
+    assert cached.model["cache"] in ("hit", "stored") and direct.model["cache"] == "off"
+    assert [d.to_dict() for d in cached.documents] == [d.to_dict() for d in direct.documents]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "no manifest", "other transformers"])
+def test_a_damaged_entry_is_rebuilt(tiny_gguf: Path, cache: Path, tmp_path: Path, damage: str) -> None:
+    data = write_jsonl(tmp_path / "d.jsonl", TEXTS)
+    first = _score(tiny_gguf, data)
+    (entry,) = _entries(cache)
+    weights = entry / "model.safetensors"
+    if damage == "truncate":  # a write cut short
+        weights.write_bytes(weights.read_bytes()[:-100])
+    elif damage == "flip":  # same size, other bytes
+        raw = bytearray(weights.read_bytes())
+        raw[-5] ^= 0xFF
+        weights.write_bytes(bytes(raw))
+    elif damage == "no manifest":
+        (entry / MANIFEST).unlink()
+    else:
+        manifest = json.loads((entry / MANIFEST).read_text())
+        (entry / MANIFEST).write_text(json.dumps({**manifest, "transformers": "0.0.1"}))
+    again = _score(tiny_gguf, data)
+    assert again.model["cache"] == "stored"  # found wanting, moved aside, converted again
+    assert [d.to_dict() for d in again.documents] == [d.to_dict() for d in first.documents]
+    assert _score(tiny_gguf, data).model["cache"] == "hit"
+    assert len(_entries(cache)) == 1 and not list(cache.glob(".stale-*"))
+
+
+SLOW_WRITER = r"""
+import sys, time
+import lleval.model_cache as cache
+save, marker, seconds = cache._save_plain, sys.argv[1], float(sys.argv[2])
+def slow_save(model, tokenizer, folder):
+    save(model, tokenizer, folder)
+    open(marker, "a").close()  # the weights are written, the manifest is not
+    time.sleep(seconds)
+cache._save_plain = slow_save
+from lleval.cli import main
+sys.argv = ["lleval", *sys.argv[3:]]
+main()
+"""
+
+
+def _slow_run(marker: Path, seconds: float, args: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", SLOW_WRITER, str(marker), str(seconds), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not path.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert path.exists(), proc.communicate()
+
+
+def test_a_run_killed_mid_write_leaves_nothing_that_is_read(tiny_gguf: Path, cache: Path, tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "d.jsonl", TEXTS)
+    args = ["score", "-q", "-m", str(tiny_gguf), "-d", data, "--bootstrap", "0", "--format", "json"]
+    marker = tmp_path / "written"
+    proc = _slow_run(marker, 60, args)
+    _wait_for(marker, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert [p.name.startswith(".tmp-") for p in cache.iterdir() if p.name != "hashes"] == [True]
+    assert _entries(cache) == []
+    rerun = _score(tiny_gguf, data)
+    assert rerun.model["cache"] == "stored"
+    assert [d.to_dict() for d in rerun.documents] == [d.to_dict() for d in _score(tiny_gguf, data, model_cache=False).documents]
+    (leftover,) = cache.glob(".tmp-*")
+    old = time.time() - STALE_SECONDS - 60
+    os.utime(leftover, (old, old))
+    shutil.rmtree(_entries(cache)[0])
+    _score(tiny_gguf, data)  # storing again sweeps temporary folders of runs that died long ago
+    assert not list(cache.glob(".tmp-*"))
+
+
+def test_two_runs_converting_at_once(tiny_gguf: Path, cache: Path, tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "d.jsonl", TEXTS)
+    args = ["score", "-q", "-m", str(tiny_gguf), "-d", data, "--bootstrap", "0", "--format", "json"]
+    first = _slow_run(tmp_path / "a", 3, args)
+    second = _slow_run(tmp_path / "b", 0, args)
+    outputs = [proc.communicate(timeout=300) for proc in (first, second)]
+    assert [proc.returncode for proc in (first, second)] == [0, 0], outputs
+    reports = [json.loads(out) for out, _ in outputs]
+    assert [r["model"]["cache"] for r in reports] == ["stored", "stored"]  # both converted, at the same time
+    assert reports[0]["documents"] == reports[1]["documents"]
+    assert len(_entries(cache)) == 1 and not list(cache.glob(".tmp-*"))
+    assert _score(tiny_gguf, data).model["cache"] == "hit"
+
+
+def test_the_source_hash_is_remembered_until_the_file_changes(tmp_path: Path) -> None:
+    source = tmp_path / "m.gguf"
+    source.write_bytes(b"GGUF" + b"a" * 1000)
+    root = tmp_path / "cache"
+    assert source_sha256(source, root) == file_sha256(source)
+    (memo,) = (root / "hashes").iterdir()
+    saved = json.loads(memo.read_text())
+    memo.write_text(json.dumps({**saved, "sha256": "remembered"}))
+    assert source_sha256(source, root) == "remembered"  # same path, size, inode and mtime: not read again
+    source.write_bytes(b"GGUF" + b"b" * 1000)  # same size, new content, new mtime
+    os.utime(source, ns=(saved["mtime_ns"] + 10**9, saved["mtime_ns"] + 10**9))
+    assert source_sha256(source, root) == file_sha256(source)
