@@ -1,72 +1,178 @@
 """Speed and memory of lleval against a naive transformers loop, measured in one run.
 
-Prints a table and writes JSON (``--json``). Every comparison is against a
-baseline measured in the same run, because this machine is noisy:
+Every comparison is against a baseline measured in the same run (this
+machine is noisy): runs alternate and each keeps its best time.
 
-- throughput (scored tokens/s, end to end: reading and tokenizing included)
-  of ``lleval.evaluate`` and of a naive loop (one window at a time, batch 1,
-  full logits, log_softmax over the whole vocabulary), alternated twice with
-  the best time of each kept, on 24 short documents and on 4 long ones
-  (L = 2048, 8 windows: one batch of 8);
-- the machine's float32 matmul GFLOP/s (2048 x 2048, measured before and
-  after), the FLOPs the protocol needs (see `required_flops`: context that a
-  window re-reads counts, logits at unscored positions do not), and each
-  method's share of that limit;
-- peak resident memory (VmHWM) after each step; a 256,000-token
-  vocabulary tiny model at L = 2048, batch 8 (full logits would be 16 GB),
-  scored in a child process; resident-memory growth while streaming 200,000
-  short documents; ``lleval --help`` / ``--version`` start-up time.
+CPU (default): whole processes, as a user runs them. ``lleval score`` with
+no batching flags (the model cache warm) against a naive script (load the
+model with ``from_pretrained``, tokenize, score one window at a time, batch
+1, full logits, log_softmax over the vocabulary), both on the built-in
+SmolLM2-135M, on three corpora built from the docstrings of Python's own
+standard library (text the project never tuned on):
 
-    .venv/bin/python scripts/bench.py --json bench.json          # about 10 minutes here
-    .venv/bin/python scripts/bench.py --quick                    # smaller corpora
+- ``short``: 40 documents of 50 to 2,000+ tokens (a module's docstrings each);
+- ``long``: 4 documents of about 4,000 tokens, 8 windows of L = 2048;
+- ``tiny``: 2,000 paragraphs of 20 to 50 tokens.
+
+It prints, with met/MISS against each target of the speed issue: the
+whole-process speed-up over the naive script, the scoring throughput as a
+share of the float32 matmul limit measured in the same run (FLOPs the
+protocol needs), the padding share, the model load time with a cold and a
+warm cache, bfloat16 against float32 on CPUs with native bf16 units (speed
+and, from ``lleval kld``, the accuracy cost), peak memory at L = 2048, a
+256,000-token vocabulary, memory growth while streaming 200,000 documents,
+and ``--help`` start-up time.
+
+GPU (``--device cuda``): the same comparison in process, in bfloat16, on a
+1B-class Llama built with random weights (no download): tokens/s, MFU
+against the GPU's bf16 peak, peak memory (``torch.cuda.max_memory_allocated``)
+and the padding share, for lleval and the naive loop.
+
+    .venv/bin/python scripts/bench.py --json bench.json        # CPU, about 25 minutes here
+    .venv/bin/python scripts/bench.py --quick                  # smaller corpora, fewer targets
+    .venv/bin/python scripts/bench.py --device cuda --json gpu.json
+    .venv/bin/python scripts/bench.py --device cpu --in-process --model-config small --quick   # smoke test
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import hashlib
 import json
 import os
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+LLEVAL = str(Path(sys.executable).parent / "lleval")
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TQDM_DISABLE": "1"}
+
+# bf16 dense peak of GPUs, TFLOP/s (vendor datasheets), for MFU
+GPU_BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H100": 989.0,
+                        "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0, "RTX 4090": 165.0}
 
 
-def rss_mb() -> float:
-    """Current resident set size of this process, MB."""
-    with open("/proc/self/statm") as handle:
-        pages = int(handle.read().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
+# ---------------------------------------------------------------- corpora
+
+def stdlib_docstrings() -> list[tuple[str, list[str]]]:
+    """(module name, its docstrings) for every module of the standard library's top folder."""
+    out = []
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, OSError):
+            continue
+        docs = [ast.get_docstring(node) for node in ast.walk(tree)
+                if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
+        texts = [d for d in docs if d]
+        if texts:
+            out.append((path.stem, texts))
+    return out
 
 
-def peak_mb() -> float:
-    """Peak resident set size of this process so far (VmHWM), MB.
+def corpora(tokenizer: Any, quick: bool) -> dict[str, list[str]]:
+    """The three corpora, chosen deterministically (modules in sha256 order of their names)."""
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    Not ru_maxrss: on Linux a child started with fork+exec inherits the
-    parent's high-water mark in ru_maxrss, so children would report the
-    parent's peak.
-    """
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1e3
-    return float("nan")
-
-
-def reset_peak() -> None:
-    """Start VmHWM afresh from the current RSS (Linux: writing 5 to clear_refs)."""
-    with open("/proc/self/clear_refs", "w") as handle:
-        handle.write("5")
+    modules = sorted(stdlib_docstrings(), key=lambda m: hashlib.sha256(m[0].encode()).hexdigest())
+    joined = [(name, "\n\n".join(texts)) for name, texts in modules]
+    short = [text for _, text in joined if 50 <= count(text) <= 2600][: 12 if quick else 40]
+    by_size = sorted(joined, key=lambda m: -len(m[1]))
+    long = []
+    for _, text in by_size[: 2 if quick else 4]:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"][:4000]
+        long.append(tokenizer.decode(ids))
+    paragraphs = [" ".join(p.split()) for _, texts in modules for t in texts for p in t.split("\n\n")]
+    tiny = [p for p in dict.fromkeys(paragraphs) if 20 <= count(p) <= 50][: 300 if quick else 2000]
+    return {"short": short, "long": long, "tiny": tiny}
 
 
-def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def write_jsonl(path: Path, texts: list[str]) -> str:
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    return str(path)
+
+
+# ---------------------------------------------------------------- whole processes
+
+HWM_WRAPPER = r"""
+import atexit, json, sys
+path = sys.argv[1]
+def report():
+    with open("/proc/self/status") as h:
+        hwm = next(int(l.split()[1]) / 1e3 for l in h if l.startswith("VmHWM:"))
+    with open(path, "w") as out:
+        json.dump({"peak_rss_mb": hwm}, out)
+atexit.register(report)
+from lleval.cli import main
+sys.argv = ["lleval", *sys.argv[2:]]
+main()
+"""
+
+NAIVE = r"""
+import json, sys, time
+started = time.perf_counter()
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+folder, name, data, max_length = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+loaded = time.perf_counter()
+texts = [json.loads(line)["text"] for line in open(data)]
+tokens, ll = 0, 0.0
+with torch.inference_mode():
+    for text in texts:
+        seq = [tokenizer.bos_token_id] + tokenizer(text, add_special_tokens=False)["input_ids"]
+        target = 1
+        while target < len(seq):
+            last = min(target + max_length, len(seq)) - 1
+            begin = max(0, last - max_length)
+            logits = model(torch.tensor([seq[begin:last]])).logits[0]
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            idx = torch.arange(target - 1 - begin, last - begin)
+            ll += float(logp[idx, torch.tensor(seq[target : last + 1])].double().sum())
+            tokens += last + 1 - target
+            target = last + 1
+done = time.perf_counter()
+with open("/proc/self/status") as h:
+    hwm = next(int(l.split()[1]) / 1e3 for l in h if l.startswith("VmHWM:"))
+print(json.dumps({"tokens": tokens, "log_likelihood": ll, "load_seconds": loaded - started,
+                  "scoring_seconds": done - loaded, "peak_rss_mb": hwm}))
+"""
+
+
+def run_lleval(args: list[str], work: Path) -> dict[str, Any]:
+    """``lleval score ... --format json`` in a fresh process: wall seconds, report, peak RSS."""
+    hwm = work / "hwm.json"
+    started = time.perf_counter()
+    out = subprocess.run([PYTHON, "-c", HWM_WRAPPER, str(hwm), "score", "-q", "--format", "json", *args],
+                         capture_output=True, text=True, env=ENV, check=True)
+    wall = time.perf_counter() - started
+    return {"wall_seconds": wall, "report": json.loads(out.stdout), **json.loads(hwm.read_text())}
+
+
+def run_naive(data: str, max_length: int) -> dict[str, Any]:
+    from lleval.model import default_model_path
+
+    gguf = default_model_path()
+    started = time.perf_counter()
+    out = subprocess.run([PYTHON, "-c", NAIVE, str(gguf.parent), gguf.name, data, str(max_length)],
+                         capture_output=True, text=True, env=ENV, check=True)
+    return {"wall_seconds": time.perf_counter() - started, **json.loads(out.stdout.strip().splitlines()[-1])}
+
+
+def matmul_gflops(dtype: Any = None, size: int = 2048, repeats: int = 5) -> float:
+    import torch
+
+    dtype = dtype or torch.float32
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
     a @ b
     started = time.perf_counter()
     for _ in range(repeats):
@@ -76,13 +182,10 @@ def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
 
 def required_flops(model: Any, sequences: list[list[int]], max_length: int) -> float:
     """FLOPs the rolling protocol needs, whoever runs it: for every window, 2 x the
-    decoder's Linear parameters per input token, 2 x the output projection's per
-    scored token, and causal attention (QK^T and AV: 2 x hidden per key, per layer).
+    decoder's Linear parameters per input token, 2 x the output projection's per scored
+    token, and causal attention (QK^T and AV: 2 x hidden per key, per layer)."""
+    import torch
 
-    Windows after the first re-read up to L tokens of context, so a scored token
-    can cost more than one token's forward pass; that is the protocol's cost, not
-    waste, and is counted here. Logits at unscored positions are waste and are not.
-    """
     from lleval.windows import rolling_spans
 
     config = model.config
@@ -97,86 +200,82 @@ def required_flops(model: Any, sequences: list[list[int]], max_length: int) -> f
     return total
 
 
-def naive_loop(model: Any, sequences: list[list[int]], max_length: int) -> tuple[int, float]:
-    """One window at a time, batch 1, full logits: the transformers-recipe baseline."""
-    tokens, ll = 0, 0.0
-    with torch.inference_mode():
-        for seq in sequences:
-            target = 1
-            while target < len(seq):
-                last = min(target + max_length, len(seq)) - 1
-                begin = max(0, last - max_length)
-                logits = model(torch.tensor([seq[begin:last]])).logits[0]  # (T, V)
-                logp = torch.log_softmax(logits.float(), dim=-1)
-                idx = torch.arange(target - 1 - begin, last - begin)
-                ll += float(logp[idx, torch.tensor(seq[target : last + 1])].double().sum())
-                tokens += last + 1 - target
-                target = last + 1
-    return tokens, ll
-
-
-def write_jsonl(path: Path, texts: list[str]) -> str:
-    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    return str(path)
-
-
-def throughput_case(
-    name: str, loaded: Any, texts: list[str], max_length: int, batch_size: int, work: Path, repeats: int
-) -> dict[str, Any]:
-    """lleval and the naive loop, alternated ``repeats`` times; the best time of each counts."""
-    from lleval.api import evaluate
-    from lleval.config import EvalConfig
-
-    data = write_jsonl(work / f"{name}.jsonl", texts)
+def cpu_case(name: str, data: str, loaded: Any, texts: list[str], work: Path, repeats: int) -> dict[str, Any]:
+    """Whole-process lleval (default flags) and the naive script, alternated."""
     tok = loaded.tokenizer
     sequences = [[tok.bos_token_id] + tok(t, add_special_tokens=False)["input_ids"] for t in texts]
-    mean_len = sum(len(s) for s in sequences) / len(sequences)
-    limit = matmul_gflops()
-    config = EvalConfig(dataset=data, max_length=max_length, batch_size=batch_size, bootstrap=0)
-    before = rss_mb()
-    ours_s = naive_s = float("inf")
-    ours_peak = naive_peak = 0.0
+    ours: list[dict[str, Any]] = []
+    naive: list[dict[str, Any]] = []
+    limits = [matmul_gflops()]
     for _ in range(repeats):
-        reset_peak()
-        started = time.perf_counter()
-        report = evaluate(config, loaded=loaded)
-        ours_s = min(ours_s, time.perf_counter() - started)
-        ours_peak = max(ours_peak, peak_mb())
-        reset_peak()
-        started = time.perf_counter()
-        naive_tokens, naive_ll = naive_loop(loaded.model, sequences, max_length)
-        naive_s = min(naive_s, time.perf_counter() - started)
-        naive_peak = max(naive_peak, peak_mb())
-    limit = (limit + matmul_gflops()) / 2
-    flops = required_flops(loaded.model, sequences, max_length)
-    ours_tps, naive_tps = report.totals.tokens / ours_s, naive_tokens / naive_s
+        ours.append(run_lleval(["-d", data, "--bootstrap", "0"], work))
+        naive.append(run_naive(data, 2048))
+        limits.append(matmul_gflops())
+    best, base = min(ours, key=lambda r: r["wall_seconds"]), min(naive, key=lambda r: r["wall_seconds"])
+    report = best["report"]
+    flops = required_flops(loaded.model, sequences, 2048)
+    limit = sum(limits) / len(limits)
+    scoring = min(r["report"]["timing"]["scoring_seconds"] for r in ours)
     return {
-        "case": name,
-        "documents": len(texts),
-        "mean_tokens_per_document": mean_len,
-        "max_length": max_length,
-        "batch_size": batch_size,
-        "repeats": repeats,
-        "scored_tokens": report.totals.tokens,
-        "same_tokens_as_naive": report.totals.tokens == naive_tokens,
-        "relative_difference_vs_naive": abs(report.totals.log_likelihood - naive_ll) / abs(naive_ll),
-        "lleval_tokens_per_second": ours_tps,
-        "naive_tokens_per_second": naive_tps,
-        "speedup": ours_tps / naive_tps,
-        "matmul_gflops": limit,
-        "required_gflop": flops / 1e9,
-        "model_gflop_per_token": flops / report.totals.tokens / 1e9,
-        "lleval_share_of_matmul_limit": flops / ours_s / (limit * 1e9),
-        "naive_share_of_matmul_limit": flops / naive_s / (limit * 1e9),
-        "padding_share": report.timing["padding_share"],
-        "rss_before_mb": before,
-        "peak_rss_lleval_mb": ours_peak,
-        "peak_rss_naive_mb": naive_peak,
+        "case": name, "documents": len(texts), "tokens": report["totals"]["tokens"],
+        "mean_tokens_per_document": report["totals"]["tokens"] / len(texts),
+        "lleval_wall_seconds": best["wall_seconds"], "naive_wall_seconds": base["wall_seconds"],
+        "speedup_whole_process": base["wall_seconds"] / best["wall_seconds"],
+        "lleval_load_seconds": max(r["report"]["timing"]["load_seconds"] for r in ours),
+        "naive_load_seconds": base["load_seconds"],
+        "lleval_scoring_tokens_per_second": report["totals"]["tokens"] / scoring,
+        "naive_scoring_tokens_per_second": base["tokens"] / min(r["scoring_seconds"] for r in naive),
+        "matmul_gflops": limit, "required_gflop": flops / 1e9,
+        "lleval_share_of_matmul_limit": flops / scoring / (limit * 1e9),
+        "naive_share_of_matmul_limit": flops / min(r["scoring_seconds"] for r in naive) / (limit * 1e9),
+        "padding_share": report["timing"]["padding_share"], "batches": report["timing"]["batches"],
+        "batching": report["timing"]["batching"],
+        "same_tokens_as_naive": report["totals"]["tokens"] == base["tokens"],
+        "relative_difference_vs_naive": abs(report["totals"]["log_likelihood"] - base["log_likelihood"])
+        / abs(base["log_likelihood"]),
+        "peak_rss_lleval_mb": best["peak_rss_mb"], "peak_rss_naive_mb": base["peak_rss_mb"],
+        "model_cache": report["model"]["cache"],
     }
 
 
+def bf16_case(data: str, work: Path, repeats: int) -> dict[str, Any]:
+    """bfloat16 against float32, whole process, and what bf16 costs in accuracy (lleval kld)."""
+    rates: dict[str, list[float]] = {"float32": [], "bfloat16": []}
+    for _ in range(repeats):
+        for dtype in rates:
+            timing = run_lleval(["-d", data, "--bootstrap", "0", "--dtype", dtype], work)["report"]["timing"]
+            rates[dtype].append(timing["tokens_per_second"])
+    out = subprocess.run([LLEVAL, "kld", "-q", "--format", "json", "-d", data, "--base-dtype", "float32",
+                          "--dtype", "bfloat16"], capture_output=True, text=True, env=ENV, check=True)
+    kld = json.loads(out.stdout)
+    return {
+        "float32_tokens_per_second": max(rates["float32"]), "bfloat16_tokens_per_second": max(rates["bfloat16"]),
+        "speedup": max(rates["bfloat16"]) / max(rates["float32"]),
+        "mean_kl_nats": kld["kl_divergence"]["mean"], "kl_p99": kld["kl_divergence"]["percentiles"]["p99"],
+        "top_token_agreement": kld["top_token_agreement"], "ln_ppl_ratio": kld["perplexity"]["ln_ratio"],
+        "ln_ppl_ratio_ci": kld["perplexity"]["ln_ratio_ci"],
+    }
+
+
+def cold_and_warm_load(data: str, work: Path) -> dict[str, Any]:
+    """Model load with an empty cache (the conversion) and right after (the cache warm)."""
+    cache = work / "fresh-cache"
+    env = {**ENV, "LLEVAL_MODEL_CACHE": str(cache)}
+    loads = []
+    for _ in range(2):
+        started = time.perf_counter()
+        out = subprocess.run([LLEVAL, "score", "-q", "--format", "json", "-d", data, "--limit", "1"],
+                             capture_output=True, text=True, env=env, check=True)
+        report = json.loads(out.stdout)
+        loads.append({"cache": report["model"]["cache"], "load_seconds": report["timing"]["load_seconds"],
+                      "wall_seconds": time.perf_counter() - started})
+    return {"cold": loads[0], "warm": loads[1]}
+
+
+# ---------------------------------------------------------------- memory and start-up (children)
+
 CHILD_BIG_VOCAB = r"""
-import json, sys, time, torch
+import json, sys, time
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from lleval.api import evaluate, load
 from lleval.config import EvalConfig
@@ -190,12 +289,8 @@ def hwm():
     with open("/proc/self/status") as h:
         return next(int(l.split()[1]) / 1e3 for l in h if l.startswith("VmHWM:"))
 loaded = load(EvalConfig(model=folder))
-base = hwm()
-started = time.perf_counter()
 report = evaluate(EvalConfig(dataset=data, max_length=2048, batch_size=8, bootstrap=0), loaded=loaded)
-print(json.dumps({"peak_rss_mb": hwm(),
-                  "peak_before_scoring_mb": base, "tokens": report.totals.tokens,
-                  "seconds": time.perf_counter() - started}))
+print(json.dumps({"peak_rss_mb": hwm(), "tokens": report.totals.tokens}))
 """
 
 CHILD_STREAM = r"""
@@ -213,117 +308,256 @@ class Progress:
         if docs >= 1000 and "first_1000" not in marks:
             marks["first_1000"] = rss()
         marks["last"] = rss()
-progress = Progress()
 loaded = load(EvalConfig(model=sys.argv[1]))
-report = evaluate(EvalConfig(dataset=sys.argv[2], streaming=True, max_length=64, batch_size=64, bootstrap=0,
-                             block_tokens=20000), loaded=loaded, progress=progress)
+report = evaluate(EvalConfig(dataset=sys.argv[2], streaming=True, max_length=64, bootstrap=0, block_tokens=20000),
+                  loaded=loaded, progress=Progress())
 print(json.dumps({"documents": report.totals.documents, "rss_after_1000_mb": marks["first_1000"],
                   "rss_at_end_mb": marks["last"], "growth_mb": marks["last"] - marks["first_1000"]}))
 """
 
 
 def child(code: str, *args: str) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True,
-                         env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TQDM_DISABLE": "1"})
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    out = subprocess.run([PYTHON, "-c", code, *args], capture_output=True, text=True, check=True, env=ENV)
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
 def startup_seconds(args: list[str], repeats: int = 5) -> float:
     best = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()
-        subprocess.run([str(Path(sys.executable).parent / "lleval"), *args], capture_output=True, check=True)
+        subprocess.run([LLEVAL, *args], capture_output=True, check=True, env=ENV)
         best = min(best, time.perf_counter() - started)
     return best
 
 
-def targets(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Each target of the speed-and-memory issue, with the figure measured and whether it is met."""
+def memory_checks(work: Path, texts: list[str], quick: bool) -> dict[str, Any]:
+    tiny_tok = str(ROOT / "tests" / "assets" / "tiny-tokenizer")
+    big_data = write_jsonl(work / "big.jsonl", [" ".join(texts)] * 2)
+    results: dict[str, Any] = {"vocab_256k": child(CHILD_BIG_VOCAB, str(work / "big-vocab"), big_data, tiny_tok)}
+    small = work / "small-model"
+    child("import sys; sys.path.insert(0, sys.argv[2]); from conftest import _save_tiny; from pathlib import Path; "
+          "p = Path(sys.argv[1]); p.mkdir(); _save_tiny(p, 'gpt2'); print('{}')", str(small), str(ROOT / "tests"))
+    n_docs = 20_000 if quick else 200_000
+    stream = write_jsonl(work / "stream.jsonl", [f"Short document number {i} about the weather." for i in range(n_docs)])
+    results["streaming"] = child(CHILD_STREAM, str(small), stream)
+    results["startup_help_seconds"] = startup_seconds(["--help"])
+    return results
 
+
+# ---------------------------------------------------------------- CPU run
+
+def cpu_info() -> dict[str, Any]:
+    import torch
+
+    from lleval.hardware import cpu_features
+
+    return {**cpu_features(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def cpu_targets(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
     def check(value: float, op: str, bound: float) -> dict[str, Any]:
         return {"value": value, "op": op, "bound": bound, "met": value >= bound if op == ">=" else value < bound}
 
-    short, long = results["short"], results["long"]
-    return {
-        "short: speedup over naive": check(short["speedup"], ">=", 1.3),
-        "long: speedup over naive": check(long["speedup"], ">=", 1.1),
-        "short: share of matmul limit": check(short["lleval_share_of_matmul_limit"], ">=", 0.85),
-        "long: share of matmul limit": check(long["lleval_share_of_matmul_limit"], ">=", 0.85),
-        "long (L=2048, batch 8): peak RSS MB vs weights + 1500": check(
-            long["peak_rss_lleval_mb"], "<", results["weights_mb"] + 1500),
-        "256k vocabulary: peak RSS MB": check(results["vocab_256k"]["peak_rss_mb"], "<", 2000),
-        "streaming: RSS growth MB": check(results["streaming"]["growth_mb"], "<", 200),
-        "start-up --help s": check(results["startup_help_seconds"], "<", 0.5),
-        "start-up --version s": check(results["startup_version_seconds"], "<", 0.5),
+    t: dict[str, dict[str, Any]] = {}
+    for case in ("short", "long", "tiny"):
+        c = r[case]
+        t[f"{case}: whole-process speed-up over the naive loop"] = check(c["speedup_whole_process"], ">=", 1.3)
+        t[f"{case}: scoring share of the matmul limit"] = check(c["lleval_share_of_matmul_limit"], ">=", 0.85)
+        t[f"{case}: padding share of computed tokens"] = check(c["padding_share"], "<", 0.05)
+    t["second run: model load seconds (cache warm)"] = check(r["load"]["warm"]["load_seconds"], "<", 2.0)
+    if "bf16" in r:
+        t["bf16 on a CPU with bf16 units: speed-up over float32"] = check(r["bf16"]["speedup"], ">=", 1.8)
+    if "memory" in r:
+        m = r["memory"]
+        t["long (L=2048): peak RSS MB vs weights + 1500"] = check(r["long"]["peak_rss_lleval_mb"], "<",
+                                                                   r["weights_mb"] + 1500)
+        t["256k vocabulary: peak RSS MB"] = check(m["vocab_256k"]["peak_rss_mb"], "<", 2000)
+        t["streaming: RSS growth MB"] = check(m["streaming"]["growth_mb"], "<", 200)
+        t["start-up --help s"] = check(m["startup_help_seconds"], "<", 0.5)
+    return t
+
+
+def run_cpu(args: argparse.Namespace) -> dict[str, Any]:
+    from lleval.api import load
+    from lleval.config import EvalConfig
+    from lleval.hardware import has_fast_half
+
+    loaded = load(EvalConfig())  # fills the model cache too
+    work = Path(tempfile.mkdtemp(prefix="lleval-bench-"))
+    texts = corpora(loaded.tokenizer, args.quick)
+    files = {name: write_jsonl(work / f"{name}.jsonl", t) for name, t in texts.items()}
+    results: dict[str, Any] = {"machine": cpu_info(), "weights_mb": sum(
+        p.numel() * p.element_size() for p in loaded.model.parameters()) / 1e6}
+    results["load"] = cold_and_warm_load(files["short"], work)
+    repeats = 1 if args.quick else 2
+    for name in ("short", "long", "tiny"):
+        results[name] = cpu_case(name, files[name], loaded, texts[name], work, repeats)
+        print_case(results[name], flush=True)
+    if has_fast_half("bfloat16"):
+        results["bf16"] = bf16_case(files["short"], work, repeats)
+        results["bf16_matmul_gflops"] = matmul_gflops(__import__("torch").bfloat16)
+    if not args.quick:
+        results["memory"] = memory_checks(work, texts["long"], args.quick)
+    results["targets"] = cpu_targets(results)
+    return results
+
+
+def print_case(c: dict[str, Any], flush: bool = False) -> None:
+    print(f"{c['case']:5}: {c['documents']} docs, {c['tokens']} tokens; whole process lleval {c['lleval_wall_seconds']:.1f} s "
+          f"vs naive {c['naive_wall_seconds']:.1f} s (x{c['speedup_whole_process']:.2f}); load {c['lleval_load_seconds']:.2f} "
+          f"vs {c['naive_load_seconds']:.1f} s; scoring {c['lleval_scoring_tokens_per_second']:.0f} vs "
+          f"{c['naive_scoring_tokens_per_second']:.0f} tok/s; {c['lleval_share_of_matmul_limit'] * 100:.0f}% / "
+          f"{c['naive_share_of_matmul_limit'] * 100:.0f}% of {c['matmul_gflops']:.0f} GFLOP/s; padding "
+          f"{c['padding_share'] * 100:.1f}% in {c['batches']} batches; peak RSS {c['peak_rss_lleval_mb']:.0f} / "
+          f"{c['peak_rss_naive_mb']:.0f} MB; totals vs naive {c['relative_difference_vs_naive']:.1e}", flush=flush)
+
+
+# ---------------------------------------------------------------- GPU run (in process)
+
+def random_model(folder: Path, size: str, tokenizer: Any) -> None:
+    """A Llama of the given size with random weights, saved with ``tokenizer``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    shapes = {  # 1b: the shape of Llama-3.2-1B; small: for a smoke test on a CPU
+        "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                   num_key_value_heads=8, vocab_size=128256),
+        "small": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=max(len(tokenizer), 1024)),
     }
+    torch.manual_seed(0)
+    config = LlamaConfig(max_position_embeddings=8192, tie_word_embeddings=True, **shapes[size])
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def naive_in_process(model: Any, tokenizer: Any, texts: list[str], max_length: int, device: str) -> tuple[int, float]:
+    """The naive loop in this process: tokenize, then one window at a time, full logits."""
+    import torch
+
+    tokens, ll = 0, 0.0
+    with torch.inference_mode():
+        for text in texts:
+            seq = [tokenizer.bos_token_id] + tokenizer(text, add_special_tokens=False)["input_ids"]
+            target = 1
+            while target < len(seq):
+                last = min(target + max_length, len(seq)) - 1
+                begin = max(0, last - max_length)
+                logits = model(torch.tensor([seq[begin:last]], device=device)).logits[0]
+                logp = torch.log_softmax(logits.float(), dim=-1)
+                idx = torch.arange(target - 1 - begin, last - begin, device=device)
+                ll += float(logp[idx, torch.tensor(seq[target : last + 1], device=device)].double().sum())
+                tokens += last + 1 - target
+                target = last + 1
+    return tokens, ll
+
+
+def peak_tflops(device: str) -> tuple[str, float | None]:
+    import torch
+
+    if not device.startswith("cuda"):
+        return "cpu", None
+    name = torch.cuda.get_device_name(torch.device(device))
+    for key, value in GPU_BF16_PEAK_TFLOPS.items():
+        if key in name:
+            return name, value
+    return name, None
+
+
+def gpu_case(name: str, data: str, texts: list[str], loaded: Any, device: str, repeats: int) -> dict[str, Any]:
+    import torch
+
+    from lleval.api import evaluate
+    from lleval.config import EvalConfig
+
+    tok = loaded.tokenizer
+    sequences = [[tok.bos_token_id] + tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    flops = required_flops(loaded.model, sequences, 2048)
+    ours_s, naive_s, ours_mem, naive_mem = float("inf"), float("inf"), 0, 0
+    report, naive_tokens = None, 0
+    on_gpu = device.startswith("cuda")
+    for _ in range(repeats):
+        if on_gpu:
+            torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        report = evaluate(EvalConfig(dataset=data, bootstrap=0, device=device, dtype="bfloat16"), loaded=loaded)
+        if on_gpu:
+            torch.cuda.synchronize(); ours_mem = max(ours_mem, torch.cuda.max_memory_allocated())
+            torch.cuda.reset_peak_memory_stats()
+        ours_s = min(ours_s, time.perf_counter() - started)
+        started = time.perf_counter()
+        naive_tokens, _ll = naive_in_process(loaded.model, tok, texts, 2048, device)
+        if on_gpu:
+            torch.cuda.synchronize(); naive_mem = max(naive_mem, torch.cuda.max_memory_allocated())
+        naive_s = min(naive_s, time.perf_counter() - started)
+    assert report is not None
+    gpu, peak = peak_tflops(device)
+    mfu = (lambda seconds: None if peak is None else flops / seconds / (peak * 1e12))
+    return {"case": name, "device": gpu, "tokens": report.totals.tokens, "naive_tokens": naive_tokens,
+            "lleval_tokens_per_second": report.totals.tokens / ours_s, "naive_tokens_per_second": naive_tokens / naive_s,
+            "speedup": naive_s / ours_s, "lleval_mfu": mfu(ours_s), "naive_mfu": mfu(naive_s), "bf16_peak_tflops": peak,
+            "lleval_peak_memory_gb": ours_mem / 1e9, "naive_peak_memory_gb": naive_mem / 1e9,
+            "padding_share": report.timing["padding_share"], "batches": report.timing["batches"],
+            "batching": report.timing["batching"]}
+
+
+def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
+    from lleval.api import load
+    from lleval.config import EvalConfig
+
+    builtin = load(EvalConfig())  # its tokenizer cuts the texts; the model scores random weights
+    work = Path(tempfile.mkdtemp(prefix="lleval-bench-gpu-"))
+    texts = corpora(builtin.tokenizer, args.quick)
+    folder = work / f"random-{args.model_config}"
+    random_model(folder, args.model_config, builtin.tokenizer)
+    loaded = load(EvalConfig(model=str(folder), device=args.device, dtype="bfloat16"))
+    results: dict[str, Any] = {"model_config": args.model_config, "parameters": loaded.info.parameters}
+    for name, corpus in texts.items():
+        results[name] = gpu_case(name, write_jsonl(work / f"{name}.jsonl", corpus), corpus, loaded, args.device,
+                                 1 if args.quick else 2)
+        c = results[name]
+        mfu = "n/a" if c["lleval_mfu"] is None else f"{c['lleval_mfu'] * 100:.1f}% / {c['naive_mfu'] * 100:.1f}%"
+        print(f"{name:5} on {c['device']}: lleval {c['lleval_tokens_per_second']:.0f} tok/s, naive "
+              f"{c['naive_tokens_per_second']:.0f} (x{c['speedup']:.2f}); MFU {mfu}; peak memory "
+              f"{c['lleval_peak_memory_gb']:.2f} / {c['naive_peak_memory_gb']:.2f} GB; padding "
+              f"{c['padding_share'] * 100:.1f}%", flush=True)
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smaller corpora")
-    parser.add_argument("--json", default=None)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--quick", action="store_true", help="smaller corpora, one round, no memory checks")
+    parser.add_argument("--json", default=None, help="write every figure here")
+    parser.add_argument("--device", default="cpu", help="cpu (whole processes) or cuda (in process, bf16)")
+    parser.add_argument("--model-config", default="1b", choices=("1b", "small"),
+                        help="in process: the random-weight Llama to score")
+    parser.add_argument("--in-process", action="store_true",
+                        help="the GPU comparison (implied by a device other than cpu); with --device cpu "
+                        "--model-config small, a quick check that it runs")
     args = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    from lleval.api import load
-    from lleval.config import EvalConfig
-    from lleval.data import builtin_sample_path
-
-    essays = [json.loads(line)["text"] for line in builtin_sample_path().read_text().splitlines()]
-    work = Path(tempfile.mkdtemp(prefix="lleval-bench-"))
-    results: dict[str, Any] = {"torch_threads": torch.get_num_threads()}
-    loaded = load(EvalConfig())
-    results["weights_mb"] = sum(p.numel() * p.element_size() for p in loaded.model.parameters()) / 1e6
-    results["rss_after_load_mb"] = rss_mb()
-    short = essays if args.quick else essays * 2  # ~380 tokens each
-    # ~2,300 tokens each: two windows of L = 2048 per document, so 8 windows fill one batch of 8
-    long_docs = [" ".join(essays[i::2]) for i in range(2)] * 2
-    if args.quick:
-        long_docs = long_docs[:1]
-    repeats = 1 if args.quick else 2
-    results["short"] = throughput_case("short", loaded, short, 2048, args.batch_size, work, repeats)
-    results["long"] = throughput_case("long", loaded, long_docs, 2048, args.batch_size, work, repeats)
-
-    tiny_tok = str(ROOT / "tests" / "assets" / "tiny-tokenizer")
-    big_data = write_jsonl(work / "big.jsonl", [" ".join(essays)] * 2)
-    results["vocab_256k"] = child(CHILD_BIG_VOCAB, str(work / "big-vocab"), big_data, tiny_tok)
-
-    small = work / "small-model"
-    child(
-        "import sys; sys.path.insert(0, sys.argv[2]); from conftest import _save_tiny; from pathlib import Path; "
-        "p = Path(sys.argv[1]); p.mkdir(); _save_tiny(p, 'gpt2'); print('{}')",
-        str(small), str(ROOT / "tests"),
-    )
-    n_docs = 20_000 if args.quick else 200_000
-    stream = write_jsonl(work / "stream.jsonl", [f"Short document number {i} about the weather." for i in range(n_docs)])
-    results["streaming"] = child(CHILD_STREAM, str(small), stream)
-    results["startup_help_seconds"] = startup_seconds(["--help"])
-    results["startup_version_seconds"] = startup_seconds(["--version"])
-
-    results["targets"] = targets(results)
-    print(f"threads {results['torch_threads']}, weights {results['weights_mb']:.0f} MB, "
-          f"RSS after loading {results['rss_after_load_mb']:.0f} MB")
-    for case in ("short", "long"):
-        r = results[case]
-        print(
-            f"{case:5}: lleval {r['lleval_tokens_per_second']:.0f} tok/s, naive {r['naive_tokens_per_second']:.0f} "
-            f"tok/s, x{r['speedup']:.2f}; matmul {r['matmul_gflops']:.0f} GFLOP/s, "
-            f"{r['model_gflop_per_token']:.3f} GFLOP/scored token, lleval {r['lleval_share_of_matmul_limit'] * 100:.0f}% "
-            f"/ naive {r['naive_share_of_matmul_limit'] * 100:.0f}% of the limit; padding "
-            f"{r['padding_share'] * 100:.1f}%; peak RSS {r['peak_rss_lleval_mb']:.0f} MB (lleval) "
-            f"{r['peak_rss_naive_mb']:.0f} MB (naive); totals vs naive: "
-            f"{r['relative_difference_vs_naive']:.1e} relative"
-        )
-    v = results["vocab_256k"]
-    print(f"256k vocabulary, L=2048, batch 8: peak RSS {v['peak_rss_mb']:.0f} MB ({v['tokens']} tokens)")
-    s = results["streaming"]
-    print(f"streaming {s['documents']} documents: RSS {s['rss_after_1000_mb']:.0f} MB after 1,000, "
-          f"{s['rss_at_end_mb']:.0f} MB at the end, growth {s['growth_mb']:.0f} MB")
-    print(f"start-up: --help {results['startup_help_seconds']:.2f} s, --version {results['startup_version_seconds']:.2f} s")
-    print("targets:")
-    for name, t in results["targets"].items():
-        print(f"  {'met ' if t['met'] else 'MISS'} {name}: {t['value']:.3g} {t['op']} {t['bound']:.3g}")
+    os.environ.update({k: v for k, v in ENV.items() if k not in os.environ})
+    if args.device == "cpu" and not args.in_process:
+        results = run_cpu(args)
+        print(f"CPU: {results['machine']['model']} ({results['machine']['capability']}, bf16 units: "
+              f"{results['machine']['bf16_matmul']}), {results['machine']['torch_threads']} torch threads")
+        load = results["load"]
+        print(f"model load: {load['cold']['load_seconds']:.1f} s converting ({load['cold']['cache']}), "
+              f"{load['warm']['load_seconds']:.2f} s from the cache ({load['warm']['cache']})")
+        if "bf16" in results:
+            b = results["bf16"]
+            print(f"bf16: {b['bfloat16_tokens_per_second']:.0f} vs float32 {b['float32_tokens_per_second']:.0f} tok/s "
+                  f"(x{b['speedup']:.2f}); mean KL {b['mean_kl_nats']:.5f} nats, top-token agreement "
+                  f"{b['top_token_agreement'] * 100:.2f}%, ln PPL ratio {b['ln_ppl_ratio']:+.5f} {b['ln_ppl_ratio_ci']}")
+        if "memory" in results:
+            m = results["memory"]
+            print(f"256k vocabulary: peak RSS {m['vocab_256k']['peak_rss_mb']:.0f} MB; streaming "
+                  f"{m['streaming']['documents']} docs: RSS growth {m['streaming']['growth_mb']:.0f} MB; "
+                  f"--help {m['startup_help_seconds']:.2f} s")
+        print("targets:")
+        for name, t in results["targets"].items():
+            print(f"  {'met ' if t['met'] else 'MISS'} {name}: {t['value']:.3g} {t['op']} {t['bound']:.3g}")
+    else:
+        results = run_gpu(args)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 
