@@ -190,3 +190,21 @@ def test_a_kld_report_is_not_compared(tmp_path: Path) -> None:
     other = write(tmp_path, "k.json", {**make_report(), "kind": "kld"})
     result = run([base, other])
     assert result.exit_code == 2 and "'kld' report" in result.stderr
+
+
+def test_the_documents_that_changed_most(tmp_path: Path) -> None:
+    """A hand-built pair: document 3 got 12 nats worse, 7 got 5 worse, 1 got 9 better."""
+    base = make_report(n_docs=10)
+    cand = copy.deepcopy(base)
+    for index, delta in ((3, 12.0), (7, 5.0), (1, -9.0)):
+        cand["documents"][index]["log_likelihood"] -= delta  # lower log-likelihood: more nats
+    comparison = compare_reports(base, cand, top_documents=5)
+    assert [(d["index"], round(d["delta_nats"], 9)) for d in comparison.worst_documents] == [(3, 12.0), (7, 5.0)]
+    assert [(d["index"], round(d["delta_nats"], 9)) for d in comparison.best_documents] == [(1, -9.0)]
+    worst = comparison.worst_documents[0]
+    assert math.isclose(worst["delta_bits_per_byte"], 12.0 / (math.log(2) * base["documents"][3]["bytes"]))
+    out = run([write(tmp_path, "a.json", base), write(tmp_path, "b.json", cand), "--format", "json", "--top-documents", "1"])
+    row = json.loads(out.stdout)["comparisons"][0]
+    assert [d["index"] for d in row["worst_documents"]] == [3] and [d["index"] for d in row["best_documents"]] == [1]
+    markdown = run([write(tmp_path, "a.json", base), write(tmp_path, "b.json", cand), "--format", "markdown"]).stdout
+    assert "documents that got worse" in markdown and "| 3 | +12.000 |" in markdown

@@ -96,3 +96,15 @@ def test_document_with_nothing_to_score_is_kept(tiny_loaded: Any, tmp_path: Path
     assert result["dataset"]["documents"] == 2 and result["kl_divergence"]["mean"] == 0.0
     assert result["perplexity"]["ln_ratio_ci"] == [0.0, 0.0]  # resamples of only the empty document are left out
     json.dumps(result, allow_nan=False)
+
+
+def test_one_model_in_two_dtypes(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    config = EvalConfig(model=str(tiny_llama_dir), dataset=_data(tmp_path), dtype="bfloat16", max_length=32)
+    result = kl_divergence(config, str(tiny_llama_dir), base_dtype="float32").to_dict()
+    assert (result["base"]["dtype"], result["model"]["dtype"]) == ("float32", "bfloat16")
+    assert 0.0 < result["kl_divergence"]["mean"] < 0.05  # bf16 rounding: small, not zero
+
+
+def test_kld_needs_a_base_or_a_base_dtype(tiny_model_dir: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["kld", "-m", str(tiny_model_dir), "-d", _data(tmp_path), "-q"])
+    assert result.exit_code == 2 and "give --base" in result.output

@@ -109,3 +109,22 @@ def test_log_sum_exp_of_non_finite_rows_is_not_finite() -> None:
     logits = torch.tensor([[0.0, 1.0], [float("-inf"), float("-inf")], [float("nan"), 0.0], [float("inf"), 0.0]])
     got = target_logprobs(logits.clone(), torch.tensor([1, 0, 1, 1]))
     assert torch.isfinite(got[0]) and not torch.isfinite(got[1:]).any()
+
+
+def test_half_precision_models_project_in_float32(tiny_llama_dir: Path) -> None:
+    """A bf16 body, a float32 head: the logits are the float32 product of the bf16 hidden
+    states and the head's weight, not that product rounded to bf16."""
+    from transformers import AutoModelForCausalLM
+
+    from lleval.model import make_logits_slices
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.bfloat16).eval()
+    ids = torch.tensor([[5, 9, 33, 120, 7, 64]])
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    (logits,) = list(make_logits_slices(model)(ids, torch.ones_like(ids), mask, 1 << 20))
+    with torch.no_grad():
+        hidden = model.model(input_ids=ids, use_cache=False).last_hidden_state[0]  # (T, H) bf16
+    expected = hidden.float() @ model.lm_head.weight.float().T
+    assert logits.dtype == torch.float32
+    assert torch.allclose(logits, expected, rtol=1e-6, atol=1e-6)
+    assert not torch.equal(logits, expected.bfloat16().float())  # more precise than bf16 logits

@@ -34,9 +34,19 @@ from lleval.errors import DataError, ScoringError
 from lleval.metrics import Totals, ratio_intervals
 from lleval.model import LoadedModel, ModelSpec
 from lleval.protocols import Plan, plan
-from lleval.reducers import DocumentSums, NonFiniteLogProb, Reducer, StreamCounts, finite_only
+from lleval.reducers import (
+    ContextCurve,
+    DocumentSamples,
+    DocumentSums,
+    NonFiniteLogProb,
+    Reducer,
+    StreamCounts,
+    finite_only,
+)
 from lleval.report import (
+    ContextBin,
     Report,
+    bins_of_table,
     check_writable,
     dataset_block,
     environment,
@@ -65,7 +75,7 @@ class Progress(Protocol):
 def model_spec(config: EvalConfig) -> ModelSpec:
     """The model part of a config."""
     return ModelSpec(config.model, config.revision, config.trust_remote_code, config.dtype, config.device,
-                     config.device_map, config.model_cache)
+                     config.device_map, config.model_cache, config.float32_head)
 
 
 def data_spec(config: EvalConfig) -> DataSpec:
@@ -125,7 +135,8 @@ def open_inputs(config: EvalConfig) -> Inputs:
 
     started = time.perf_counter()
     config.validate()
-    for path, flag in ((config.output, "--output"), (config.checkpoint, "--checkpoint")):
+    for path, flag in ((config.output, "--output"), (config.checkpoint, "--checkpoint"), (config.tokens, "--tokens"),
+                       (config.html, "--html")):
         if path:
             check_writable(path, flag)
     dist = from_env()
@@ -155,6 +166,10 @@ def make_job(inputs: Inputs, loaded: LoadedModel, protocol: Plan) -> Job:
     from lleval import checkpoint as ckpt
 
     config, dist = inputs.config, inputs.dist
+    if config.token_stats:
+        from lleval.model import with_token_stats
+
+        loaded = with_token_stats(loaded)
     batching = batching_for(config, loaded, protocol.max_length)
     if dist is not None and batching.auto:  # every rank must form the same batches: rank 0's
         batching = dist.broadcast(batching)
@@ -206,7 +221,7 @@ def score(
     reducers: dict[str, Any] = {"documents": sums, **(others or {})}
     checkpointer = Checkpointer(config.checkpoint if dist is None or dist.is_main else None,
                                 config.checkpoint_every, job.fingerprint)
-    units = job.protocol.units(job.inputs.documents, job.loaded.tokenizer)
+    units = job.protocol.units(job.inputs.documents, job.loaded.tokenizer, keep_text=bool(config.tokens or config.html))
     if job.resumed is not None:
         Checkpointer.restore(job.resumed, reducers)
         units = verify_resumed(units, job.resumed, config.checkpoint or "")
@@ -276,18 +291,56 @@ def evaluate(
     else:
         protocol = plan(config, loaded.tokenizer, loaded.info.max_positions)
     job = make_job(inputs, loaded, protocol)
-    sums, counts = DocumentSums(), StreamCounts()
-    run = score(job, sums, {"stream": counts}, progress, should_stop)
-    return score_report(job, run, sums, counts)
+    sums, counts, curve = DocumentSums(), StreamCounts(), ContextCurve()
+    files = file_reducers(job)
+    run = score(job, sums, {"stream": counts, "curve": curve, **files}, progress, should_stop)
+    report = score_report(job, run, sums, counts, curve)
+    write_files(job, run, report, files)
+    return report
 
 
-def score_report(job: Job, run: ScoringRun, sums: DocumentSums, counts: StreamCounts) -> Report:
+def file_reducers(job: Job) -> dict[str, Any]:
+    """The reducers behind ``--tokens`` and ``--html`` (rank 0 alone writes files)."""
+    config, dist = job.config, job.inputs.dist
+    if dist is not None and not dist.is_main:
+        return {}
+    files: dict[str, Any] = {}
+    if config.tokens:
+        from lleval.tokens import TokenWriter
+
+        files["tokens"] = TokenWriter(config.tokens)
+    if config.html:
+        files["samples"] = DocumentSamples(config.html_docs)
+    return files
+
+
+def write_files(job: Job, run: ScoringRun, report: Any, files: Mapping[str, Any]) -> None:
+    """Write the token file and the HTML report a run was asked for, once its report exists."""
+    if "tokens" in files:
+        header = {k: v for k, v in report.header_dict("tokens").items() if k not in ("timing", "notes")}
+        files["tokens"].finish(header, keep_parts=not run.complete and bool(job.config.checkpoint))
+    if "samples" in files and job.config.html:
+        from lleval.html import write_score_html
+
+        write_score_html(report, files["samples"].samples(), job.config.html)
+
+
+def score_report(
+    job: Job, run: ScoringRun, sums: DocumentSums, counts: StreamCounts, curve: ContextCurve | None = None
+) -> Report:
     """The `Report` of a score run: every block of it derived from the reducers' state."""
     totals = sums.totals()
     intervals, bootstrap = document_intervals(job.config, sums, job.protocol.scores_every_token)
     notes = score_notes(job, run, sums, counts) + ([str(bootstrap["skipped"])] if "skipped" in bootstrap else [])
+    bins = [] if curve is None else context_bins(job.config, curve, job.protocol.max_length)
     return Report(**header_fields(job, run, counts, totals, notes), totals=totals, documents=sums.documents,
-                  intervals=intervals, bootstrap=bootstrap)
+                  intervals=intervals, bootstrap=bootstrap, by_context_length=bins)
+
+
+def context_bins(config: EvalConfig, curve: ContextCurve, max_length: int) -> list[ContextBin]:
+    """``by_context_length``: every power-of-two bin from 1 up to ``max_length``, with the
+    bootstrap interval of its perplexity over documents."""
+    return bins_of_table(curve.table(max_length), config.bootstrap, config.seed)
 
 
 def header_fields(job: Job, run: ScoringRun, counts: StreamCounts, totals: Totals, notes: list[str]) -> dict[str, Any]:

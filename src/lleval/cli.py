@@ -22,6 +22,7 @@ from lleval import __version__
 from lleval.config import (
     DECODE_ERRORS,
     DEFAULT_CHECKPOINT_EVERY,
+    DEFAULT_HTML_DOCS,
     DEFAULT_SEPARATOR,
     DEVICE_MAPS,
     DEVICES,
@@ -107,6 +108,9 @@ SCORING_OPTIONS = _options(
                  help="auto: CUDA, else MPS, else CPU."),
     click.option("--device-map", type=click.Choice(DEVICE_MAPS), default=None,
                  help="Spread a model too large for one device over all visible devices (accelerate)."),
+    click.option("--float32-head/--no-float32-head", default=True, show_default=True,
+                 help="With --dtype bfloat16/float16: project to logits and log-softmax in float32 (most of "
+                 "bf16's error is in rounding the logits; costs little on large models)."),
     click.option("--model-cache/--no-model-cache", default=True, show_default=True,
                  help="Keep a .gguf model converted after its first load, so later runs load in a second "
                  "(in $LLEVAL_MODEL_CACHE, else under $HF_HOME; LLEVAL_MODEL_CACHE=off turns it off)."),
@@ -157,6 +161,18 @@ SCORING_OPTIONS = _options(
                  help="What stdout gets: a table, the JSON report, or markdown."),
     click.option("--quiet", "-q", is_flag=True, default=False,
                  help="Nothing on stderr but errors: no progress, no warnings."),
+    click.option("--tokens", type=click.Path(dir_okay=False), default=None,
+                 help="Write every scored token (document, position, context, id, text, log-prob) here: "
+                 ".jsonl for JSON lines, else Parquet."),
+)
+# Flags of `score` alone: what it shows of its tokens besides the export.
+SHOW_OPTIONS = _options(
+    click.option("--token-stats", is_flag=True, default=False,
+                 help="Also the rank of each true token and the entropy of each prediction (for --tokens, --html)."),
+    click.option("--html", type=click.Path(dir_okay=False), default=None,
+                 help="Write a self-contained HTML report here: curve, documents, coloured tokens."),
+    click.option("--html-docs", type=click.IntRange(min=0), default=DEFAULT_HTML_DOCS, show_default=True,
+                 help="How many of the most (and of the least) surprising documents --html shows token by token."),
 )
 
 
@@ -173,6 +189,7 @@ def main() -> None:
 
 @main.command(context_settings=CONTEXT_SETTINGS)
 @SCORING_OPTIONS
+@SHOW_OPTIONS
 def score(**flags: Any) -> None:
     """Score a dataset with a causal LM: log-likelihood, perplexity, bits per byte.
 
@@ -195,10 +212,13 @@ def score(**flags: Any) -> None:
 
 
 @main.command(context_settings=CONTEXT_SETTINGS)
-@click.option("--base", "base_model", required=True, help="Reference model (hub id, folder or .gguf file).")
+@click.option("--base", "base_model", default=None,
+              help="Reference model (hub id, folder or .gguf file). Default: the same model as --model.")
+@click.option("--base-dtype", type=click.Choice(DTYPES), default=None,
+              help="dtype of the base model. Default: --dtype. With no --base: the same model in two dtypes.")
 @click.argument("dataset_argument", metavar="[DATASET]", required=False, default=None)
 @SCORING_OPTIONS
-def kld(base_model: str, dataset_argument: str | None, **flags: Any) -> None:
+def kld(base_model: str | None, base_dtype: str | None, dataset_argument: str | None, **flags: Any) -> None:
     """KL divergence KL(P_base || P_model) per scored token, over the full vocabulary.
 
     --model is the model compared with the base (default: the built-in
@@ -207,16 +227,19 @@ def kld(base_model: str, dataset_argument: str | None, **flags: Any) -> None:
     (or DATASET, the same). Refuses models whose tokenizers differ.
 
     \b
-    Example:
+    Examples:
       lleval kld --base ./model-fp32 --model ./model-int8 -d eval.jsonl -o kld.json
+      lleval kld --base-dtype float32 --dtype bfloat16      # what bf16 costs the built-in model
     """
     from lleval.kld import kl_divergence
 
     if dataset_argument is not None and flags["dataset"] not in (None, dataset_argument):
         raise click.UsageError(f"two datasets given ({dataset_argument} and --dataset {flags['dataset']}): pick one.")
+    if base_model is None and base_dtype in (None, flags["dtype"]):
+        raise click.UsageError("give --base (another model), or --base-dtype (the same model in another dtype).")
     config = EvalConfig(**{**flags, "dataset": flags["dataset"] or dataset_argument})
     _quiet_libraries(config.quiet)
-    result = _with_progress(config.quiet, kl_divergence, config, base_model)
+    result = _with_progress(config.quiet, kl_divergence, config, base_model or config.model, base_dtype=base_dtype)
     _deliver(result, config.output, config.format)
 
 
@@ -235,8 +258,13 @@ def kld(base_model: str, dataset_argument: str | None, **flags: Any) -> None:
 @click.option("--summary", is_flag=True, default=False,
               help="Append the markdown table to the file named by $GITHUB_STEP_SUMMARY.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write compare.json here.")
+@click.option("--top-documents", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Documents listed per candidate as the most changed, each way.")
+@click.option("--html", type=click.Path(dir_okay=False), default=None,
+              help="Write an HTML page here: each candidate's change with its interval, and the gate.")
 def compare(base: str, candidates: tuple[str, ...], max_regression: float | None, require_significant: bool,
-            bootstrap: int, seed: int, format: str, summary: bool, output: str | None) -> None:
+            bootstrap: int, seed: int, format: str, summary: bool, output: str | None, top_documents: int,
+            html: str | None) -> None:
     """Compare score reports of candidates against a base on the same texts.
 
     Exit codes: 0 every candidate passes, 1 a candidate regressed beyond
@@ -253,15 +281,60 @@ def compare(base: str, candidates: tuple[str, ...], max_regression: float | None
     if bootstrap == 0 and seed != 0:
         raise click.UsageError("--seed seeds the bootstrap, which --bootstrap 0 turns off: drop one of them.")
     result = _call(compare_report_files, base, list(candidates), max_regression_pct=max_regression,
-                   require_significant=require_significant, n_resamples=bootstrap, seed=seed)
+                   require_significant=require_significant, n_resamples=bootstrap, seed=seed,
+                   top_documents=top_documents)
     if summary:
         _append_summary(result.render_markdown())
+    if html:
+        from lleval.html import write_compare_html
+
+        _call(write_compare_html, result, html)
     _deliver(result, output, format)
     for r in result.regressions:
         click.echo(f"regression: {r.candidate} {r.metric} {r.change * 100:+.2f}% (limit +{max_regression:g}%)",
                    err=True)
     if not result.passed:
         sys.exit(1)
+
+
+@main.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("tokens", type=click.Path(dir_okay=False))
+@click.argument("candidate", required=False, default=None, type=click.Path(dir_okay=False))
+@click.option("--doc", "document", type=int, default=None,
+              help="Print this document (its row in the source) with each token coloured.")
+@click.option("--worst", type=click.IntRange(min=0), default=10, show_default=True,
+              help="List this many of the most surprising spans (with CANDIDATE: those that got most worse).")
+@click.option("--span", type=click.IntRange(min=1), default=8, show_default=True, help="Tokens in a span.")
+@click.option("--html", type=click.Path(dir_okay=False), default=None,
+              help="Write the HTML report of the token file here (curve, documents, coloured tokens).")
+@click.option("--html-docs", type=click.IntRange(min=0), default=DEFAULT_HTML_DOCS, show_default=True,
+              help="How many of the most (and of the least) surprising documents --html shows.")
+@click.option("--format", type=click.Choice(FORMATS), default="table", show_default=True,
+              help="What stdout gets: coloured text and a table, JSON, or markdown.")
+def inspect(tokens: str, candidate: str | None, document: int | None, worst: int, span: int, html: str | None,
+            html_docs: int, format: str) -> None:
+    """Show where the model is surprised, from a token file of `lleval score --tokens`.
+
+    With CANDIDATE (a token file of the same texts and tokenizer), colour the
+    per-token difference instead: red where the candidate is more surprised.
+
+    \b
+    Examples:
+      lleval inspect t.parquet --doc 3            # document 3, coloured by surprisal
+      lleval inspect t.parquet --worst 20         # the 20 most surprising 8-token spans
+      lleval inspect base.parquet new.parquet --doc 3
+      lleval inspect t.parquet --html t.html
+    """
+    from lleval.tokenview import inspect_tokens, write_tokens_html
+
+    if html is not None and candidate is not None:
+        raise click.UsageError("--html draws one token file: drop CANDIDATE or --html.")
+    if html is None and html_docs != DEFAULT_HTML_DOCS:
+        raise click.UsageError("--html-docs sets how many documents --html shows: give --html.")
+    result = _call(inspect_tokens, tokens, candidate, document=document, worst=worst, span=span)
+    if html:
+        _call(write_tokens_html, tokens, html, html_docs)
+    _deliver(result, None, format)
 
 
 def entry() -> None:

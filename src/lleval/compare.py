@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,7 @@ REQUIRED = {
     "documents": list,
 }
 DOCUMENT_KEYS = ("index", "log_likelihood", "tokens", "bytes", "words")
+TOP_DOCUMENTS = 10  # documents listed per candidate as changed most, each way
 
 
 def load_report(path: str) -> dict[str, Any]:
@@ -79,6 +80,8 @@ class Comparison:
     interval: tuple[float, float] | None
     p_worse: float | None
     regressed: bool
+    worst_documents: list[dict[str, Any]] = field(default_factory=list)  # NLL rose most first
+    best_documents: list[dict[str, Any]] = field(default_factory=list)  # NLL fell most first
 
     def to_dict(self) -> dict[str, Any]:
         """The candidate's row in ``compare --output``."""
@@ -93,6 +96,8 @@ class Comparison:
             "relative_change_ci": None if self.interval is None else list(self.interval),
             "probability_worse": self.p_worse,
             "regressed": self.regressed,
+            "worst_documents": [dict(d) for d in self.worst_documents],
+            "best_documents": [dict(d) for d in self.best_documents],
         }
 
 
@@ -135,8 +140,10 @@ def compare_reports(
     n_resamples: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    top_documents: int = TOP_DOCUMENTS,
 ) -> Comparison:
-    """Paired bootstrap of the relative change of perplexity (or bits per byte)."""
+    """Paired bootstrap of the relative change of perplexity (or bits per byte), and the
+    documents that changed most."""
     check_same_texts(base, candidate, base_name, candidate_name)
     same_tokenizer = base["tokenizer"].get("fingerprint") == candidate["tokenizer"].get("fingerprint")
     if same_tokenizer:
@@ -147,6 +154,27 @@ def compare_reports(
     c_nll, c_tok, _ = _arrays(candidate)
     if b_tok.sum() <= 0 or c_tok.sum() <= 0 or n_bytes.sum() <= 0:
         raise ReportError(f"{base_name} or {candidate_name} scored no tokens: nothing to compare.")
+    b_den = b_tok if metric == "perplexity" else n_bytes
+    c_den = c_tok if metric == "perplexity" else n_bytes
+    columns = np.column_stack([b_nll, b_den, c_nll, c_den])
+    base_value, cand_value, interval, p_worse = paired_change(columns, metric, n_resamples, seed, level)
+    change = cand_value / base_value - 1.0
+    regressed = False
+    if max_regression_pct is not None:
+        regressed = change * 100.0 > max_regression_pct
+        if require_significant:
+            regressed = regressed and interval is not None and interval[0] > 0
+    worst, best = changed_documents(base, candidate, top_documents)
+    return Comparison(base_name, candidate_name, metric, why, base_value, cand_value, change, interval, p_worse,
+                      regressed, worst, best)
+
+
+def paired_change(
+    columns: np.ndarray, metric: str, n_resamples: int, seed: int, level: float
+) -> tuple[float, float, tuple[float, float] | None, float | None]:
+    """Base and candidate values of ``metric`` from per-document ``[base NLL, base
+    denominator, candidate NLL, candidate denominator]`` columns, the interval of the
+    relative change (paired bootstrap: the same documents for both) and P(worse)."""
 
     def values(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         b_nll_s, b_den, c_nll_s, c_den = sums.T
@@ -154,28 +182,30 @@ def compare_reports(
             return np.exp(b_nll_s / b_den), np.exp(c_nll_s / c_den)
         return b_nll_s / (LN2 * b_den), c_nll_s / (LN2 * c_den)
 
-    b_den = b_tok if metric == "perplexity" else n_bytes
-    c_den = c_tok if metric == "perplexity" else n_bytes
-    columns = np.column_stack([b_nll, b_den, c_nll, c_den])
     base_value, cand_value = (float(v[0]) for v in values(columns.sum(axis=0, keepdims=True)))
-    change = cand_value / base_value - 1.0
-    interval: tuple[float, float] | None = None
-    p_worse: float | None = None
-    if len(b_nll) >= 2 and n_resamples > 0:
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            b_s, c_s = values(bootstrap_sums(columns, n_resamples, seed))
-            changes = c_s / b_s - 1.0
-        interval = percentile_interval(changes, level)
-        finite = changes[np.isfinite(changes)]
-        p_worse = float(np.mean(finite > 0)) if finite.size else None
-    regressed = False
-    if max_regression_pct is not None:
-        regressed = change * 100.0 > max_regression_pct
-        if require_significant:
-            regressed = regressed and interval is not None and interval[0] > 0
-    return Comparison(
-        base_name, candidate_name, metric, why, base_value, cand_value, change, interval, p_worse, regressed
-    )
+    if len(columns) < 2 or n_resamples <= 0:
+        return base_value, cand_value, None, None
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        b_s, c_s = values(bootstrap_sums(columns, n_resamples, seed))
+        changes = c_s / b_s - 1.0
+    finite = changes[np.isfinite(changes)]
+    return base_value, cand_value, percentile_interval(changes, level), float(np.mean(finite > 0)) if finite.size else None
+
+
+def changed_documents(
+    base: dict[str, Any], candidate: dict[str, Any], top: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The ``top`` documents whose negative log-likelihood rose most (worst first) and fell
+    most (best first), with the change in nats and in bits per byte. Texts must be paired."""
+    rows = []
+    for b, c in zip(base["documents"], candidate["documents"]):
+        delta = float(b["log_likelihood"]) - float(c["log_likelihood"])  # candidate NLL - base NLL
+        per_byte = delta / (LN2 * b["bytes"]) if b["bytes"] else 0.0
+        rows.append({"index": b["index"], "delta_nats": delta, "delta_bits_per_byte": per_byte,
+                     "base_log_likelihood": b["log_likelihood"], "candidate_log_likelihood": c["log_likelihood"]})
+    worse = sorted((r for r in rows if r["delta_nats"] > 0), key=lambda r: -r["delta_nats"])[:top]
+    better = sorted((r for r in rows if r["delta_nats"] < 0), key=lambda r: r["delta_nats"])[:top]
+    return worse, better
 
 
 @dataclass(frozen=True)
@@ -230,6 +260,10 @@ class ComparisonReport:
                 f"| {r.candidate} | {r.metric} | {r.base_value:.4f} | {r.candidate_value:.4f} | "
                 f"{r.change * 100:+.2f}% | {_interval_text(r.interval)} | {_p_text(r.p_worse)} | {self.verdict(r)} |"
             )
+        for r, title, docs in _changed(self.comparisons):
+            lines += ["", f"#### {r.candidate}: documents that {title}", "", "| document | Δ nats | Δ bits/byte |",
+                      "| --- | --- | --- |"]
+            lines += [f"| {d['index']} | {d['delta_nats']:+.3f} | {d['delta_bits_per_byte']:+.5f} |" for d in docs]
         return "\n".join(lines) + "\n"
 
     def verdict(self, row: Comparison) -> str:
@@ -252,9 +286,22 @@ class ComparisonReport:
                 _interval_text(r.interval), _p_text(r.p_worse), self.verdict(r),
             )
         console.print(table)
+        for r, title, docs in _changed(rows):
+            changed = Table(title=f"{r.candidate}: documents that {title}")
+            for column in ("document", "Δ nats", "Δ bits/byte"):
+                changed.add_column(column, justify="right")
+            for d in docs:
+                changed.add_row(str(d["index"]), f"{d['delta_nats']:+.3f}", f"{d['delta_bits_per_byte']:+.5f}")
+            console.print(changed)
         for r in rows:
             if r.metric != "perplexity":
                 console.print(f"note: {r.candidate}: {r.why}.")
+
+
+def _changed(rows: list[Comparison]) -> list[tuple[Comparison, str, list[dict[str, Any]]]]:
+    """(candidate, "got worse" | "got better", documents) for each non-empty list."""
+    return [(r, title, docs) for r in rows
+            for title, docs in (("got worse", r.worst_documents), ("got better", r.best_documents)) if docs]
 
 
 def _interval_text(interval: tuple[float, float] | None) -> str:
@@ -273,6 +320,7 @@ def compare_report_files(
     require_significant: bool = False,
     n_resamples: int = 1000,
     seed: int = 0,
+    top_documents: int = TOP_DOCUMENTS,
 ) -> ComparisonReport:
     """Load score reports and compare each candidate with the base."""
     from lleval.report import now
@@ -283,7 +331,7 @@ def compare_report_files(
         compare_reports(
             base_report, report, base_name=base, candidate_name=path,
             max_regression_pct=max_regression_pct, require_significant=require_significant,
-            n_resamples=n_resamples, seed=seed,
+            n_resamples=n_resamples, seed=seed, top_documents=top_documents,
         )
         for path, report in loaded
     ]

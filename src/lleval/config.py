@@ -30,6 +30,7 @@ DECODE_ERRORS = ("strict", "replace", "ignore")
 DEFAULT_SEPARATOR = "\n\n"
 DEFAULT_MAX_LENGTH_CAP = 2048
 DEFAULT_CHECKPOINT_EVERY = 60.0
+DEFAULT_HTML_DOCS = 20
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class EvalConfig:
     device: str = "auto"
     device_map: str | None = None
     model_cache: bool = True  # keep a converted .gguf for later runs (lleval.model_cache)
+    float32_head: bool = True  # bf16/fp16 models: output projection and log-softmax in float32
     # data
     dataset: str | None = None
     dataset_config: str | None = None
@@ -72,6 +74,11 @@ class EvalConfig:
     output: str | None = None
     format: str = "table"
     quiet: bool = False
+    # what the run shows of its tokens
+    tokens: str | None = None  # the per-token export: .parquet, or .jsonl (lleval.tokens)
+    token_stats: bool = False  # rank and entropy of every token (in the export and the HTML)
+    html: str | None = None  # the HTML report (lleval.html)
+    html_docs: int = DEFAULT_HTML_DOCS  # documents shown token by token, most and least surprising each
 
     def validate(self) -> None:
         """Raise one `ConfigError` that lists every problem found.
@@ -108,6 +115,8 @@ class EvalConfig:
             value = getattr(self, name)
             if isinstance(value, int) and value < 1:
                 problems.append(f"{name} must be at least 1, got {value}")
+        if self.html_docs < 0:
+            problems.append(f"html_docs must be 0 or more, got {self.html_docs}")
         if self.bootstrap < 0:
             problems.append(f"bootstrap must be 0 (off) or more resamples, got {self.bootstrap}")
         if self.limit is not None and self.limit < 0:
@@ -151,6 +160,13 @@ class EvalConfig:
             problems.append("--seed seeds the bootstrap, which --bootstrap 0 turns off: drop one of them")
         if self.device_map is not None and self.device != "auto":
             problems.append("--device-map places the model itself: drop --device")
+        if not self.float32_head and self.dtype == "float32":
+            problems.append("--no-float32-head keeps a bf16/fp16 model's head in its dtype; with --dtype float32 "
+                            "everything is float32: drop it")
+        if self.token_stats and not (self.tokens or self.html):
+            problems.append("--token-stats adds rank and entropy to --tokens and --html: give one of them")
+        if self.html is None and self.html_docs != DEFAULT_HTML_DOCS:
+            problems.append("--html-docs sets how many documents --html shows: give --html")
         return problems
 
 def _not_a_batch_size(value: object) -> bool:
@@ -166,6 +182,7 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "device": (str,),
     "device_map": (str,),
     "model_cache": (bool,),
+    "float32_head": (bool,),
     "dataset": (str,),
     "dataset_config": (str,),
     "split": (str,),
@@ -191,6 +208,10 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "output": (str,),
     "format": (str,),
     "quiet": (bool,),
+    "tokens": (str,),
+    "token_stats": (bool,),
+    "html": (str,),
+    "html_docs": (int,),
 }
 assert set(FIELD_TYPES) == {f.name for f in dataclasses.fields(EvalConfig)}
 

@@ -21,8 +21,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from lleval.api import Job, Progress, ScoringRun, dtype_notes, header_fields, make_job, model_spec, open_inputs, score
-from lleval.config import EvalConfig
+from lleval.api import (
+    Job,
+    Progress,
+    ScoringRun,
+    dtype_notes,
+    file_reducers,
+    header_fields,
+    make_job,
+    model_spec,
+    open_inputs,
+    score,
+    write_files,
+)
+from lleval.config import DTYPES, EvalConfig
 from lleval.errors import ConfigError, ModelLoadError
 from lleval.metrics import bootstrap_sums, percentile_interval
 from lleval.model import LOGITS_SLICE_BYTES, LoadedModel, slice_positions
@@ -147,7 +159,7 @@ class KLReport(ReportHeader):
         kl, dp, ppl = self.kl_divergence, self.delta_p, self.perplexity
         ci = ppl["ln_ratio_ci"]
         return [
-            ("base / model", f"{self.base['name']} / {self.model['name']}"),
+            ("base / model", f"{self.base['name']} ({self.base['dtype']}) / {self.model['name']} ({self.model['dtype']})"),
             ("protocol", protocol_summary(self.protocol)),
             ("tokens", str(self.tokens)),
             ("mean KL (nats)", f"{kl['mean']:.6f} ± {kl['stderr'] or 0:.6f}"),
@@ -174,12 +186,15 @@ def kl_divergence(
     config: EvalConfig,
     base_model: str | None,
     *,
+    base_dtype: str | None = None,
     base: LoadedModel | None = None,
     model: LoadedModel | None = None,
     progress: Progress | None = None,
 ) -> KLReport:
     """Score the config's data with the base (``base_model``, or ``base``) and the config's
-    model (or ``model``) on the same windows, and return the `KLReport`.
+    model (or ``model``) on the same windows, and return the `KLReport`. The base loads
+    in ``base_dtype`` (default: the config's dtype), so one model can be compared with
+    itself in another precision.
 
     Refuses (`ConfigError`) models whose tokenizers differ, before their
     weights load: the same token ids would mean different text, so the
@@ -190,16 +205,24 @@ def kl_divergence(
             "lleval kld does not resume from --checkpoint: its per-token statistics are not saved. "
             "Drop --checkpoint."
         )
+    if config.html or config.token_stats:
+        raise ConfigError("lleval kld writes its tokens with --tokens; --html and --token-stats are lleval score's.")
+    if base_dtype is not None and base_dtype not in DTYPES:
+        raise ConfigError(f"base dtype must be one of {', '.join(DTYPES)}, got {base_dtype!r}.")
     inputs = open_inputs(config)
-    base, model, protocol = load_pair(config, base_model, base, model, progress)
+    base_config = replace(config, model=base_model, dtype=base_dtype or config.dtype)
+    base, model, protocol = load_pair(config, base_config, base, model, progress)
     job = make_job(inputs, pair(base, model), protocol)
     sums, counts, stats = DocumentSums(), StreamCounts(), KLStats()
-    run = score(job, sums, {"stream": counts, "kl": stats}, progress)
-    return kl_report(job, run, sums, counts, stats, base)
+    files = file_reducers(job)  # the token export: both models' log-probs and the KL, per token
+    run = score(job, sums, {"stream": counts, "kl": stats, **files}, progress)
+    report = kl_report(job, run, sums, counts, stats, base)
+    write_files(job, run, report, files)
+    return report
 
 
 def load_pair(
-    config: EvalConfig, base_model: str | None, base: LoadedModel | None, model: LoadedModel | None,
+    config: EvalConfig, base_config: EvalConfig, base: LoadedModel | None, model: LoadedModel | None,
     progress: Progress | None,
 ) -> tuple[LoadedModel, LoadedModel, Plan]:
     """Both models (loaded unless given): tokenizers compared and the protocol planned
@@ -210,7 +233,7 @@ def load_pair(
         progress.stage("loading models")
     started = time.perf_counter()
     opened_model = model or open_model(model_spec(config))
-    opened_base = base or open_model(model_spec(replace(config, model=base_model)))
+    opened_base = base or open_model(model_spec(base_config))
     if tokenizer_fingerprint(opened_base.tokenizer) != tokenizer_fingerprint(opened_model.tokenizer):
         raise ConfigError(
             f"the tokenizers of {opened_base.name} and {opened_model.name} differ: the same token ids mean "

@@ -132,6 +132,29 @@ def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float
     return float(low), float(high)
 
 
+def binned_intervals(
+    table: np.ndarray, n_resamples: int, seed: int, level: float = 0.95
+) -> list[tuple[float, float] | None]:
+    """Per bin, the bootstrap interval over documents of perplexity, exp(-LL / tokens).
+
+    ``table`` is ``(documents, bins, 2)``: each document's log-likelihood and
+    tokens in each bin. The same resampled documents serve every bin. None for
+    a bin without tokens, or with fewer than two documents or no resamples.
+    """
+    n_docs, n_bins, _ = table.shape
+    if n_docs < 2 or n_resamples < 1:
+        return [None] * n_bins
+    sums = bootstrap_sums(table.reshape(n_docs, 2 * n_bins), n_resamples, seed)  # (R, 2 * bins)
+    out: list[tuple[float, float] | None] = []
+    for b in range(n_bins):
+        if table[:, b, 1].sum() == 0:
+            out.append(None)
+            continue
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            out.append(percentile_interval(np.exp(-sums[:, 2 * b] / sums[:, 2 * b + 1]), level))
+    return out
+
+
 def ratio_intervals(
     nll_sum_nats: np.ndarray,
     tokens: np.ndarray,

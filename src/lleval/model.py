@@ -54,6 +54,7 @@ class ModelSpec:
     device: str = "auto"  # auto | cpu | cuda | mps
     device_map: str | None = None  # auto | balanced | sequential: spread over visible devices
     cache: bool = True  # keep a converted .gguf for later runs (lleval.model_cache)
+    float32_head: bool = True  # a bf16/fp16 model projects to logits in float32 (see make_logits_slices)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class ModelInfo:
     max_positions: int | None
     device_map: dict[str, str] | None = None  # module -> device, when loaded with a device map
     cache: str | None = None  # .gguf only: hit | stored | miss (not stored) | off
+    head_dtype: str | None = None  # dtype of the output projection and log-softmax, when not the model's
 
 
 def default_model_path() -> Path:
@@ -358,10 +360,11 @@ def load_weights(found: ModelSource) -> LoadedModel:
         max_positions=_max_positions(model.config),
         device_map={str(k): str(v) for k, v in placement.items()} if placement else None,
         cache=cache_status,
+        head_dtype="float32" if spec.float32_head and _half(model) and has_plain_head(model) else None,
     )
     tokenizer = found.tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    slices = make_logits_slices(model)
+    slices = make_logits_slices(model, spec.float32_head)
     vocab = vocab_size(model)
     from lleval.scoring import scorer_from_slices
 
@@ -374,7 +377,13 @@ def load(spec: ModelSpec) -> LoadedModel:
     return load_weights(open_model(spec))
 
 
-def make_logits_slices(model: Any) -> Any:
+def _half(model: Any) -> bool:
+    import torch
+
+    return next(model.parameters()).dtype in (torch.bfloat16, torch.float16)
+
+
+def make_logits_slices(model: Any, float32_head: bool = True) -> Any:
     """A `LogitsSlices` for a transformers causal LM: logits at scored positions, a slice at a time.
 
     For plain-head architectures the decoder runs once, hidden states are
@@ -389,12 +398,18 @@ def make_logits_slices(model: Any) -> Any:
     mask SDPA takes its causal kernel, which skips the masked half of the
     score matrix (5% faster on 400-token windows, 16% on 2048-token ones,
     same numbers at real positions).
+
+    A model in bfloat16 or float16 runs its body in that dtype but, with
+    ``float32_head`` (the default), the output projection in float32 (see
+    `float32_projection`).
     """
     import torch
 
     device = next(model.parameters()).device
     head = model.get_output_embeddings()
     plain = has_plain_head(model)
+    if plain and float32_head and head.weight.dtype in (torch.bfloat16, torch.float16):
+        head = float32_projection(head)
     keeps = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     @torch.inference_mode()
@@ -423,6 +438,43 @@ def make_logits_slices(model: Any) -> Any:
             yield logits[i : i + per_slice]
 
     return slices
+
+
+def with_token_stats(loaded: LoadedModel) -> LoadedModel:
+    """``loaded`` with a scorer that also returns each token's rank and the entropy
+    (``--token-stats``), in slices half as long (it holds two (n, V) tensors)."""
+    import dataclasses
+
+    from lleval.scoring import scorer_from_slices
+
+    if loaded.slices is None or loaded.vocab is None:
+        raise ConfigError("--token-stats needs a model whose logits lleval computes (a transformers model).")
+    per_slice = slice_positions(loaded.vocab, LOGITS_SLICE_BYTES // 2)
+    return dataclasses.replace(loaded, scorer=scorer_from_slices(loaded.slices, per_slice, stats=True))
+
+
+def float32_projection(head: Any) -> Any:
+    """``head`` (a Linear in bf16/fp16) as a float32 projection of the hidden states: a
+    float32 copy of its weight (vocabulary x hidden x 4 bytes) and its bias.
+
+    Rounding the logits to bf16 is most of bf16's error. Measured on SmolLM2
+    (the built-in sample, against float32, AMD EPYC Zen 5): with a bf16 head,
+    mean KL 0.00105 nats, top-token agreement 97.1%, perplexity +0.105% (95%
+    interval +0.02% to +0.19%); with a float32 head, mean KL 0.00066,
+    agreement 98.1%, perplexity -0.016% (-0.13% to +0.10%), for 28% of the
+    bf16 throughput on this small model (1,270 vs 1,770 tokens/s; float32:
+    650), whose 49,152-token head is a fifth of its FLOPs; on
+    billion-parameter models the head is a few percent.
+    """
+    import torch
+
+    weight = head.weight.detach().float()  # (V, H)
+    bias = None if getattr(head, "bias", None) is None else head.bias.detach().float()
+
+    def project(hidden: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(hidden.float(), weight, bias)  # (n, V) float32
+
+    return project
 
 
 def activation_bytes_per_token(model: Any) -> int:

@@ -30,7 +30,7 @@ from lleval.config import DEFAULT_MAX_LENGTH_CAP, DEFAULT_SEPARATOR, EvalConfig
 from lleval.data import Document
 from lleval.errors import ConfigError, DataError
 from lleval.scoring import Row, Unit
-from lleval.tokenization import encode, encode_with_owners, resolve_prefix_token
+from lleval.tokenization import encode, encode_with_owners, encode_with_starts, resolve_prefix_token
 from lleval.windows import Span, check_window_params, chunk_spans, rolling_spans, strided_spans
 
 TOKENIZE_GROUP = 64  # documents tokenized per batched tokenizer call
@@ -78,10 +78,10 @@ class Plan:
             return self._document_units(docs, tokenizer, keep_text)
         return self._stream_units(docs, tokenizer, keep_text)
 
-    def _row(self, doc: Document, n_bytes: int | None, keep_text: bool) -> Row:
+    def _row(self, doc: Document, n_bytes: int | None, text: str | None) -> Row:
         encoded = doc.text.encode("utf-8")
         size = len(encoded) if n_bytes is None else n_bytes
-        return Row(doc.index, size, self.words(doc.text), _sha(encoded), doc.text if keep_text else None)
+        return Row(doc.index, size, self.words(doc.text), _sha(encoded), text)
 
     def _document_units(self, docs: Iterator[Document], tokenizer: Any, keep_text: bool) -> Iterator[Unit]:
         head = [] if self.prefix_token is None else [self.prefix_token]
@@ -89,10 +89,15 @@ class Plan:
         assert self.stride is not None
         number = 0
         while group := list(itertools.islice(docs, TOKENIZE_GROUP)):
-            for doc, ids in zip(group, encode(tokenizer, [d.text for d in group])):
+            texts = [d.text for d in group]
+            encoded = (encode_with_starts(tokenizer, texts) if keep_text
+                       else [(ids, None) for ids in encode(tokenizer, texts)])
+            for doc, (ids, chars) in zip(group, encoded):
                 sequence = head + ids
                 spans = rolling_spans(len(sequence), self.max_length, self.stride)
-                yield Unit(sequence, spans, (self._row(doc, None, keep_text),), number, starts)
+                row = self._row(doc, None, doc.text if keep_text else None)
+                char_starts = None if chars is None else np.concatenate([np.full(len(head), -1), chars])
+                yield Unit(sequence, spans, (row,), number, starts, char_starts=char_starts)
                 number += 1
 
     def _stream_units(self, docs: Iterator[Document], tokenizer: Any, keep_text: bool) -> Iterator[Unit]:
@@ -100,18 +105,23 @@ class Plan:
         read = list(docs)
         if not read:
             return
-        ids, owners, n_bytes = encode_with_owners(tokenizer, [d.text for d in read], self.separator,
-                                                  self.special_tokens)
-        rows = tuple(self._row(doc, size, keep_text) for doc, size in zip(read, n_bytes))
+        ids, owners, n_bytes, chars = encode_with_owners(tokenizer, [d.text for d in read], self.separator,
+                                                         self.special_tokens)
+        # a document as scored is its text and the separator after it (not after the last)
+        scored = [d.text + (self.separator if k < len(read) - 1 else "") for k, d in enumerate(read)]
+        rows = tuple(self._row(doc, size, text if keep_text else None)
+                     for doc, size, text in zip(read, n_bytes, scored))
         skip = 0 if self.prefix_token is None else 1
         if self.prefix_token is not None:
             ids = [self.prefix_token] + ids
             owners = np.concatenate([np.zeros(1, dtype=np.int64), owners])
+            chars = np.concatenate([np.full(1, -1, dtype=np.int64), chars])
         # a document's first own token: the first position it owns, after the prefix
         starts = np.searchsorted(owners[skip:], np.arange(len(rows)), side="left").astype(np.int64) + skip
         spans = self._stream_spans(len(ids))
         unscored = len(ids) - sum(s.n_scored for s in spans)
-        yield Unit(ids, spans, rows, 0, starts, owners, window_head=self.chunk_bos, unscored=unscored)
+        yield Unit(ids, spans, rows, 0, starts, owners, window_head=self.chunk_bos, unscored=unscored,
+                   char_starts=chars if keep_text else None)
 
     def _stream_spans(self, n: int) -> list[Span]:
         if self.name == "llama-cpp":

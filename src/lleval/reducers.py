@@ -180,3 +180,128 @@ class StreamCounts:
     def restore(self, state: dict[str, Any]) -> None:
         self.stream_tokens = int(state["stream_tokens"])
         self.unscored_tokens = int(state["unscored_tokens"])
+
+
+def row_slices(scores: TokenScores) -> list[slice]:
+    """Where each row of a unit lies in its scored tokens: positions only grow along a
+    unit's windows, so a row's tokens are one run."""
+    local = scores.row - scores.unit.first_row
+    bounds = np.searchsorted(local, np.arange(len(scores.unit.rows) + 1), side="left")
+    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def context_bin(context: np.ndarray) -> np.ndarray:
+    """Power-of-two bin of each context length (>= 1): bin b holds 2**b .. 2**(b+1) - 1."""
+    return np.floor(np.log2(np.maximum(context, 1))).astype(np.int64)
+
+
+class ContextCurve:
+    """Scored tokens grouped by how much context the model read before them, in
+    power-of-two bins (1, 2-3, 4-7, ...): tokens and log-likelihood per bin and per
+    document (the per-document sums give intervals over documents), in window order.
+
+    Kept as numpy chunks of (document number, bin, log-likelihood, tokens), about 24
+    bytes per document and bin, so 200,000 short documents take a few megabytes.
+    """
+
+    def __init__(self) -> None:
+        self.documents = 0
+        self.chunks: list[np.ndarray] = []  # (entries, 4) float64
+
+    def update(self, block: ScoredBlock) -> None:
+        entries = []
+        for scores in block.units:
+            bins = context_bin(scores.context)
+            values = scores.logprob.astype(np.float64)
+            for mine in row_slices(scores):
+                ll = np.bincount(bins[mine], weights=values[mine])
+                n = np.bincount(bins[mine])
+                full = np.flatnonzero(n)
+                entries.append(np.column_stack([np.full(len(full), self.documents), full, ll[full], n[full]]))
+                self.documents += 1
+        if entries:
+            self.chunks.append(np.concatenate(entries))
+
+    def table(self, max_length: int) -> np.ndarray:
+        """``(documents, bins, 2)``: each document's log-likelihood and tokens per bin, for
+        every bin from 1 up to the one holding ``max_length``."""
+        entries = np.concatenate(self.chunks) if self.chunks else np.zeros((0, 4))
+        width = int(context_bin(np.asarray([max_length]))[0]) + 1
+        width = max(width, int(entries[:, 1].max()) + 1 if len(entries) else 0)
+        out = np.zeros((self.documents, width, 2))
+        rows, bins = entries[:, 0].astype(np.int64), entries[:, 1].astype(np.int64)
+        out[rows, bins, 0] = entries[:, 2]
+        out[rows, bins, 1] = entries[:, 3]
+        return out
+
+    def state(self) -> dict[str, Any]:
+        entries = np.concatenate(self.chunks) if self.chunks else np.zeros((0, 4))
+        return {"documents": self.documents, "entries": entries.tolist()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.documents = int(state["documents"])
+        self.chunks = [np.asarray(state["entries"], dtype=np.float64).reshape(-1, 4)]
+
+
+class DocumentSamples:
+    """The ``n`` most and ``n`` least surprising documents (by their own perplexity), with
+    every scored token's text and numbers, for the HTML report; memory bounded by ``n``."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.worst: list[tuple[float, int, dict[str, Any]]] = []  # min-heap on perplexity: the n highest
+        self.best: list[tuple[float, int, dict[str, Any]]] = []  # min-heap on -perplexity: the n lowest
+        self.seen = 0
+
+    def update(self, block: ScoredBlock) -> None:
+        import heapq
+
+        from lleval.tokens import token_columns
+
+        for scores in block.units:
+            if not len(scores) or self.n == 0:
+                self.seen += len(scores.unit.rows)
+                continue
+            columns = token_columns(scores)
+            for k, (row, run) in enumerate(zip(scores.unit.rows, row_slices(scores))):
+                mine = np.arange(run.start, run.stop)
+                if len(mine):
+                    stats: dict[str, np.ndarray] = {name: columns[name][mine] for name in ("rank", "entropy")
+                                                    if name in columns}
+                    sample = document_sample(row.index, row.bytes, [columns["token"][i] for i in mine.tolist()],
+                                             columns["logprob"][mine], stats)
+                    for heap, key in ((self.worst, sample["perplexity"]), (self.best, -sample["perplexity"])):
+                        entry = (key, self.seen + k, sample)
+                        if len(heap) < self.n:
+                            heapq.heappush(heap, entry)
+                        elif entry[:2] > heap[0][:2]:
+                            heapq.heapreplace(heap, entry)
+            self.seen += len(scores.unit.rows)
+
+    def samples(self) -> list[dict[str, Any]]:
+        """The documents kept, most surprising first, each once."""
+        chosen = {entry[1]: entry[2] for entry in self.worst + self.best}
+        return sorted(chosen.values(), key=lambda s: -s["perplexity"])
+
+    def state(self) -> dict[str, Any]:
+        return {"seen": self.seen, "worst": [list(e) for e in self.worst], "best": [list(e) for e in self.best]}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.seen = int(state["seen"])
+        self.worst = [(float(a), int(b), c) for a, b, c in state["worst"]]
+        self.best = [(float(a), int(b), c) for a, b, c in state["best"]]
+
+
+def document_sample(
+    index: int, n_bytes: int, text: list[str], logprob: np.ndarray, stats: dict[str, np.ndarray]
+) -> dict[str, Any]:
+    """One document's tokens as the HTML report shows them: text, log-prob (nats) and, when
+    scored, rank and entropy, with the document's own log-likelihood and perplexity."""
+    values = logprob.astype(np.float64)
+    sample = {
+        "index": index, "bytes": n_bytes, "tokens": len(text), "log_likelihood": float(values.sum()),
+        "perplexity": float(np.exp(-values.mean())), "text": text, "logprob": values.round(5).tolist(),
+    }
+    for name, column in stats.items():
+        sample[name] = column.astype(np.float64).round(4).tolist()
+    return sample

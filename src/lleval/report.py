@@ -60,6 +60,48 @@ class DocumentResult:
         }
 
 
+@dataclass(frozen=True)
+class ContextBin:
+    """Tokens whose context length (tokens the model read before them in their window)
+    lies in ``context_min .. context_max``, with their log-likelihood sum."""
+
+    context_min: int
+    context_max: int
+    tokens: int
+    log_likelihood: float  # nats
+    perplexity_ci: tuple[float, float] | None = None  # 95% bootstrap over documents
+
+    @property
+    def nll(self) -> float | None:
+        """Nats per token in this bin (None when it holds no token)."""
+        return -self.log_likelihood / self.tokens if self.tokens else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The bin's entry in ``by_context_length``."""
+        nll = self.nll
+        return {
+            "context_min": self.context_min,
+            "context_max": self.context_max,
+            "tokens": self.tokens,
+            "log_likelihood": self.log_likelihood,
+            "nll": nll,
+            "perplexity": None if nll is None else json_float(math.exp(min(nll, 709.0))),
+            "perplexity_ci": json_interval(self.perplexity_ci),
+        }
+
+
+def bins_of_table(table: Any, n_resamples: int, seed: int) -> list[ContextBin]:
+    """`ContextBin`s from a ``(documents, bins, 2)`` table of per-document log-likelihood and
+    tokens per power-of-two bin, with the bootstrap interval over documents of each."""
+    from lleval.metrics import binned_intervals
+
+    intervals = binned_intervals(table, n_resamples, seed)
+    return [
+        ContextBin(2**b, 2 ** (b + 1) - 1, int(table[:, b, 1].sum()), float(table[:, b, 0].sum()), intervals[b])
+        for b in range(table.shape[1])
+    ]
+
+
 @dataclass
 class ReportHeader:
     """What every report of a scoring run says besides its numbers: who scored what, how,
@@ -114,6 +156,7 @@ def model_block(info: Any) -> dict[str, Any]:
         "max_positions": info.max_positions,
         "device_map": info.device_map,
         "cache": info.cache,
+        "head_dtype": info.head_dtype or info.dtype,
     }
 
 
@@ -195,6 +238,8 @@ class Report(ReportHeader):
     #: 95% bootstrap intervals over documents, keyed by metric; None where there is none.
     intervals: dict[str, tuple[float, float] | None] = field(default_factory=dict)
     bootstrap: dict[str, Any] = field(default_factory=dict)
+    #: loss by context length: power-of-two bins of tokens read before the scored one
+    by_context_length: list[ContextBin] = field(default_factory=list)
 
     @property
     def metrics(self) -> dict[str, float | None]:
@@ -231,6 +276,7 @@ class Report(ReportHeader):
                 **{f"{key}_ci": json_interval(value) for key, value in self.intervals.items()},
             },
             "bootstrap": dict(self.bootstrap),
+            "by_context_length": [b.to_dict() for b in self.by_context_length],
             "documents": [doc.to_dict() for doc in self.documents],
         }
 
@@ -356,13 +402,48 @@ def render_pairs_markdown(title: str, rows: list[tuple[str, str]], notes: list[s
     return "\n".join(lines) + "\n"
 
 
+CONTEXT_COLUMNS = ("context", "tokens", "NLL (nats/token)", "perplexity [95% CI]", "")
+
+
+def context_rows(report: Report) -> list[tuple[str, ...]]:
+    """One row per non-empty bin of ``by_context_length``: context range, tokens, NLL,
+    perplexity with its interval, and a bar of the NLL (the curve, sideways)."""
+    full = [b for b in report.by_context_length if b.tokens]
+    top = max((b.nll or 0.0 for b in full), default=1.0) or 1.0
+    rows: list[tuple[str, ...]] = []
+    for b in full:
+        nll = b.nll or 0.0
+        span = str(b.context_min) if b.context_min == b.context_max else f"{b.context_min}-{b.context_max}"
+        ci = "" if b.perplexity_ci is None else f"  [{fmt(b.perplexity_ci[0], 3)}, {fmt(b.perplexity_ci[1], 3)}]"
+        rows.append((span, str(b.tokens), fmt(nll), fmt(math.exp(min(nll, 709.0)), 3) + ci, "█" * round(20 * nll / top)))
+    return rows
+
+
 def render_table(report: Report, console: Any) -> None:
-    """Print a score report as a rich table on ``console`` (stdout in the CLI)."""
+    """Print a score report as rich tables on ``console`` (stdout in the CLI): the summary,
+    then loss by context length."""
+    from rich.table import Table
+
     render_pairs_table(f"lleval score — {report.protocol['name']} protocol", summary_rows(report), report.notes,
                        console)
+    rows = context_rows(report)
+    if rows:
+        table = Table(title="loss by context length (tokens read before the scored one)")
+        for column in CONTEXT_COLUMNS:
+            table.add_column(column, justify="right" if column not in ("", "context") else "left")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
 
 
 def render_markdown(report: Report) -> str:
-    """A score report as a two-column markdown table."""
-    return render_pairs_markdown(f"lleval score — {report.protocol['name']} protocol", summary_rows(report),
+    """A score report as markdown (for CI job summaries): the summary, then loss by context length."""
+    text = render_pairs_markdown(f"lleval score — {report.protocol['name']} protocol", summary_rows(report),
                                  report.notes)
+    rows = context_rows(report)
+    if rows:
+        lines = ["", "#### Loss by context length", "", "| " + " | ".join(CONTEXT_COLUMNS[:-1]) + " |",
+                 "| --- | --- | --- | --- |"]
+        lines += ["| " + " | ".join(row[:-1]) + " |" for row in rows]
+        text += "\n".join(lines) + "\n"
+    return text

@@ -56,7 +56,7 @@ class Row:
     bytes: int  # UTF-8 bytes it contributes (a separator counts with the document before it)
     words: int
     text_sha: str = ""  # sha256 of the text, to check resumed data
-    text: str | None = None  # kept only when a reducer needs it (the per-token export)
+    text: str | None = None  # as scored (with a concatenation's separator after it), kept when a reducer shows tokens
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,7 @@ class Unit:
     owners: np.ndarray | None = None  # (len(tokens),) int64
     window_head: int | None = None  # if set, written over the first token of every window
     unscored: int = 0
+    char_starts: np.ndarray | None = None  # (len(tokens),) where each token starts in its row's text; -1: prefix
 
     @property
     def last_row(self) -> int:
@@ -376,25 +377,38 @@ class LogitsSlices(Protocol):
     ) -> Iterator[torch.Tensor]: ...
 
 
-def scorer_from_slices(slices: LogitsSlices, per_slice: int) -> TokenScorer:
-    """The `TokenScorer` that takes the target's log-softmax from each slice of logits."""
+class SliceScorer:
+    """The `TokenScorer` that takes the target's log-softmax from each slice of logits.
 
-    def scorer(
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        labels: torch.Tensor,
-        score_mask: torch.Tensor,
+    With ``stats`` it also returns, per token, the rank of the true token
+    among the vocabulary (1: the most likely) and the entropy of the
+    predicted distribution (nats), from the same slices (columns ``rank``,
+    ``entropy``); the log-probs are computed exactly as without them.
+    """
+
+    def __init__(self, slices: LogitsSlices, per_slice: int, stats: bool = False) -> None:
+        self.slices, self.per_slice, self.stats = slices, per_slice, stats
+        self.columns: tuple[str, ...] = ("rank", "entropy") if stats else ()
+
+    def __call__(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, score_mask: torch.Tensor
     ) -> torch.Tensor:
         targets = labels[score_mask]  # (N,)
         pieces, offset = [], 0
         with torch.inference_mode():
-            for logits in slices(input_ids, attention_mask, score_mask, per_slice):
+            for logits in self.slices(input_ids, attention_mask, score_mask, self.per_slice):
                 n = logits.shape[0]
-                pieces.append(target_logprobs(logits, targets[offset : offset + n].to(logits.device)))
+                chunk = targets[offset : offset + n].to(logits.device)
+                pieces.append(torch.stack(target_stats(logits, chunk), 1) if self.stats else target_logprobs(logits, chunk))
                 offset += n
-        return torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.float32)
+        if pieces:
+            return torch.cat(pieces)
+        return torch.zeros((0, 3) if self.stats else 0, dtype=torch.float32)
 
-    return scorer
+
+def scorer_from_slices(slices: LogitsSlices, per_slice: int, stats: bool = False) -> SliceScorer:
+    """The `SliceScorer` of a `LogitsSlices` (``stats``: also rank and entropy)."""
+    return SliceScorer(slices, per_slice, stats)
 
 
 def slices_from_logits(logits_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> LogitsSlices:
@@ -428,7 +442,32 @@ def target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     """
     logits = logits.float()
     picked = logits.gather(1, targets.unsqueeze(1)).squeeze(1)
-    top = logits.amax(dim=1, keepdim=True)
-    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # all -inf rows stay -inf
+    top = _row_max(logits)
     log_total = logits.sub_(top).exp_().sum(dim=1).log_().add_(top.squeeze(1))
     return picked - log_total
+
+
+def _row_max(logits: torch.Tensor) -> torch.Tensor:
+    top = logits.amax(dim=1, keepdim=True)  # (N, 1)
+    return torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # all -inf rows stay -inf
+
+
+def target_stats(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(log-prob of the target, its rank, entropy)`` per row, in float32: ``(N, V), (N,)``.
+
+    The log-prob is computed with the same operations as `target_logprobs`
+    (so asking for statistics changes no number); the rank counts the
+    tokens whose logit is strictly higher, plus one; the entropy is
+    ``log Z - sum(exp(l - top) (l - top)) / Z`` with ``Z = sum(exp(l - top))``.
+    Holds one more (N, V) tensor than `target_logprobs`.
+    """
+    logits = logits.float()
+    picked = logits.gather(1, targets.unsqueeze(1)).squeeze(1)
+    rank = (logits > picked.unsqueeze(1)).sum(dim=1).float() + 1.0
+    top = _row_max(logits)
+    shifted = logits.sub_(top)
+    weights = shifted.exp()  # (N, V)
+    total = weights.sum(dim=1)
+    log_total = total.log().add_(top.squeeze(1))
+    entropy = total.log() - (weights.mul_(shifted)).sum(dim=1) / total
+    return picked - log_total, rank, entropy

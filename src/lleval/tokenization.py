@@ -74,17 +74,40 @@ def encode(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
     return out
 
 
+def encode_with_starts(tokenizer: Any, texts: Sequence[str]) -> list[tuple[list[int], np.ndarray]]:
+    """Like `encode`, with the character where each token starts in its text: ``(ids, starts)``
+    per text (a long text is tokenized in the same pieces as `encode`, so the ids are equal)."""
+    if all(len(t) <= PIECE_CHARS for t in texts) and texts:
+        batch = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
+        return [(list(ids), np.asarray([s for s, _ in offsets], dtype=np.int64))
+                for ids, offsets in zip(batch["input_ids"], batch["offset_mapping"])]
+    out = []
+    for text in texts:
+        ids: list[int] = []
+        starts: list[int] = []
+        offset = 0
+        for piece in split_for_tokenizing(text) if len(text) > PIECE_CHARS else [text]:
+            encoding = tokenizer(piece, add_special_tokens=False, return_offsets_mapping=True)
+            ids.extend(encoding["input_ids"])
+            starts.extend(offset + start for start, _ in encoding["offset_mapping"])
+            offset += len(piece)
+        out.append((ids, np.asarray(starts, dtype=np.int64)))
+    return out
+
+
 def encode_with_owners(
     tokenizer: Any, texts: Sequence[str], separator: str, special_tokens: bool = False
-) -> tuple[list[int], np.ndarray, list[int]]:
+) -> tuple[list[int], np.ndarray, list[int], np.ndarray]:
     """Tokenize ``separator.join(texts)`` once, and say which text each token belongs to.
 
     ``special_tokens`` adds the tokenizer's default special tokens (those get
     offset 0, so they belong to the first text).
 
-    Returns ``(ids, owners, bytes_per_text)``. A token belongs to the text its
-    first character falls in; each separator counts as part of the text before
-    it, in tokens and in bytes, so per-text rows add up to the stream's totals.
+    Returns ``(ids, owners, bytes_per_text, starts)``. A token belongs to the
+    text its first character falls in; each separator counts as part of the
+    text before it, in tokens and in bytes, so per-text rows add up to the
+    stream's totals. ``starts`` is the character where each token starts,
+    counted from the start of its own text.
     """
     stream = separator.join(texts)
     ends = np.cumsum([len(t) + len(separator) for t in texts])  # exclusive char ends
@@ -96,7 +119,8 @@ def encode_with_owners(
     n_bytes = [len(t.encode("utf-8")) + sep_bytes for t in texts]
     if n_bytes:
         n_bytes[-1] -= sep_bytes
-    return ids, owners.astype(np.int64), n_bytes
+    text_starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+    return ids, owners.astype(np.int64), n_bytes, starts - text_starts[owners]
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:

@@ -1,0 +1,240 @@
+"""The per-token export (``--tokens FILE``): one row per scored token, written as scoring goes.
+
+Columns, in this order (`COLUMNS`; kld adds ``base_logprob`` and ``kl``,
+``--token-stats`` adds ``rank`` and ``entropy``):
+
+- ``document``: the document's row in the source (as the report's ``documents[].index``);
+- ``position``: the token's place in the document (0: its first token);
+- ``context``: how many tokens the model read before predicting it, in its window;
+- ``token_id`` and ``token``: the id, and the text it covers: from where the
+  token starts in the document to where the next one starts, so the texts of a
+  document's tokens join back into the document wherever the protocol scores
+  every token (with ``--concat``, a document is followed by its separator);
+- ``start``, ``end``: that text's character offsets in the document;
+- ``logprob``: log P(token | context) in nats (float32, as scored).
+
+A ``.jsonl`` path writes JSON lines, anything else Parquet (row groups of at
+most 65,536 rows; the file's metadata key ``lleval`` holds the run's report
+header as JSON). The file is written in parts as blocks are scored (memory
+stays bounded), merged into a temporary file when the run ends and renamed
+into place: never half-written. A checkpoint records the parts written so far,
+so a resumed run keeps them and writes the rest, and its file is the
+uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from lleval.errors import OutputError
+from lleval.scoring import ScoredBlock, TokenScores
+
+COLUMNS = ("document", "position", "context", "token_id", "token", "start", "end", "logprob")
+ROW_GROUP = 65_536
+
+
+def token_columns(scores: TokenScores) -> dict[str, Any]:
+    """The export's columns for one unit's scored tokens (its rows must hold their text)."""
+    unit = scores.unit
+    local = scores.row - unit.first_row
+    sequence = scores.position + unit.starts[local]  # (N,) positions in the unit's token sequence
+    starts, ends = _token_spans(unit)
+    texts = [row.text or "" for row in unit.rows]
+    begin, finish = starts[sequence], ends[sequence]
+    columns: dict[str, Any] = {
+        "document": np.asarray([unit.rows[k].index for k in local], dtype=np.int64),
+        "position": scores.position,
+        "context": scores.context,
+        "token_id": scores.token,
+        "token": [texts[k][b:e] for k, b, e in zip(local.tolist(), begin.tolist(), finish.tolist())],
+        "start": begin,
+        "end": finish,
+        "logprob": scores.logprob,
+    }
+    columns.update(scores.columns)
+    return columns
+
+
+def _token_spans(unit: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Character span in its row's text of every position of a unit's sequence: from where
+    the token starts to where the next token of the same row starts (the first token of a
+    row from 0, the last to the end of the text)."""
+    if unit.char_starts is None or any(row.text is None for row in unit.rows):
+        raise ValueError("the per-token export needs units made with keep_text=True")
+    n = len(unit.tokens)
+    starts = np.maximum(unit.char_starts, 0)
+    begin, finish = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+    bounds = list(unit.starts) + [n]
+    for k, row in enumerate(unit.rows):
+        own = slice(int(bounds[k]), int(bounds[k + 1]))
+        edges = np.maximum.accumulate(starts[own]) if bounds[k + 1] > bounds[k] else starts[own]
+        if len(edges):
+            edges[0] = 0
+        begin[own] = edges
+        finish[own] = np.append(edges[1:], len(row.text or ""))
+    return begin, finish
+
+
+class TokenWriter:
+    """A reducer that writes every scored token to ``path`` (see the module docstring).
+
+    Parts live in a hidden folder next to ``path`` until `finish` merges them.
+    A resumed run (`restore`) keeps the parts its checkpoint lists; any other
+    run starts by removing what an earlier run left there.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path).expanduser()
+        self.jsonl = self.path.suffix.lower() == ".jsonl"
+        self.parts_dir = self.path.parent / f".{self.path.name}.parts"
+        self.parts: list[str] = []  # finished parts, in order
+        self.rows = 0
+        self._open: Any = None  # the part being written: a file handle or a ParquetWriter
+        self._open_name = ""
+        self._pruned = False
+
+    def update(self, block: ScoredBlock) -> None:
+        for scores in block.units:
+            if len(scores):
+                self._write(token_columns(scores))
+
+    def _prune(self) -> None:
+        """Remove what is not a finished part of this run (an earlier run's leftovers)."""
+        self.parts_dir.mkdir(parents=True, exist_ok=True)
+        for path in self.parts_dir.iterdir():
+            if path.name not in self.parts:
+                path.unlink()
+        self._pruned = True
+
+    def _write(self, columns: dict[str, Any]) -> None:
+        if not self._pruned:
+            self._prune()
+        if self._open is None:
+            self._open_name = f"part-{len(self.parts):05d}.{'jsonl' if self.jsonl else 'parquet'}"
+            path = self.parts_dir / self._open_name
+            if self.jsonl:
+                self._open = path.open("w", encoding="utf-8")
+            else:
+                import pyarrow.parquet as pq
+
+                self._open = pq.ParquetWriter(str(path), _arrow_table(columns).schema)
+        if self.jsonl:
+            self._open.write(_jsonl(columns))
+        else:
+            self._open.write_table(_arrow_table(columns), row_group_size=ROW_GROUP)
+        self.rows += len(columns["token"])
+
+    def _close_part(self) -> None:
+        if self._open is not None:
+            self._open.close()
+            self.parts.append(self._open_name)
+            self._open = None
+
+    def state(self) -> dict[str, Any]:
+        """Close the part being written: a checkpoint lists only finished parts."""
+        self._close_part()
+        return {"parts": list(self.parts), "rows": self.rows}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Keep the parts the checkpoint lists (the interrupted run wrote them), drop the rest."""
+        missing = [name for name in state["parts"] if not (self.parts_dir / name).is_file()]
+        if missing:
+            raise OutputError(
+                f"--tokens {self.path}: the token parts written before the checkpoint are gone from "
+                f"{self.parts_dir}: delete the checkpoint and rerun."
+            )
+        self.parts, self.rows = list(state["parts"]), int(state["rows"])
+        self._prune()
+
+    def finish(self, header: dict[str, Any], keep_parts: bool = False) -> None:
+        """Merge the parts into ``path`` (a temporary file, fsynced, renamed into place).
+        ``keep_parts`` keeps them for a run that will resume (a stopped run with a checkpoint)."""
+        if not self._pruned:
+            self._prune()
+        self._close_part()
+        tmp = self.path.parent / f".{self.path.name}.tmp"
+        try:
+            if self.jsonl:
+                with tmp.open("wb") as out:
+                    for name in self.parts:
+                        with (self.parts_dir / name).open("rb") as part:
+                            shutil.copyfileobj(part, out)
+                    out.flush()
+                    os.fsync(out.fileno())
+            else:
+                _merge_parquet([self.parts_dir / name for name in self.parts], tmp, header)
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            raise OutputError(f"cannot write --tokens {self.path}: {exc.strerror or exc}.") from exc
+        if not keep_parts:
+            shutil.rmtree(self.parts_dir, ignore_errors=True)
+
+
+def _arrow_table(columns: dict[str, Any]) -> Any:
+    import pyarrow as pa
+
+    return pa.table({name: pa.array(value) for name, value in columns.items()})
+
+
+def _jsonl(columns: dict[str, Any]) -> str:
+    names = list(columns)
+    values = [c.tolist() if isinstance(c, np.ndarray) else c for c in columns.values()]
+    return "".join(json.dumps(dict(zip(names, row)), ensure_ascii=False) + "\n" for row in zip(*values))
+
+
+def _merge_parquet(parts: list[Path], target: Path, header: dict[str, Any]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(parts[0]) if parts else pa.schema([(c, pa.int64()) for c in COLUMNS])
+    schema = schema.with_metadata({"lleval": json.dumps(header)})
+    with pq.ParquetWriter(str(target), schema) as writer:
+        for part in parts:
+            file = pq.ParquetFile(part)
+            for group in range(file.num_row_groups):
+                writer.write_table(file.read_row_group(group).replace_schema_metadata(schema.metadata))
+    with target.open("rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def read_token_file(path: str) -> tuple[dict[str, Any], Iterator[dict[str, Any]]]:
+    """A token file's header (empty for JSON lines) and its rows, as dicts, in file order."""
+    from lleval.errors import ReportError
+
+    file = Path(path)
+    if not file.is_file():
+        raise ReportError(f"token file {path} does not exist.")
+    if file.suffix.lower() == ".jsonl":
+        return {}, _jsonl_rows(file)
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(file)
+    except Exception as exc:  # pyarrow raises several kinds
+        raise ReportError(f"token file {path} is not a Parquet file ({exc}).") from None
+    missing = [c for c in COLUMNS if c not in parquet.schema_arrow.names]
+    if missing:
+        raise ReportError(f"token file {path} lacks the columns {', '.join(missing)}: is it from lleval --tokens?")
+    meta = parquet.schema_arrow.metadata or {}
+    header = json.loads(meta[b"lleval"]) if b"lleval" in meta else {}
+    return header, (row for batch in parquet.iter_batches() for row in batch.to_pylist())
+
+
+def _jsonl_rows(file: Path) -> Iterator[dict[str, Any]]:
+    from lleval.errors import ReportError
+
+    with file.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ReportError(f"token file {file}, line {number}: not valid JSON ({exc.msg}).") from None
+            if not isinstance(row, dict) or any(c not in row for c in COLUMNS):
+                raise ReportError(f"token file {file}, line {number}: not a token row of lleval --tokens.")
+            yield row
