@@ -1,9 +1,15 @@
-"""Which batch shape scores fastest on this machine: the same 8 windows run as
-1, 2, 4 or 8 per forward pass, alternated round by round, median per shape.
+"""Which batch shapes score fastest on this CPU, and whether packing short documents pays.
 
-This is the measurement behind `lleval.batching.CPU_MAX_BATCH_TOKENS`.
+1. Tokens/s of lleval's scorer (forward, logits at every position, log-softmax)
+   for batches of ``rows x width`` tokens, best of a few runs each: the
+   measurement behind `lleval.batching` (the CPU token budget and the cost of
+   a forward pass).
+2. Decoder-only tokens/s of the same short documents as a length-sorted batch
+   (one row each, no padding) against packed rows (several documents in one
+   row, position ids restarting per document, attention kept within each, as
+   transformers does for packed sequences).
 
-    .venv/bin/python scripts/bench_batch_shapes.py --rounds 5 --length 400    # about 4 minutes here
+    .venv/bin/python scripts/bench_batch_shapes.py             # about 3 minutes here
 """
 
 from __future__ import annotations
@@ -11,45 +17,73 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
+from typing import Any
 
 import torch
 
 
+def best_rate(fn: Any, tokens: int, repeats: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - started)
+    return tokens / best
+
+
+def shapes(loaded: Any, repeats: int, budget: int) -> dict[str, float]:
+    generator = torch.Generator().manual_seed(0)
+    out = {}
+    for width in (16, 32, 64, 128, 256, 512, 1024, 2048):
+        for rows in (1, 2, 4, 8, 16, 32, 64):
+            if rows * width > budget or (rows > 1 and rows * width > 4096):
+                break
+            x = torch.randint(0, loaded.vocab or 1000, (rows, width), generator=generator)
+            ones, mask = torch.ones_like(x), torch.ones_like(x, dtype=torch.bool)
+            out[f"{rows}x{width}"] = best_rate(lambda: loaded.scorer(x, ones, x, mask), rows * width, repeats)
+        print(f"width {width:5}: " + ", ".join(f"{k.split('x')[0]} rows {v:.0f}" for k, v in out.items()
+                                               if k.endswith(f"x{width}")), flush=True)
+    return out
+
+
+def packing(loaded: Any, repeats: int) -> dict[str, Any]:
+    generator = torch.Generator().manual_seed(1)
+    model = loaded.model
+    out = {}
+    with torch.inference_mode():
+        for rows, width in ((64, 16), (32, 32), (16, 64), (8, 128)):
+            x = torch.randint(0, loaded.vocab or 1000, (rows, width), generator=generator)
+            packed, positions = x.reshape(1, -1), torch.arange(width).repeat(rows).unsqueeze(0)
+            batched = best_rate(lambda: model.base_model(input_ids=x, use_cache=False), rows * width, repeats)
+            packed_rate = best_rate(lambda: model.base_model(input_ids=packed, position_ids=positions, use_cache=False),
+                                    rows * width, repeats)
+            out[f"{rows} documents of {width}"] = {"batched": batched, "packed": packed_rate}
+            print(f"{rows} documents of {width} tokens: batched {batched:.0f} tok/s, packed in one row "
+                  f"{packed_rate:.0f} tok/s", flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--length", type=int, default=400, help="tokens per window")
-    parser.add_argument("--windows", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--budget", type=int, default=4096, help="largest rows x width to try")
+    parser.add_argument("--json", default=None)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")
     from lleval.api import load
     from lleval.config import EvalConfig
+    from lleval.hardware import cpu_features
 
     loaded = load(EvalConfig())
-    ids = torch.randint(0, loaded.vocab or 1000, (args.windows, args.length), generator=torch.Generator().manual_seed(0))
-    sizes = [b for b in (1, 2, 4, 8, 16) if b <= args.windows]
-
-    def run(rows: int) -> float:
-        started = time.perf_counter()
-        for start in range(0, args.windows, rows):
-            x = ids[start : start + rows]
-            loaded.scorer(x, torch.ones_like(x), x, torch.ones_like(x, dtype=torch.bool))
-        return args.windows * args.length / (time.perf_counter() - started)
-
-    results: dict[int, list[float]] = {b: [] for b in sizes}
-    for _ in range(args.rounds):
-        for rows in sorted(sizes, key=lambda b: -b):
-            results[rows].append(run(rows))
-    summary = {
-        f"{rows} x {args.length} tokens": {"median_tokens_per_second": statistics.median(v), "runs": v}
-        for rows, v in results.items()
-    }
-    for name, row in summary.items():
-        print(f"{name:>18}: {row['median_tokens_per_second']:.0f} tokens/s (median of {args.rounds})")
-    print(json.dumps(summary))
+    print(f"CPU {cpu_features()['model']}, {torch.get_num_threads()} threads, {loaded.info.dtype}")
+    results = {"cpu": cpu_features(), "shapes": shapes(loaded, args.repeats, args.budget),
+               "packing": packing(loaded, args.repeats)}
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(results, out, indent=2)
 
 
 if __name__ == "__main__":
