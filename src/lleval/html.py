@@ -12,9 +12,10 @@ a comparison (``lleval compare --html``). A page holds:
   text coloured token by token by surprisal, with a legend, and on hover the
   token, its log-prob and, when known, its rank and the entropy.
 
-Size: about 100 bytes a document for the table and 150 bytes a shown token,
-so ``--html-docs`` bounds the page on any corpus (a million-token corpus of
-2,000 documents with 20 + 20 shown documents of 500 tokens: about 1.5 MB).
+Size: about 100 bytes a document for the table and 170 bytes a shown token,
+so ``--html-docs`` bounds the page on any corpus (measured: 1.6 million
+tokens in 2,000 documents, 20 + 20 shown with rank and entropy: 5.7 MB,
+loaded by headless Chromium in 0.6 s).
 """
 
 from __future__ import annotations
