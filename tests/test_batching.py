@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 from helpers import document_sums, rel_close, units_of, write_jsonl
 from lleval.batching import (
     AUTO_MAX_ROWS,
-    CPU_BUDGET_SHARE,
     CPU_BATCH_TOKENS,
     CPU_FORWARD_OVERHEAD_TOKENS,
     GPU_FORWARD_OVERHEAD_TOKENS,

@@ -115,7 +115,7 @@ def worst_spans(values: np.ndarray, documents: np.ndarray, k: int, span: int) ->
         candidates += [(float(t), int(begin + i), width) for i, t in enumerate(totals)]
     taken: list[tuple[int, int]] = []
     used = np.zeros(len(values), dtype=bool)
-    for total, first, width in sorted(candidates, key=lambda c: -c[0]):
+    for _total, first, width in sorted(candidates, key=lambda c: -c[0]):
         if len(taken) == k:
             break
         if not used[first : first + width].any():
