@@ -212,18 +212,25 @@ def read_token_file(path: str) -> tuple[dict[str, Any], Iterator[dict[str, Any]]
         raise ReportError(f"token file {path} does not exist.")
     if file.suffix.lower() == ".jsonl":
         return {}, _jsonl_rows(file)
+    parquet, header = open_parquet(file)
+    return header, (row for batch in parquet.iter_batches() for row in batch.to_pylist())
+
+
+def open_parquet(file: Path) -> tuple[Any, dict[str, Any]]:
+    """A Parquet token file, checked to hold the export's columns, and its header."""
     import pyarrow.parquet as pq
+
+    from lleval.errors import ReportError
 
     try:
         parquet = pq.ParquetFile(file)
     except Exception as exc:  # pyarrow raises several kinds
-        raise ReportError(f"token file {path} is not a Parquet file ({exc}).") from None
+        raise ReportError(f"token file {file} is not a Parquet file ({exc}).") from None
     missing = [c for c in COLUMNS if c not in parquet.schema_arrow.names]
     if missing:
-        raise ReportError(f"token file {path} lacks the columns {', '.join(missing)}: is it from lleval --tokens?")
+        raise ReportError(f"token file {file} lacks the columns {', '.join(missing)}: is it from lleval --tokens?")
     meta = parquet.schema_arrow.metadata or {}
-    header = json.loads(meta[b"lleval"]) if b"lleval" in meta else {}
-    return header, (row for batch in parquet.iter_batches() for row in batch.to_pylist())
+    return parquet, json.loads(meta[b"lleval"]) if b"lleval" in meta else {}
 
 
 def _jsonl_rows(file: Path) -> Iterator[dict[str, Any]]:

@@ -14,13 +14,14 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lleval.errors import ReportError
 from lleval.reducers import document_sample
-from lleval.tokens import read_token_file
+from lleval.tokens import open_parquet, read_token_file
 
 LN2 = math.log(2.0)
 NUMERIC = ("document", "position", "context", "token_id", "start", "end", "logprob")
@@ -47,15 +48,17 @@ class TokenTable:
 
 
 def load_tokens(path: str) -> TokenTable:
-    """Read a token file into columns."""
-    header, rows = read_token_file(path)
-    values: dict[str, list[Any]] = {}
-    text: list[str] = []
-    for row in rows:
-        text.append(row["token"])
-        for name, value in row.items():
-            if name != "token":
+    """Read a token file into columns (Parquet column by column, JSON lines row by row)."""
+    values: dict[str, Any] = {}
+    if Path(path).suffix.lower() == ".jsonl" or not Path(path).is_file():
+        header, rows = read_token_file(path)
+        for row in rows:
+            for name, value in row.items():
                 values.setdefault(name, []).append(value)
+    else:
+        parquet, header = open_parquet(Path(path))
+        values = parquet.read().to_pydict()
+    text: list[str] = values.pop("token", [])
     if not text:
         raise ReportError(f"token file {path} holds no tokens.")
     columns = {name: np.asarray(v, dtype=np.float64 if name in ("logprob", "entropy", "kl", "base_logprob") else None)
@@ -65,25 +68,32 @@ def load_tokens(path: str) -> TokenTable:
 
 def document_table(table: TokenTable) -> list[dict[str, Any]]:
     """Per document, in order of first appearance: index, tokens, UTF-8 bytes of its scored
-    tokens' text, and the log-likelihood (float64, in file order)."""
-    docs = table.columns["document"]
-    order, first = np.unique(docs, return_index=True)
-    out = []
-    for index in order[np.argsort(first)]:
-        rows = np.flatnonzero(docs == index)
-        out.append({"index": int(index), "tokens": len(rows),
-                    "bytes": sum(len(table.text[r].encode("utf-8")) for r in rows),
-                    "log_likelihood": float(table.columns["logprob"][rows].sum())})
-    return out
+    tokens' text, and the log-likelihood (float64, added in file order)."""
+    indices, first, number = _documents(table)
+    n_bytes = np.asarray([len(text.encode("utf-8")) for text in table.text], dtype=np.float64)
+    tokens = np.bincount(number, minlength=len(indices))
+    sizes = np.bincount(number, weights=n_bytes, minlength=len(indices))
+    lls = np.bincount(number, weights=table.columns["logprob"], minlength=len(indices))
+    return [{"index": int(indices[k]), "tokens": int(tokens[k]), "bytes": int(sizes[k]),
+             "log_likelihood": float(lls[k])} for k in np.argsort(first)]
+
+
+def _documents(table: TokenTable) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct document indices (sorted), the row where each first appears, and each
+    row's number into the sorted indices."""
+    indices, first, number = np.unique(table.columns["document"], return_index=True, return_inverse=True)
+    return indices, first, number.reshape(-1)
 
 
 def context_table(table: TokenTable, documents: list[dict[str, Any]]) -> np.ndarray:
-    """``(documents, bins, 2)``: log-likelihood and tokens per power-of-two context bin."""
+    """``(documents, bins, 2)``: log-likelihood and tokens per power-of-two context bin, the
+    documents in the order of ``documents`` (`document_table`'s)."""
     from lleval.reducers import context_bin
 
     bins = context_bin(table.columns["context"].astype(np.int64))
-    number = {d["index"]: k for k, d in enumerate(documents)}
-    rows = np.asarray([number[int(i)] for i in table.columns["document"]])
+    indices, _first, number = _documents(table)
+    position = {d["index"]: k for k, d in enumerate(documents)}
+    rows = np.asarray([position[int(i)] for i in indices])[number]
     out = np.zeros((len(documents), int(bins.max()) + 1, 2))
     np.add.at(out[:, :, 0], (rows, bins), table.columns["logprob"])
     np.add.at(out[:, :, 1], (rows, bins), 1.0)
