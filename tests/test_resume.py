@@ -202,3 +202,70 @@ def test_sigterm_writes_incomplete_report_and_exits_143(tiny_model_dir: Path, tm
     data = json.loads(out.read_text())
     assert data["complete"] is False and 0 < len(data["documents"]) < len(many)
     assert "stopped by signal" in err
+
+
+# Issue 17: "a resumed run gives exactly the numbers of an uninterrupted run on the data it was given
+# now, or it is refused naming what differs" -- real runs of the CLI on the tiny model.
+OTHER = ["A different text altogether, about bread.", "And one more about the tides of the bay."]
+
+
+def _cli(model: Path, data: str, ckpt: Path, out: Path, *extra: str) -> Any:
+    from click.testing import CliRunner
+
+    from lleval.cli import main
+
+    args = ["score", "-q", "-m", str(model), "-d", data, "--checkpoint", str(ckpt), "-o", str(out),
+            "--bootstrap", "0", *extra]
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+def test_checkpoint_of_more_documents_than_the_data_is_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
+    ckpt = tmp_path / "c.ckpt"
+    first = _cli(tiny_model_dir, _data(tmp_path, TEXTS[:3]), ckpt, tmp_path / "a.json")
+    assert first.exit_code == 0, first.output
+    other = tmp_path / "other"
+    other.mkdir()
+    second = _cli(tiny_model_dir, _data(other, OTHER), ckpt, tmp_path / "b.json")
+    assert second.exit_code == 2
+    assert "holds 3 scored documents" in second.output and "only 2" in second.output
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_limit_below_a_checkpoint_is_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
+    ckpt, data = tmp_path / "c.ckpt", _data(tmp_path, TEXTS[:3])
+    assert _cli(tiny_model_dir, data, ckpt, tmp_path / "a.json").exit_code == 0
+    limited = _cli(tiny_model_dir, data, ckpt, tmp_path / "b.json", "--limit", "2")
+    assert limited.exit_code == 2 and "--limit" in limited.output
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_a_finished_checkpoint_rebuilds_the_same_report_and_says_so(tiny_model_dir: Path, tmp_path: Path) -> None:
+    ckpt, data = tmp_path / "c.ckpt", _data(tmp_path, TEXTS[:3])
+    assert _cli(tiny_model_dir, data, ckpt, tmp_path / "a.json").exit_code == 0
+    assert json.loads(ckpt.read_text())["complete"] is True
+    assert _cli(tiny_model_dir, data, ckpt, tmp_path / "b.json").exit_code == 0
+    a, b = (json.loads((tmp_path / name).read_text()) for name in ("a.json", "b.json"))
+    assert b["documents"] == a["documents"] and b["totals"] == a["totals"]
+    assert any("finished run" in note for note in b["notes"])
+    # more data after a finished run: its last block may have been cut short by the end of
+    # the data, so scoring on would batch differently from an uninterrupted run
+    more = tmp_path / "more"
+    more.mkdir()
+    grown = _cli(tiny_model_dir, _data(more, TEXTS[:3] + OTHER), ckpt, tmp_path / "c.json")
+    assert grown.exit_code == 2 and "finished run on 3 documents" in grown.output
+
+
+def test_an_interrupted_checkpoint_with_fewer_documents_now_is_refused(tiny_loaded: Any, tmp_path: Path) -> None:
+    ckpt = str(tmp_path / "run.ckpt")
+    partial = evaluate(_config(tmp_path, checkpoint=ckpt, checkpoint_every=0), loaded=tiny_loaded,
+                       should_stop=_stop_after(12))
+    done = len(partial.documents)
+    assert json.loads(Path(ckpt).read_text())["complete"] is False
+    fewer = tmp_path / "fewer"
+    fewer.mkdir()
+    with pytest.raises(ConfigError, match=f"holds {done} scored documents"):
+        evaluate(_config(tmp_path, checkpoint=ckpt, dataset=_data(fewer, TEXTS[: done - 1])), loaded=tiny_loaded)
+    # the same data, longer: resumes, and equals the uninterrupted run
+    resumed = evaluate(_config(tmp_path, checkpoint=ckpt), loaded=tiny_loaded)
+    full = evaluate(_config(tmp_path), loaded=tiny_loaded)
+    assert [d.to_dict() for d in resumed.documents] == [d.to_dict() for d in full.documents]

@@ -249,7 +249,7 @@ def score(
         checkpointer.save(len(sums.documents), sums.data_hash, reducers)
         raise _scoring_error(job, exc) from None
     if complete or sums.documents:
-        checkpointer.save(len(sums.documents), sums.data_hash, reducers)
+        checkpointer.save(len(sums.documents), sums.data_hash, reducers, complete=complete)
     if complete and not any(d.tokens for d in sums.documents):
         stats = job.inputs.stats
         raise DataError(
@@ -368,7 +368,10 @@ def score_notes(job: Job, run: ScoringRun, sums: DocumentSums, counts: StreamCou
     notes = []
     if not run.complete:
         notes.append(f"stopped early: {len(sums.documents)} documents finished; rerun with --checkpoint to resume.")
-    if job.resumed is not None and job.resumed.rows:
+    if job.resumed is not None and job.resumed.complete:
+        notes.append(f"checkpoint {config.checkpoint} is of a finished run on the same {job.resumed.rows} documents: "
+                     "this report is rebuilt from it, nothing was scored again.")
+    elif job.resumed is not None and job.resumed.rows:
         notes.append(f"resumed from {config.checkpoint}: {job.resumed.rows} documents were scored before.")
     nonfinite = sum(d.nonfinite for d in sums.documents)
     if nonfinite:

@@ -8,7 +8,11 @@ chain over their text hashes), skips the blocks already done (forming the
 remaining blocks and batches exactly as an uninterrupted run would), and
 restores every resumable reducer, so it produces the same numbers. A
 checkpoint made with another model, tokenizer, data or protocol is refused,
-naming which.
+naming which; so is one whose documents the data given now does not hold
+(fewer documents, another ``--limit``), and a checkpoint of a *finished* run
+resumes only onto exactly the documents it finished: its last block may have
+been cut short by the end of the data, so scoring more after it would batch
+differently from an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class Checkpoint:
     rows: int  # documents finished
     data_hash: str  # hash chain over the finished documents' text hashes
     states: dict[str, dict[str, Any]]  # reducer name -> its state
+    complete: bool = False  # saved when the run had scored every document
 
     def to_json(self) -> str:
         """The checkpoint file's text."""
@@ -45,6 +50,7 @@ class Checkpoint:
             "rows": self.rows,
             "data_hash": self.data_hash,
             "reducers": self.states,
+            "complete": self.complete,
         })
 
 
@@ -63,7 +69,7 @@ def load(path: str, fingerprint: dict[str, Any]) -> Checkpoint | None:
         if data.get("lleval_checkpoint") != CHECKPOINT_VERSION:
             raise ValueError(f"not a version-{CHECKPOINT_VERSION} lleval checkpoint")
         checkpoint = Checkpoint(dict(data["fingerprint"]), int(data["rows"]), str(data["data_hash"]),
-                                dict(data["reducers"]))
+                                dict(data["reducers"]), bool(data.get("complete", False)))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(
             f"checkpoint {path} cannot be read ({exc}): delete it or pass another --checkpoint."
@@ -78,11 +84,20 @@ def load(path: str, fingerprint: dict[str, Any]) -> Checkpoint | None:
 
 
 def verify_resumed(units: Iterator[Unit], checkpoint: Checkpoint, path: str) -> Iterator[Unit]:
-    """Pass units through; once the documents already done have been read again, refuse
-    to go on unless they are the same texts."""
+    """Pass units through, refusing (`ConfigError`) data the checkpoint was not made with:
+    once the documents already done have been read again, they must be the same texts;
+    the data must hold at least that many documents (checked when it ends, before
+    anything is scored: every block up to there is skipped); and after a finished run's
+    checkpoint no further document may follow."""
     chain, seen = EMPTY_CHAIN, 0
     for unit in units:
         for row in unit.rows:
+            if seen == checkpoint.rows and checkpoint.complete:
+                raise ConfigError(
+                    f"checkpoint {path} is of a finished run on {checkpoint.rows} documents, and the data given "
+                    "now has more: it was made with other data (or another --limit). Delete it, or pass another "
+                    "--checkpoint."
+                )
             if seen < checkpoint.rows:
                 chain, seen = chain_hash(chain, row.text_sha), seen + 1
                 if seen == checkpoint.rows and chain != checkpoint.data_hash:
@@ -91,6 +106,11 @@ def verify_resumed(units: Iterator[Unit], checkpoint: Checkpoint, path: str) -> 
                         "differ. Delete it, or pass another --checkpoint."
                     )
         yield unit
+    if seen < checkpoint.rows:
+        raise ConfigError(
+            f"checkpoint {path} holds {checkpoint.rows} scored documents, and the data given now has only {seen}: "
+            "it was made with other data (or another --limit). Delete it, or pass another --checkpoint."
+        )
 
 
 class Checkpointer:
@@ -110,12 +130,13 @@ class Checkpointer:
         """Whether ``--checkpoint-every`` seconds have passed since the last save."""
         return self.path is not None and time.monotonic() - self.last_save >= self.every
 
-    def save(self, rows: int, data_hash: str, reducers: Mapping[str, Resumable]) -> None:
-        """Write the state of ``reducers`` after ``rows`` finished documents."""
+    def save(self, rows: int, data_hash: str, reducers: Mapping[str, Resumable], complete: bool = False) -> None:
+        """Write the state of ``reducers`` after ``rows`` finished documents (``complete``:
+        the run scored every document)."""
         if self.path is None:
             return
         states = {name: reducer.state() for name, reducer in reducers.items()}
-        write_text_atomic(self.path, Checkpoint(self.fingerprint, rows, data_hash, states).to_json())
+        write_text_atomic(self.path, Checkpoint(self.fingerprint, rows, data_hash, states, complete).to_json())
         self.last_save = time.monotonic()
 
     @staticmethod
