@@ -208,3 +208,35 @@ def test_the_documents_that_changed_most(tmp_path: Path) -> None:
     assert [d["index"] for d in row["worst_documents"]] == [3] and [d["index"] for d in row["best_documents"]] == [1]
     markdown = run([write(tmp_path, "a.json", base), write(tmp_path, "b.json", cand), "--format", "markdown"]).stdout
     assert "documents that got worse" in markdown and "| 3 | +12.000 |" in markdown
+
+
+def test_reports_of_other_windows_are_compared_with_a_warning(tmp_path: Path) -> None:
+    base_data = make_report()
+    base_data["protocol"] = {"name": "rolling", "max_length": 16, "stride": 16, "prefix_token": 0}
+    other = copy.deepcopy(base_data)
+    other["protocol"].update(max_length=2048, stride=2048)
+    base, cand = write(tmp_path, "a.json", base_data), write(tmp_path, "b.json", other)
+    result = run([base, cand, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout)["comparisons"][0]
+    assert row["protocol_differences"] == ["max_length: 16 vs 2048", "stride: 16 vs 2048"]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "max_length: 16 vs 2048" in warnings[0]
+    same = json.loads(run([base, base, "--format", "json"]).stdout)["comparisons"][0]
+    assert same["protocol_differences"] == []
+
+
+def test_another_tokenizer_does_not_count_its_prefix_id_as_a_protocol_change(tmp_path: Path) -> None:
+    a = make_report(tokenizer="x")
+    a["protocol"] = {"name": "rolling", "max_length": 16, "prefix_token": 0}
+    b = copy.deepcopy(a)
+    b["tokenizer"]["fingerprint"], b["protocol"]["prefix_token"] = "y", 7
+    assert compare_reports(a, b).protocol_differences == []
+
+
+@pytest.mark.parametrize("resamples", ["1", "99"])
+def test_too_few_resamples_for_an_interval_are_refused(tmp_path: Path, resamples: str) -> None:
+    base = write(tmp_path, "a.json", make_report())
+    result = run([base, base, "--bootstrap", resamples])
+    assert result.exit_code == 2 and "too few resamples" in result.stderr
+    assert run([base, base, "--bootstrap", "100"]).exit_code == 0

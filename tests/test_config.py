@@ -67,3 +67,11 @@ def test_validate_lists_every_problem() -> None:
     message = str(info.value)
     assert "stride (8) is larger than max length (4)" in message
     assert "dtype" in message and "batch_size" in message
+
+
+@pytest.mark.parametrize("resamples", [1, 2, 99])
+def test_too_few_bootstrap_resamples_are_refused(resamples: int) -> None:
+    with pytest.raises(ConfigError, match="too few resamples for a 95% interval"):
+        EvalConfig(bootstrap=resamples).validate()
+    EvalConfig(bootstrap=100).validate()
+    EvalConfig(bootstrap=0).validate()

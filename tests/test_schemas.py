@@ -36,7 +36,7 @@ def score_report(tiny_loaded: Any, tmp_path_factory: pytest.TempPathFactory) -> 
     from lleval.api import evaluate
 
     data = write_jsonl(tmp_path_factory.mktemp("schema") / "d.jsonl", TEXTS)
-    return evaluate(EvalConfig(dataset=data, max_length=16, bootstrap=50), loaded=tiny_loaded)
+    return evaluate(EvalConfig(dataset=data, max_length=16, bootstrap=100), loaded=tiny_loaded)
 
 
 def test_score_report(score_report: Any) -> None:
@@ -48,7 +48,7 @@ def test_kld_report(tiny_loaded: Any, tmp_path: Path) -> None:
     from lleval.kld import kl_divergence
 
     data = write_jsonl(tmp_path / "d.jsonl", TEXTS)
-    result = kl_divergence(EvalConfig(dataset=data, max_length=16, bootstrap=50), None, base=tiny_loaded,
+    result = kl_divergence(EvalConfig(dataset=data, max_length=16, bootstrap=100), None, base=tiny_loaded,
                            model=tiny_loaded)
     assert _check(result, "kld")["kl_divergence"]["max"] == 0.0
 
@@ -58,7 +58,7 @@ def test_compare_report(score_report: Any, tmp_path: Path) -> None:
 
     path = tmp_path / "r.json"
     path.write_text(score_report.to_json())
-    result = compare_report_files(str(path), [str(path)], max_regression_pct=1.0, n_resamples=50)
+    result = compare_report_files(str(path), [str(path)], max_regression_pct=1.0, n_resamples=100)
     assert _check(result, "compare")["passed"] is True
 
 

@@ -290,6 +290,8 @@ def compare(base: str, candidates: tuple[str, ...], max_regression: float | None
 
         _call(write_compare_html, result, html)
     _deliver(result, output, format)
+    for warning in (r.warning for r in result.comparisons if r.warning):
+        click.echo(f"warning: {warning}", err=True)
     for r in result.regressions:
         click.echo(f"regression: {r.candidate} {r.metric} {r.change * 100:+.2f}% (limit +{max_regression:g}%)",
                    err=True)

@@ -32,6 +32,8 @@ REQUIRED = {
 }
 DOCUMENT_KEYS = ("index", "log_likelihood", "tokens", "bytes", "words")
 TOP_DOCUMENTS = 10  # documents listed per candidate as changed most, each way
+# The protocol choices that change what a number measures (a report's ``protocol`` block).
+PROTOCOL_KEYS = ("name", "max_length", "stride", "prefix_token", "concat", "special_tokens")
 
 
 def load_report(path: str) -> dict[str, Any]:
@@ -82,6 +84,7 @@ class Comparison:
     regressed: bool
     worst_documents: list[dict[str, Any]] = field(default_factory=list)  # NLL rose most first
     best_documents: list[dict[str, Any]] = field(default_factory=list)  # NLL fell most first
+    protocol_differences: list[str] = field(default_factory=list)  # "max_length: 16 vs 2048"
 
     def to_dict(self) -> dict[str, Any]:
         """The candidate's row in ``compare --output``."""
@@ -98,7 +101,17 @@ class Comparison:
             "regressed": self.regressed,
             "worst_documents": [dict(d) for d in self.worst_documents],
             "best_documents": [dict(d) for d in self.best_documents],
+            "protocol_differences": list(self.protocol_differences),
         }
+
+    @property
+    def warning(self) -> str | None:
+        """The sentence a reader must see when the two runs used different protocols."""
+        if not self.protocol_differences:
+            return None
+        return (f"{self.candidate} was scored with another protocol than {self.base} "
+                f"({'; '.join(self.protocol_differences)}): its numbers measure something else, which is "
+                "usually a mistake.")
 
 
 def _arrays(report: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -127,6 +140,16 @@ def check_same_texts(base: dict[str, Any], cand: dict[str, Any], base_name: str,
             f"{cand_name} and {base_name} count different bytes per document (different --concat or "
             "protocol?): they cannot be paired."
         )
+
+
+def protocol_differences(base: dict[str, Any], candidate: dict[str, Any]) -> list[str]:
+    """``"key: base vs candidate"`` for each protocol choice (`PROTOCOL_KEYS`) that differs.
+    The prefix token's id is left out when the tokenizers differ: there the same choice
+    (BOS) has another id."""
+    same_tokenizer = base["tokenizer"].get("fingerprint") == candidate["tokenizer"].get("fingerprint")
+    keys = [k for k in PROTOCOL_KEYS if same_tokenizer or k != "prefix_token"]
+    b, c = base["protocol"], candidate["protocol"]
+    return [f"{k}: {b.get(k)!r} vs {c.get(k)!r}" for k in keys if b.get(k) != c.get(k)]
 
 
 def compare_reports(
@@ -166,7 +189,7 @@ def compare_reports(
             regressed = regressed and interval is not None and interval[0] > 0
     worst, best = changed_documents(base, candidate, top_documents)
     return Comparison(base_name, candidate_name, metric, why, base_value, cand_value, change, interval, p_worse,
-                      regressed, worst, best)
+                      regressed, worst, best, protocol_differences(base, candidate))
 
 
 def paired_change(
@@ -264,6 +287,7 @@ class ComparisonReport:
             lines += ["", f"#### {r.candidate}: documents that {title}", "", "| document | Δ nats | Δ bits/byte |",
                       "| --- | --- | --- |"]
             lines += [f"| {d['index']} | {d['delta_nats']:+.3f} | {d['delta_bits_per_byte']:+.5f} |" for d in docs]
+        lines += [f"\n> warning: {r.warning}" for r in self.comparisons if r.warning]
         return "\n".join(lines) + "\n"
 
     def verdict(self, row: Comparison) -> str:
@@ -296,6 +320,8 @@ class ComparisonReport:
         for r in rows:
             if r.metric != "perplexity":
                 console.print(f"note: {r.candidate}: {r.why}.")
+            if r.warning:
+                console.print(f"warning: {r.warning}")
 
 
 def _changed(rows: list[Comparison]) -> list[tuple[Comparison, str, list[dict[str, Any]]]]:
@@ -322,9 +348,14 @@ def compare_report_files(
     seed: int = 0,
     top_documents: int = TOP_DOCUMENTS,
 ) -> ComparisonReport:
-    """Load score reports and compare each candidate with the base."""
+    """Load score reports and compare each candidate with the base (``n_resamples``: 0, or
+    at least `lleval.config.MIN_RESAMPLES`)."""
+    from lleval.config import resamples_problem
+    from lleval.errors import ConfigError
     from lleval.report import now
 
+    if problem := resamples_problem(n_resamples):
+        raise ConfigError(problem + ".")
     base_report = load_report(base)
     loaded = [(path, load_report(path)) for path in candidates]
     comparisons = [

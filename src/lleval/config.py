@@ -31,6 +31,20 @@ DEFAULT_SEPARATOR = "\n\n"
 DEFAULT_MAX_LENGTH_CAP = 2048
 DEFAULT_CHECKPOINT_EVERY = 60.0
 DEFAULT_HTML_DOCS = 20
+#: Fewest bootstrap resamples that give a 95% interval. Its ends are the 2.5th and 97.5th
+#: percentiles of the resamples: with 100, 2.5 resamples lie beyond each end; with fewer
+#: the "interval" is a resample or two (``--bootstrap 1`` gave one value twice).
+MIN_RESAMPLES = 100
+
+
+def resamples_problem(n: int) -> str | None:
+    """What is wrong with a number of bootstrap resamples (0 turns them off), or None."""
+    if n < 0:
+        return f"bootstrap must be 0 (off) or more resamples, got {n}"
+    if 0 < n < MIN_RESAMPLES:
+        return (f"--bootstrap {n} is too few resamples for a 95% interval (its ends are the 2.5th and 97.5th "
+                f"percentiles of the resamples): use at least {MIN_RESAMPLES} (the default is 1000), or 0 for none")
+    return None
 
 
 @dataclass(frozen=True)
@@ -117,8 +131,8 @@ class EvalConfig:
                 problems.append(f"{name} must be at least 1, got {value}")
         if self.html_docs < 0:
             problems.append(f"html_docs must be 0 or more, got {self.html_docs}")
-        if self.bootstrap < 0:
-            problems.append(f"bootstrap must be 0 (off) or more resamples, got {self.bootstrap}")
+        if problem := resamples_problem(self.bootstrap):
+            problems.append(problem)
         if self.limit is not None and self.limit < 0:
             problems.append(f"limit must be 0 or more, got {self.limit}")
         if self.max_length and self.stride and (problem := window_problem(self.max_length, self.stride)):
