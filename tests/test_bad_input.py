@@ -186,6 +186,7 @@ def test_errors_replace_scores_a_latin1_file(tiny_model_dir: Path, tmp_path: Pat
         assert json.loads(result.stdout)["totals"]["bytes"] == len(text.encode())
 
 
+@pytest.mark.subprocess
 def test_corrupt_parquet_gives_exactly_one_line_in_a_real_process(tmp_path: Path) -> None:
     """pyarrow's own "Failed to read schema" log line must not come before lleval's (a real
     process: CliRunner would not see what library loggers write to the real stderr)."""

@@ -78,6 +78,7 @@ print(json.dumps({"bytes_per_token": (hwm() - before) / 4096}))
 """
 
 
+@pytest.mark.subprocess
 def test_bytes_per_token_bounds_the_measured_activations() -> None:
     """The estimate against the peak resident memory a real decoder's forward pass adds per
     token (measured in a fresh process, large blocks mmapped so that freed memory is not

@@ -26,6 +26,7 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
 
+@pytest.mark.distributed
 def test_two_process_run_equals_single_process(tiny_model_dir: Path, tmp_path: Path) -> None:
     args = ["score", "-m", str(tiny_model_dir), "-d", _data(tmp_path), "-L", "24", "-S", "8", "-b", "3", "-q"]
     # The README's command: torchrun --nproc-per-node 2 -m lleval score ...
@@ -43,6 +44,7 @@ def test_two_process_run_equals_single_process(tiny_model_dir: Path, tmp_path: P
     assert dist.stdout.count("lleval score") == 1  # only rank 0 rendered the table
 
 
+@pytest.mark.distributed
 def test_failing_rank_fails_the_job(tiny_model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "r.json"
     helper = Path(__file__).parent / "helpers" / "fail_rank1.py"
@@ -64,6 +66,7 @@ def test_assign_batches_balances_load(costs: list[int], world: int) -> None:
     assert owner == assign_batches(costs, world)  # deterministic
 
 
+@pytest.mark.distributed
 def test_distributed_run_resumes_a_checkpoint(tiny_model_dir: Path, tmp_path: Path) -> None:
     ckpt = tmp_path / "run.ckpt"
     args = ["score", "-m", str(tiny_model_dir), "-d", _data(tmp_path), "-L", "24", "-S", "8", "-b", "3", "-q",

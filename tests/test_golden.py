@@ -51,7 +51,10 @@ def golden_data(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("name", sorted(GOLDEN["runs"]))
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=pytest.mark.model) if GOLDEN["runs"][name]["model"] == "builtin" else name
+    for name in sorted(GOLDEN["runs"])
+])
 def test_golden_run(name: str, golden_data: str, request: pytest.FixtureRequest) -> None:
     run = GOLDEN["runs"][name]
     overrides = {k: v for k, v in run["config"].items() if k != "builtin_data"}

@@ -56,6 +56,7 @@ def _not_blank(png: bytes) -> bool:
     return image.size[0] > 100 and high - low > 100
 
 
+@pytest.mark.browser
 def test_score_report_in_chromium(browser: Any, tiny_loaded: Any, tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "d.jsonl", TEXTS)
     html = tmp_path / "r.html"
@@ -83,6 +84,7 @@ def test_score_report_in_chromium(browser: Any, tiny_loaded: Any, tmp_path: Path
     assert (tmp_path / "shot.png").stat().st_size > 10_000 and _not_blank(png)
 
 
+@pytest.mark.browser
 def test_inspect_and_compare_pages_in_chromium(browser: Any, tiny_loaded: Any, tmp_path: Path) -> None:
     from click.testing import CliRunner
 

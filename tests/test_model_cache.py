@@ -57,6 +57,7 @@ def test_cached_load_gives_bit_identical_logprobs(tiny_gguf: Path, cache: Path, 
     assert entry.name == f"{file_sha256(tiny_gguf)}-float32"
 
 
+@pytest.mark.model
 def test_the_real_model_is_bit_identical_from_the_cache(tmp_path: Path) -> None:
     """SmolLM2's quantized Q4_1 GGUF: direct conversion against the session's cache entry."""
     data = write_jsonl(tmp_path / "d.jsonl", [TEXTS[0] * 3])
@@ -117,6 +118,7 @@ def _wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 120) -> 
     assert path.exists(), proc.communicate()
 
 
+@pytest.mark.subprocess
 def test_a_run_killed_mid_write_leaves_nothing_that_is_read(tiny_gguf: Path, cache: Path, tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "d.jsonl", TEXTS)
     args = ["score", "-q", "-m", str(tiny_gguf), "-d", data, "--bootstrap", "0", "--format", "json"]
@@ -138,6 +140,7 @@ def test_a_run_killed_mid_write_leaves_nothing_that_is_read(tiny_gguf: Path, cac
     assert not list(cache.glob(".tmp-*"))
 
 
+@pytest.mark.subprocess
 def test_two_runs_converting_at_once(tiny_gguf: Path, cache: Path, tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "d.jsonl", TEXTS)
     args = ["score", "-q", "-m", str(tiny_gguf), "-d", data, "--bootstrap", "0", "--format", "json"]

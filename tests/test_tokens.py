@@ -100,6 +100,7 @@ def test_rank_and_entropy_match_a_full_log_softmax(tiny_model_dir: Path, tiny_lo
             assert math.isclose(row["logprob"], float(target), rel_tol=1e-5, abs_tol=1e-5)
 
 
+@pytest.mark.model
 def test_the_real_model_exports_the_sample_prose(tmp_path: Path) -> None:
     path = tmp_path / "t.parquet"
     texts = [json.loads(line)["text"] for line in builtin_sample_path().read_text().splitlines()][:2]
@@ -133,6 +134,7 @@ def test_a_resumed_run_writes_the_uninterrupted_file(tiny_loaded: Any, tmp_path:
     assert not (tmp_path / ".resumed.parquet.parts").exists()
 
 
+@pytest.mark.distributed
 def test_torchrun_writes_the_single_process_file(tiny_model_dir: Path, tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "d.jsonl", TEXTS)
     bin_dir = Path(sys.executable).parent
