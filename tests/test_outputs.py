@@ -151,6 +151,19 @@ def test_the_cli_writes_every_other_output_says_one_line_and_exits_1(
         assert _listing(tmp_path) == {"d.jsonl", "t.parquet"}
 
 
+def test_kld_hands_back_its_token_file_failure(tiny_loaded: Any, tmp_path: Path, data: str,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from lleval.kld import kl_divergence
+
+    _disk_full_on(monkeypatch, "k.jsonl")
+    result = kl_divergence(EvalConfig(dataset=data, tokens=str(tmp_path / "k.jsonl"), bootstrap=0, max_length=16),
+                           None, base=tiny_loaded, model=tiny_loaded)
+    assert result.to_dict()["kl_divergence"]["mean"] == 0.0  # the same model twice: the run's numbers are there
+    (failure,) = result.failed_outputs
+    assert str(tmp_path / "k.jsonl") in str(failure) and "the disk is full" in str(failure)
+    assert _listing(tmp_path) == {"d.jsonl"}
+
+
 # ---------------------------------------------------------------- concurrent and dead runs
 
 

@@ -156,7 +156,8 @@ SCORING_OPTIONS = _options(
                  help="Bootstrap resamples over documents for 95% intervals (0: none)."),
     click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap."),
     click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
-                 help="Write the JSON report here (atomically)."),
+                 help="Write the JSON report here (atomically). An output that cannot be written (a full "
+                 "disk) is one line on stderr and exit 1; the others are still written."),
     click.option("--format", type=click.Choice(FORMATS), default="table", show_default=True,
                  help="What stdout gets: a table, the JSON report, or markdown."),
     click.option("--quiet", "-q", is_flag=True, default=False,

@@ -16,10 +16,13 @@ Columns, in this order (`COLUMNS`; kld adds ``base_logprob`` and ``kl``,
 A ``.jsonl`` path writes JSON lines, anything else Parquet (row groups of at
 most 65,536 rows; the file's metadata key ``lleval`` holds the run's report
 header as JSON). The file is written in parts as blocks are scored (memory
-stays bounded), merged into a temporary file when the run ends and renamed
-into place: never half-written. A checkpoint records the parts written so far,
+stays bounded), in a folder of this run alone (``.NAME.parts-<pid>-<random>``),
+merged into a temporary file of this run when it ends and renamed into place:
+never half-written, and two runs writing the same file never touch each
+other's parts. A checkpoint records the folder and the parts written so far,
 so a resumed run keeps them and writes the rest, and its file is the
-uninterrupted run's.
+uninterrupted run's. A write that fails (a full disk) ends this output only,
+leaving nothing behind; the run and its other outputs go on.
 """
 
 from __future__ import annotations
