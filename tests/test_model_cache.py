@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -84,8 +84,13 @@ def test_a_damaged_entry_is_rebuilt(tiny_gguf: Path, cache: Path, tmp_path: Path
     else:
         manifest = json.loads((entry / MANIFEST).read_text())
         (entry / MANIFEST).write_text(json.dumps({**manifest, "transformers": "0.0.1"}))
-    again = _score(tiny_gguf, data)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = _score(tiny_gguf, data)
     assert again.model["cache"] == "stored"  # found wanting, moved aside, converted again
+    (warning,) = [w for w in caught if entry.name in str(w.message)]  # said once, not rebuilt silently
+    assert [n for n in again.notes if entry.name in n] == [str(warning.message)]
+    assert not [n for n in first.notes if entry.name in n]
     assert [d.to_dict() for d in again.documents] == [d.to_dict() for d in first.documents]
     assert _score(tiny_gguf, data).model["cache"] == "hit"
     assert len(_entries(cache)) == 1 and not list(cache.glob(".stale-*"))
@@ -132,12 +137,55 @@ def test_a_run_killed_mid_write_leaves_nothing_that_is_read(tiny_gguf: Path, cac
     rerun = _score(tiny_gguf, data)
     assert rerun.model["cache"] == "stored"
     assert [d.to_dict() for d in rerun.documents] == [d.to_dict() for d in _score(tiny_gguf, data, model_cache=False).documents]
-    (leftover,) = cache.glob(".tmp-*")
+    assert not list(cache.glob(".tmp-*"))  # its writer is dead: the next run that opens the cache sweeps it
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_every_open_sweeps_what_dead_runs_left(tiny_gguf: Path, cache: Path, tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "d.jsonl", TEXTS)
+    assert _score(tiny_gguf, data).model["cache"] == "stored"
     old = time.time() - STALE_SECONDS - 60
-    os.utime(leftover, (old, old))
-    shutil.rmtree(_entries(cache)[0])
-    _score(tiny_gguf, data)  # storing again sweeps temporary folders of runs that died long ago
-    assert not list(cache.glob(".tmp-*"))
+    fates = {f".tmp-x-float32-{_dead_pid()}-0a1b": "swept", f".tmp-x-float32-{os.getpid()}-2c3d": "kept",
+             ".tmp-no-pid-here": "kept", ".tmp-no-pid-old": "swept", ".stale-x-float32-4e5f": "swept"}
+    for name in fates:
+        (cache / name).mkdir()
+        (cache / name / "model.safetensors").write_bytes(b"0" * 100)
+    os.utime(cache / ".tmp-no-pid-old", (old, old))
+    assert _score(tiny_gguf, data).model["cache"] == "hit"  # nothing stored: the open alone sweeps
+    assert {p.name for p in cache.glob(".*")} == {n for n, fate in fates.items() if fate == "kept"}
+
+
+@pytest.mark.parametrize("how", ["not a folder", "permission denied"])
+def test_a_cache_that_cannot_be_written_warns_and_notes_why(tiny_gguf: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    import errno
+
+    import lleval.model_cache as model_cache
+
+    data = write_jsonl(tmp_path / "d.jsonl", TEXTS)
+    (tmp_path / "a-file").write_text("")
+    root = tmp_path / "a-file" / "cache" if how == "not a folder" else tmp_path / "cache"
+    monkeypatch.setenv("LLEVAL_MODEL_CACHE", str(root))
+    if how == "permission denied":  # tests run as root here: chmod would not stop the write
+        def denied(*args: Any) -> None:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+        monkeypatch.setattr(model_cache, "_save_plain", denied)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = _score(tiny_gguf, data)
+    (warning,) = [w for w in caught if str(root) in str(w.message)]
+    assert "LLEVAL_MODEL_CACHE" in str(warning.message) and "--no-model-cache" in str(warning.message)
+    assert report.model["cache"] == "miss"
+    assert [n for n in report.notes if str(root) in n] == [str(warning.message)]
+    if how == "permission denied":
+        assert "permission denied" in str(warning.message)
+        assert [p.name for p in root.iterdir()] == ["hashes"]  # the temporary folder went with the failure
 
 
 @pytest.mark.subprocess

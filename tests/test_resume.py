@@ -270,3 +270,11 @@ def test_an_interrupted_checkpoint_with_fewer_documents_now_is_refused(tiny_load
     resumed = evaluate(_config(tmp_path, checkpoint=ckpt), loaded=tiny_loaded)
     full = evaluate(_config(tmp_path), loaded=tiny_loaded)
     assert [d.to_dict() for d in resumed.documents] == [d.to_dict() for d in full.documents]
+
+
+def test_a_finished_checkpoint_with_tokens_says_there_is_nothing_to_write(tiny_model_dir: Path, tmp_path: Path) -> None:
+    ckpt, data = tmp_path / "c.ckpt", _data(tmp_path, TEXTS[:3])
+    assert _cli(tiny_model_dir, data, ckpt, tmp_path / "a.json", "--tokens", str(tmp_path / "t.jsonl")).exit_code == 0
+    again = _cli(tiny_model_dir, data, ckpt, tmp_path / "b.json", "--tokens", str(tmp_path / "t2.jsonl"))
+    assert again.exit_code == 2 and "finished run" in again.output and "Drop --tokens" in again.output
+    assert not (tmp_path / "t2.jsonl").exists()

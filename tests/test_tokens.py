@@ -129,9 +129,11 @@ def test_a_resumed_run_writes_the_uninterrupted_file(tiny_loaded: Any, tmp_path:
     partial = evaluate(EvalConfig(tokens=str(resumed), checkpoint=ckpt, checkpoint_every=0, **base),
                        loaded=tiny_loaded, should_stop=stop)
     assert not partial.complete and len(_rows(resumed)) < len(_rows(full))
+    (kept,) = tmp_path.glob(".resumed.parquet.parts*")  # kept for the resume, named in the checkpoint
+    assert json.loads(Path(ckpt).read_text())["reducers"]["tokens"]["folder"] == kept.name
     evaluate(EvalConfig(tokens=str(resumed), checkpoint=ckpt, checkpoint_every=0, **base), loaded=tiny_loaded)
     assert _rows(resumed) == _rows(full)
-    assert not (tmp_path / ".resumed.parquet.parts").exists()
+    assert not list(tmp_path.glob(".resumed.parquet*"))
 
 
 @pytest.mark.distributed

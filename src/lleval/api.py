@@ -22,6 +22,7 @@ import dataclasses
 import itertools
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Protocol
 
 from lleval import __version__
@@ -30,7 +31,7 @@ from lleval.checkpoint import Checkpoint, Checkpointer, verify_resumed
 from lleval.config import EvalConfig
 from lleval.data import BUILTIN_DATASET, DataSpec, DataStats, Document, iter_documents
 from lleval.distributed import DistContext
-from lleval.errors import DataError, ScoringError
+from lleval.errors import ConfigError, DataError, OutputError, ScoringError
 from lleval.metrics import Totals, ratio_intervals
 from lleval.model import LoadedModel, ModelSpec
 from lleval.protocols import Plan, plan
@@ -126,6 +127,7 @@ class ScoringRun:
     engine: EngineStats
     seconds: float
     complete: bool  # False when stopped early (``should_stop``)
+    checkpoint_problem: str | None = None  # why a checkpoint save failed (the run went on)
 
 
 def open_inputs(config: EvalConfig) -> Inputs:
@@ -180,6 +182,12 @@ def make_job(inputs: Inputs, loaded: LoadedModel, protocol: Plan) -> Job:
         resumed = ckpt.load(config.checkpoint, fingerprint)
     if config.checkpoint and dist is not None:
         resumed = dist.broadcast(resumed)
+    if resumed is not None and resumed.complete and config.tokens:
+        raise ConfigError(
+            f"checkpoint {config.checkpoint} is of a finished run, which wrote its token file then: nothing is "
+            "scored again now, so there are no tokens to write. Drop --tokens to rebuild the report from the "
+            "checkpoint, or delete the checkpoint to score again."
+        )
     return Job(inputs, loaded, protocol, batching, fingerprint, resumed)
 
 
@@ -257,7 +265,7 @@ def score(
             f"{stats.skipped_empty} empty, {len(sums.documents)} documents with no token to predict. "
             "Check --limit, --text-field and --prefix-token."
         )
-    return ScoringRun(engine, time.perf_counter() - started, complete)
+    return ScoringRun(engine, time.perf_counter() - started, complete, checkpointer.problem)
 
 
 def _scoring_error(job: Job, exc: WindowTooLarge | NonFiniteLogProb) -> ScoringError:
@@ -293,9 +301,13 @@ def evaluate(
     job = make_job(inputs, loaded, protocol)
     sums, counts, curve = DocumentSums(), StreamCounts(), ContextCurve()
     files = file_reducers(job)
-    run = score(job, sums, {"stream": counts, "curve": curve, **files}, progress, should_stop)
+    try:
+        run = score(job, sums, {"stream": counts, "curve": curve, **files}, progress, should_stop)
+    except BaseException:
+        abandon_files(job, files)
+        raise
     report = score_report(job, run, sums, counts, curve)
-    write_files(job, run, report, files)
+    report.failed_outputs = write_files(job, run, report, files)
     return report
 
 
@@ -308,21 +320,45 @@ def file_reducers(job: Job) -> dict[str, Any]:
     if config.tokens:
         from lleval.tokens import TokenWriter
 
-        files["tokens"] = TokenWriter(config.tokens)
+        files["tokens"] = TokenWriter(config.tokens, config.checkpoint)
     if config.html:
         files["samples"] = DocumentSamples(config.html_docs)
     return files
 
 
-def write_files(job: Job, run: ScoringRun, report: Any, files: Mapping[str, Any]) -> None:
-    """Write the token file and the HTML report a run was asked for, once its report exists."""
+def write_files(job: Job, run: ScoringRun, report: Any, files: Mapping[str, Any]) -> list[OutputError]:
+    """Write the token file and the HTML report a run was asked for, once its report exists.
+
+    Each output that cannot be written (a full disk) is returned, not raised: the
+    run is finished and one failed file must not cost the others, nor the report.
+    """
+    failed: list[OutputError] = []
     if "tokens" in files:
         header = {k: v for k, v in report.header_dict("tokens").items() if k not in ("timing", "notes")}
-        files["tokens"].finish(header, keep_parts=not run.complete and bool(job.config.checkpoint))
+        try:
+            files["tokens"].finish(header, keep_parts=not run.complete and _resumable(job.config))
+        except OutputError as exc:
+            failed.append(exc)
     if "samples" in files and job.config.html:
         from lleval.html import write_score_html
 
-        write_score_html(report, files["samples"].samples(), job.config.html)
+        try:
+            write_score_html(report, files["samples"].samples(), job.config.html)
+        except OutputError as exc:
+            failed.append(exc)
+    return failed
+
+
+def abandon_files(job: Job, files: Mapping[str, Any]) -> None:
+    """A run that failed or was killed by Ctrl-C: remove the token parts, unless the
+    run's checkpoint will resume from them."""
+    if "tokens" in files:
+        files["tokens"].abandon(keep_parts=_resumable(job.config))
+
+
+def _resumable(config: EvalConfig) -> bool:
+    """Whether a checkpoint file exists that a rerun will resume from."""
+    return bool(config.checkpoint) and Path(config.checkpoint or "").is_file()
 
 
 def score_report(
@@ -383,8 +419,16 @@ def score_notes(job: Job, run: ScoringRun, sums: DocumentSums, counts: StreamCou
             f"the {protocol.name} protocol leaves {counts.unscored_tokens} of {counts.stream_tokens} "
             "tokens unscored, so bits per byte and word/byte perplexity are not reported."
         )
-    notes += dtype_notes(info)
+    if run.checkpoint_problem:
+        notes.append(f"the checkpoint was not saved: {run.checkpoint_problem}")
+    notes += model_notes(info)
     return notes
+
+
+def model_notes(info: Any) -> list[str]:
+    """What loading the model met that a reader must know (a model cache that cannot
+    be written, a damaged entry rebuilt), then the dtype's note."""
+    return list(info.notes) + dtype_notes(info)
 
 
 def dtype_notes(info: Any) -> list[str]:

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from lleval.errors import ConfigError
+from lleval.errors import ConfigError, OutputError
 from lleval.reducers import EMPTY_CHAIN, Resumable, chain_hash
 from lleval.report import write_text_atomic
 from lleval.scoring import Unit
@@ -117,7 +118,10 @@ class Checkpointer:
     """Decides when to save, and saves the reducers' state at a block boundary.
 
     ``path`` None (no ``--checkpoint``) or a rank other than 0 makes every
-    call a no-op, so the scoring loop asks the same questions either way.
+    call a no-op, so the scoring loop asks the same questions either way. A
+    save that fails (a full disk) does not stop the run: the checkpoint only
+    saves time, the run's results do not depend on it. The first failure is
+    one warning and is kept in `problem` for the report's notes.
     """
 
     def __init__(self, path: str | None, every_seconds: float, fingerprint: dict[str, Any]) -> None:
@@ -125,6 +129,7 @@ class Checkpointer:
         self.every = every_seconds
         self.fingerprint = fingerprint
         self.last_save = time.monotonic()
+        self.problem: str | None = None  # why a save failed, the first time one did
 
     def due(self) -> bool:
         """Whether ``--checkpoint-every`` seconds have passed since the last save."""
@@ -132,11 +137,18 @@ class Checkpointer:
 
     def save(self, rows: int, data_hash: str, reducers: Mapping[str, Resumable], complete: bool = False) -> None:
         """Write the state of ``reducers`` after ``rows`` finished documents (``complete``:
-        the run scored every document)."""
+        the run scored every document); a failed write warns once and is retried at the
+        next save."""
         if self.path is None:
             return
         states = {name: reducer.state() for name, reducer in reducers.items()}
-        write_text_atomic(self.path, Checkpoint(self.fingerprint, rows, data_hash, states, complete).to_json())
+        try:
+            write_text_atomic(self.path, Checkpoint(self.fingerprint, rows, data_hash, states, complete).to_json(),
+                              "--checkpoint")
+        except OutputError as exc:
+            if self.problem is None:
+                warnings.warn(f"{exc} The run goes on without it.", stacklevel=2)
+                self.problem = str(exc)
         self.last_save = time.monotonic()
 
     @staticmethod

@@ -156,7 +156,8 @@ SCORING_OPTIONS = _options(
                  help="Bootstrap resamples over documents for 95% intervals (0: none)."),
     click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap."),
     click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
-                 help="Write the JSON report here (atomically)."),
+                 help="Write the JSON report here (atomically). An output that cannot be written (a full "
+                 "disk) is one line on stderr and exit 1; the others are still written."),
     click.option("--format", type=click.Choice(FORMATS), default="table", show_default=True,
                  help="What stdout gets: a table, the JSON report, or markdown."),
     click.option("--quiet", "-q", is_flag=True, default=False,
@@ -205,10 +206,12 @@ def score(**flags: Any) -> None:
     _quiet_libraries(config.quiet)
     with _Interrupts() as interrupts:
         report = _with_progress(config.quiet, evaluate, config, should_stop=interrupts.should_stop)
-    _deliver(report, config.output, config.format)
+    failed = _deliver(report, config.output, config.format)
     if interrupts.signum is not None:
         click.echo(f"stopped by signal {interrupts.signum}: report marked incomplete", err=True)
         sys.exit(128 + interrupts.signum)
+    if failed:
+        sys.exit(1)
 
 
 @main.command(context_settings=CONTEXT_SETTINGS)
@@ -240,7 +243,8 @@ def kld(base_model: str | None, base_dtype: str | None, dataset_argument: str | 
     config = EvalConfig(**{**flags, "dataset": flags["dataset"] or dataset_argument})
     _quiet_libraries(config.quiet)
     result = _with_progress(config.quiet, kl_divergence, config, base_model or config.model, base_dtype=base_dtype)
-    _deliver(result, config.output, config.format)
+    if _deliver(result, config.output, config.format):
+        sys.exit(1)
 
 
 @main.command(context_settings=CONTEXT_SETTINGS)
@@ -289,13 +293,13 @@ def compare(base: str, candidates: tuple[str, ...], max_regression: float | None
         from lleval.html import write_compare_html
 
         _call(write_compare_html, result, html)
-    _deliver(result, output, format)
+    failed = _deliver(result, output, format)
     for warning in (r.warning for r in result.comparisons if r.warning):
         click.echo(f"warning: {warning}", err=True)
     for r in result.regressions:
         click.echo(f"regression: {r.candidate} {r.metric} {r.change * 100:+.2f}% (limit +{max_regression:g}%)",
                    err=True)
-    if not result.passed:
+    if failed or not result.passed:
         sys.exit(1)
 
 
@@ -360,14 +364,22 @@ def entry() -> None:
     os._exit(code or 0)
 
 
-def _deliver(result: Any, output: str | None, format: str) -> None:
-    """Rank 0 writes the result's JSON to ``output`` and renders it on stdout."""
+def _deliver(result: Any, output: str | None, format: str) -> list[str]:
+    """Rank 0 writes the result's JSON to ``output`` and renders it on stdout, even when
+    an output failed: each failure (the library's, then ``output``'s) is one line on
+    stderr, and returned so the command exits 1."""
     if not _is_main_rank():
-        return
+        return []
+    from lleval.errors import LlevalError
+
+    failures = [str(exc) for exc in getattr(result, "failed_outputs", [])]
     if output:
         from lleval.report import write_report
 
-        _call(write_report, result, output)
+        try:
+            write_report(result, output)
+        except LlevalError as exc:
+            failures.append(str(exc))
     if format == "json":
         click.echo(result.to_json(), nl=False)
     elif format == "markdown":
@@ -376,6 +388,9 @@ def _deliver(result: Any, output: str | None, format: str) -> None:
         from rich.console import Console
 
         result.render_table(Console())
+    for failure in failures:
+        click.echo(f"Error: {failure}", err=True)
+    return failures
 
 
 def _quiet_libraries(quiet: bool) -> None:

@@ -7,6 +7,7 @@ these into exit codes (usage problems 2, runtime problems 1).
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 
@@ -62,3 +63,29 @@ def read_text_file(path: str | Path, what: str, error: type[LlevalError]) -> str
         raise error(f"{what} {path} does not exist.") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise error(f"cannot read {what} {path}: {exc}.") from None
+
+
+def os_cause(exc: OSError) -> str:
+    """The cause of a failed write in words a user acts on: a full disk and a denied
+    permission are said plainly (errno 28 and 13 mean nothing to most readers), anything
+    else is the system's own words."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "the disk is full" if exc.errno == errno.ENOSPC else "the disk quota is exceeded"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if exc.errno == errno.EROFS:
+        return "the file system is read-only"
+    return (exc.strerror or str(exc) or type(exc).__name__).strip().splitlines()[0]
+
+
+def write_failure(flag: str, path: str | Path, exc: OSError) -> OutputError:
+    """The one-line `OutputError` of an output (``flag``, ``path``) that could not be
+    written: what failed, why, and what to do next."""
+    cause = os_cause(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        advice = f"Free some space, or give {flag} a path on another disk."
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        advice = f"Give {flag} a path in a folder you can write."
+    else:
+        advice = f"Give {flag} another path."
+    return OutputError(f"{flag} {path} could not be written: {cause}. {advice}")

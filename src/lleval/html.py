@@ -208,7 +208,7 @@ def score_page(report: Any, samples: list[dict[str, Any]]) -> Page:
 
 def write_score_html(report: Any, samples: list[dict[str, Any]], path: str) -> None:
     """Write the HTML report of a score run (atomically)."""
-    write_text_atomic(path, render(score_page(report, samples)))
+    write_text_atomic(path, render(score_page(report, samples)), "--html")
 
 
 def compare_chart(comparisons: list[Any], max_regression_pct: float | None) -> str:
@@ -260,7 +260,7 @@ def write_compare_html(result: Any, path: str) -> None:
     page = Page(title=f"lleval compare — base {result.comparisons[0].base if result.comparisons else ''}",
                 summary=rows, extra=compare_chart(result.comparisons, result.max_regression_pct)
                 + _changed_documents(result.comparisons))
-    write_text_atomic(path, render(page))
+    write_text_atomic(path, render(page), "--html")
 
 
 def _changed_documents(comparisons: list[Any]) -> str:

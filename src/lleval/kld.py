@@ -25,10 +25,11 @@ from lleval.api import (
     Job,
     Progress,
     ScoringRun,
-    dtype_notes,
+    abandon_files,
     file_reducers,
     header_fields,
     make_job,
+    model_notes,
     model_spec,
     open_inputs,
     score,
@@ -215,9 +216,13 @@ def kl_divergence(
     job = make_job(inputs, pair(base, model), protocol)
     sums, counts, stats = DocumentSums(), StreamCounts(), KLStats()
     files = file_reducers(job)  # the token export: both models' log-probs and the KL, per token
-    run = score(job, sums, {"stream": counts, "kl": stats, **files}, progress)
+    try:
+        run = score(job, sums, {"stream": counts, "kl": stats, **files}, progress)
+    except BaseException:
+        abandon_files(job, files)
+        raise
     report = kl_report(job, run, sums, counts, stats, base)
-    write_files(job, run, report, files)
+    report.failed_outputs = write_files(job, run, report, files)
     return report
 
 
@@ -274,7 +279,7 @@ def kl_report(
     base_lls = np.array(stats.base_log_likelihood)
     nll_base = -float(base_lls.sum())
     return KLReport(
-        **header_fields(job, run, counts, totals, dtype_notes(job.loaded.info)),
+        **header_fields(job, run, counts, totals, kl_notes(job.loaded.info, base.info)),
         base=model_block(base.info),
         tokens=n,
         kl_divergence={**summary(per_token[:, 0]), "unit": "nats", "direction": "KL(P_base || P_model)"},
@@ -288,6 +293,12 @@ def kl_report(
         },
         bootstrap={"resamples": config.bootstrap, "seed": config.seed, "level": 0.95, "unit": "document"},
     )
+
+
+def kl_notes(model: Any, base: Any) -> list[str]:
+    """The notes of both models' loading (each once: a model compared with itself in
+    another dtype shares its cache), then the compared model's dtype note."""
+    return list(dict.fromkeys([*base.notes, *model_notes(model)]))
 
 
 def _ln_ratio_interval(config: EvalConfig, sums: DocumentSums, base_lls: np.ndarray) -> list[float] | None:

@@ -72,6 +72,7 @@ class ModelInfo:
     device_map: dict[str, str] | None = None  # module -> device, when loaded with a device map
     cache: str | None = None  # .gguf only: hit | stored | miss (not stored) | off
     head_dtype: str | None = None  # dtype of the output projection and log-softmax, when not the model's
+    notes: tuple[str, ...] = ()  # what loading met that the report must say (a model cache problem)
 
 
 def default_model_path() -> Path:
@@ -260,6 +261,7 @@ class ModelSource:
     sha256: str | None = None  # of the .gguf file
     cache: Any = None  # its lleval.model_cache.CacheEntry, when the cache is on
     cache_status: str | None = None  # hit | miss | off (.gguf only)
+    notes: tuple[str, ...] = ()  # what the cache met (a damaged entry), for the report's notes
 
     @property
     def name(self) -> str:
@@ -296,14 +298,41 @@ def open_model(spec: ModelSpec) -> ModelSource:
             "lleval scores decoder-only LMs (AutoModelForCausalLM), such as Llama, GPT-2 or Qwen."
         )
     entry = None if check is None else check.entry
-    return ModelSource(spec, location, gguf_file, source, display, tokenizer, config, device, dtype, sha, entry, status)
+    return ModelSource(spec, location, gguf_file, source, display, tokenizer, config, device, dtype, sha, entry, status,
+                       _damage_notes(check, display))
+
+
+def _damage_notes(check: Any, display: str) -> tuple[str, ...]:
+    """A cache entry that was there but is rebuilt costs a whole conversion (SmolLM2: 5 s
+    become 50 s): one warning now, and the same line in the report's notes."""
+    if check is None or check.damage is None:
+        return ()
+    note = (f"the model cache entry {check.entry.folder} was damaged ({check.damage}): it was moved aside and "
+            f"{display} is converted again, as slow as a first run.")
+    warnings.warn(note, stacklevel=2)
+    return (note,)
+
+
+def _store_notes(found: ModelSource, model: Any) -> tuple[str | None, tuple[str, ...]]:
+    """Keep a converted .gguf in the cache: its ``cache`` status and the note of a cache
+    that cannot be written (one warning; otherwise every run converts again, silently)."""
+    if found.cache_status != "miss":
+        return found.cache_status, ()
+    problem = found.cache.store(model, found.tokenizer)
+    if problem is None:
+        return "stored", ()
+    note = (f"the model cache {found.cache.root} cannot be written ({problem}): {found.display} was converted "
+            "but not kept, so every run converts it again. Set LLEVAL_MODEL_CACHE to a folder you can write, "
+            "or pass --no-model-cache.")
+    warnings.warn(note, stacklevel=2)
+    return "miss", (note,)
 
 
 def _cached_conversion(spec: ModelSpec, location: str, gguf_file: str | None, dtype: Any) -> tuple[Any, ...]:
     """For a .gguf file: its sha256, the check of its cache entry (None when the cache is
     off) and what is known so far: ``checking`` (a plausible entry, its hashes being
     checked), ``miss`` or ``off``. For other models: Nones."""
-    from lleval.model_cache import CacheEntry, cache_root, source_sha256
+    from lleval.model_cache import CacheEntry, cache_root, source_sha256, sweep
 
     if gguf_file is None:
         if not spec.cache:
@@ -314,6 +343,7 @@ def _cached_conversion(spec: ModelSpec, location: str, gguf_file: str | None, dt
     sha = source_sha256(Path(location) / gguf_file, root)
     if root is None:
         return sha, None, "off"
+    sweep(root)  # what runs that died left, at every open: not only when one more entry is stored
     check = CacheEntry(root, sha, str(dtype).removeprefix("torch.")).verify()
     return sha, check, "checking" if check.plausible else "miss"
 
@@ -338,9 +368,7 @@ def load_weights(found: ModelSource) -> LoadedModel:
         AutoModelForCausalLM, f"model {found.display}", found.location, found.gguf_file, found.source, spec,
         dtype=found.dtype, **device_map,
     )
-    cache_status = found.cache_status
-    if cache_status == "miss" and found.cache.store(model, found.tokenizer):
-        cache_status = "stored"
+    cache_status, store_notes = _store_notes(found, model)
     placement: dict[str, Any] | None = None
     if spec.device_map:
         # accelerate's placement; transformers leaves hf_device_map unset when one device holds it all
@@ -361,6 +389,7 @@ def load_weights(found: ModelSource) -> LoadedModel:
         device_map={str(k): str(v) for k, v in placement.items()} if placement else None,
         cache=cache_status,
         head_dtype="float32" if spec.float32_head and _half(model) and has_plain_head(model) else None,
+        notes=found.notes + store_notes,
     )
     tokenizer = found.tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -14,11 +14,15 @@ fraction of a second, with bit-identical weights and the same tokenizer.
 - **Atomic and concurrent**: an entry is written into a temporary folder next
   to it and renamed into place in one step, its manifest written last; two
   runs converting at once each write their own and the first rename wins. A
-  run killed mid-write leaves only a temporary folder, which is never read
-  and is swept after an hour.
+  run killed mid-write leaves only a temporary folder, which is never read;
+  its name carries the writer's pid, and every run that opens the cache
+  removes those whose writer is dead (names without a pid: after an hour).
 - **Verified on read**: the manifest lists every file's size and sha256, the
   source file's sha256, the dtype and the transformers version; an entry that
-  does not match in every point is moved aside and rebuilt.
+  does not match in every point is moved aside and rebuilt, and the caller
+  says so (`Verification.damage`): a rebuild costs a whole conversion.
+- **Never fails a run**: a cache that cannot be written is reported by
+  `CacheEntry.store` (the caller warns and notes it), and the run goes on.
 - The source file's sha256 is remembered next to the entries, keyed by its
   path, size, inode and modification time, so an unchanged multi-gigabyte
   file is not hashed again on every run.
@@ -35,6 +39,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from lleval.errors import os_cause
+from lleval.files import pid_alive
 
 CACHE_ENV = "LLEVAL_MODEL_CACHE"
 MANIFEST = "lleval-cache.json"
@@ -132,14 +139,15 @@ class CacheEntry:
         except OSError:
             pass  # another run got there first
 
-    def store(self, model: Any, tokenizer: Any) -> bool:
-        """Save ``model`` and ``tokenizer`` as this entry; False if the cache cannot be written
-        (the run goes on without it)."""
+    def store(self, model: Any, tokenizer: Any) -> str | None:
+        """Save ``model`` and ``tokenizer`` as this entry. Returns None once stored, else why
+        the cache could not be written (the run goes on without it)."""
         import transformers
 
+        tmp: Path | None = None
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            self._sweep()
+            sweep(self.root)
             tmp = self.root / f".tmp-{self.folder.name}-{os.getpid()}-{uuid.uuid4().hex}"
             tmp.mkdir()
             _save_plain(model, tokenizer, tmp)
@@ -152,32 +160,51 @@ class CacheEntry:
                 os.fsync(out.fileno())
             try:
                 tmp.rename(self.folder)
+                tmp = None
             except OSError:  # another run renamed its entry into place first: keep that one
-                shutil.rmtree(tmp, ignore_errors=True)
-            return True
-        except Exception:  # the cache only saves time: a failure to fill it never fails a run
-            return False
-
-    def _sweep(self) -> None:
-        now = time.time()
-        for stale in self.root.glob(".tmp-*"):
-            try:
-                if now - stale.stat().st_mtime > STALE_SECONDS:
-                    shutil.rmtree(stale, ignore_errors=True)
-            except OSError:
                 pass
+            return None
+        except OSError as exc:
+            return os_cause(exc)
+        except Exception as exc:  # the cache only saves time: a failure to fill it never fails a run
+            return f"{type(exc).__name__}: {exc}".splitlines()[0]
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sweep(root: Path) -> None:
+    """Remove what dead runs left in the cache: temporary folders whose writer's pid (in
+    their name) is not alive, those with no pid in their name after an hour, and entries
+    moved aside whose removal was cut short. A SIGKILLed conversion of SmolLM2 leaves
+    540 MB; without this it would stay forever."""
+    now = time.time()
+    for stale in [*root.glob(".tmp-*"), *root.glob(".stale-*")]:
+        try:
+            pid = stale.name.rsplit("-", 2)[-2] if stale.name.startswith(".tmp-") else ""
+            if pid.isdigit():
+                dead = not pid_alive(int(pid))
+            else:
+                dead = stale.name.startswith(".stale-") or now - stale.stat().st_mtime > STALE_SECONDS
+            if dead:
+                shutil.rmtree(stale, ignore_errors=True)
+        except (OSError, IndexError):
+            pass
 
 
 class Verification:
-    """An entry's check, hashing its files in a background thread."""
+    """An entry's check, hashing its files in a background thread. ``damage`` says why an
+    entry that was there is not trusted (it is moved aside, and the run converts again)."""
 
     def __init__(self, entry: CacheEntry) -> None:
         import threading
 
         self.entry = entry
+        self.damage: str | None = None
         self.files = entry._manifest_files() if entry.folder.is_dir() else None
         if self.files is None and entry.folder.is_dir():
-            entry._discard(entry.folder)  # no manifest, or one that does not match: not ours to trust
+            self.damage = "its manifest is missing, or does not match this file, dtype or transformers version"
+            entry._discard(entry.folder)  # not ours to trust
         self._ok = False
         self._thread = threading.Thread(target=self._hash, daemon=True)
         if self.files is not None:
@@ -200,6 +227,7 @@ class Verification:
         if self.files is not None:
             self._thread.join()
         if not self._ok and self.entry.folder.is_dir():
+            self.damage = self.damage or "a file's sha256 differs from its manifest"
             self.entry._discard(self.entry.folder)
         return self._ok
 

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lleval.errors import OutputError
+from lleval.errors import OutputError, write_failure
+from lleval.files import file_mode, remove_quietly
 from lleval.metrics import Totals, derive_metrics, llamacpp_perplexity_stderr
 
 SCHEMA_VERSION = 1
@@ -118,6 +119,9 @@ class ReportHeader:
     environment: dict[str, Any]
     distributed: dict[str, Any] | None  # world size and backend of a data-parallel run
     notes: list[str]
+    #: outputs the library owns (``--tokens``, ``--html``) that could not be written; the
+    #: caller still writes its own (``-o``) and reports these. Not part of the JSON.
+    failed_outputs: list[OutputError] = field(default_factory=list, kw_only=True, repr=False, compare=False)
 
     def header_dict(self, kind: str) -> dict[str, Any]:
         """The shared part of ``to_dict()``, opening with ``schema_version`` and ``kind``."""
@@ -322,26 +326,34 @@ def check_writable(path: str, flag: str = "--output") -> None:
         raise OutputError(f"{flag} {path} is not writable: pick another {flag}.")
 
 
-def write_text_atomic(path: str, text: str) -> None:
+def write_text_atomic(path: str, text: str, flag: str = "--output") -> None:
     """Write ``text`` to ``path`` via a temp file in the same folder, fsync, rename.
 
-    A crash leaves either the old file or the new one, never half of one.
+    A crash leaves either the old file or the new one, never half of one; a failed
+    write (a full disk) is an `OutputError` naming ``flag`` and the file, and leaves
+    no temp file behind. The file gets the mode of any file the user creates.
     """
     target = Path(path).expanduser()
+    tmp: str | None = None
     try:
         handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         with os.fdopen(handle, "w", encoding="utf-8") as out:
+            os.fchmod(out.fileno(), file_mode())
             out.write(text)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, target)
+        tmp = None
     except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}.") from exc
+        raise write_failure(flag, path, exc) from None
+    finally:
+        if tmp is not None:
+            remove_quietly(Path(tmp))
 
 
-def write_report(report: Any, path: str) -> None:
+def write_report(report: Any, path: str, flag: str = "--output") -> None:
     """Write the JSON export of any report (anything with ``to_json()``) to ``path`` atomically."""
-    write_text_atomic(path, report.to_json())
+    write_text_atomic(path, report.to_json(), flag)
 
 
 def fmt(value: float | None, digits: int = 4) -> str:

@@ -16,23 +16,30 @@ Columns, in this order (`COLUMNS`; kld adds ``base_logprob`` and ``kl``,
 A ``.jsonl`` path writes JSON lines, anything else Parquet (row groups of at
 most 65,536 rows; the file's metadata key ``lleval`` holds the run's report
 header as JSON). The file is written in parts as blocks are scored (memory
-stays bounded), merged into a temporary file when the run ends and renamed
-into place: never half-written. A checkpoint records the parts written so far,
+stays bounded), in a folder of this run alone (``.NAME.parts-<pid>-<random>``),
+merged into a temporary file of this run when it ends and renamed into place:
+never half-written, and two runs writing the same file never touch each
+other's parts. A checkpoint records the folder and the parts written so far,
 so a resumed run keeps them and writes the rest, and its file is the
-uninterrupted run's.
+uninterrupted run's. A write that fails (a full disk) ends this output only,
+leaving nothing behind; the run and its other outputs go on.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
-from lleval.errors import OutputError
+from lleval.errors import OutputError, write_failure
+from lleval.files import pid_alive, remove_quietly
 from lleval.scoring import ScoredBlock, TokenScores
 
 COLUMNS = ("document", "position", "context", "token_id", "token", "start", "end", "logprob")
@@ -81,40 +88,75 @@ def _token_spans(unit: Any) -> tuple[np.ndarray, np.ndarray]:
     return begin, finish
 
 
+PARTS_MARKER = "checkpoint"  # in a parts folder: the checkpoint that will resume from it
+
+
 class TokenWriter:
     """A reducer that writes every scored token to ``path`` (see the module docstring).
 
-    Parts live in a hidden folder next to ``path`` until `finish` merges them.
-    A resumed run (`restore`) keeps the parts its checkpoint lists; any other
-    run starts by removing what an earlier run left there.
+    Parts live in a hidden folder next to ``path``, ``.NAME.parts-<pid>-<random>``,
+    until `finish` merges them: two runs writing the same ``--tokens`` at once
+    never touch each other's parts, and the last to finish wins. The folder
+    is removed when the run ends, unless a run with ``checkpoint`` stopped
+    early (its checkpoint records the folder, and the resumed run finds its
+    parts there). A write that fails (a full disk) stops only this output:
+    the folder goes, later blocks are ignored, and `finish` raises the
+    `OutputError`. Folders of this ``path`` left by dead runs are removed when
+    a run starts writing, unless their checkpoint still exists.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, checkpoint: str | None = None) -> None:
         self.path = Path(path).expanduser()
         self.jsonl = self.path.suffix.lower() == ".jsonl"
-        self.parts_dir = self.path.parent / f".{self.path.name}.parts"
+        self.checkpoint = checkpoint
+        self.parts_dir = self.path.parent / f"{self._prefix}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.parts: list[str] = []  # finished parts, in order
         self.rows = 0
+        self.failure: OutputError | None = None  # why this output failed, once it has
         self._open: Any = None  # the part being written: a file handle or a ParquetWriter
         self._open_name = ""
-        self._pruned = False
+        self._started = False
+
+    @property
+    def _prefix(self) -> str:
+        return f".{self.path.name}.parts"
 
     def update(self, block: ScoredBlock) -> None:
-        for scores in block.units:
-            if len(scores):
-                self._write(token_columns(scores))
+        """Write the block's tokens to the open part; a failed write ends this output only."""
+        if self.failure is not None:
+            return
+        try:
+            for scores in block.units:
+                if len(scores):
+                    self._write(token_columns(scores))
+        except OSError as exc:
+            self._fail(exc)
 
-    def _prune(self) -> None:
-        """Remove what is not a finished part of this run (an earlier run's leftovers)."""
+    def _fail(self, exc: OSError) -> None:
+        self.failure = write_failure("--tokens", self.path, exc)
+        try:
+            if self._open is not None:
+                self._open.close()
+        except OSError:
+            pass
+        self._open = None
+        shutil.rmtree(self.parts_dir, ignore_errors=True)
+
+    def _start(self) -> None:
+        """Sweep what dead runs left for this path, make the parts folder, and drop from it
+        what is not a finished part of this run (a resumed run's part cut short)."""
+        sweep_parts(self.path, keep=self.parts_dir)
         self.parts_dir.mkdir(parents=True, exist_ok=True)
+        if self.checkpoint:
+            (self.parts_dir / PARTS_MARKER).write_text(str(Path(self.checkpoint).expanduser().resolve()))
         for path in self.parts_dir.iterdir():
-            if path.name not in self.parts:
+            if path.name not in self.parts and path.name != PARTS_MARKER:
                 path.unlink()
-        self._pruned = True
+        self._started = True
 
     def _write(self, columns: dict[str, Any]) -> None:
-        if not self._pruned:
-            self._prune()
+        if not self._started:
+            self._start()
         if self._open is None:
             self._open_name = f"part-{len(self.parts):05d}.{'jsonl' if self.jsonl else 'parquet'}"
             path = self.parts_dir / self._open_name
@@ -137,43 +179,105 @@ class TokenWriter:
             self._open = None
 
     def state(self) -> dict[str, Any]:
-        """Close the part being written: a checkpoint lists only finished parts."""
-        self._close_part()
-        return {"parts": list(self.parts), "rows": self.rows}
+        """Close the part being written: a checkpoint lists only finished parts, and the
+        folder that holds them."""
+        if self.failure is None:
+            try:
+                self._close_part()
+            except OSError as exc:
+                self._fail(exc)
+        state = {"parts": list(self.parts), "rows": self.rows, "folder": self.parts_dir.name}
+        return state if self.failure is None else {**state, "failed": str(self.failure)}
 
     def restore(self, state: dict[str, Any]) -> None:
-        """Keep the parts the checkpoint lists (the interrupted run wrote them), drop the rest."""
-        missing = [name for name in state["parts"] if not (self.parts_dir / name).is_file()]
+        """Go on in the folder the checkpoint names, with the parts it lists (the interrupted
+        run wrote them); what else is there is dropped when writing starts."""
+        if state.get("failed"):
+            raise OutputError(f"--tokens {self.path} failed in the run this checkpoint comes from "
+                              f"({state['failed']}): resume without --tokens, or delete the checkpoint and rerun.")
+        folder = str(state.get("folder", self._prefix))  # checkpoints from before unique folders
+        if not folder.startswith(self._prefix) or Path(folder).name != folder:
+            raise OutputError(f"--tokens {self.path}: the checkpoint names a parts folder {folder!r} that is not "
+                              "this file's: delete the checkpoint and rerun.")
+        missing = [name for name in state["parts"] if not (self.path.parent / folder / name).is_file()]
         if missing:
             raise OutputError(
                 f"--tokens {self.path}: the token parts written before the checkpoint are gone from "
-                f"{self.parts_dir}: delete the checkpoint and rerun."
+                f"{self.path.parent / folder}: delete the checkpoint and rerun."
             )
+        self.parts_dir = self.path.parent / folder
         self.parts, self.rows = list(state["parts"]), int(state["rows"])
-        self._prune()
 
     def finish(self, header: dict[str, Any], keep_parts: bool = False) -> None:
-        """Merge the parts into ``path`` (a temporary file, fsynced, renamed into place).
-        ``keep_parts`` keeps them for a run that will resume (a stopped run with a checkpoint)."""
-        if not self._pruned:
-            self._prune()
-        self._close_part()
-        tmp = self.path.parent / f".{self.path.name}.tmp"
+        """Merge the parts into ``path`` (a temporary file of this run, fsynced, renamed into
+        place), then remove the parts folder. ``keep_parts`` keeps it for a run that will
+        resume (a stopped run with a checkpoint). Raises the `OutputError` of a write that
+        failed, now or while scoring."""
+        tmp = self.path.parent / f".{self.path.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp"
         try:
-            if self.jsonl:
-                with tmp.open("wb") as out:
-                    for name in self.parts:
-                        with (self.parts_dir / name).open("rb") as part:
-                            shutil.copyfileobj(part, out)
-                    out.flush()
-                    os.fsync(out.fileno())
-            else:
-                _merge_parquet([self.parts_dir / name for name in self.parts], tmp, header)
-            os.replace(tmp, self.path)
+            if self.failure is None:
+                if not self._started:
+                    self._start()
+                self._close_part()
+                self._merge(tmp, header)
+                os.replace(tmp, self.path)
         except OSError as exc:
-            raise OutputError(f"cannot write --tokens {self.path}: {exc.strerror or exc}.") from exc
+            self.failure = write_failure("--tokens", self.path, exc)
+        finally:
+            remove_quietly(tmp)
+            if not keep_parts:
+                shutil.rmtree(self.parts_dir, ignore_errors=True)
+        if self.failure is not None:
+            raise self.failure
+
+    def abandon(self, keep_parts: bool = False) -> None:
+        """A run that failed: close the open part and remove the folder (``keep_parts``:
+        keep it, for a checkpoint that will resume from it)."""
+        try:
+            if self._open is not None:
+                self._open.close()
+        except OSError:
+            pass
+        self._open = None
         if not keep_parts:
             shutil.rmtree(self.parts_dir, ignore_errors=True)
+
+    def _merge(self, tmp: Path, header: dict[str, Any]) -> None:
+        if not self.jsonl:
+            _merge_parquet([self.parts_dir / name for name in self.parts], tmp, header)
+            return
+        with tmp.open("wb") as out:
+            for name in self.parts:
+                with (self.parts_dir / name).open("rb") as part:
+                    shutil.copyfileobj(part, out)
+            out.flush()
+            os.fsync(out.fileno())
+
+
+def sweep_parts(path: Path, keep: Path) -> None:
+    """Remove the parts folders and merge files that dead runs left for ``path`` (their
+    names carry the writer's pid): a SIGKILLed run cannot clean up after itself. A folder
+    whose checkpoint still exists is kept for the run that will resume from it."""
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*"):
+        owner = _owner_pid(leftover.name, path.name)
+        if leftover == keep or owner is None or pid_alive(owner):
+            continue
+        marker = leftover / PARTS_MARKER
+        try:
+            if leftover.is_dir():
+                if not (marker.is_file() and Path(marker.read_text().strip()).is_file()):
+                    shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink()
+        except OSError:
+            pass  # another run is sweeping it too
+
+
+def _owner_pid(name: str, target: str) -> int | None:
+    """The pid in ``.TARGET.parts-<pid>-<hex>`` or ``.TARGET.<pid>-<hex>.tmp``; None otherwise."""
+    rest = name[len(target) + 2:]
+    found = re.fullmatch(r"(?:parts-(\d+)-[0-9a-f]+)|(?:(\d+)-[0-9a-f]+\.tmp)", rest)
+    return None if found is None else int(found.group(1) or found.group(2))
 
 
 def _arrow_table(columns: dict[str, Any]) -> Any:

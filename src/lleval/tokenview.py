@@ -248,4 +248,4 @@ def write_tokens_html(path: str, html_path: str, html_docs: int = 20, bootstrap:
     bins = bins_of_table(context_table(table, documents), bootstrap, seed)
     page = Page(title=f"lleval inspect — {path}", summary=summary, bins=[b.to_dict() for b in bins],
                 documents=documents, samples=samples(table, documents, html_docs))
-    write_text_atomic(html_path, render(page))
+    write_text_atomic(html_path, render(page), "--html")

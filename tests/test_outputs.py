@@ -1,0 +1,280 @@
+"""A finished run is never lost to an output that fails: a full disk (an injected
+``OSError(ENOSPC)``) on -o, --html, --tokens or the checkpoint costs that file alone, says
+so in one line, and leaves no temporary file; concurrent runs never share temporary names;
+files get the mode the umask gives."""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import subprocess
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from click.testing import CliRunner
+
+from helpers import rel_close, write_jsonl
+from lleval.api import evaluate, make_job, open_inputs, score
+from lleval.cli import main
+from lleval.config import EvalConfig
+from lleval.errors import OutputError
+from lleval.protocols import plan
+from lleval.reducers import DocumentSums
+from lleval.tokens import TokenWriter, read_token_file
+
+TEXTS = ["The keeper wrote in the logbook every evening, even when nothing happened.",
+         "Bread needs flour, water, salt and yeast, and time.", "Blue light scatters more than red light.",
+         "A quiet harbour at dawn: gulls, ropes, and the smell of tar."]
+
+
+def _disk_full_on(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Make the fsync of any file written for ``name`` (the file, or a hidden temporary
+    ``.NAME.*`` next to it) fail as a full disk does."""
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        written = Path(os.readlink(f"/proc/self/fd/{fd}")).name
+        if written == name or written.startswith(f".{name}."):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    return list(read_token_file(str(path))[1])
+
+
+def _check_tokens(path: Path, report: Any) -> None:
+    """The token file is complete: its rows add up to the report's documents."""
+    rows = _rows(path)
+    assert len(rows) == report.totals.tokens
+    for doc in report.documents:
+        mine = [r["logprob"] for r in rows if r["document"] == doc.index]
+        assert len(mine) == doc.tokens and rel_close(math.fsum(mine), doc.log_likelihood, 1e-9)
+
+
+def _listing(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()}
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> str:
+    return write_jsonl(tmp_path / "d.jsonl", TEXTS)
+
+
+@pytest.mark.parametrize("failing", ["t.parquet", "t.jsonl", "r.html"])
+def test_a_file_that_cannot_be_written_costs_only_itself(tiny_loaded: Any, tmp_path: Path, data: str,
+                                                         monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
+    tokens = tmp_path / ("t.jsonl" if failing == "t.jsonl" else "t.parquet")
+    html = tmp_path / "r.html"
+    _disk_full_on(monkeypatch, failing)
+    report = evaluate(EvalConfig(dataset=data, tokens=str(tokens), html=str(html), bootstrap=0, max_length=16),
+                      loaded=tiny_loaded)
+    assert report.complete and report.totals.documents == len(TEXTS)
+    (failure,) = report.failed_outputs
+    assert isinstance(failure, OutputError) and str(tmp_path / failing) in str(failure)
+    assert "the disk is full" in str(failure) and len(str(failure).splitlines()) == 1
+    if failing == "r.html":
+        _check_tokens(tokens, report)
+        assert _listing(tmp_path) == {"d.jsonl", tokens.name}
+    else:
+        assert html.read_text(encoding="utf-8").rstrip().endswith("</html>")
+        assert _listing(tmp_path) == {"d.jsonl", "r.html"}  # no token file, no parts, no .tmp
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
+def test_tokens_failing_mid_run_let_the_run_finish(tiny_loaded: Any, tmp_path: Path, data: str,
+                                                   monkeypatch: pytest.MonkeyPatch, suffix: str) -> None:
+    real, calls = TokenWriter._write, {"n": 0}
+
+    def write(self: TokenWriter, columns: dict[str, Any]) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(self, columns)
+
+    monkeypatch.setattr(TokenWriter, "_write", write)
+    html = tmp_path / "r.html"
+    config = EvalConfig(dataset=data, tokens=str(tmp_path / f"t{suffix}"), html=str(html), bootstrap=0,
+                        max_length=16, batch_size=1, block_tokens=8)
+    report = evaluate(config, loaded=tiny_loaded)
+    assert calls["n"] == 2  # the writer stopped at its failure; scoring went on
+    assert report.complete and report.totals.documents == len(TEXTS)
+    (failure,) = report.failed_outputs
+    assert f"t{suffix}" in str(failure) and "the disk is full" in str(failure)
+    assert _listing(tmp_path) == {"d.jsonl", "r.html"}
+
+
+def test_a_checkpoint_that_cannot_be_saved_warns_once_and_the_run_goes_on(
+    tiny_loaded: Any, tmp_path: Path, data: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plain = evaluate(EvalConfig(dataset=data, bootstrap=0, max_length=16), loaded=tiny_loaded)
+    _disk_full_on(monkeypatch, "run.ckpt")
+    config = EvalConfig(dataset=data, bootstrap=0, max_length=16, batch_size=1, block_tokens=8,
+                        checkpoint=str(tmp_path / "run.ckpt"), checkpoint_every=0, tokens=str(tmp_path / "t.jsonl"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = evaluate(config, loaded=tiny_loaded)
+    (warning,) = [w for w in caught if "run.ckpt" in str(w.message)]  # once, though every block saves
+    assert "the disk is full" in str(warning.message)
+    assert report.complete and not report.failed_outputs
+    assert [d.to_dict() for d in report.documents] == [d.to_dict() for d in plain.documents]
+    assert [n for n in report.notes if "run.ckpt" in n] and not [n for n in plain.notes if "run.ckpt" in n]
+    _check_tokens(tmp_path / "t.jsonl", report)
+    assert _listing(tmp_path) == {"d.jsonl", "t.jsonl"}
+
+
+@pytest.mark.parametrize("failing", ["report.json", "t.parquet"])
+def test_the_cli_writes_every_other_output_says_one_line_and_exits_1(
+    tiny_model_dir: Path, tmp_path: Path, data: str, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    _disk_full_on(monkeypatch, failing)
+    out, tokens = tmp_path / "report.json", tmp_path / "t.parquet"
+    result = CliRunner().invoke(main, ["score", "-q", "-m", str(tiny_model_dir), "-d", data, "-L", "16",
+                                       "--bootstrap", "0", "-o", str(out), "--tokens", str(tokens), "--format",
+                                       "json"], catch_exceptions=False)
+    assert result.exit_code == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert str(tmp_path / failing) in line and "internal error" not in line
+    shown = json.loads(result.stdout)  # the result is on stdout whatever failed
+    assert shown["totals"]["documents"] == len(TEXTS)
+    if failing == "t.parquet":
+        assert json.loads(out.read_text())["totals"] == shown["totals"]
+        assert _listing(tmp_path) == {"d.jsonl", "report.json"}
+    else:
+        assert len(_rows(tokens)) == shown["totals"]["tokens"]
+        assert _listing(tmp_path) == {"d.jsonl", "t.parquet"}
+
+
+def test_kld_hands_back_its_token_file_failure(tiny_loaded: Any, tmp_path: Path, data: str,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from lleval.kld import kl_divergence
+
+    _disk_full_on(monkeypatch, "k.jsonl")
+    result = kl_divergence(EvalConfig(dataset=data, tokens=str(tmp_path / "k.jsonl"), bootstrap=0, max_length=16),
+                           None, base=tiny_loaded, model=tiny_loaded)
+    assert result.to_dict()["kl_divergence"]["mean"] == 0.0  # the same model twice: the run's numbers are there
+    (failure,) = result.failed_outputs
+    assert str(tmp_path / "k.jsonl") in str(failure) and "the disk is full" in str(failure)
+    assert _listing(tmp_path) == {"d.jsonl"}
+
+
+# ---------------------------------------------------------------- concurrent and dead runs
+
+
+def _blocks(loaded: Any, data: str) -> tuple[list[Any], list[Any]]:
+    """The scored blocks of a run over ``data`` (with token texts), and its documents."""
+
+    class Keep:
+        def __init__(self) -> None:
+            self.blocks: list[Any] = []
+
+        def update(self, block: Any) -> None:
+            self.blocks.append(block)
+
+    config = EvalConfig(dataset=data, tokens="unused.parquet", max_length=16, batch_size=1, block_tokens=8)
+    job = make_job(open_inputs(config), loaded, plan(config, loaded.tokenizer, loaded.info.max_positions))
+    keep, sums = Keep(), DocumentSums()
+    score(job, sums, {"keep": keep})
+    return keep.blocks, sums.documents
+
+
+def _interleave(a: list[Any], b: list[Any]) -> Iterator[tuple[int, Any]]:
+    for i in range(max(len(a), len(b))):
+        for k, blocks in enumerate((a, b)):
+            if i < len(blocks):
+                yield k, blocks[i]
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
+def test_two_runs_with_the_same_tokens_file_both_finish(tiny_loaded: Any, tmp_path: Path, suffix: str) -> None:
+    runs = [_blocks(tiny_loaded, write_jsonl(tmp_path / f"d{k}.jsonl", texts))
+            for k, texts in enumerate((TEXTS[:2], TEXTS[2:]))]
+    target = tmp_path / f"t{suffix}"
+    writers = [TokenWriter(str(target)), TokenWriter(str(target))]
+    for k, block in _interleave(runs[0][0], runs[1][0]):
+        writers[k].update(block)
+    assert writers[0].parts_dir != writers[1].parts_dir and all(w.parts_dir.is_dir() for w in writers)
+    for writer, (blocks, documents) in zip(writers, runs):
+        writer.finish({})
+        rows = _rows(target)  # complete, and this run's: the last rename wins
+        assert len(rows) == sum(d.tokens for d in documents) == sum(b.tokens for b in blocks)
+        for doc in documents:
+            mine = [r["logprob"] for r in rows if r["document"] == doc.index]
+            assert rel_close(math.fsum(mine), doc.log_likelihood, 1e-9)
+    assert _listing(tmp_path) == {"d0.jsonl", "d1.jsonl", target.name}
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_parts_left_by_dead_runs_are_swept(tiny_loaded: Any, tmp_path: Path, data: str) -> None:
+    dead = _dead_pid()
+    made = {
+        f".t.jsonl.parts-{dead}-0a1b": "swept",  # a SIGKILLed run's parts
+        f".t.jsonl.{dead}-0a1b.tmp": "swept",  # its merge, cut short
+        f".t.jsonl.parts-{os.getpid()}-2c3d": "kept",  # a run still alive
+        f".t.jsonl.parts-{dead}-4e5f": "kept",  # a stopped run whose checkpoint will resume it
+        f".other.jsonl.parts-{dead}-6a7b": "kept",  # another file's
+    }
+    (tmp_path / "run.ckpt").write_text("{}")
+    for name in made:
+        if name.endswith(".tmp"):
+            (tmp_path / name).write_text("half")
+        else:
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "part-00000.jsonl").write_text("{}\n")
+    (tmp_path / f".t.jsonl.parts-{dead}-4e5f" / "checkpoint").write_text(str(tmp_path / "run.ckpt"))
+    report = evaluate(EvalConfig(dataset=data, tokens=str(tmp_path / "t.jsonl"), bootstrap=0, max_length=16),
+                      loaded=tiny_loaded)
+    _check_tokens(tmp_path / "t.jsonl", report)
+    assert _listing(tmp_path) == {"d.jsonl", "t.jsonl", "run.ckpt", *(n for n, fate in made.items() if fate == "kept")}
+
+
+def test_a_run_that_fails_removes_its_parts(tiny_loaded: Any, tmp_path: Path) -> None:
+    from lleval.errors import ScoringError
+
+    data = write_jsonl(tmp_path / "d.jsonl", TEXTS)
+    config = EvalConfig(dataset=data, tokens=str(tmp_path / "t.parquet"), bootstrap=0, max_length=16,
+                        batch_size=1, block_tokens=8)
+    real = tiny_loaded.scorer
+    calls = {"n": 0}
+
+    def scorer(*args: Any) -> Any:
+        calls["n"] += 1
+        out = real(*args)
+        return out * float("nan") if calls["n"] == 3 else out
+
+    import dataclasses
+
+    with pytest.raises(ScoringError):
+        evaluate(config, loaded=dataclasses.replace(tiny_loaded, scorer=scorer))
+    assert _listing(tmp_path) == {"d.jsonl"}
+
+
+# ---------------------------------------------------------------- file modes
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640)], ids=["022", "027"])
+def test_every_file_gets_the_mode_of_the_umask(tiny_loaded: Any, tmp_path: Path, data: str, umask: int,
+                                               mode: int) -> None:
+    from lleval.report import write_report
+
+    before = os.umask(umask)
+    try:
+        config = EvalConfig(dataset=data, bootstrap=0, max_length=16, tokens=str(tmp_path / "t.parquet"),
+                            html=str(tmp_path / "r.html"), checkpoint=str(tmp_path / "run.ckpt"))
+        report = evaluate(config, loaded=tiny_loaded)
+        write_report(report, str(tmp_path / "report.json"))
+    finally:
+        os.umask(before)
+    written = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir() if p.name != "d.jsonl"}
+    assert written == dict.fromkeys(["t.parquet", "r.html", "run.ckpt", "report.json"], mode)
