@@ -300,7 +300,7 @@ def kl_report(
         base_ll += ll
     nll_base = -base_ll
     return KLReport(
-        **header_fields(job, run, counts, totals, dtype_notes(job.loaded.info)),
+        **header_fields(job, run, counts, totals, kld_notes(job.loaded.info, base.info), (base.info,)),
         base=model_block(base.info),
         tokens=n,
         kl_divergence={**summary(per_token[:, 0]), "unit": "nats", "direction": "KL(P_base || P_model)"},
@@ -314,6 +314,14 @@ def kl_report(
         },
         bootstrap={"resamples": config.bootstrap, "seed": config.seed, "level": 0.95, "unit": "document"},
     )
+
+
+def kld_notes(model: Any, base: Any) -> list[str]:
+    """The half-precision notes of both models (`dtype_notes`), the base's said to be the base's."""
+    notes = dtype_notes(model)
+    if base.dtype != model.dtype or base.device != model.device:
+        notes += [f"base: {note}" for note in dtype_notes(base)]
+    return notes
 
 
 def _ln_ratio_interval(config: EvalConfig, sums: DocumentSums, base_lls: np.ndarray) -> list[float] | None:

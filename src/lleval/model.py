@@ -115,21 +115,24 @@ def resolve_device(device: str) -> str:
 
 def resolve_dtype(dtype: str, device: str) -> Any:
     """``auto``: bfloat16 on CUDA GPUs that support it, float32 everywhere else (float32
-    is exact and the same on every CPU). bf16/fp16 on a CPU without native units for it
-    (see `lleval.hardware`) warns: there it runs far slower than float32."""
+    is exact and the same on every CPU). bf16/fp16 asked for on a CPU times a small
+    matmul in that dtype against float32 (`lleval.hardware.half_matmul_speedup`, a few
+    ms) and warns, with the figure, only where the half dtype measured slower by
+    `lleval.hardware.SLOWER_MARGIN` or more: how much slower depends on the CPU (1.6x
+    end to end on an AVX2 Zen 3), and CPUs with bf16 units run it faster."""
     import torch
 
-    from lleval.hardware import has_fast_half
+    from lleval.hardware import half_is_slow, half_speed_sentence
 
     table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if dtype == "auto":
         if device.startswith("cuda") and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32
-    if device == "cpu" and dtype != "float32" and not has_fast_half(dtype):
+    if device == "cpu" and dtype != "float32" and half_is_slow(dtype):
         warnings.warn(
-            f"{dtype} on this CPU: it has no {dtype} matmul units (no AMX or AVX512 {dtype} support), so "
-            "it runs far slower than float32 (about 100x on an AVX2 machine). Use --dtype float32.",
+            f"{dtype} on this CPU: {half_speed_sentence(dtype)} (a 512x512x512 matmul, timed just now), "
+            "so scoring in it is likely slower too. Use --dtype float32.",
             stacklevel=2,
         )
     return table[dtype]
