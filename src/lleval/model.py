@@ -317,7 +317,8 @@ def _cached_conversion(spec: ModelSpec, location: str, gguf_file: str | None, dt
     sha = source_sha256(Path(location) / gguf_file, root)
     if root is None:
         return sha, None, "off"
-    check = CacheEntry(root, sha, str(dtype).removeprefix("torch.")).verify()
+    # one entry per file, in float32: a bf16/fp16 run loads it in its dtype (see `_load_model`)
+    check = CacheEntry(root, sha, "float32").verify()
     return sha, check, "checking" if check.plausible else "miss"
 
 
@@ -330,20 +331,11 @@ def _tokenizer_and_config(location: str, gguf_file: str | None, source: str, spe
 
 def load_weights(found: ModelSource) -> LoadedModel:
     """Load the weights of an opened model onto its device, and build its scorer."""
-    from transformers import AutoModelForCausalLM
-
     from lleval.threads import cap_torch_threads
 
     spec, device = found.spec, found.device
     cap_torch_threads()
-    device_map = {"device_map": spec.device_map} if spec.device_map else {}
-    model = _from_pretrained(
-        AutoModelForCausalLM, f"model {found.display}", found.location, found.gguf_file, found.source, spec,
-        dtype=found.dtype, **device_map,
-    )
-    cache_status = found.cache_status
-    if cache_status == "miss" and found.cache.store(model, found.tokenizer):
-        cache_status = "stored"
+    model, cache_status = _load_model(found)
     placement: dict[str, Any] | None = None
     if spec.device_map:
         # accelerate's placement; transformers leaves hf_device_map unset when one device holds it all
@@ -373,6 +365,55 @@ def load_weights(found: ModelSource) -> LoadedModel:
 
     return LoadedModel(scorer_from_slices(slices, slice_positions(vocab)), tokenizer, info, int(pad or 0), model,
                        slices, vocab, activation_bytes_per_token(model))
+
+
+def _load_model(found: ModelSource) -> tuple[Any, str | None]:
+    """The transformers model of an opened model, and its cache status.
+
+    A .gguf file missing from the cache is converted in float32 and stored so
+    (one entry per file, whatever the dtype). A bf16/fp16 run then loads that
+    entry in its dtype, as every later run does on a hit (transformers casts
+    the float32 safetensors), so its numbers are those of later runs, and the
+    file is converted once, not once per dtype (SmolLM2: 260 MB more and a
+    minute on a 2-core Zen 3 for a bf16 entry). Where the entry
+    cannot be written, the float32 model is cast in memory (`_cast_parameters`).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    spec = found.spec
+    device_map = {"device_map": spec.device_map} if spec.device_map else {}
+    convert_float32 = found.cache_status == "miss" and found.dtype != torch.float32
+
+    def from_pretrained(location: str, gguf_file: str | None, dtype: Any) -> Any:
+        return _from_pretrained(AutoModelForCausalLM, f"model {found.display}", location, gguf_file, found.source,
+                                spec, dtype=dtype, **device_map)
+
+    model = from_pretrained(found.location, found.gguf_file, torch.float32 if convert_float32 else found.dtype)
+    if found.cache_status != "miss":
+        return model, found.cache_status
+    if not found.cache.store(model, found.tokenizer):
+        return (_cast_parameters(model, found.dtype) if convert_float32 else model), "miss"
+    if convert_float32:
+        del model  # the float32 copy goes before the half one loads
+        model = from_pretrained(str(found.cache.folder), None, found.dtype)
+    return model, "stored"
+
+
+def _cast_parameters(model: Any, dtype: Any) -> Any:
+    """``model``'s floating-point parameters cast to ``dtype`` in place, as ``from_pretrained``
+    with that dtype loads them: buffers (rotary frequencies) stay as they are, and so do the
+    modules transformers keeps in float32 (``_keep_in_fp32_modules_strict``, and for
+    float16 ``_keep_in_fp32_modules``); ``model.to(dtype)`` would cast the buffers too."""
+    import torch
+
+    keep = set(getattr(model, "_keep_in_fp32_modules_strict", None) or ())
+    if dtype == torch.float16:
+        keep |= set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    for name, param in model.named_parameters():
+        if param.is_floating_point() and not keep & set(name.split(".")):
+            param.data = param.data.to(dtype)
+    return model
 
 
 def load(spec: ModelSpec) -> LoadedModel:
