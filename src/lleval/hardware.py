@@ -67,14 +67,14 @@ def has_fast_half(dtype_name: str) -> bool:
 
 MATMUL_SIZE = 512  # a 512x512x512 matmul: 0.27 GFLOP, 1.3 ms at 2 Zen 5 cores' 212 GFLOP/s in float32
 MATMUL_REPEATS = 3  # best of this many timed runs, after one warm-up
-MATMUL_BUDGET_SECONDS = 0.02  # no more timed runs of a dtype once this much time went to it
+MATMUL_BUDGET_SECONDS = 0.02  # no second or third timed run of a dtype once this much time went to it
 SLOWER_MARGIN = 1.2  # warn when the half dtype's matmul takes this many times float32's, or more
 
 
 def _matmul_seconds(dtype: Any) -> float:
     """Best time of a `MATMUL_SIZE` square matmul in ``dtype``: one warm-up (kernel selection,
-    packing), then up to `MATMUL_REPEATS` timed runs while the budget lasts; a warm-up that
-    alone overruns the budget is the measurement (a slow dtype is then slow beyond doubt)."""
+    packing, thread start-up), then one timed run and up to `MATMUL_REPEATS` in all while
+    the budget lasts (a slow dtype costs two matmuls: 0.5 s for float16 on a Zen 4)."""
     import torch
 
     generator = torch.Generator().manual_seed(0)
@@ -84,18 +84,18 @@ def _matmul_seconds(dtype: Any) -> float:
     torch.mm(a, b)
     warmup = time.perf_counter() - started
     timed: list[float] = []
-    while len(timed) < MATMUL_REPEATS and warmup + sum(timed) < MATMUL_BUDGET_SECONDS:
+    while not timed or (len(timed) < MATMUL_REPEATS and warmup + sum(timed) < MATMUL_BUDGET_SECONDS):
         tic = time.perf_counter()
         torch.mm(a, b)
         timed.append(time.perf_counter() - tic)
-    return min(timed, default=warmup)
+    return min(timed)
 
 
 @functools.cache
 def half_matmul_speedup(dtype_name: str) -> float:
     """float32's time over ``dtype_name``'s (``bfloat16`` or ``float16``) for a 512x512x512
-    matmul on this CPU, measured once per process (a few ms; one slow matmul more where
-    the half dtype is emulated): above 1 the half dtype is faster, below 1 slower.
+    matmul on this CPU, measured once per process (a few ms on an idle CPU; two slow matmuls
+    where the half dtype is emulated): above 1 the half dtype is faster, below 1 slower.
 
     Measured rather than read off ``/proc/cpuinfo``, because the flags do not
     say how slow the fallback is (see the module docstring: 1.6x end to end
