@@ -7,9 +7,9 @@ float32 (4.3x measured on a 2-core AMD EPYC Zen 5: 920 vs 215 GFLOP/s; 6.6x
 on a Sapphire Rapids with AMX: 2,156 vs 325). Without them the cost depends
 on the CPU and on torch's kernels: a tester's 2-core AVX2-only EPYC Zen 3
 scored SmolLM2 in bf16 1.6x slower than in float32 (17.8 vs 28.3 tokens/s),
-and float16 ran a 512x512x512 matmul 9x slower than float32 (253 vs 27 ms, on
-2 shared cores) on an AMD EPYC Zen 4 that has AVX512-BF16 but no AVX512-FP16,
-where bf16 ran it 2.3x faster. So the ``/proc/cpuinfo`` flags are only
+and float16 ran a 512x512x512 matmul 6 to 9x slower than float32 (2 cores
+shared with other work) on an AMD EPYC Zen 4 that has AVX512-BF16 but no
+AVX512-FP16, where bf16 ran it about 2x faster. So the ``/proc/cpuinfo`` flags are only
 the quick signal (`cpu_features`); what lleval warns about and reports is
 `half_matmul_speedup`, measured in the process that runs.
 """
@@ -74,7 +74,8 @@ SLOWER_MARGIN = 1.2  # warn when the half dtype's matmul takes this many times f
 def _matmul_seconds(dtype: Any) -> float:
     """Best time of a `MATMUL_SIZE` square matmul in ``dtype``: one warm-up (kernel selection,
     packing, thread start-up), then one timed run and up to `MATMUL_REPEATS` in all while
-    the budget lasts (a slow dtype costs two matmuls: 0.5 s for float16 on a Zen 4)."""
+    the budget lasts (a slow dtype costs two matmuls: 0.3 to 0.8 s for float16 on a
+    loaded Zen 4)."""
     import torch
 
     generator = torch.Generator().manual_seed(0)
@@ -99,7 +100,7 @@ def half_matmul_speedup(dtype_name: str) -> float:
 
     Measured rather than read off ``/proc/cpuinfo``, because the flags do not
     say how slow the fallback is (see the module docstring: 1.6x end to end
-    on a Zen 3, 9x for a float16 matmul on a Zen 4). torch's threads are capped first (`lleval.threads`), as
+    on a Zen 3, 6 to 9x for a float16 matmul on a Zen 4). torch's threads are capped first (`lleval.threads`), as
     for the run the figure describes.
     """
     import torch
