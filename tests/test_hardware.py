@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -37,17 +38,44 @@ def test_no_cpuinfo_means_no_flags(tmp_path: Path) -> None:
     assert hardware.cpu_flags(tmp_path / "missing")[1] == frozenset()
 
 
-@pytest.mark.parametrize("flag,dtype,warns", [
-    (None, "bfloat16", True), ("avx512_bf16", "bfloat16", False), ("amx_bf16", "bfloat16", False),
-    (None, "float16", True), (None, "float32", False),
+@pytest.mark.parametrize("dtype,speedup,warns", [
+    ("bfloat16", 1 / 1.6, True), ("bfloat16", 4.3, False), ("bfloat16", 1 / 1.1, False),  # within the margin
+    ("float16", 1 / 9.0, True), ("float32", 1 / 100, False),
 ])
-def test_half_precision_warns_exactly_where_the_cpu_lacks_units(monkeypatch: pytest.MonkeyPatch, flag: str | None,
-                                                                 dtype: str, warns: bool) -> None:
-    features = {"model": "x", "capability": "AVX2", "bf16_matmul": flag, "fp16_matmul": None}
-    monkeypatch.setattr(hardware, "cpu_features", lambda: features)
+def test_half_precision_warns_only_where_it_measured_slower(monkeypatch: pytest.MonkeyPatch, dtype: str,
+                                                            speedup: float, warns: bool) -> None:
+    monkeypatch.setattr(hardware, "half_matmul_speedup", lambda name: speedup)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert resolve_dtype(dtype, "cpu") == getattr(torch, dtype)
     assert bool(caught) == warns, [str(w.message) for w in caught]
-    if warns:
-        assert "no " + dtype in str(caught[0].message)
+    if warns:  # the figure is the measured one
+        assert f"matmul {1 / speedup:.1f}x slower than float32" in str(caught[0].message)
+
+
+def test_the_matmul_is_timed_once_per_process() -> None:
+    hardware.half_matmul_speedup.cache_clear()
+    first = hardware.half_matmul_speedup("bfloat16")
+    assert 0 < first < float("inf") and hardware.half_matmul_speedup("bfloat16") == first
+    assert hardware.half_matmul_speedup.cache_info().misses == 1
+
+
+@pytest.mark.parametrize("dtype,key", [("bfloat16", "bf16_matmul_speedup"), ("float16", "fp16_matmul_speedup")])
+def test_a_half_precision_run_on_cpu_reports_the_measured_speed(tiny_llama_dir: Path, tmp_path: Path,
+                                                                 dtype: str, key: str) -> None:
+    import jsonschema
+
+    from helpers import write_jsonl
+    from lleval.api import evaluate
+    from lleval.config import EvalConfig
+
+    data = write_jsonl(tmp_path / "d.jsonl", ["The keeper wrote in the logbook every evening."])
+    schema = json.loads((Path(hardware.__file__).parent / "schemas" / "score.schema.json").read_text())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fp16 may well be slow here
+        half = evaluate(EvalConfig(model=str(tiny_llama_dir), dataset=data, dtype=dtype, device="cpu")).to_dict()
+    full = evaluate(EvalConfig(model=str(tiny_llama_dir), dataset=data, dtype="float32", device="cpu")).to_dict()
+    assert half["environment"]["cpu"][key] == hardware.half_matmul_speedup(dtype)  # the process's one measurement
+    assert not {"bf16_matmul_speedup", "fp16_matmul_speedup"} & set(full["environment"]["cpu"])
+    for report in (half, full):
+        jsonschema.validate(report, schema)

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import torch
 from click.testing import CliRunner
@@ -68,6 +69,25 @@ def test_against_uniform_is_log_v_minus_entropy(tiny_model_dir: Path, tiny_loade
     assert math.isclose(result["perplexity"]["ln_ratio"], math.log(vocab) + base_lp / len(kls), rel_tol=1e-5)
 
 
+@pytest.mark.parametrize("base_dtype", ["float32", "bfloat16"])
+def test_perplexities_equal_a_score_run_of_each_model(
+    tiny_model_dir: Path, tiny_llama_dir: Path, tmp_path: Path, base_dtype: str
+) -> None:
+    """kld's per-model perplexities are what ``lleval score`` gives each model (an independent
+    path: `evaluate` and its own scorer), not a float32 log-softmax's slightly lower ones."""
+    from lleval.api import evaluate
+
+    data = _data(tmp_path)
+    config = EvalConfig(model=str(tiny_llama_dir), dataset=data, max_length=24, stride=8, batch_size=3, bootstrap=0)
+    result = kl_divergence(config, str(tiny_model_dir), base_dtype=base_dtype).to_dict()
+    model_ppl = evaluate(config).metrics["perplexity"]
+    base_ppl = evaluate(dataclasses.replace(config, model=str(tiny_model_dir), dtype=base_dtype)).metrics["perplexity"]
+    assert model_ppl is not None and base_ppl is not None and result["perplexity"]["base"] != result["perplexity"]["model"]
+    assert math.isclose(result["perplexity"]["model"], model_ppl, rel_tol=1e-9)
+    assert math.isclose(result["perplexity"]["base"], base_ppl, rel_tol=1e-9)
+    assert math.isclose(result["perplexity"]["ln_ratio"], math.log(model_ppl / base_ppl), rel_tol=1e-9, abs_tol=1e-12)
+
+
 def test_different_tokenizers_are_refused(tiny_model_dir: Path, tiny_loaded: Any, tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
@@ -99,10 +119,17 @@ def test_document_with_nothing_to_score_is_kept(tiny_loaded: Any, tmp_path: Path
 
 
 def test_one_model_in_two_dtypes(tiny_llama_dir: Path, tmp_path: Path) -> None:
-    config = EvalConfig(model=str(tiny_llama_dir), dataset=_data(tmp_path), dtype="bfloat16", max_length=32)
+    config = EvalConfig(model=str(tiny_llama_dir), dataset=_data(tmp_path), dtype="bfloat16", max_length=32,
+                        device="cpu")
     result = kl_divergence(config, str(tiny_llama_dir), base_dtype="float32").to_dict()
     assert (result["base"]["dtype"], result["model"]["dtype"]) == ("float32", "bfloat16")
     assert 0.0 < result["kl_divergence"]["mean"] < 0.05  # bf16 rounding: small, not zero
+    from lleval.hardware import half_matmul_speedup
+
+    assert result["environment"]["cpu"]["bf16_matmul_speedup"] == half_matmul_speedup("bfloat16")
+    assert "fp16_matmul_speedup" not in result["environment"]["cpu"]
+    jsonschema.validate(result, json.loads((Path(kl_divergence.__code__.co_filename).parent / "schemas"
+                                            / "kld.schema.json").read_text()))
 
 
 def test_kld_needs_a_base_or_a_base_dtype(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -57,6 +57,52 @@ def test_cached_load_gives_bit_identical_logprobs(tiny_gguf: Path, cache: Path, 
     assert entry.name == f"{file_sha256(tiny_gguf)}-float32"
 
 
+def _weights(dtype: str, gguf: Path) -> tuple[dict[str, Any], dict[str, Any], str | None]:
+    from lleval.model import ModelSpec, load
+
+    loaded = load(ModelSpec(name=str(gguf), dtype=dtype, device="cpu"))
+    return dict(loaded.model.named_parameters()), dict(loaded.model.named_buffers()), loaded.info.cache
+
+
+@pytest.mark.parametrize("first", ["float32", "bfloat16"])
+def test_one_float32_entry_serves_every_dtype(tiny_gguf: Path, cache: Path, first: str) -> None:
+    """Whichever dtype converts the file first, the entry is float32 and a bf16 run loads it
+    (no second conversion), with the float32 weights cast to bf16, bit for bit."""
+    import torch
+
+    later = "bfloat16" if first == "float32" else "float32"
+    runs = {first: _weights(first, tiny_gguf), later: _weights(later, tiny_gguf)}
+    assert [runs[first][2], runs[later][2]] == ["stored", "hit"]
+    assert [p.name for p in _entries(cache)] == [f"{file_sha256(tiny_gguf)}-float32"]
+    assert json.loads((_entries(cache)[0] / MANIFEST).read_text())["dtype"] == "float32"
+    full, half = runs["float32"][0], runs["bfloat16"][0]
+    assert full.keys() == half.keys() and all(full[k].dtype == torch.float32 for k in full)
+    assert all(torch.equal(half[k], full[k].to(torch.bfloat16)) for k in full)
+    bf16_again, buffers, status = _weights("bfloat16", tiny_gguf)  # a hit: what every later run loads
+    assert status == "hit" and all(torch.equal(bf16_again[k], half[k]) for k in half)
+    assert all(torch.equal(buffers[k], runs["bfloat16"][1][k]) for k in buffers) and buffers
+
+
+def test_a_bf16_run_that_cannot_store_casts_like_a_hit(tiny_gguf: Path, cache: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unwritable cache: the float32 conversion is cast in memory, and gives what loading
+    the entry in bf16 gives (parameters cast, the float32 rotary buffers kept)."""
+    import torch
+
+    from lleval.model_cache import CacheEntry
+
+    with monkeypatch.context() as patched:
+        patched.setattr(CacheEntry, "store", lambda self, model, tokenizer: "permission denied")
+        cast, cast_buffers, status = _weights("bfloat16", tiny_gguf)
+    assert status == "miss" and not _entries(cache)
+    _weights("float32", tiny_gguf)  # stores the entry
+    hit, hit_buffers, status = _weights("bfloat16", tiny_gguf)
+    assert status == "hit" and cast.keys() == hit.keys() and cast_buffers.keys() == hit_buffers.keys()
+    assert all(torch.equal(cast[k], hit[k]) and cast[k].dtype == torch.bfloat16 for k in hit)
+    assert all(torch.equal(cast_buffers[k], hit_buffers[k]) and cast_buffers[k].dtype == hit_buffers[k].dtype
+               for k in hit_buffers)
+
+
 @pytest.mark.model
 def test_the_real_model_is_bit_identical_from_the_cache(tmp_path: Path) -> None:
     """SmolLM2's quantized Q4_1 GGUF: direct conversion against the session's cache entry."""

@@ -379,9 +379,13 @@ def context_bins(config: EvalConfig, curve: ContextCurve, max_length: int) -> li
     return bins_of_table(curve.table(max_length), config.bootstrap, config.seed)
 
 
-def header_fields(job: Job, run: ScoringRun, counts: StreamCounts, totals: Totals, notes: list[str]) -> dict[str, Any]:
-    """The `ReportHeader` fields of a run's report (score and kld alike)."""
+def header_fields(
+    job: Job, run: ScoringRun, counts: StreamCounts, totals: Totals, notes: list[str], others: tuple[Any, ...] = ()
+) -> dict[str, Any]:
+    """The `ReportHeader` fields of a run's report (score and kld alike); ``others``: the
+    `ModelInfo` of every other model the run used (kld's base), for the environment."""
     loaded, protocol = job.loaded, job.protocol
+    half_on_cpu = [i.dtype for i in (loaded.info, *others) if i.device == "cpu" and i.dtype in ("bfloat16", "float16")]
     return {
         "lleval_version": __version__,
         "created": now(),
@@ -392,7 +396,7 @@ def header_fields(job: Job, run: ScoringRun, counts: StreamCounts, totals: Total
         "protocol": protocol.counted(protocol.describe(loaded.tokenizer), counts.stream_tokens, counts.unscored_tokens),
         "timing": timing_block(time.perf_counter() - job.inputs.started, loaded.load_seconds, run.seconds,
                                totals.tokens, run.engine, job.batching),
-        "environment": environment(),
+        "environment": environment(half_on_cpu),
         "distributed": None if job.inputs.dist is None else job.inputs.dist.describe(),
         "notes": notes,
     }
@@ -436,10 +440,9 @@ def dtype_notes(info: Any) -> list[str]:
     if info.dtype == "float32":
         return []
     if info.device == "cpu":
-        from lleval.hardware import has_fast_half
+        from lleval.hardware import half_speed_sentence
 
-        speed = "" if has_fast_half(info.dtype) else " and, without native units on this CPU, slow"
-        return [f"scored in {info.dtype} on CPU: numbers differ from float32{speed}."]
+        return [f"scored in {info.dtype} on CPU: numbers differ from float32; {half_speed_sentence(info.dtype)}."]
     return [f"scored in {info.dtype}: compare only with runs in the same dtype (--dtype float32 for float32 numbers)."]
 
 

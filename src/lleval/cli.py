@@ -103,7 +103,8 @@ SCORING_OPTIONS = _options(
     click.option("--trust-remote-code/--no-trust-remote-code", default=False, show_default=True,
                  help="Allow model code from the hub repository to run."),
     click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
-                 help="auto: bfloat16 on CUDA GPUs that support it, float32 elsewhere."),
+                 help="auto: bfloat16 on CUDA GPUs that support it, float32 elsewhere. bfloat16/float16 on a CPU "
+                 "time a small matmul against float32 and warn where it measured slower (e.g. --dtype bfloat16)."),
     click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
                  help="auto: CUDA, else MPS, else CPU."),
     click.option("--device-map", type=click.Choice(DEVICE_MAPS), default=None,

@@ -116,21 +116,24 @@ def resolve_device(device: str) -> str:
 
 def resolve_dtype(dtype: str, device: str) -> Any:
     """``auto``: bfloat16 on CUDA GPUs that support it, float32 everywhere else (float32
-    is exact and the same on every CPU). bf16/fp16 on a CPU without native units for it
-    (see `lleval.hardware`) warns: there it runs far slower than float32."""
+    is exact and the same on every CPU). bf16/fp16 asked for on a CPU times a small
+    matmul in that dtype against float32 (`lleval.hardware.half_matmul_speedup`, a few
+    ms) and warns, with the figure, only where the half dtype measured slower by
+    `lleval.hardware.SLOWER_MARGIN` or more: how much slower depends on the CPU (1.6x
+    end to end on an AVX2 Zen 3), and CPUs with bf16 units run it faster."""
     import torch
 
-    from lleval.hardware import has_fast_half
+    from lleval.hardware import half_is_slow, half_speed_sentence
 
     table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if dtype == "auto":
         if device.startswith("cuda") and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32
-    if device == "cpu" and dtype != "float32" and not has_fast_half(dtype):
+    if device == "cpu" and dtype != "float32" and half_is_slow(dtype):
         warnings.warn(
-            f"{dtype} on this CPU: it has no {dtype} matmul units (no AMX or AVX512 {dtype} support), so "
-            "it runs far slower than float32 (about 100x on an AVX2 machine). Use --dtype float32.",
+            f"{dtype} on this CPU: {half_speed_sentence(dtype)} (a 512x512x512 matmul, timed just now), "
+            "so scoring in it is likely slower too. Use --dtype float32.",
             stacklevel=2,
         )
     return table[dtype]
@@ -314,10 +317,9 @@ def _damage_notes(check: Any, display: str) -> tuple[str, ...]:
 
 
 def _store_notes(found: ModelSource, model: Any) -> tuple[str | None, tuple[str, ...]]:
-    """Keep a converted .gguf in the cache: its ``cache`` status and the note of a cache
-    that cannot be written (one warning; otherwise every run converts again, silently)."""
-    if found.cache_status != "miss":
-        return found.cache_status, ()
+    """Keep a converted .gguf (a cache miss) in the cache: its ``cache`` status and the note
+    of a cache that cannot be written (one warning; otherwise every run converts again,
+    silently)."""
     problem = found.cache.store(model, found.tokenizer)
     if problem is None:
         return "stored", ()
@@ -344,7 +346,8 @@ def _cached_conversion(spec: ModelSpec, location: str, gguf_file: str | None, dt
     if root is None:
         return sha, None, "off"
     sweep(root)  # what runs that died left, at every open: not only when one more entry is stored
-    check = CacheEntry(root, sha, str(dtype).removeprefix("torch.")).verify()
+    # one entry per file, in float32: a bf16/fp16 run loads it in its dtype (see `_load_model`)
+    check = CacheEntry(root, sha, "float32").verify()
     return sha, check, "checking" if check.plausible else "miss"
 
 
@@ -357,18 +360,11 @@ def _tokenizer_and_config(location: str, gguf_file: str | None, source: str, spe
 
 def load_weights(found: ModelSource) -> LoadedModel:
     """Load the weights of an opened model onto its device, and build its scorer."""
-    from transformers import AutoModelForCausalLM
-
     from lleval.threads import cap_torch_threads
 
     spec, device = found.spec, found.device
     cap_torch_threads()
-    device_map = {"device_map": spec.device_map} if spec.device_map else {}
-    model = _from_pretrained(
-        AutoModelForCausalLM, f"model {found.display}", found.location, found.gguf_file, found.source, spec,
-        dtype=found.dtype, **device_map,
-    )
-    cache_status, store_notes = _store_notes(found, model)
+    model, cache_status, store_notes = _load_model(found)
     placement: dict[str, Any] | None = None
     if spec.device_map:
         # accelerate's placement; transformers leaves hf_device_map unset when one device holds it all
@@ -399,6 +395,57 @@ def load_weights(found: ModelSource) -> LoadedModel:
 
     return LoadedModel(scorer_from_slices(slices, slice_positions(vocab)), tokenizer, info, int(pad or 0), model,
                        slices, vocab, activation_bytes_per_token(model))
+
+
+def _load_model(found: ModelSource) -> tuple[Any, str | None, tuple[str, ...]]:
+    """The transformers model of an opened model, its cache status and the notes of a
+    cache that could not be written (`_store_notes`).
+
+    A .gguf file missing from the cache is converted in float32 and stored so
+    (one entry per file, whatever the dtype). A bf16/fp16 run then loads that
+    entry in its dtype, as every later run does on a hit (transformers casts
+    the float32 safetensors), so its numbers are those of later runs, and the
+    file is converted once, not once per dtype (SmolLM2: 260 MB more and a
+    minute on a 2-core Zen 3 for a bf16 entry). Where the entry
+    cannot be written, the float32 model is cast in memory (`_cast_parameters`).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    spec = found.spec
+    device_map = {"device_map": spec.device_map} if spec.device_map else {}
+    convert_float32 = found.cache_status == "miss" and found.dtype != torch.float32
+
+    def from_pretrained(location: str, gguf_file: str | None, dtype: Any) -> Any:
+        return _from_pretrained(AutoModelForCausalLM, f"model {found.display}", location, gguf_file, found.source,
+                                spec, dtype=dtype, **device_map)
+
+    model = from_pretrained(found.location, found.gguf_file, torch.float32 if convert_float32 else found.dtype)
+    if found.cache_status != "miss":
+        return model, found.cache_status, ()
+    status, notes = _store_notes(found, model)
+    if status == "miss":
+        return (_cast_parameters(model, found.dtype) if convert_float32 else model), "miss", notes
+    if convert_float32:
+        del model  # the float32 copy goes before the half one loads
+        model = from_pretrained(str(found.cache.folder), None, found.dtype)
+    return model, "stored", ()
+
+
+def _cast_parameters(model: Any, dtype: Any) -> Any:
+    """``model``'s floating-point parameters cast to ``dtype`` in place, as ``from_pretrained``
+    with that dtype loads them: buffers (rotary frequencies) stay as they are, and so do the
+    modules transformers keeps in float32 (``_keep_in_fp32_modules_strict``, and for
+    float16 ``_keep_in_fp32_modules``); ``model.to(dtype)`` would cast the buffers too."""
+    import torch
+
+    keep = set(getattr(model, "_keep_in_fp32_modules_strict", None) or ())
+    if dtype == torch.float16:
+        keep |= set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    for name, param in model.named_parameters():
+        if param.is_floating_point() and not keep & set(name.split(".")):
+            param.data = param.data.to(dtype)
+    return model
 
 
 def load(spec: ModelSpec) -> LoadedModel:

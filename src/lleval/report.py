@@ -19,7 +19,7 @@ import platform
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from lleval.errors import OutputError, write_failure
 from lleval.files import file_mode, remove_quietly
@@ -212,14 +212,24 @@ def timing_block(total_seconds: float, load_seconds: float, scoring_seconds: flo
     }
 
 
-def environment() -> dict[str, Any]:
-    """The report's ``environment`` block: versions, the CPU and what it can do fast."""
+def environment(cpu_half_dtypes: Iterable[str] = ()) -> dict[str, Any]:
+    """The report's ``environment`` block: versions, the CPU and what it can do fast.
+
+    ``cpu_half_dtypes``: the half precisions (``bfloat16``, ``float16``) the run's
+    models ran in on the CPU; for each, ``cpu`` adds ``bf16_matmul_speedup`` /
+    ``fp16_matmul_speedup``, the matmul speed against float32 measured in this
+    process (`lleval.hardware.half_matmul_speedup`). Runs in float32 have neither.
+    """
     import datasets
     import torch
     import transformers
 
     from lleval import __version__
-    from lleval.hardware import cpu_features
+    from lleval.hardware import cpu_features, half_matmul_speedup
+
+    cpu = dict(cpu_features())
+    for dtype in sorted(set(cpu_half_dtypes)):
+        cpu[f"{'bf16' if dtype == 'bfloat16' else 'fp16'}_matmul_speedup"] = half_matmul_speedup(dtype)
 
     return {
         "python": platform.python_version(),
@@ -228,7 +238,7 @@ def environment() -> dict[str, Any]:
         "transformers": transformers.__version__,
         "datasets": datasets.__version__,
         "lleval": __version__,
-        "cpu": dict(cpu_features()),
+        "cpu": cpu,
         "torch_threads": torch.get_num_threads(),
     }
 
