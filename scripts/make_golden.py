@@ -11,6 +11,11 @@ Run it only when a change is meant to change numbers, and say why in the
 commit:
 
     .venv/bin/python scripts/make_golden.py            # about a minute here
+    .venv/bin/python scripts/make_golden.py --only kld # re-record the kld entry alone
+
+An entry re-recorded alone keeps the CPU and torch it was computed on in its own
+``environment`` (the other entries keep the file's): each is compared bit for
+bit on its own kind of CPU, and to 1e-5 elsewhere.
 """
 
 from __future__ import annotations
@@ -69,6 +74,8 @@ def texts() -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default=str(GOLDEN))
+    parser.add_argument("--only", choices=("kld",), default=None,
+                        help="re-record this entry alone, keeping the others (and their environment) as they are")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -87,7 +94,9 @@ def main() -> None:
         folder.mkdir()
         models[kind] = str(_save_tiny(folder, kind))
     out: dict[str, Any] = {"environment": environment(), "texts": texts(), "runs": {}}
-    for name, (kind, overrides) in RUNS.items():
+    if args.only:
+        out = json.loads(Path(args.output).read_text())
+    for name, (kind, overrides) in ({} if args.only else RUNS).items():
         dataset = None if kind == "builtin" else str(data)
         config = EvalConfig(model=models[kind], dataset=dataset, bootstrap=0, **overrides)
         report = evaluate(config).to_dict()
@@ -98,6 +107,8 @@ def main() -> None:
     kld_dict = kld.to_dict() if hasattr(kld, "to_dict") else kld
     out["kld"] = {"config": KLD_RUN, **{k: kld_dict[k] for k in ("tokens", "kl_divergence", "top_token_agreement",
                                                                    "delta_p", "perplexity")}}
+    if args.only == "kld":
+        out["kld"]["environment"] = environment()
     print(f"kld: mean {kld_dict['kl_divergence']['mean']!r}")
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(out, indent=1) + "\n")

@@ -25,11 +25,12 @@ ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = json.loads((Path(__file__).parent / "assets" / "golden" / "reports.json").read_text())
 
 
-def _same_machine() -> bool:
+def _same_machine(entry: dict[str, Any] | None = None) -> bool:
+    """Whether this CPU and torch are those the entry (else the whole file) was recorded on."""
     sys.path.insert(0, str(ROOT / "scripts"))
     from make_golden import environment
 
-    return bool(environment() == GOLDEN["environment"])
+    return bool(environment() == (entry or {}).get("environment", GOLDEN["environment"]))
 
 
 def _close(got: Any, expected: Any, exact: bool) -> bool:
@@ -76,7 +77,7 @@ def test_golden_kld(golden_data: str, tiny_model_dir: Path, tiny_llama_dir: Path
     config = EvalConfig(model=str(tiny_llama_dir), dataset=golden_data, bootstrap=0, **expected["config"])
     result = kl_divergence(config, str(tiny_model_dir))
     got = result.to_dict() if hasattr(result, "to_dict") else result
-    exact = _same_machine()
+    exact = _same_machine(expected)
     assert got["tokens"] == expected["tokens"]
     for block in ("kl_divergence", "delta_p", "perplexity"):
         _check(got[block], {k: v for k, v in expected[block].items() if k != "percentiles"}, exact)
