@@ -13,10 +13,10 @@ Columns, in this order (`COLUMNS`; kld adds ``base_logprob`` and ``kl``,
 - ``start``, ``end``: that text's character offsets in the document;
 - ``logprob``: log P(token | context) in nats (float32, as scored).
 
-A ``.jsonl`` path writes JSON lines, anything else Parquet (row groups of at
-most 65,536 rows; the file's metadata key ``lleval`` holds the run's report
-header as JSON). The file is written in parts as blocks are scored (memory
-stays bounded), merged into a temporary file when the run ends and renamed
+A ``.jsonl`` path writes JSON lines, a ``.parquet`` path Parquet (in row groups
+of at most 65,536 rows; the file's metadata key ``lleval`` holds the run's
+report header as JSON); `EvalConfig.validate` refuses any other extension.
+The file is written in parts as blocks are scored (memory stays bounded), merged into a temporary file when the run ends and renamed
 into place: never half-written. A checkpoint records the parts written so far,
 so a resumed run keeps them and writes the rest, and its file is the
 uninterrupted run's.
