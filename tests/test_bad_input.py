@@ -110,8 +110,10 @@ CASES: list[Case] = [
     ("config unknown key", lambda t, m: ["score", "--config", _config(t, "protocoll: lm-eval\n"), "-m", str(m)], ConfigError,
      ["cfg.yaml", "did you mean 'protocol'"]),
     ("unknown protocol", lambda t, m: _score(t, m, "--protocol", "perplexity-2000"), None, ["--protocol"]),
-    ("unknown protocol in config", lambda t, m: ["score", "--config", _config(t, "protocol: nope\n"), "-m", str(m)], None,
-     ["--protocol", "nope"]),
+    ("unknown protocol in config", lambda t, m: ["score", "--config", _config(t, "protocol: nope\n"), "-m", str(m)],
+     ConfigError, ["cfg.yaml", "'protocol' must be one of", "nope"]),
+    ("config value out of range", lambda t, m: ["score", "--config", _config(t, "max-length: 0\n"), "-m", str(m)],
+     ConfigError, ["cfg.yaml", "'max-length' must be at least 1, got 0"]),
     # found by the pre-check before any model loads (the model named here does not exist)
     ("null text late in jsonl", lambda t, m: _late_row(t, "late.jsonl", None), DataError,
      ["late.jsonl", "line 251 (row 250)", "'text' is null"]),

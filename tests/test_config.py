@@ -123,3 +123,21 @@ def test_token_files_are_parquet_or_jsonl(name: str, ok: bool) -> None:
     with pytest.raises(ConfigError) as info:
         config.validate()
     assert name in str(info.value) and "use .parquet or .jsonl" in str(info.value)
+
+
+def test_config_files_are_held_to_the_flags_choices_and_ranges() -> None:
+    """`load_config_file` refuses what click refuses on the command line (so the message names
+    the file's key, not a flag): the same choices and the same minimums."""
+    import click
+
+    from lleval.cli import score
+    from lleval.config import CHOICES, MINIMUMS
+
+    choices, minimums = {}, {}
+    for param in score.params:
+        if isinstance(param.type, click.Choice):
+            choices[param.name] = tuple(param.type.choices)
+        elif isinstance(param.type, (click.IntRange, click.FloatRange)):
+            minimums[param.name] = param.type.min
+    assert choices == CHOICES
+    assert minimums == {k: v for k, v in MINIMUMS.items() if k != "batch_size"}  # batch_size: N or auto

@@ -31,6 +31,19 @@ DEFAULT_SEPARATOR = "\n\n"
 DEFAULT_MAX_LENGTH_CAP = 2048
 DEFAULT_CHECKPOINT_EVERY = 60.0
 DEFAULT_HTML_DOCS = 20
+CHOICES: dict[str, tuple[str, ...]] = {  # fields with a fixed set of values
+    "dtype": DTYPES,
+    "device": DEVICES,
+    "format": FORMATS,
+    "protocol": PROTOCOLS,
+    "sample_by": SAMPLE_BY,
+    "device_map": DEVICE_MAPS,
+    "errors": DECODE_ERRORS,
+}
+MINIMUMS: dict[str, int] = {  # the least value of each numeric field (the CLI's IntRange/FloatRange)
+    "max_length": 1, "stride": 1, "batch_size": 1, "max_batch_tokens": 1, "block_tokens": 1,
+    "limit": 0, "bootstrap": 0, "html_docs": 0, "checkpoint_every": 0,
+}
 TOKEN_SUFFIXES = (".parquet", ".jsonl")  # what --tokens writes: Parquet, or JSON lines (lleval.tokens)
 
 
@@ -122,16 +135,7 @@ class EvalConfig:
 
     def _value_problems(self) -> list[str]:
         problems: list[str] = []
-        choices: tuple[tuple[str, tuple[str, ...]], ...] = (
-            ("dtype", DTYPES),
-            ("device", DEVICES),
-            ("format", FORMATS),
-            ("protocol", PROTOCOLS),
-            ("sample_by", SAMPLE_BY),
-            ("device_map", DEVICE_MAPS),
-            ("errors", DECODE_ERRORS),
-        )
-        for name, allowed in choices:
+        for name, allowed in CHOICES.items():
             value = getattr(self, name)
             if value is not None and value not in allowed:
                 problems.append(f"{self._field(name)} must be one of {', '.join(allowed)}, got {value!r}")
@@ -287,6 +291,9 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             wanted = " or ".join(t.__name__ for t in types)
             problems.append(f"{key!r} must be {wanted}, got {type(value).__name__} {value!r}")
             continue
+        if problem := _out_of_range(key, name, value):
+            problems.append(problem)
+            continue
         if name == "concat" and isinstance(value, bool):
             value = DEFAULT_SEPARATOR if value else None
         if name == "prefix_token":
@@ -295,6 +302,18 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     if problems:
         raise ConfigError(f"config file {file}: " + "; ".join(problems) + ".")
     return values
+
+
+def _out_of_range(key: str, name: str, value: Any) -> str | None:
+    """A value outside a field's choices or range: click would refuse it too, but naming the
+    flag (``Invalid value for '--protocol'``) where the user wrote a key of the file."""
+    allowed = CHOICES.get(name)
+    if allowed is not None and value not in allowed:
+        return f"{key!r} must be one of {', '.join(allowed)}, got {value!r}"
+    least = MINIMUMS.get(name)
+    if least is not None and isinstance(value, (int, float)) and not isinstance(value, bool) and value < least:
+        return f"{key!r} must be at least {least}, got {value}"
+    return None
 
 
 def _read_yaml(file: Path, text: str) -> tuple[Any, list[str]]:
