@@ -16,10 +16,10 @@ Columns, in this order (`COLUMNS`; kld adds ``base_logprob`` and ``kl``,
 A ``.jsonl`` path writes JSON lines, a ``.parquet`` path Parquet (in row groups
 of at most 65,536 rows; the file's metadata key ``lleval`` holds the run's
 report header as JSON); `EvalConfig.validate` refuses any other extension.
-The file is written in parts as blocks are scored (memory stays bounded), merged into a temporary file when the run ends and renamed
-into place: never half-written. A checkpoint records the parts written so far,
-so a resumed run keeps them and writes the rest, and its file is the
-uninterrupted run's.
+The file is written in parts as blocks are scored (memory stays bounded),
+merged into a temporary file when the run ends and renamed into place: never
+half-written. A checkpoint records the parts written so far, so a resumed run
+keeps them and writes the rest, and its file is the uninterrupted run's.
 """
 
 from __future__ import annotations
