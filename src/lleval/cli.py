@@ -118,7 +118,8 @@ def _options(*options: Any) -> Any:
 # Every flag of `score` and `kld`, defined once: the same name, default and help on both.
 SCORING_OPTIONS = _options(
     click.option("--config", type=click.Path(dir_okay=False), callback=_load_config, is_eager=True,
-                 expose_value=False, help="YAML file of defaults for any flag below; flags win."),
+                 expose_value=False, help="YAML file of defaults for any flag below (keys: flag names, each "
+                 "once); flags win."),
     click.option("--model", "-m", default=None,
                  help="Hub id, local model folder or .gguf file. Default: built-in SmolLM2-135M."),
     click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of a hub model."),
