@@ -124,8 +124,8 @@ class ScoringRun:
 def open_inputs(config: EvalConfig) -> Inputs:
     """Validate the config, check that output files can be written (`lleval.preflight`), join
     a process group when launched by torchrun, and open the data, reading its first document:
-    a source with no document to score (``--limit`` past nothing, an empty standard input,
-    rows that are all empty) fails here, before the tokenizer loads."""
+    a source with no document to score (an empty standard input, rows that are all empty)
+    fails here, before the tokenizer loads."""
     from lleval.distributed import from_env
     from lleval.preflight import check_config
 
