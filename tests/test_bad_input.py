@@ -110,11 +110,53 @@ CASES: list[Case] = [
     ("config unknown key", lambda t, m: ["score", "--config", _config(t, "protocoll: lm-eval\n"), "-m", str(m)], ConfigError,
      ["cfg.yaml", "did you mean 'protocol'"]),
     ("unknown protocol", lambda t, m: _score(t, m, "--protocol", "perplexity-2000"), None, ["--protocol"]),
-    ("unknown protocol in config", lambda t, m: ["score", "--config", _config(t, "protocol: nope\n"), "-m", str(m)], None,
-     ["--protocol", "nope"]),
+    ("unknown protocol in config", lambda t, m: ["score", "--config", _config(t, "protocol: nope\n"), "-m", str(m)],
+     ConfigError, ["cfg.yaml", "'protocol' must be one of", "nope"]),
+    ("config value out of range", lambda t, m: ["score", "--config", _config(t, "max-length: 0\n"), "-m", str(m)],
+     ConfigError, ["cfg.yaml", "'max-length' must be at least 1, got 0"]),
+    # found by the pre-check before any model loads (the model named here does not exist)
+    ("null text late in jsonl", lambda t, m: _late_row(t, "late.jsonl", None), DataError,
+     ["late.jsonl", "line 251 (row 250)", "'text' is null"]),
+    ("number text in json array", lambda t, m: _nowhere(t, _data(t, m, "arr.json", b'[{"text": "a"}, {"text": 7.5}]')),
+     DataError, ["arr.json", "row 1", "'text' is float"]),
+    ("list text in json columns", lambda t, m: _nowhere(t, _data(t, m, "col.json", b'{"text": ["a", ["b"]]}')),
+     DataError, ["col.json", "row 1", "'text' is list"]),
+    ("row without the text field", lambda t, m: _nowhere(t, _data(t, m, "gap.jsonl", b'{"text": "a"}\n{"body": "b"}\n')),
+     DataError, ["gap.jsonl", "line 2 (row 1)", "no field 'text'", "body"]),
+    ("broken json file", lambda t, m: _nowhere(t, _data(t, m, "b.json", b'[{"text": "a"},\n {"text": "b"]')), DataError,
+     ["b.json", "not valid JSON", "line 2"]),
+    ("csv unterminated quote", lambda t, m: _nowhere(t, _data(t, m, "q.csv", b'text,id\n"a",1\n"b,2\nc,3\n')), DataError,
+     ["q.csv", "line 3", "never closed"]),
+    ("csv row with too many fields", lambda t, m: _nowhere(t, _data(t, m, "f.csv", b'text,id\na,1\nb,c,2\n')), DataError,
+     ["f.csv", "line 3", "3 fields", "header has 2"]),
+    ("empty stdin", lambda t, m: _score(t, t / "no-model", "-d", "-"), DataError,
+     ["nothing to score in standard input", "1 row read, 1 empty"]),
+    ("all rows empty", lambda t, m: _nowhere(t, _data(t, m, "e.jsonl", b'{"text": ""}\n{"text": ""}\n')), DataError,
+     ["e.jsonl", "2 rows read, 2 empty"]),
+    ("limit 0", lambda t, m: _score(t, m, "--limit", "0"), ConfigError, ["--limit 0 scores no row"]),
+    ("tokens file of another kind", lambda t, m: _score(t, m, "--tokens", str(t / "t.json")), ConfigError,
+     ["t.json", "use .parquet or .jsonl"]),
+    ("config key in two spellings", lambda t, m: ["score", "--config", _config(t, "max_length: 5\nmax-length: 7\n")],
+     ConfigError, ["cfg.yaml", "'max_length' (line 1) and 'max-length' (line 2) both set max_length"]),
+    ("config key twice", lambda t, m: ["score", "--config", _config(t, "stride: 5\nquiet: true\nstride: 7\n")],
+     ConfigError, ["cfg.yaml", "'stride' (line 1) and 'stride' (line 3) both set stride"]),
+    ("split from config file", lambda t, m: _nowhere(t, ["score", "--config", _config(t, "split: test\n"), "-d",
+                                                         str(_jsonl(t / "s.jsonl", GOOD))]),
+     ConfigError, ["s.jsonl", "drop split: test (from config file", "cfg.yaml"]),
     ("bad checkpoint file", lambda t, m: _score(t, m, "--checkpoint", str(_data(t, m, "c.ckpt", b"garbage")[5])), ConfigError,
      ["c.ckpt", "cannot be read"]),
 ]
+
+
+def _nowhere(tmp: Path, argv: list[str]) -> list[str]:
+    """The same command with a model that does not exist: a data error must come first."""
+    return [*argv, "-m", str(tmp / "no-model")]
+
+
+def _late_row(tmp: Path, name: str, text: Any) -> list[str]:
+    """250 good rows, then a row whose text is ``text``; a default block: all in one block."""
+    path = _jsonl(tmp / name, [{"text": f"row {i}"} for i in range(250)] + [{"text": text}])
+    return _score(tmp, tmp / "no-model", "-d", str(path))
 
 
 def _other_schema(tmp: Path) -> str:
@@ -200,3 +242,63 @@ def test_corrupt_parquet_gives_exactly_one_line_in_a_real_process(tmp_path: Path
                             text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: cannot read data file"), result.stderr
+
+
+REFUSED_EARLY = [
+    ["score", "--concat", "--protocol", "lm-eval"],
+    ["score", "--limit", "0"],
+    ["score", "--tokens", "t.json"],
+    ["score", "-d", "missing.jsonl"],
+    ["score", "-d", "s.jsonl", "--split", "test"],
+    ["score", "--config", "cfg.yaml"],
+    ["kld", "--base-dtype", "float32", "--bootstrap", "0", "--seed", "1"],
+]
+
+
+@pytest.mark.parametrize("argv", REFUSED_EARLY, ids=[" ".join(a) for a in REFUSED_EARLY])
+def test_flag_problems_are_refused_before_torch_is_imported(tmp_path: Path, argv: list[str]) -> None:
+    """What needs neither the model nor the data's contents is refused before torch,
+    transformers or datasets is imported (a real process: their imports are what is slow)."""
+    import subprocess
+    import sys
+
+    _jsonl(tmp_path / "s.jsonl", GOOD)
+    (tmp_path / "cfg.yaml").write_text("max_length: 5\nmax-length: 7\n")
+    probe = (
+        "import json, sys\nfrom lleval.cli import main\n"
+        "try:\n    main(sys.argv[1:], prog_name='lleval')\nexcept SystemExit as exc:\n    code = exc.code\n"
+        "print(json.dumps({'code': code, 'imported': [m for m in ('torch', 'transformers', 'datasets') "
+        "if m in sys.modules]}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, cwd=tmp_path,
+                            timeout=120)
+    outcome = json.loads(result.stdout)
+    assert outcome == {"code": 2, "imported": []}, result.stderr
+    one_line = result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1
+    assert one_line or result.stderr.startswith("Usage:"), result.stderr  # click's usage errors (--config)
+    assert "Traceback" not in result.stderr
+
+
+def test_rows_past_the_limit_are_not_type_checked(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """--limit 2 reads two rows: a null text in the third is never scored, so it is no error."""
+    data = _jsonl(tmp_path / "d.jsonl", [*GOOD, {"text": None}])
+    result = CliRunner().invoke(main, ["score", "-q", "-m", str(tiny_model_dir), "-d", str(data), "--limit", "2",
+                                       "--format", "json", "--bootstrap", "0"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["dataset"]["rows"] == 2
+
+
+@pytest.mark.parametrize("content,documents", [
+    (b'[{"text": "one"}, {"text": ""}, {"text": "two"}]', 2),  # an empty text is skipped and counted
+    (b'["one", "two", "three"]', 3),
+    (b'{"text": "one"}\n{"text": "two"}\n', 2),  # JSON lines under a .json name
+    (b'\xef\xbb\xbf[{"text": "one"}]', 1),  # a UTF-8 byte order mark, which the loader strips
+])
+def test_json_files_the_loader_reads_pass_the_check(tiny_model_dir: Path, tmp_path: Path, content: bytes,
+                                                    documents: int) -> None:
+    path = tmp_path / "d.json"
+    path.write_bytes(content)
+    result = CliRunner().invoke(main, ["score", "-q", "-m", str(tiny_model_dir), "-d", str(path), "--format", "json",
+                                       "--bootstrap", "0"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["totals"]["documents"] == documents

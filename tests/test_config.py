@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,76 @@ def test_too_few_bootstrap_resamples_are_refused(resamples: int) -> None:
         EvalConfig(bootstrap=resamples).validate()
     EvalConfig(bootstrap=100).validate()
     EvalConfig(bootstrap=0).validate()
+
+
+@pytest.mark.parametrize("text,keys", [
+    ("max_length: 5\nmax-length: 7\n", "'max_length' (line 1) and 'max-length' (line 2) both set max_length"),
+    ("seed: 1\nbootstrap: 10\nseed: 2\n", "'seed' (line 1) and 'seed' (line 3) both set seed"),
+])
+def test_a_setting_given_twice_is_refused(tmp_path: Path, text: str, keys: str) -> None:
+    """YAML keeps the last of two equal keys, and the two spellings would both be read: refuse both."""
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config_file(path)
+    assert keys in str(info.value) and "keep one" in str(info.value)
+
+
+def test_values_from_a_config_file_are_named_as_its_keys() -> None:
+    """A refusal names a config-file value by its key and file, a typed one by its flag."""
+    typed = EvalConfig(protocol="lm-eval", concat="\n\n", bootstrap=0, seed=4)
+    from_file = dataclasses.replace(typed, origins={"concat": "config file c.yaml", "seed": "config file c.yaml"})
+    with pytest.raises(ConfigError) as info:
+        typed.validate()
+    assert "drop --concat" in str(info.value) and "--seed seeds the bootstrap" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        from_file.validate()
+    message = str(info.value)
+    assert "drop concat (from config file c.yaml)" in message and "seed (from config file c.yaml) seeds" in message
+    assert "--concat" not in message and "--seed" not in message
+    assert "--protocol lm-eval" in message  # typed: still the flag
+    assert from_file == typed  # origins are no setting: equal configs, equal checkpoints
+
+
+def test_split_from_a_config_file_is_not_blamed_on_a_flag(tmp_path: Path) -> None:
+    from lleval.data import check_spec, data_spec
+
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"text": "a"}\n')
+    config = EvalConfig(dataset=str(data), split="test", origins={"split": "config file c.yaml"})
+    with pytest.raises(ConfigError) as info:
+        check_spec(data_spec(config))
+    assert "drop split: test (from config file c.yaml)" in str(info.value) and "--split" not in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        check_spec(data_spec(dataclasses.replace(config, origins={})))
+    assert "drop --split test" in str(info.value)
+
+
+@pytest.mark.parametrize("name,ok", [("t.parquet", True), ("t.jsonl", True), ("T.JSONL", True), ("t.json", False),
+                                     ("t", False), ("t.csv", False)])
+def test_token_files_are_parquet_or_jsonl(name: str, ok: bool) -> None:
+    config = EvalConfig(tokens=name)
+    if ok:
+        config.validate()
+        return
+    with pytest.raises(ConfigError) as info:
+        config.validate()
+    assert name in str(info.value) and "use .parquet or .jsonl" in str(info.value)
+
+
+def test_config_files_are_held_to_the_flags_choices_and_ranges() -> None:
+    """`load_config_file` refuses what click refuses on the command line (so the message names
+    the file's key, not a flag): the same choices and the same minimums."""
+    import click
+
+    from lleval.cli import score
+    from lleval.config import CHOICES, MINIMUMS
+
+    choices, minimums = {}, {}
+    for param in score.params:
+        if isinstance(param.type, click.Choice):
+            choices[param.name] = tuple(param.type.choices)
+        elif isinstance(param.type, (click.IntRange, click.FloatRange)):
+            minimums[param.name] = param.type.min
+    assert choices == CHOICES
+    assert minimums == {k: v for k, v in MINIMUMS.items() if k != "batch_size"}  # batch_size: N or auto

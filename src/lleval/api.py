@@ -29,7 +29,7 @@ from lleval import __version__
 from lleval.batching import Batching, auto_batching
 from lleval.checkpoint import Checkpoint, Checkpointer, verify_resumed
 from lleval.config import EvalConfig
-from lleval.data import BUILTIN_DATASET, DataSpec, DataStats, Document, iter_documents
+from lleval.data import BUILTIN_DATASET, DataStats, Document, data_spec, iter_documents
 from lleval.distributed import DistContext
 from lleval.errors import ConfigError, DataError, OutputError, ScoringError
 from lleval.metrics import Totals, ratio_intervals
@@ -48,7 +48,6 @@ from lleval.report import (
     ContextBin,
     Report,
     bins_of_table,
-    check_writable,
     dataset_block,
     environment,
     model_block,
@@ -77,12 +76,6 @@ def model_spec(config: EvalConfig) -> ModelSpec:
     """The model part of a config."""
     return ModelSpec(config.model, config.revision, config.trust_remote_code, config.dtype, config.device,
                      config.device_map, config.model_cache, config.float32_head)
-
-
-def data_spec(config: EvalConfig) -> DataSpec:
-    """The data part of a config."""
-    return DataSpec(config.dataset, config.dataset_config, config.split, config.text_field, config.sample_by,
-                    config.limit, config.streaming, config.encoding, config.errors)
 
 
 def load(config: EvalConfig) -> LoadedModel:
@@ -131,22 +124,31 @@ class ScoringRun:
 
 
 def open_inputs(config: EvalConfig) -> Inputs:
-    """Validate the config, check that output files can be written, join a process group
-    when launched by torchrun, and open the data, reading its first document."""
+    """Validate the config, check that output files can be written (`lleval.preflight`), join
+    a process group when launched by torchrun, and open the data, reading its first document:
+    a source with no document to score (an empty standard input, rows that are all empty)
+    fails here, before the tokenizer loads."""
     from lleval.distributed import from_env
+    from lleval.preflight import check_config
 
     started = time.perf_counter()
-    config.validate()
-    for path, flag in ((config.output, "--output"), (config.checkpoint, "--checkpoint"), (config.tokens, "--tokens"),
-                       (config.html, "--html")):
-        if path:
-            check_writable(path, flag)
+    check_config(config)
     dist = from_env()
     stats = DataStats()
     docs = iter_documents(data_spec(config), stats)
     first = next(docs, None)
-    documents = docs if first is None else itertools.chain([first], docs)
-    return Inputs(config, stats, documents, dist, started)
+    if first is None:
+        rows = f"{stats.rows} row{'' if stats.rows == 1 else 's'}"
+        raise DataError(
+            f"nothing to score in {_source(config)}: {rows} read, {stats.skipped_empty} empty; check "
+            f"{config.flag('limit')}, {config.flag('text_field')} and the data."
+        )
+    return Inputs(config, stats, itertools.chain([first], docs), dist, started)
+
+
+def _source(config: EvalConfig) -> str:
+    """The data source as messages name it."""
+    return "standard input" if config.dataset == "-" else config.dataset or BUILTIN_DATASET
 
 
 def load_and_plan(config: EvalConfig, progress: Progress | None = None) -> tuple[LoadedModel, Plan]:

@@ -4,8 +4,9 @@ Nothing here computes a number, builds a JSON document or decides a verdict:
 each command parses its flags, calls one library function, writes and
 renders the typed result it gets back, and picks the exit code. Library
 errors (`LlevalError`) become one line on stderr and an exit code: 2 for
-input the user must fix, 1 for failures at run time. Torch and transformers
-are imported only inside commands, so ``lleval --help`` is fast.
+input the user must fix, 1 for failures at run time. Torch, transformers and
+datasets are imported only inside commands, after `lleval.preflight` has
+checked every flag, so ``lleval --help`` and a refused flag are fast.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import warnings
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from lleval import __version__
 from lleval.config import (
@@ -79,7 +81,27 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
     except ConfigError as exc:
         raise click.BadParameter(str(exc), ctx=ctx, param=_param) from None
     ctx.default_map = {**(ctx.default_map or {}), **values}
+    ctx.meta["lleval.config_file"] = value
     return value
+
+
+def _config(**fields: Any) -> EvalConfig:
+    """The command's `EvalConfig`, knowing which values came from the ``--config`` file (click
+    reports them as ``DEFAULT_MAP``), so that a refusal names the file rather than a flag."""
+    ctx = click.get_current_context()
+    path = ctx.meta.get("lleval.config_file")
+    origins = {name: f"config file {path}" for name in fields
+               if path is not None and ctx.get_parameter_source(name) is ParameterSource.DEFAULT_MAP}
+    return EvalConfig(**fields, origins=origins)
+
+
+def _check_early(config: EvalConfig) -> None:
+    """Every check that needs neither the model nor the data's contents, before torch,
+    transformers and datasets are imported (seconds): then silence those libraries."""
+    from lleval.preflight import check_config
+
+    _call(check_config, config)
+    _quiet_libraries(config.quiet)
 
 
 def _options(*options: Any) -> Any:
@@ -96,7 +118,8 @@ def _options(*options: Any) -> Any:
 # Every flag of `score` and `kld`, defined once: the same name, default and help on both.
 SCORING_OPTIONS = _options(
     click.option("--config", type=click.Path(dir_okay=False), callback=_load_config, is_eager=True,
-                 expose_value=False, help="YAML file of defaults for any flag below; flags win."),
+                 expose_value=False, help="YAML file of defaults for any flag below (keys: flag names, each "
+                 "once); flags win."),
     click.option("--model", "-m", default=None,
                  help="Hub id, local model folder or .gguf file. Default: built-in SmolLM2-135M."),
     click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of a hub model."),
@@ -165,7 +188,7 @@ SCORING_OPTIONS = _options(
                  help="Nothing on stderr but errors: no progress, no warnings."),
     click.option("--tokens", type=click.Path(dir_okay=False), default=None,
                  help="Write every scored token (document, position, context, id, text, log-prob) here: "
-                 ".jsonl for JSON lines, else Parquet."),
+                 "t.parquet for Parquet, t.jsonl for JSON lines (other extensions are refused)."),
 )
 # Flags of `score` alone: what it shows of its tokens besides the export.
 SHOW_OPTIONS = _options(
@@ -201,10 +224,10 @@ def score(**flags: Any) -> None:
       lleval score -m ./my-model -d notes.txt --sample-by paragraph -o report.json
       lleval score --config configs/wikitext2.yaml -m gpt2
     """
+    config = _config(**flags)
+    _check_early(config)
     from lleval.api import evaluate
 
-    config = EvalConfig(**flags)
-    _quiet_libraries(config.quiet)
     with _Interrupts() as interrupts:
         report = _with_progress(config.quiet, evaluate, config, should_stop=interrupts.should_stop)
     failed = _deliver(report, config.output, config.format)
@@ -235,14 +258,14 @@ def kld(base_model: str | None, base_dtype: str | None, dataset_argument: str | 
       lleval kld --base ./model-fp32 --model ./model-int8 -d eval.jsonl -o kld.json
       lleval kld --base-dtype float32 --dtype bfloat16      # what bf16 costs the built-in model
     """
-    from lleval.kld import kl_divergence
-
     if dataset_argument is not None and flags["dataset"] not in (None, dataset_argument):
         raise click.UsageError(f"two datasets given ({dataset_argument} and --dataset {flags['dataset']}): pick one.")
     if base_model is None and base_dtype in (None, flags["dtype"]):
         raise click.UsageError("give --base (another model), or --base-dtype (the same model in another dtype).")
-    config = EvalConfig(**{**flags, "dataset": flags["dataset"] or dataset_argument})
-    _quiet_libraries(config.quiet)
+    config = _config(**{**flags, "dataset": flags["dataset"] or dataset_argument})
+    _check_early(config)
+    from lleval.kld import kl_divergence
+
     result = _with_progress(config.quiet, kl_divergence, config, base_model or config.model, base_dtype=base_dtype)
     if _deliver(result, config.output, config.format):
         sys.exit(1)

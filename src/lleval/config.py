@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from lleval.errors import ConfigError, read_text_file
 from lleval.windows import window_problem
@@ -31,18 +31,49 @@ DEFAULT_SEPARATOR = "\n\n"
 DEFAULT_MAX_LENGTH_CAP = 2048
 DEFAULT_CHECKPOINT_EVERY = 60.0
 DEFAULT_HTML_DOCS = 20
+CHOICES: dict[str, tuple[str, ...]] = {  # fields with a fixed set of values
+    "dtype": DTYPES,
+    "device": DEVICES,
+    "format": FORMATS,
+    "protocol": PROTOCOLS,
+    "sample_by": SAMPLE_BY,
+    "device_map": DEVICE_MAPS,
+    "errors": DECODE_ERRORS,
+}
+MINIMUMS: dict[str, int] = {  # the least value of each numeric field (the CLI's IntRange/FloatRange)
+    "max_length": 1, "stride": 1, "batch_size": 1, "max_batch_tokens": 1, "block_tokens": 1,
+    "limit": 0, "bootstrap": 0, "html_docs": 0, "checkpoint_every": 0,
+}
+TOKEN_SUFFIXES = (".parquet", ".jsonl")  # what --tokens writes: Parquet, or JSON lines (lleval.tokens)
+
+
+def setting(origins: Mapping[str, str], name: str, value: object = None, typed: str | None = None) -> str:
+    """How a refusal names a setting, so that nobody is told to drop a flag they never typed.
+
+    Typed on the command line (or a built-in default), it is the flag: ``--split test``
+    (``typed`` gives its form when that is not ``--name value``, as ``--no-float32-head``).
+    Set by a config file (``origins[name]`` is ``"config file c.yaml"``), it is the file's
+    key and the file: ``split: test (from config file c.yaml)``.
+    """
+    shown = "" if value is None else f" {value}"
+    origin = origins.get(name)
+    if origin is None:
+        return typed or f"--{name.replace('_', '-')}{shown}"
+    return f"{name}:{shown} (from {origin})" if shown else f"{name} (from {origin})"
 #: Fewest bootstrap resamples that give a 95% interval. Its ends are the 2.5th and 97.5th
 #: percentiles of the resamples: with 100, 2.5 resamples lie beyond each end; with fewer
 #: the "interval" is a resample or two (``--bootstrap 1`` gave one value twice).
 MIN_RESAMPLES = 100
 
 
-def resamples_problem(n: int) -> str | None:
-    """What is wrong with a number of bootstrap resamples (0 turns them off), or None."""
+def resamples_problem(n: int, shown: str | None = None) -> str | None:
+    """What is wrong with a number of bootstrap resamples (0 turns them off), or None;
+    ``shown`` names the setting (default ``--bootstrap N``)."""
+    shown = shown or f"--bootstrap {n}"
     if n < 0:
-        return f"bootstrap must be 0 (off) or more resamples, got {n}"
+        return f"{shown}: bootstrap must be 0 (off) or more resamples"
     if 0 < n < MIN_RESAMPLES:
-        return (f"--bootstrap {n} is too few resamples for a 95% interval (its ends are the 2.5th and 97.5th "
+        return (f"{shown} is too few resamples for a 95% interval (its ends are the 2.5th and 97.5th "
                 f"percentiles of the resamples): use at least {MIN_RESAMPLES} (the default is 1000), or 0 for none")
     return None
 
@@ -93,6 +124,18 @@ class EvalConfig:
     token_stats: bool = False  # rank and entropy of every token (in the export and the HTML)
     html: str | None = None  # the HTML report (lleval.html)
     html_docs: int = DEFAULT_HTML_DOCS  # documents shown token by token, most and least surprising each
+    # where values came from, for messages only: field -> "config file PATH" (the CLI fills it);
+    # not a setting, so it takes no part in equality, hashing or checkpoints
+    origins: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    def flag(self, name: str, value: object = None, typed: str | None = None) -> str:
+        """This config's name for a setting in a message (see `setting`)."""
+        return setting(self.origins, name, value, typed)
+
+    def _field(self, name: str) -> str:
+        """A field's name in a range or choice message, with its config file if it came from one."""
+        origin = self.origins.get(name)
+        return name if origin is None else f"{name} (from {origin})"
 
     def validate(self) -> None:
         """Raise one `ConfigError` that lists every problem found.
@@ -108,33 +151,29 @@ class EvalConfig:
 
     def _value_problems(self) -> list[str]:
         problems: list[str] = []
-        choices: tuple[tuple[str, tuple[str, ...]], ...] = (
-            ("dtype", DTYPES),
-            ("device", DEVICES),
-            ("format", FORMATS),
-            ("protocol", PROTOCOLS),
-            ("sample_by", SAMPLE_BY),
-            ("device_map", DEVICE_MAPS),
-            ("errors", DECODE_ERRORS),
-        )
-        for name, allowed in choices:
+        for name, allowed in CHOICES.items():
             value = getattr(self, name)
             if value is not None and value not in allowed:
-                problems.append(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+                problems.append(f"{self._field(name)} must be one of {', '.join(allowed)}, got {value!r}")
         if self.checkpoint_every < 0:
-            problems.append(f"checkpoint_every must be 0 or more seconds, got {self.checkpoint_every}")
+            problems.append(f"{self._field('checkpoint_every')} must be 0 or more seconds, got {self.checkpoint_every}")
         if _not_a_batch_size(self.batch_size):
-            problems.append(f"batch_size must be a number of windows or 'auto', got {self.batch_size!r}")
+            problems.append(f"{self._field('batch_size')} must be a number of windows or 'auto', got {self.batch_size!r}")
         for name in ("max_length", "stride", "batch_size", "max_batch_tokens", "block_tokens"):
             value = getattr(self, name)
             if isinstance(value, int) and value < 1:
-                problems.append(f"{name} must be at least 1, got {value}")
+                problems.append(f"{self._field(name)} must be at least 1, got {value}")
         if self.html_docs < 0:
-            problems.append(f"html_docs must be 0 or more, got {self.html_docs}")
-        if problem := resamples_problem(self.bootstrap):
+            problems.append(f"{self._field('html_docs')} must be 0 or more, got {self.html_docs}")
+        if problem := resamples_problem(self.bootstrap, self.flag("bootstrap", self.bootstrap)):
             problems.append(problem)
         if self.limit is not None and self.limit < 0:
-            problems.append(f"limit must be 0 or more, got {self.limit}")
+            problems.append(f"{self._field('limit')} must be 0 or more, got {self.limit}")
+        if self.limit == 0:
+            problems.append(f"{self.flag('limit', 0)} scores no row: give 1 or more, or drop it")
+        if self.tokens is not None and Path(self.tokens).suffix.lower() not in TOKEN_SUFFIXES:
+            problems.append(f"{self.flag('tokens', self.tokens)} writes Parquet (.parquet) or JSON lines (.jsonl), "
+                            "chosen by its extension: use .parquet or .jsonl")
         if self.max_length and self.stride and (problem := window_problem(self.max_length, self.stride)):
             problems.append(problem)  # with a derived max length, `lleval.protocols.plan` checks
         if self.concat == "":
@@ -146,41 +185,43 @@ class EvalConfig:
     def _protocol_problems(self) -> list[str]:
         """Flags a protocol fixes itself (see `lleval.protocols`)."""
         problems: list[str] = []
-        name = self.protocol
+        name, protocol = self.protocol, self.flag("protocol", self.protocol)
         if name == "lm-eval":
             if self.stride is not None and self.stride != self.max_length:
-                problems.append("--protocol lm-eval has disjoint windows: leave --stride unset "
+                problems.append(f"{protocol} has disjoint windows: leave {self.flag('stride')} unset "
                                 "(it equals --max-length)")
             if self.prefix_token == "none":
-                problems.append("--protocol lm-eval always predicts the first token from a prefix: "
-                                "drop --prefix-token none")
+                problems.append(f"{protocol} always predicts the first token from a prefix: "
+                                f"drop {self.flag('prefix_token', 'none')}")
             if self.concat is not None:
-                problems.append("--protocol lm-eval scores each document on its own: drop --concat")
+                problems.append(f"{protocol} scores each document on its own: drop {self.flag('concat')}")
         if name in ("hf-guide", "llama-cpp") and self.prefix_token != "auto":
-            problems.append(f"--protocol {name} fixes the prefix token: drop --prefix-token")
+            problems.append(f"{protocol} fixes the prefix token: drop {self.flag('prefix_token')}")
         if name == "llama-cpp":
             if self.stride is not None:
-                problems.append("--protocol llama-cpp scores disjoint chunks: drop --stride")
+                problems.append(f"{protocol} scores disjoint chunks: drop {self.flag('stride')}")
             if self.max_length is not None and self.max_length < 4:
-                problems.append("--protocol llama-cpp needs --max-length of at least 4")
+                problems.append(f"{protocol} needs {self.flag('max_length')} of at least 4")
         return problems
 
     def _ineffective_flags(self) -> list[str]:
         """Flags that would be accepted and then do nothing: refused rather than ignored."""
         problems: list[str] = []
         if self.checkpoint is None and self.checkpoint_every != DEFAULT_CHECKPOINT_EVERY:
-            problems.append("--checkpoint-every needs --checkpoint (there is nothing to save)")
+            problems.append(f"{self.flag('checkpoint_every')} needs --checkpoint (there is nothing to save)")
         if self.bootstrap == 0 and self.seed != 0:
-            problems.append("--seed seeds the bootstrap, which --bootstrap 0 turns off: drop one of them")
+            problems.append(f"{self.flag('seed')} seeds the bootstrap, which {self.flag('bootstrap', 0)} turns off: "
+                            "drop one of them")
         if self.device_map is not None and self.device != "auto":
-            problems.append("--device-map places the model itself: drop --device")
+            problems.append(f"{self.flag('device_map')} places the model itself: drop {self.flag('device')}")
         if not self.float32_head and self.dtype == "float32":
-            problems.append("--no-float32-head keeps a bf16/fp16 model's head in its dtype; with --dtype float32 "
-                            "everything is float32: drop it")
+            problems.append(f"{self.flag('float32_head', 'false', typed='--no-float32-head')} keeps a bf16/fp16 "
+                            f"model's head in its dtype; with {self.flag('dtype', 'float32')} everything is float32: "
+                            "drop it")
         if self.token_stats and not (self.tokens or self.html):
-            problems.append("--token-stats adds rank and entropy to --tokens and --html: give one of them")
+            problems.append(f"{self.flag('token_stats')} adds rank and entropy to --tokens and --html: give one of them")
         if self.html is None and self.html_docs != DEFAULT_HTML_DOCS:
-            problems.append("--html-docs sets how many documents --html shows: give --html")
+            problems.append(f"{self.flag('html_docs')} sets how many documents --html shows: give --html")
         return problems
 
 def _not_a_batch_size(value: object) -> bool:
@@ -227,32 +268,26 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "html": (str,),
     "html_docs": (int,),
 }
-assert set(FIELD_TYPES) == {f.name for f in dataclasses.fields(EvalConfig)}
+assert set(FIELD_TYPES) == {f.name for f in dataclasses.fields(EvalConfig)} - {"origins"}
 
 
 def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a YAML config into ``{field: value}``, checking every key and type at once.
 
-    Keys may use dashes or underscores. ``concat: true`` means the default
+    Keys may use dashes or underscores, but one setting may appear only once
+    (``max_length`` and ``max-length`` together are refused, as is a key given
+    twice, which YAML itself would resolve silently to the last value).
+    ``concat: true`` means the default
     separator (two newlines) and ``concat: false`` means no concatenation;
     ``prefix_token`` may be an integer id.
     """
-    import yaml
-
     file = Path(path)
-    text = read_text_file(file, "config file", ConfigError)
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" (line {where.line + 1})" if where is not None else ""
-        raise ConfigError(f"config file {file} is not valid YAML{line}: fix its syntax.") from None
+    raw, problems = _read_yaml(file, read_text_file(file, "config file", ConfigError))
     if raw is None:
         return {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {file} must be a mapping of option names to values.")
     values: dict[str, Any] = {}
-    problems: list[str] = []
     for key, value in raw.items():
         name = str(key).replace("-", "_")
         if name not in FIELD_TYPES:
@@ -272,6 +307,9 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             wanted = " or ".join(t.__name__ for t in types)
             problems.append(f"{key!r} must be {wanted}, got {type(value).__name__} {value!r}")
             continue
+        if problem := _out_of_range(key, name, value):
+            problems.append(problem)
+            continue
         if name == "concat" and isinstance(value, bool):
             value = DEFAULT_SEPARATOR if value else None
         if name == "prefix_token":
@@ -280,3 +318,56 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     if problems:
         raise ConfigError(f"config file {file}: " + "; ".join(problems) + ".")
     return values
+
+
+def _out_of_range(key: str, name: str, value: Any) -> str | None:
+    """A value outside a field's choices or range: click would refuse it too, but naming the
+    flag (``Invalid value for '--protocol'``) where the user wrote a key of the file."""
+    allowed = CHOICES.get(name)
+    if allowed is not None and value not in allowed:
+        return f"{key!r} must be one of {', '.join(allowed)}, got {value!r}"
+    least = MINIMUMS.get(name)
+    if least is not None and isinstance(value, (int, float)) and not isinstance(value, bool) and value < least:
+        return f"{key!r} must be at least {least}, got {value}"
+    return None
+
+
+def _read_yaml(file: Path, text: str) -> tuple[Any, list[str]]:
+    """The YAML document, and a problem for every setting its top-level mapping gives twice.
+
+    The duplicates are found on the composed nodes, before they become a dict that
+    would keep only the last value of a key.
+    """
+    import yaml
+
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        duplicates = _duplicate_keys(node) if isinstance(node, yaml.MappingNode) else []
+        return (None if node is None else loader.construct_document(node)), duplicates
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise ConfigError(f"config file {file} is not valid YAML{line}: fix its syntax.") from None
+    finally:
+        loader.dispose()
+
+
+def _duplicate_keys(node: Any) -> list[str]:
+    """``'max_length' (line 1) and 'max-length' (line 4) both set max_length: keep one``, for each
+    setting named twice, by the same key or by its two spellings."""
+    import yaml
+
+    seen: dict[str, tuple[str, int]] = {}
+    problems: list[str] = []
+    for key_node, _value in node.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            continue
+        key, line = str(key_node.value), key_node.start_mark.line + 1
+        name = key.replace("-", "_")
+        if name in seen:
+            first, first_line = seen[name]
+            problems.append(f"{first!r} (line {first_line}) and {key!r} (line {line}) both set {name}: keep one")
+        else:
+            seen[name] = (key, line)
+    return problems

@@ -14,8 +14,9 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
+from lleval.config import EvalConfig, setting
 from lleval.errors import ConfigError, DataError
 from lleval.hub import first_line, hub_reachable, is_hub_id, offline_hint
 
@@ -44,6 +45,18 @@ class DataSpec:
     streaming: bool = False
     encoding: str = "utf-8"  # of .txt, .jsonl, .json and .csv files
     errors: str = "strict"  # what to do with bytes that do not decode: strict | replace | ignore
+    # field -> "config file PATH" for values from a config file: messages name them so (`lleval.config.setting`)
+    origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def flag(self, name: str, value: object = None) -> str:
+        """This spec's name for a setting in a message: the flag, or the config file's key."""
+        return setting(self.origins, name, value)
+
+
+def data_spec(config: EvalConfig) -> DataSpec:
+    """The data part of a config (with the origins of its values, for messages)."""
+    return DataSpec(config.dataset, config.dataset_config, config.split, config.text_field, config.sample_by,
+                    config.limit, config.streaming, config.encoding, config.errors, config.origins)
 
 
 @dataclass(frozen=True)
@@ -92,22 +105,24 @@ def check_spec(spec: DataSpec) -> None:
         kind, f"a local {path.suffix if path else ''} file")
     problems: list[str] = []
     if kind != "hub" and spec.dataset_config is not None:
-        problems.append(f"--dataset-config names a configuration of a hub dataset, and {where} is {what}")
+        problems.append(f"{spec.flag('dataset_config')} names a configuration of a hub dataset, and {where} is {what}")
     if kind in ("file", "builtin", "stdin") and spec.split not in (None, LOCAL_SPLIT):
-        problems.append(f"{where} has one split, {LOCAL_SPLIT!r}: drop --split {spec.split}")
+        problems.append(f"{where} has one split, {LOCAL_SPLIT!r}: drop {spec.flag('split', spec.split)}")
     if spec.sample_by != "document" and kind != "stdin" and builder != "text":
         problems.append(
             f"--sample-by cuts .txt files and standard input into documents, and in {where} ({what}) each "
-            "row is already a document: drop --sample-by"
+            f"row is already a document: drop {spec.flag('sample_by')}"
         )
     decodes = kind == "stdin" or builder in ("text", "json", "csv")
     if not decodes and (_codec(spec.encoding) != "utf-8" or spec.errors != "strict"):
+        given = [spec.flag(name, getattr(spec, name)) for name in ("encoding", "errors") if name in spec.origins]
         problems.append(
             f"--encoding and --errors apply to .txt, .jsonl, .json and .csv files and standard input, and "
-            f"{where} is {what}: drop them"
+            f"{where} is {what}: drop {' and '.join(given) if given else 'them'}"
         )
     if kind == "stdin" and spec.streaming:
-        problems.append("--streaming applies to files and hub datasets; standard input is read as it arrives")
+        problems.append(f"{spec.flag('streaming')} applies to files and hub datasets; standard input is read as it "
+                        "arrives")
     if problems:
         raise ConfigError("; ".join(problems) + ".")
 
@@ -178,7 +193,8 @@ def _load_saved(path: Path, spec: DataSpec) -> Any:
         loaded = loaded[split]
     elif spec.split not in (None, str(loaded.split or LOCAL_SPLIT)):
         raise ConfigError(
-            f"saved dataset {path} has one split, {str(loaded.split or LOCAL_SPLIT)!r}: drop --split {spec.split}."
+            f"saved dataset {path} has one split, {str(loaded.split or LOCAL_SPLIT)!r}: drop "
+            f"{spec.flag('split', spec.split)}."
         )
     return loaded.to_iterable_dataset() if spec.streaming else loaded
 
@@ -205,16 +221,27 @@ def _load_file(path: Path, spec: DataSpec) -> Any:
     try:
         return datasets.load_dataset(builder, split=LOCAL_SPLIT, streaming=spec.streaming, **kwargs)
     except Exception as exc:
-        raise DataError(f"cannot read data file {path}: {first_line(exc)}") from exc
+        raise DataError(f"cannot read data file {path}: {first_line(_reason(exc))}") from exc
+
+
+def _reason(exc: BaseException) -> BaseException:
+    """The error behind datasets' "An error occurred while generating the dataset", which
+    says nothing of the file (the parser's own error names the line)."""
+    generic = str(exc).startswith("An error occurred while generating the dataset")
+    return exc.__cause__ if generic and exc.__cause__ is not None else exc
 
 
 SNIFF_BYTES = 1 << 16  # bytes read to tell a binary file from a text file
 
 
 def check_file(path: Path, builder: str, spec: DataSpec) -> None:
-    """Catch what the ``datasets`` loaders report badly, before they run: an empty file, a
-    binary file, bytes that are not valid in the encoding (with the byte offset), and a
-    JSON-lines file with a broken line (with its line number)."""
+    """Catch what the ``datasets`` loaders report badly, or late, before they run: an empty
+    file, a binary file, bytes that are not valid in the encoding (with the byte offset), a
+    JSON file with a broken line or a row whose text is not a string (with its line or row:
+    otherwise found only when scoring reaches that row, or turned into the text of a number
+    by the loader), and a CSV file with an unterminated quote or too many fields (with its
+    line, which the loader's "An error occurred while generating the dataset" does not give).
+    Rows past ``--limit`` are not checked, as they are not read."""
     size = path.stat().st_size
     if size == 0:
         raise DataError(f"data file {path} is empty: there is nothing to score.")
@@ -235,6 +262,10 @@ def check_file(path: Path, builder: str, spec: DataSpec) -> None:
         _check_decodes(path, spec.encoding)
     if builder == "json" and path.suffix.lower() == ".jsonl":
         _check_json_lines(path, spec)
+    elif builder == "json":
+        _check_json_file(path, spec)
+    elif builder == "csv":
+        _check_csv(path, spec)
 
 
 def _check_decodes(path: Path, encoding: str) -> None:
@@ -265,14 +296,17 @@ def _check_decodes(path: Path, encoding: str) -> None:
 
 
 def _check_json_lines(path: Path, spec: DataSpec) -> None:
+    """One object per line, each with a string text field (up to ``--limit`` rows): read line by
+    line, so memory stays bounded."""
     import json
 
+    row = 0
     with path.open(encoding=spec.encoding, errors=spec.errors) as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
-                continue
+                continue  # the loader skips blank lines: they are no row
             try:
-                value = json.loads(line)
+                value = json.loads(line.lstrip("\ufeff") if number == 1 else line)
             except json.JSONDecodeError as exc:
                 raise DataError(
                     f"data file {path}, line {number}: not valid JSON ({exc.msg}, column {exc.colno}). "
@@ -283,6 +317,85 @@ def _check_json_lines(path: Path, spec: DataSpec) -> None:
                     f"data file {path}, line {number}: a JSON {type(value).__name__}, not an object: each "
                     f"line must be an object with a {spec.text_field!r} field."
                 )
+            if spec.limit is None or row < spec.limit:  # the loader parses every line, --limit reads fewer rows
+                _check_text(value, spec, f"data file {path}, line {number} (row {row})")
+            row += 1
+
+
+def _check_json_file(path: Path, spec: DataSpec) -> None:
+    """A ``.json`` file, read once as the loader reads it: an array of objects (or of strings),
+    an object holding a list under the text field, or JSON lines under a ``.json`` name."""
+    import json
+
+    text = path.read_text(encoding=spec.encoding, errors=spec.errors).lstrip("\ufeff")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data":  # more than one value: one object per line
+            return _check_json_lines(path, spec)
+        raise DataError(
+            f"data file {path} is not valid JSON ({exc.msg}, line {exc.lineno}, column {exc.colno}): fix the "
+            "file, or write one object per line as .jsonl."
+        ) from None
+    if isinstance(value, dict) and isinstance(value.get(spec.text_field), list):
+        value = [{spec.text_field: text} for text in value[spec.text_field]]  # one column, one row per item
+    rows = value if isinstance(value, list) else [value]
+    for index, row in enumerate(rows[:spec.limit] if spec.limit is not None else rows):
+        if isinstance(row, str):
+            continue  # an array of strings: the loader makes each a row of "text"
+        if not isinstance(row, dict):
+            raise DataError(
+                f"data file {path}, row {index}: a JSON {type(row).__name__}, not an object: each row must be "
+                f"an object with a {spec.text_field!r} field."
+            )
+        _check_text(row, spec, f"data file {path}, row {index}")
+
+
+def _check_text(row: dict[str, Any], spec: DataSpec, where: str) -> None:
+    """The row has the text field, and it is a string (an empty one is skipped and counted later)."""
+    if spec.text_field not in row:
+        raise DataError(
+            f"{where} has no field {spec.text_field!r}; its columns are {', '.join(map(str, row)) or '(none)'}. "
+            f"Add it to the row, or set {spec.flag('text_field')} to one of them."
+        )
+    text = row[spec.text_field]
+    if not isinstance(text, str):
+        raise DataError(
+            f"{where}: field {spec.text_field!r} is {'null' if text is None else type(text).__name__}, not a "
+            f"string. Fix the row or pick another {spec.flag('text_field')}."
+        )
+
+
+def _check_csv(path: Path, spec: DataSpec) -> None:
+    """A quote left open runs to the end of the file, and a row with more fields than the
+    header is refused by the loader: name the line where that row starts (Python's ``csv``
+    reads the file as the loader does: comma, double quotes, "" inside quotes)."""
+    import csv
+
+    old_limit = csv.field_size_limit(sys.maxsize)  # a document may be longer than csv's 128 KiB default
+    header: list[str] | None = None
+    start = next_start = 1
+    try:
+        with path.open(encoding=spec.encoding, errors=spec.errors, newline="") as handle:
+            reader = csv.reader(handle, strict=True)
+            while (fields := next(reader, None)) is not None:  # a row that starts on line `start`
+                start, next_start = next_start, reader.line_num + 1
+                if fields and header is None:  # blank lines are skipped, as the loader does
+                    header = fields
+                elif header is not None and len(fields) > len(header):
+                    raise DataError(
+                        f"data file {path}, line {start}: {len(fields)} fields, but the header has {len(header)}: "
+                        "put a field that holds a comma in double quotes, or fix the line."
+                    )
+    except csv.Error as exc:
+        if "unexpected end of data" not in str(exc):
+            return  # stricter than the loader (text after a closing quote): let the loader decide
+        raise DataError(
+            f"data file {path}, line {next_start}: a quote opened in this row is never closed (its field runs to "
+            "the end of the file): close it, or double each quote inside a quoted field (\"\")."
+        ) from None
+    finally:
+        csv.field_size_limit(old_limit)
 
 
 def split_text(text: str, sample_by: str) -> list[str]:

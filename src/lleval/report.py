@@ -324,18 +324,6 @@ def json_interval(value: tuple[float, float] | None) -> list[float | None] | Non
     return None if value is None else [json_float(value[0]), json_float(value[1])]
 
 
-def check_writable(path: str, flag: str = "--output") -> None:
-    """Fail now, before any scoring, if ``path`` (given as ``flag``) cannot be written later."""
-    target = Path(path).expanduser()
-    folder = target.parent if str(target.parent) else Path(".")
-    if target.is_dir():
-        raise OutputError(f"{flag} {path} is a folder: give a file name such as {path}/report.json.")
-    if not folder.is_dir():
-        raise OutputError(f"{flag} {path}: folder {folder} does not exist. Create it or pick another {flag}.")
-    if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
-        raise OutputError(f"{flag} {path} is not writable: pick another {flag}.")
-
-
 def write_text_atomic(path: str, text: str, flag: str = "--output") -> None:
     """Write ``text`` to ``path`` via a temp file in the same folder, fsync, rename.
 

@@ -13,14 +13,15 @@ Columns, in this order (`COLUMNS`; kld adds ``base_logprob`` and ``kl``,
 - ``start``, ``end``: that text's character offsets in the document;
 - ``logprob``: log P(token | context) in nats (float32, as scored).
 
-A ``.jsonl`` path writes JSON lines, anything else Parquet (row groups of at
-most 65,536 rows; the file's metadata key ``lleval`` holds the run's report
-header as JSON). The file is written in parts as blocks are scored (memory
-stays bounded), in a folder of this run alone (``.NAME.parts-<pid>-<random>``),
-merged into a temporary file of this run when it ends and renamed into place:
-never half-written, and two runs writing the same file never touch each
-other's parts. A checkpoint records the folder and the parts written so far,
-so a resumed run keeps them and writes the rest, and its file is the
+A ``.jsonl`` path writes JSON lines, a ``.parquet`` path Parquet (in row groups
+of at most 65,536 rows; the file's metadata key ``lleval`` holds the run's
+report header as JSON); `EvalConfig.validate` refuses any other extension.
+The file is written in parts as blocks are scored (memory stays bounded), in
+a folder of this run alone (``.NAME.parts-<pid>-<random>``), merged into a
+temporary file of this run when it ends and renamed into place: never
+half-written, and two runs writing the same file never touch each other's
+parts. A checkpoint records the folder and the parts written so far, so a
+resumed run keeps them and writes the rest, and its file is the
 uninterrupted run's. A write that fails (a full disk) ends this output only,
 leaving nothing behind; the run and its other outputs go on.
 """

@@ -1,0 +1,43 @@
+"""The checks a run can make before anything heavy loads: flags, output paths, the data source.
+
+None of them needs the model, the tokenizer or the data's contents, and this
+module imports neither torch, transformers nor datasets, so the CLI runs
+`check_config` first and a wrong flag costs a fraction of a second, not the
+seconds those imports take. `lleval.api.open_inputs` runs it again (it is
+cheap) for callers of the Python API.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lleval.config import EvalConfig
+from lleval.data import check_spec, data_spec
+from lleval.errors import OutputError
+
+OUTPUT_FLAGS = ("output", "checkpoint", "tokens", "html")  # the files a run writes
+
+
+def check_config(config: EvalConfig) -> None:
+    """Raise the first typed error a config earns before any loading: `EvalConfig.validate`
+    (every flag problem at once), then an output file that cannot be written, then a data
+    source that does not exist or would ignore a flag (`lleval.data.check_spec`)."""
+    config.validate()
+    for name in OUTPUT_FLAGS:
+        path = getattr(config, name)
+        if path:
+            check_writable(path, config.flag(name))
+    check_spec(data_spec(config))
+
+
+def check_writable(path: str, flag: str = "--output") -> None:
+    """Fail now, before any scoring, if ``path`` (given as ``flag``) cannot be written later."""
+    target = Path(path).expanduser()
+    folder = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise OutputError(f"{flag} {path} is a folder: give a file name such as {path}/report.json.")
+    if not folder.is_dir():
+        raise OutputError(f"{flag} {path}: folder {folder} does not exist. Create it or pick another {flag}.")
+    if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise OutputError(f"{flag} {path} is not writable: pick another {flag}.")
