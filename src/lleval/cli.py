@@ -98,7 +98,7 @@ SCORING_OPTIONS = _options(
     click.option("--config", type=click.Path(dir_okay=False), callback=_load_config, is_eager=True,
                  expose_value=False, help="YAML file of defaults for any flag below; flags win."),
     click.option("--model", "-m", default=None,
-                 help="Hub id, local model folder or .gguf file. Default: built-in SmolLM2-135M."),
+                 help="Hub id, local model folder or .gguf file. Default: built-in SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to float32)."),
     click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of a hub model."),
     click.option("--trust-remote-code/--no-trust-remote-code", default=False, show_default=True,
                  help="Allow model code from the hub repository to run."),
@@ -222,7 +222,7 @@ def kld(base_model: str | None, base_dtype: str | None, dataset_argument: str | 
     """KL divergence KL(P_base || P_model) per scored token, over the full vocabulary.
 
     --model is the model compared with the base (default: the built-in
-    SmolLM2-135M). Both run over the same windows, with every option of
+    SmolLM2-135M-Instruct, Q4_1 GGUF dequantized to float32). Both run over the same windows, with every option of
     score; nothing is written to disk but the report. The data is --dataset
     (or DATASET, the same). Refuses models whose tokenizers differ.
 
