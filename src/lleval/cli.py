@@ -302,8 +302,9 @@ def compare(base: str, candidates: tuple[str, ...], max_regression: float | None
 @click.argument("candidate", required=False, default=None, type=click.Path(dir_okay=False))
 @click.option("--doc", "document", type=int, default=None,
               help="Print this document (its row in the source) with each token coloured.")
-@click.option("--worst", type=click.IntRange(min=0), default=10, show_default=True,
-              help="List this many of the most surprising spans (with CANDIDATE: those that got most worse).")
+@click.option("--worst", type=click.IntRange(min=0), default=None,
+              help="List this many of the most surprising spans (with CANDIDATE: those that got most worse). "
+              "Default: 10, or none with --doc.")
 @click.option("--span", type=click.IntRange(min=1), default=8, show_default=True, help="Tokens in a span.")
 @click.option("--html", type=click.Path(dir_okay=False), default=None,
               help="Write the HTML report of the token file here (curve, documents, coloured tokens).")
@@ -311,7 +312,7 @@ def compare(base: str, candidates: tuple[str, ...], max_regression: float | None
               help="How many of the most (and of the least) surprising documents --html shows.")
 @click.option("--format", type=click.Choice(FORMATS), default="table", show_default=True,
               help="What stdout gets: coloured text and a table, JSON, or markdown.")
-def inspect(tokens: str, candidate: str | None, document: int | None, worst: int, span: int, html: str | None,
+def inspect(tokens: str, candidate: str | None, document: int | None, worst: int | None, span: int, html: str | None,
             html_docs: int, format: str) -> None:
     """Show where the model is surprised, from a token file of `lleval score --tokens`.
 
@@ -321,6 +322,7 @@ def inspect(tokens: str, candidate: str | None, document: int | None, worst: int
     \b
     Examples:
       lleval inspect t.parquet --doc 3            # document 3, coloured by surprisal
+      lleval inspect t.parquet --doc 3 --worst 5  # document 3, then the 5 most surprising spans
       lleval inspect t.parquet --worst 20         # the 20 most surprising 8-token spans
       lleval inspect base.parquet new.parquet --doc 3
       lleval inspect t.parquet --html t.html

@@ -199,10 +199,21 @@ def _rgb(value: float, difference: bool) -> str:
     return f"rgb(255,{fade},{fade})"
 
 
+DEFAULT_WORST = 10  # spans listed when neither --doc nor --worst is given
+
+
 def inspect_tokens(
-    path: str, candidate: str | None = None, *, document: int | None = None, worst: int = 10, span: int = 8
+    path: str, candidate: str | None = None, *, document: int | None = None, worst: int | None = None, span: int = 8
 ) -> TokenView:
-    """Read a token file (and a candidate's, to compare) and pick what to show."""
+    """Read a token file (and a candidate's, to compare) and pick what to show.
+
+    ``worst=None`` means "what the user asked for": with a ``document`` only that
+    document (someone reading document 3 did not ask for the corpus' worst
+    spans), without one the `DEFAULT_WORST` most surprising spans; an explicit
+    ``worst`` lists that many spans in both cases.
+    """
+    if worst is None:
+        worst = 0 if document is not None else DEFAULT_WORST
     base = load_tokens(path)
     surprise = -base.columns["logprob"]
     if candidate is not None:
