@@ -208,3 +208,30 @@ def test_the_documents_that_changed_most(tmp_path: Path) -> None:
     assert [d["index"] for d in row["worst_documents"]] == [3] and [d["index"] for d in row["best_documents"]] == [1]
     markdown = run([write(tmp_path, "a.json", base), write(tmp_path, "b.json", cand), "--format", "markdown"]).stdout
     assert "documents that got worse" in markdown and "| 3 | +12.000 |" in markdown
+
+
+def test_a_ci_log_shows_the_whole_table(tmp_path: Path) -> None:
+    # CliRunner's stdout is not a terminal, as in a CI log; rich would lay it out on 80 columns
+    from lleval.compare import compare_report_files
+
+    base_data = make_report()
+    worse = copy.deepcopy(base_data)
+    for d in worse["documents"]:
+        d["log_likelihood"] *= 1.0 + 0.001 * (d["index"] % 7)
+    folder = tmp_path / "artifacts" / "nightly-run-20261202" / "candidates"
+    folder.mkdir(parents=True)
+    base = write(tmp_path, "base-model-report.json", base_data)
+    cand = str(folder / "quantized-q4_1-candidate-report.json")
+    Path(cand).write_text(json.dumps(worse))
+    result = run([base, cand, "--max-regression", "0.05"], env={"COLUMNS": "80"})
+    assert result.exit_code == 1
+    expected = compare_report_files(base, [cand], max_regression_pct=0.05)
+    row = expected.comparisons[0]
+    assert row.regressed and row.interval is not None
+    lines = result.stdout.splitlines()
+    cells = [row.candidate, row.metric, f"{row.base_value:.4f}", f"{row.candidate_value:.4f}",
+             f"{row.change * 100:+.2f}%", f"[{row.interval[0] * 100:+.2f}%, {row.interval[1] * 100:+.2f}%]",
+             expected.verdict(row)]
+    for cell in cells:  # each cell whole, on one line
+        assert any(cell in line for line in lines), cell
+    assert "…" not in result.stdout

@@ -373,9 +373,26 @@ def _deliver(result: Any, output: str | None, format: str) -> None:
     elif format == "markdown":
         click.echo(result.render_markdown(), nl=False)
     else:
-        from rich.console import Console
+        result.render_table(stdout_console())
 
-        result.render_table(Console())
+
+LOG_WIDTH = 10_000  # columns of stdout when it is not a terminal: no table is narrower than its cells
+
+
+def stdout_console() -> Any:
+    """The console tables are rendered on: the terminal's own width on a terminal, else
+    (a CI log, a pipe, a file) `LOG_WIDTH` columns.
+
+    rich lays out a stdout that is not a terminal on 80 columns, and `compare`'s
+    table of eight columns then cuts its cells to ``candid…``, ``[-0.13…`` and
+    ``REGRES…``: a CI log lost the verdict. A table is only as wide as its
+    cells, so the wide console changes nothing else but that long notes and
+    documents stay on one line each.
+    """
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=max(console.width, LOG_WIDTH))
 
 
 def _quiet_libraries(quiet: bool) -> None:
