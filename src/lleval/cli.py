@@ -14,7 +14,7 @@ import os
 import sys
 import traceback
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -32,6 +32,9 @@ from lleval.config import (
     SAMPLE_BY,
     EvalConfig,
 )
+
+if TYPE_CHECKING:
+    from lleval.api import ScoringProgress
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -417,20 +420,19 @@ def _show_warning(message: Any, category: Any, filename: str, lineno: int, file:
 
 
 class _StderrProgress:
-    """lleval's one status line on stderr: the stage (``loading model``), then a bar of
-    documents with tokens/s and the time left."""
+    """lleval's one status line on stderr: the stage (``loading model``), then, batch by
+    batch, a bar of tokens scored out of those planned, documents, tokens/s and the time
+    left (`lleval.api.ScoringProgress`)."""
 
     def __init__(self, console: Any) -> None:
         from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-        from rich.progress import TimeRemainingColumn
 
         self._progress = Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[docs]}"),
-            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=console, transient=True,
+            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[tokens]}"),
+            TextColumn("{task.fields[docs]}"), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+            TextColumn("{task.fields[left]}"), console=console, transient=True,
         )
-        self._task = self._progress.add_task("starting", total=None, docs="", rate="")
-        self._started: float | None = None
+        self._task = self._progress.add_task("starting", total=None, tokens="", docs="", rate="", left="")
 
     def __enter__(self) -> "_StderrProgress":
         self._progress.start()
@@ -442,14 +444,17 @@ class _StderrProgress:
     def stage(self, text: str) -> None:
         self._progress.update(self._task, description=f"{text}…")
 
-    def update(self, documents: int, tokens: int, expected: int | None) -> None:
-        import time
-
-        now = time.perf_counter()
-        self._started = self._started or now
-        rate = tokens / (now - self._started) if now > self._started else 0.0
-        docs = f"{documents}/{expected} docs" if expected else f"{documents} docs"
-        self._progress.update(self._task, completed=documents, total=expected, docs=docs, rate=f"{rate:,.0f} tok/s")
+    def update(self, state: "ScoringProgress") -> None:
+        rate, left = state.tokens_per_second, state.seconds_left
+        planned = "" if state.all_planned else "+"  # more blocks to come
+        self._progress.update(
+            self._task, completed=state.tokens, total=state.tokens_planned or None,
+            tokens=f"{state.tokens:,} / {state.tokens_planned:,}{planned} tokens",
+            docs=f"{state.documents}/{state.documents_expected} docs" if state.documents_expected
+            else f"{state.documents} docs",
+            rate="… tok/s" if rate is None else f"{rate:,.0f} tok/s",
+            left="" if left is None else f"{int(left) // 60}:{int(left) % 60:02d} left",
+        )
 
 
 def _append_summary(markdown: str) -> None:
