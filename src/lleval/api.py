@@ -386,7 +386,7 @@ def write_files(job: Job, run: ScoringRun, report: Any, files: Mapping[str, Any]
     if "samples" in files and job.config.html:
         from lleval.html import write_score_html
 
-        write_score_html(report, files["samples"].samples(), job.config.html)
+        write_score_html(report, files["samples"].samples(), job.config.html, files["samples"].snippets)
 
 
 def score_report(

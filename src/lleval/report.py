@@ -48,16 +48,16 @@ class DocumentResult:
     words: int
     logprob_sq_sum: float = 0.0  # sum of squared token log-probs (nats^2), for variance estimates
     nonfinite: int = 0  # tokens left out because their log-prob was NaN or infinite
+    id: str | int | None = None  # the source row's ``id`` field, when it has one
 
     def to_dict(self) -> dict[str, Any]:
-        """The document's row in the JSON export."""
-        return {
-            "index": self.index,
-            "log_likelihood": self.log_likelihood,
-            "tokens": self.tokens,
-            "bytes": self.bytes,
-            "words": self.words,
-        }
+        """The document's row in the JSON export (``id`` only when the data has one, so
+        reports of data without ids keep their exact bytes)."""
+        row: dict[str, Any] = {"index": self.index}
+        if self.id is not None:
+            row["id"] = self.id
+        row.update(log_likelihood=self.log_likelihood, tokens=self.tokens, bytes=self.bytes, words=self.words)
+        return row
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ class Row:
     words: int
     text_sha: str = ""  # sha256 of the text, to check resumed data
     text: str | None = None  # as scored (with a concatenation's separator after it), kept when a reducer shows tokens
+    id: str | int | None = None  # the row's own ``id`` field, if it has one
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from lleval.errors import ReportError
-from lleval.reducers import document_sample
+from lleval.reducers import SNIPPET_CHARS, document_sample, document_snippet
 from lleval.tokens import open_parquet, read_token_file
 
 LN2 = math.log(2.0)
@@ -83,6 +83,19 @@ def _documents(table: TokenTable) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     row's number into the sorted indices."""
     indices, first, number = np.unique(table.columns["document"], return_index=True, return_inverse=True)
     return indices, first, number.reshape(-1)
+
+
+def document_snippets(table: TokenTable) -> dict[int, str]:
+    """Each document's opening words (`document_snippet`), from the text of its first
+    ``SNIPPET_CHARS`` tokens (nearly always more characters than the snippet keeps), so
+    a million-token file is not joined back whole."""
+    indices, first, _number = _documents(table)
+    documents = table.columns["document"]
+    out = {}
+    for index, start in zip(indices.tolist(), first.tolist()):
+        end = start + int(np.argmax(np.r_[documents[start : start + SNIPPET_CHARS] != index, True]))
+        out[int(index)] = document_snippet("".join(table.text[start:end]))
+    return out
 
 
 def context_table(table: TokenTable, documents: list[dict[str, Any]]) -> np.ndarray:
@@ -258,5 +271,5 @@ def write_tokens_html(path: str, html_path: str, html_docs: int = 20, bootstrap:
                    ("dataset", str(header["dataset"]["spec"])), ("protocol", protocol_summary(header["protocol"]))] + summary
     bins = bins_of_table(context_table(table, documents), bootstrap, seed)
     page = Page(title=f"lleval inspect — {path}", summary=summary, bins=[b.to_dict() for b in bins],
-                documents=documents, samples=samples(table, documents, html_docs))
+                documents=documents, snippets=document_snippets(table), samples=samples(table, documents, html_docs))
     write_text_atomic(html_path, render(page))
