@@ -235,3 +235,19 @@ def test_a_ci_log_shows_the_whole_table(tmp_path: Path) -> None:
     for cell in cells:  # each cell whole, on one line
         assert any(cell in line for line in lines), cell
     assert "…" not in result.stdout
+
+
+def test_a_ci_log_shows_changed_documents_titles_whole(tmp_path: Path) -> None:
+    base_data = make_report()
+    worse = copy.deepcopy(base_data)
+    for d in worse["documents"]:
+        d["log_likelihood"] *= 1.0 + 0.002 * (d["index"] % 5 - 2)  # some documents worse, some better
+    cand = tmp_path / "artifacts" / "nightly-run-20261202" / "[v2] candidate-report.json"
+    cand.parent.mkdir(parents=True)
+    cand.write_text(json.dumps(worse))
+    result = run([write(tmp_path, "a.json", base_data), str(cand), "--top-documents", "2"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert any(f"│ {cand} " in line for line in lines)  # "[v2]" is not taken for markup
+    for title in ("got worse", "got better"):
+        assert f"{cand}: documents that {title}" in lines
