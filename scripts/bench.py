@@ -298,7 +298,8 @@ marks = {}
 class Progress:
     def stage(self, text):
         pass
-    def update(self, docs, tokens, expected):
+    def update(self, state):
+        docs = state.documents
         if docs >= 1000 and "first_1000" not in marks:
             marks["first_1000"] = rss()
         marks["last"] = rss()

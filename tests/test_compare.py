@@ -240,3 +240,46 @@ def test_too_few_resamples_for_an_interval_are_refused(tmp_path: Path, resamples
     result = run([base, base, "--bootstrap", resamples])
     assert result.exit_code == 2 and "too few resamples" in result.stderr
     assert run([base, base, "--bootstrap", "100"]).exit_code == 0
+
+
+def test_a_ci_log_shows_the_whole_table(tmp_path: Path) -> None:
+    # CliRunner's stdout is not a terminal, as in a CI log; rich would lay it out on 80 columns
+    from lleval.compare import compare_report_files
+
+    base_data = make_report()
+    worse = copy.deepcopy(base_data)
+    for d in worse["documents"]:
+        d["log_likelihood"] *= 1.0 + 0.001 * (d["index"] % 7)
+    folder = tmp_path / "artifacts" / "nightly-run-20261202" / "candidates"
+    folder.mkdir(parents=True)
+    base = write(tmp_path, "base-model-report.json", base_data)
+    cand = str(folder / "quantized-q4_1-candidate-report.json")
+    Path(cand).write_text(json.dumps(worse))
+    result = run([base, cand, "--max-regression", "0.05"], env={"COLUMNS": "80"})
+    assert result.exit_code == 1
+    expected = compare_report_files(base, [cand], max_regression_pct=0.05)
+    row = expected.comparisons[0]
+    assert row.regressed and row.interval is not None
+    lines = result.stdout.splitlines()
+    cells = [row.candidate, row.metric, f"{row.base_value:.4f}", f"{row.candidate_value:.4f}",
+             f"{row.change * 100:+.2f}%", f"[{row.interval[0] * 100:+.2f}%, {row.interval[1] * 100:+.2f}%]",
+             expected.verdict(row)]
+    for cell in cells:  # each cell whole, on one line
+        assert any(cell in line for line in lines), cell
+    assert "…" not in result.stdout
+
+
+def test_a_ci_log_shows_changed_documents_titles_whole(tmp_path: Path) -> None:
+    base_data = make_report()
+    worse = copy.deepcopy(base_data)
+    for d in worse["documents"]:
+        d["log_likelihood"] *= 1.0 + 0.002 * (d["index"] % 5 - 2)  # some documents worse, some better
+    cand = tmp_path / "artifacts" / "nightly-run-20261202" / "[v2] candidate-report.json"
+    cand.parent.mkdir(parents=True)
+    cand.write_text(json.dumps(worse))
+    result = run([write(tmp_path, "a.json", base_data), str(cand), "--top-documents", "2"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert any(f"│ {cand} " in line for line in lines)  # "[v2]" is not taken for markup
+    for title in ("got worse", "got better"):
+        assert f"{cand}: documents that {title}" in lines

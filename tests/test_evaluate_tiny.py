@@ -171,3 +171,37 @@ def test_kld_compares_tokenizers_before_the_weights_load(tiny_model_dir: Path, t
     monkeypatch.setattr(lleval.model, "load_weights", lambda *a: (_ for _ in ()).throw(AssertionError("loaded")))
     with pytest.raises(ConfigError, match="tokenizers .* differ"):
         kl_divergence(EvalConfig(model=str(tiny_model_dir), dataset=_jsonl(tmp_path, ["text"])), str(other))
+
+
+class _Collect:
+    """A progress display that keeps every update."""
+
+    def __init__(self) -> None:
+        self.stages: list[str] = []
+        self.updates: list[Any] = []
+
+    def stage(self, text: str) -> None:
+        self.stages.append(text)
+
+    def update(self, state: Any) -> None:
+        self.updates.append(state)
+
+
+@pytest.mark.parametrize("block_tokens", [1 << 20, 300])
+def test_progress_counts_tokens_batch_by_batch(tiny_loaded: Any, tmp_path: Path, block_tokens: int) -> None:
+    texts = [t[:400] for t in TEXTS]
+    progress = _Collect()
+    report = evaluate(EvalConfig(dataset=_jsonl(tmp_path, texts), batch_size=2, max_length=32, bootstrap=0,
+                                 block_tokens=block_tokens), loaded=tiny_loaded, progress=progress)
+    updates = progress.updates
+    tokens = [u.tokens for u in updates]
+    assert progress.stages == ["scoring"] and tokens == sorted(tokens)
+    assert tokens[-1] == report.totals.tokens == updates[-1].tokens_planned
+    assert [u.documents for u in updates] == sorted(u.documents for u in updates)
+    assert updates[-1].documents == len(texts) == updates[-1].documents_expected
+    assert updates[-1].all_planned and updates[-1].tokens_per_second and updates[-1].tokens_per_second > 0
+    assert updates[-1].seconds_left == 0
+    before_first_block = [u for u in updates if u.documents == 0]
+    assert len({u.tokens for u in before_first_block}) > 2  # counted batch by batch, not block by block
+    if block_tokens < report.totals.tokens:  # several blocks: the plan grows as they are read
+        assert not updates[0].all_planned and updates[0].tokens_planned < report.totals.tokens

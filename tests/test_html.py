@@ -6,6 +6,7 @@ import io
 import json
 import os
 import shutil
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -80,6 +81,12 @@ def test_score_report_in_chromium(browser: Any, tiny_loaded: Any, tmp_path: Path
     values = [float(v) for v in page.locator("#documents-table tbody td:nth-child(5)").evaluate_all(
         "cells => cells.map(c => c.dataset.value)")]
     assert values == sorted(values, reverse=True)
+    page.locator("#documents-table th", has_text="text").click()  # the snippets sort as text
+    snippets = page.locator("#documents-table tbody td.snippet").evaluate_all("cells => cells.map(c => c.textContent)")
+    assert len(snippets) == len(report.documents) and all(snippets)
+    assert snippets == sorted(snippets, key=lambda s: s.lower(), reverse=True) and errors == []
+    last = max(k for k, b in enumerate(report.by_context_length) if b.tokens)
+    assert page.locator("#curve-chart text.x-tick").count() == last + 1
     png = page.screenshot(path=str(tmp_path / "shot.png"), full_page=True)
     assert (tmp_path / "shot.png").stat().st_size > 10_000 and _not_blank(png)
 
@@ -108,3 +115,129 @@ def test_inspect_and_compare_pages_in_chromium(browser: Any, tiny_loaded: Any, t
     page, errors = _open(browser, tmp_path / "c.html")
     assert errors == []
     assert page.locator("#compare-chart circle.point").count() == 2 and page.locator("#gate").count() == 1
+
+
+# ------------------------------------------------ the pages' markup, parsed (no browser needed)
+
+class _Markup(HTMLParser):
+    """Every ``th``/``td``/``text`` element's class and text, under the nearest element with an id."""
+
+    VOID = {"meta", "br", "img", "input", "link", "hr"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[tuple[str, str | None, str | None]] = []  # (tag, id, class)
+        self.cells: list[dict[str, Any]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self.VOID:
+            return
+        values = dict(attrs)
+        self.stack.append((tag, values.get("id"), values.get("class")))
+        if tag in ("th", "td", "text", "tr"):
+            owner = next((i for _t, i, _c in reversed(self.stack) if i), None)
+            self.cells.append({"tag": tag, "in": owner, "class": values.get("class"), "text": ""})
+
+    def handle_endtag(self, tag: str) -> None:
+        while self.stack and self.stack.pop()[0] != tag:
+            pass
+
+    def handle_data(self, data: str) -> None:
+        if self.cells and any(t in ("th", "td", "text") for t, _i, _c in self.stack[-2:]):
+            self.cells[-1]["text"] += data
+
+
+def _parse(path: Path) -> list[dict[str, Any]]:
+    parser = _Markup()
+    parser.feed(path.read_text(encoding="utf-8"))
+    return parser.cells
+
+
+def _table(cells: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """The documents table: its header, then one list of cell texts per row."""
+    mine = [c for c in cells if c["in"] == "documents-table"]
+    head = [c["text"] for c in mine if c["tag"] == "th"]
+    rows: list[list[str]] = []
+    for c in mine:
+        if c["tag"] == "tr":
+            rows.append([])
+        elif c["tag"] == "td":
+            rows[-1].append(c["text"])
+    return head, [r for r in rows if r]
+
+
+def _expected_snippet(text: str) -> str:
+    words = " ".join(text.split())
+    return words if len(words) <= 60 else words[:59].rstrip() + "…"
+
+
+@pytest.mark.parametrize("ids", [["doc-a", "doc-b", "doc-c", "doc-d"], [17, 4, 99, 0], None])
+def test_documents_table_shows_ids_and_snippets(tiny_loaded: Any, tmp_path: Path, ids: list[Any] | None) -> None:
+    texts = [TEXTS[0], "  Two\n\nlines\tand   spaces  ", TEXTS[2], TEXTS[3]]
+    rows = [{"text": t} if ids is None else {"id": i, "text": t} for i, t in zip(ids or [None] * 4, texts)]
+    html = tmp_path / "r.html"
+    report = evaluate(EvalConfig(dataset=write_jsonl(tmp_path / "d.jsonl", rows), html=str(html), html_docs=1,
+                                 max_length=32, bootstrap=0), loaded=tiny_loaded)
+    head, table = _table(_parse(html))
+    documents = report.to_dict()["documents"]
+    assert [row[0] for row in table] == [str(d["index"]) for d in documents] == ["0", "1", "2", "3"]
+    assert head[-1] == "text" and [row[-1] for row in table] == [_expected_snippet(t) for t in texts]
+    if ids is None:
+        assert "id" not in head and all("id" not in d for d in documents)
+    else:
+        assert head[1] == "id" and [row[1] for row in table] == [str(i) for i in ids]
+        assert [d["id"] for d in documents] == ids  # the report carries them, as the data has them
+
+
+def test_score_chart_axis_ends_at_the_last_bin_with_tokens(tiny_loaded: Any, tmp_path: Path) -> None:
+    html = tmp_path / "r.html"
+    texts = ["A short one.", "Another short text, a little longer than that."]
+    report = evaluate(EvalConfig(dataset=write_jsonl(tmp_path / "d.jsonl", texts), html=str(html), max_length=64,
+                                 bootstrap=0), loaded=tiny_loaded)
+    bins = report.by_context_length
+    last = max(k for k, b in enumerate(bins) if b.tokens)
+    assert last < len(bins) - 1  # the JSON keeps the empty bins up to max_length
+    ticks = [c["text"] for c in _parse(html) if c["in"] == "curve-chart" and c["class"] == "x-tick"]
+    assert ticks == [str(b.context_min) for b in bins[: last + 1]]
+
+
+def test_compare_chart_has_y_axis_values(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from lleval.cli import main
+
+    docs = [{"index": i, "log_likelihood": -100.0 - 3 * i, "tokens": 40 + i, "bytes": 160 + 4 * i, "words": 20}
+            for i in range(12)]
+    base = {"schema_version": 1, "complete": True, "model": {"name": "m"}, "tokenizer": {"fingerprint": "t"},
+            "dataset": {"spec": "d", "fingerprint": "fp"}, "protocol": {"name": "rolling"}, "totals": {},
+            "documents": docs}
+    worse = json.loads(json.dumps(base))
+    for d in worse["documents"]:
+        d["log_likelihood"] *= 1.0 + 0.01 * (d["index"] % 3)
+    (tmp_path / "a.json").write_text(json.dumps(base))
+    (tmp_path / "b.json").write_text(json.dumps(worse))
+    out = tmp_path / "c.html"
+    result = CliRunner().invoke(main, ["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+                                       "--html", str(out), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout)["comparisons"][0]
+    ticks = [float(c["text"].rstrip("%")) for c in _parse(out) if c["in"] == "compare-chart" and c["class"] == "y-tick"]
+    assert len(ticks) == 5 and ticks == sorted(ticks)
+    low, high = (100 * v for v in row["relative_change_ci"])
+    assert ticks[0] <= min(0.0, low) and ticks[-1] >= max(0.0, high, 100 * row["relative_change"])
+
+
+def test_inspect_page_shows_snippets_from_the_token_file(tiny_loaded: Any, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from lleval.cli import main
+
+    texts = TEXTS[:5] + ["  Two\n\nlines\tand   spaces  "]
+    tokens = tmp_path / "t.parquet"
+    evaluate(EvalConfig(dataset=write_jsonl(tmp_path / "d.jsonl", texts), tokens=str(tokens), max_length=32,
+                        bootstrap=0), loaded=tiny_loaded)
+    result = CliRunner().invoke(main, ["inspect", str(tokens), "--html", str(tmp_path / "i.html"), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    head, table = _table(_parse(tmp_path / "i.html"))
+    assert "id" not in head and head[-1] == "text"
+    assert [row[-1] for row in table] == [_expected_snippet(t) for t in texts]

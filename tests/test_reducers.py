@@ -182,3 +182,29 @@ def test_kl_stats_equal_a_naive_loop() -> None:
     assert got.shape == (len(expected_tokens), 3)
     assert np.allclose(got, np.array(expected_tokens), rtol=1e-5, atol=1e-6)
     assert np.allclose(stats.base_log_likelihood, expected_base, rtol=1e-9)
+
+
+def test_ids_and_snippets_survive_a_checkpoint() -> None:
+    from lleval.reducers import DocumentSamples
+
+    rng = random.Random(3)
+    texts = [f"document  {i}\n\nof the run " + "word " * (5 * i) for i in range(6)]
+    units = [Unit([rng.randrange(50) for _ in range(12)], rolling_spans(12, 9, 4),
+                  (Row(i, 12, 3, hashlib.sha256(bytes([i])).hexdigest(), texts[i], f"id-{i}" if i % 2 else None),),
+                  i, np.zeros(1, dtype=np.int64)) for i in range(6)]
+    blocks = list(score_units(synthetic_scorer, units, EngineOptions(batch_size=2, block_tokens=30)))
+    assert len(blocks) > 1
+    sums, samples = DocumentSums(), DocumentSamples(0)  # snippets even with no document shown
+    for reducer in (sums, samples):
+        reducer.update(blocks[0])
+    resumed_sums, resumed_samples = DocumentSums(), DocumentSamples(0)
+    resumed_sums.restore(json.loads(json.dumps(sums.state())))  # a checkpoint is JSON
+    resumed_samples.restore(json.loads(json.dumps(samples.state())))
+    for block in blocks[1:]:
+        for reducer in (resumed_sums, resumed_samples):
+            reducer.update(block)
+    assert [d.id for d in resumed_sums.documents] == [None, "id-1", None, "id-3", None, "id-5"]
+    assert ["id" in d.to_dict() for d in resumed_sums.documents] == [False, True] * 3
+    expected = {i: " ".join(t.split())[:59].rstrip() + "…" if len(" ".join(t.split())) > 60 else " ".join(t.split())
+                for i, t in enumerate(texts)}
+    assert resumed_samples.snippets == expected

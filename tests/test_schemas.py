@@ -73,3 +73,17 @@ def test_schema_rejects_a_broken_score_report(score_report: Any, mutate: Any) ->
     mutate(data)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(data, _schema("score"))
+
+
+def test_score_report_with_document_ids(tiny_loaded: Any, tmp_path: Path) -> None:
+    from lleval.api import evaluate
+
+    rows = [{"id": "a-1", "text": TEXTS[0]}, {"id": 7, "text": TEXTS[1]}, {"text": TEXTS[2]}]
+    report = evaluate(EvalConfig(dataset=write_jsonl(tmp_path / "d.jsonl", rows), max_length=16, bootstrap=0),
+                      loaded=tiny_loaded)
+    data = _check(report, "score")
+    assert [d.get("id") for d in data["documents"]] == ["a-1", 7, None]
+    bad = copy.deepcopy(data)
+    bad["documents"][0]["id"] = [1, 2]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, _schema("score"))

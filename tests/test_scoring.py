@@ -13,7 +13,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import document_sums, units_of
-from lleval.scoring import EngineOptions, EngineStats, Row, Unit, score_units, scorer_from_logits
+from lleval.scoring import (
+    EngineOptions,
+    EngineStats,
+    EngineTick,
+    Row,
+    ScoredBlock,
+    Unit,
+    engine_stream,
+    score_units,
+    scorer_from_logits,
+)
 from lleval.windows import rolling_spans
 
 VOCAB = 50
@@ -136,3 +146,32 @@ def test_each_scored_token_says_where_it_is(lengths: list[int], max_length: int,
             got += list(zip(scores.row.tolist(), scores.position.tolist(), scores.context.tolist(), scores.token.tolist()))
             assert np.allclose(scores.logprob, -math.log(VOCAB))
     assert got == expected
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(1, 40), min_size=1, max_size=8), st.integers(1, 12), st.integers(1, 5),
+       st.integers(1, 200))
+def test_the_engine_ticks_between_batches(lengths: list[int], max_length: int, batch_size: int,
+                                          block_tokens: int) -> None:
+    """A tick once each block is planned and after each batch: counts only grow, a block's
+    last tick has scored exactly its tokens, and the plan ends at every token of the run."""
+    docs = [[(5 * d + i) % VOCAB for i in range(n)] for d, n in enumerate(lengths)]
+    expected_total = sum(n - 1 for n in lengths)  # position 0 of a document is never scored
+    stats = EngineStats()
+    items = list(engine_stream(scorer_from_logits(uniform_logits), units_of(docs, max_length, min(3, max_length)), EngineOptions(
+        batch_size=batch_size, block_tokens=block_tokens), stats=stats))
+    ticks = [item for item in items if isinstance(item, EngineTick)]
+    blocks = [item for item in items if isinstance(item, ScoredBlock)]
+    assert len(ticks) == stats.batches + len(blocks)
+    assert all(a.scored <= b.scored and a.planned <= b.planned for a, b in zip(ticks, ticks[1:]))
+    scored = 0
+    for k, item in enumerate(items):
+        if isinstance(item, ScoredBlock):
+            last = items[k - 1]
+            assert isinstance(last, EngineTick) and last.block_scored == item.tokens
+            scored += item.tokens
+            assert last.scored == scored and last.last_block == (item is blocks[-1])
+    assert ticks[-1].scored == ticks[-1].planned == expected_total == scored
+    assert [b.tokens for b in score_units(scorer_from_logits(uniform_logits), units_of(docs, max_length, min(3, max_length)),
+                                          EngineOptions(batch_size=batch_size, block_tokens=block_tokens))] == [
+        b.tokens for b in blocks]

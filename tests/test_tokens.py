@@ -273,3 +273,18 @@ def test_inspect_cli_prints_json(tiny_loaded: Any, tmp_path: Path) -> None:
     data_out = json.loads(result.stdout)
     assert data_out["tokens"] == report.totals.tokens and len(data_out["spans"]) == 2
     assert rel_close(data_out["log_likelihood"], report.totals.log_likelihood, 1e-9)
+
+
+def test_inspect_doc_prints_only_the_document_unless_worst_is_given(tiny_loaded: Any, tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "d.jsonl", TEXTS)
+    path = tmp_path / "t.jsonl"
+    evaluate(EvalConfig(dataset=data, tokens=str(path), bootstrap=0), loaded=tiny_loaded)
+    mine = [r["token"] for r in _rows(path) if r["document"] == 3]
+    alone = CliRunner().invoke(main, ["inspect", str(path), "--doc", "3", "--format", "json"])
+    both = CliRunner().invoke(main, ["inspect", str(path), "--doc", "3", "--worst", "2", "--format", "json"])
+    neither = CliRunner().invoke(main, ["inspect", str(path), "--format", "json"])
+    assert alone.exit_code == both.exit_code == neither.exit_code == 0, alone.output + both.output + neither.output
+    alone_out, both_out, neither_out = (json.loads(r.stdout) for r in (alone, both, neither))
+    assert alone_out["spans"] == [] and alone_out["document"]["text"] == mine
+    assert len(both_out["spans"]) == 2 and both_out["document"]["text"] == mine
+    assert len(neither_out["spans"]) == 10 and neither_out["document"] is None

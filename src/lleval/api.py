@@ -7,8 +7,9 @@ the whole flow):
    flags, check the output paths, open the data and read its first
    document, load the tokenizer and plan the protocol, then load the weights
    and resume a checkpoint; so a mistake costs milliseconds, not a model load;
-2. **score** (`score`): one plain loop over the scored blocks the engine
-   yields, feeding the reducers, the progress display and the checkpointer;
+2. **score** (`score`): one plain loop over what the engine yields: scored
+   blocks go to the reducers and the checkpointer, ticks between batches to
+   the progress display (through a `ProgressMeter`);
 3. **finish** (`score_report`): the report, derived from the reducers' sums.
 
 The heavy objects can be injected as a `LoadedModel`, so tests drive the
@@ -21,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Protocol
 
@@ -55,9 +56,45 @@ from lleval.report import (
     timing_block,
     tokenizer_block,
 )
-from lleval.scoring import EngineOptions, EngineStats, Stopped, WindowTooLarge, score_units
+from lleval.scoring import EngineOptions, EngineStats, EngineTick, Stopped, WindowTooLarge, engine_stream
 
-__all__ = ["evaluate", "load", "LoadedModel", "Progress"]
+__all__ = ["evaluate", "load", "LoadedModel", "Progress", "ScoringProgress"]
+
+
+@dataclass(frozen=True)
+class ScoringProgress:
+    """How far scoring is, as the progress display shows it ("X / Y tokens, d/D docs").
+
+    Counts include what a resumed checkpoint had done; the rate and the time
+    left count only this process's work. ``tokens_planned`` grows block by
+    block (a block is planned once its million tokens are read), so it is the
+    run's total only when ``all_planned``.
+    """
+
+    documents: int  # finished
+    documents_expected: int | None  # rows of the source, when its size is known
+    tokens: int  # scored
+    tokens_planned: int  # of the blocks planned so far
+    all_planned: bool  # the last block is planned
+    seconds: float  # since scoring began in this process
+    new_documents: int  # finished in this process
+    new_tokens: int  # scored in this process
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        """Tokens scored per second since scoring began (None before the first batch)."""
+        return self.new_tokens / self.seconds if self.new_tokens and self.seconds > 0 else None
+
+    @property
+    def seconds_left(self) -> float | None:
+        """From tokens once every block is planned, else from documents when their number is
+        known (None when neither tells: a stream of unknown length)."""
+        rate = self.tokens_per_second
+        if self.all_planned and rate:
+            return max(self.tokens_planned - self.tokens, 0) / rate
+        if self.documents_expected and self.new_documents and self.seconds > 0:
+            return max(self.documents_expected - self.documents, 0) * self.seconds / self.new_documents
+        return None
 
 
 class Progress(Protocol):
@@ -67,9 +104,32 @@ class Progress(Protocol):
         """A new stage begins (``"loading model"``, ``"scoring"``)."""
         ...
 
-    def update(self, documents: int, tokens: int, expected: int | None) -> None:
-        """After each scored block: documents and tokens done, documents expected (if known)."""
+    def update(self, state: ScoringProgress) -> None:
+        """Once a block is planned, after each batch and after each block (documents finish
+        only with their block)."""
         ...
+
+
+@dataclass
+class ProgressMeter:
+    """What the scoring loop asks to show progress: it keeps the engine's last tick and the
+    counts a resumed run started from, and hands a `ScoringProgress` to the display."""
+
+    display: Progress | None
+    documents_expected: int | None
+    documents_before: int  # restored from a checkpoint
+    tokens_before: int
+    started: float = field(default_factory=time.perf_counter)
+    last: EngineTick = EngineTick(0, 0, 0, 0, False)
+
+    def show(self, tick: EngineTick | None, documents: int, tokens: int) -> None:
+        """Show ``documents`` and ``tokens`` done (with a tick: its plan, too)."""
+        if self.display is None:
+            return
+        self.last = tick or self.last
+        self.display.update(ScoringProgress(
+            documents, self.documents_expected, tokens, self.tokens_before + self.last.planned, self.last.last_block,
+            time.perf_counter() - self.started, documents - self.documents_before, tokens - self.tokens_before))
 
 
 def model_spec(config: EvalConfig) -> ModelSpec:
@@ -225,8 +285,9 @@ def score(
 ) -> ScoringRun:
     """The scoring loop: every scored block goes to the reducers (``sums`` and ``others``,
     restored first from a resumed checkpoint), then to the progress display, then the
-    checkpointer is asked whether a save is due. Stops early (``complete`` false) when
-    ``should_stop`` turns true; a checkpoint is saved whenever the run ends."""
+    checkpointer is asked whether a save is due; every tick between batches goes to the
+    progress display. Stops early (``complete`` false) when ``should_stop`` turns true; a
+    checkpoint is saved whenever the run ends."""
     config, dist = job.config, job.inputs.dist
     reducers: dict[str, Any] = {"documents": sums, **(others or {})}
     checkpointer = Checkpointer(config.checkpoint if dist is None or dist.is_main else None,
@@ -243,14 +304,17 @@ def score(
     done_tokens = sum(d.tokens for d in sums.documents)
     if progress is not None:
         progress.stage("scoring")
+    meter = ProgressMeter(progress, job.inputs.stats.expected_rows, len(sums.documents), done_tokens)
     try:
-        for block in score_units(job.loaded.scorer, units, options, stats=engine, shard=dist):
-            block = finite_only(block, config.allow_nonfinite)
+        for item in engine_stream(job.loaded.scorer, units, options, stats=engine, shard=dist):
+            if isinstance(item, EngineTick):
+                meter.show(item, len(sums.documents), done_tokens + item.block_scored)
+                continue
+            block = finite_only(item, config.allow_nonfinite)
             for reducer in reducers.values():
                 reducer.update(block)
             done_tokens += block.tokens
-            if progress is not None:
-                progress.update(len(sums.documents), done_tokens, job.inputs.stats.expected_rows)
+            meter.show(None, len(sums.documents), done_tokens)
             if checkpointer.due():
                 checkpointer.save(len(sums.documents), sums.data_hash, reducers)
     except Stopped:
@@ -345,7 +409,7 @@ def write_files(job: Job, run: ScoringRun, report: Any, files: Mapping[str, Any]
         from lleval.html import write_score_html
 
         try:
-            write_score_html(report, files["samples"].samples(), job.config.html)
+            write_score_html(report, files["samples"].samples(), job.config.html, files["samples"].snippets)
         except OutputError as exc:
             failed.append(exc)
     return failed

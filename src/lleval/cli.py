@@ -15,7 +15,7 @@ import os
 import sys
 import traceback
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from click.core import ParameterSource
@@ -34,6 +34,9 @@ from lleval.config import (
     SAMPLE_BY,
     EvalConfig,
 )
+
+if TYPE_CHECKING:
+    from lleval.api import ScoringProgress
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -121,7 +124,7 @@ SCORING_OPTIONS = _options(
                  expose_value=False, help="YAML file of defaults for any flag below (keys: flag names, each "
                  "once); flags win."),
     click.option("--model", "-m", default=None,
-                 help="Hub id, local model folder or .gguf file. Default: built-in SmolLM2-135M."),
+                 help="Hub id, local model folder or .gguf file. Default: built-in SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to float32)."),
     click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of a hub model."),
     click.option("--trust-remote-code/--no-trust-remote-code", default=False, show_default=True,
                  help="Allow model code from the hub repository to run."),
@@ -249,7 +252,7 @@ def kld(base_model: str | None, base_dtype: str | None, dataset_argument: str | 
     """KL divergence KL(P_base || P_model) per scored token, over the full vocabulary.
 
     --model is the model compared with the base (default: the built-in
-    SmolLM2-135M). Both run over the same windows, with every option of
+    SmolLM2-135M-Instruct, Q4_1 GGUF dequantized to float32). Both run over the same windows, with every option of
     score; nothing is written to disk but the report. The data is --dataset
     (or DATASET, the same). Refuses models whose tokenizers differ.
 
@@ -332,8 +335,9 @@ def compare(base: str, candidates: tuple[str, ...], max_regression: float | None
 @click.argument("candidate", required=False, default=None, type=click.Path(dir_okay=False))
 @click.option("--doc", "document", type=int, default=None,
               help="Print this document (its row in the source) with each token coloured.")
-@click.option("--worst", type=click.IntRange(min=0), default=10, show_default=True,
-              help="List this many of the most surprising spans (with CANDIDATE: those that got most worse).")
+@click.option("--worst", type=click.IntRange(min=0), default=None,
+              help="List this many of the most surprising spans (with CANDIDATE: those that got most worse). "
+              "Default: 10, or none with --doc.")
 @click.option("--span", type=click.IntRange(min=1), default=8, show_default=True, help="Tokens in a span.")
 @click.option("--html", type=click.Path(dir_okay=False), default=None,
               help="Write the HTML report of the token file here (curve, documents, coloured tokens).")
@@ -341,7 +345,7 @@ def compare(base: str, candidates: tuple[str, ...], max_regression: float | None
               help="How many of the most (and of the least) surprising documents --html shows.")
 @click.option("--format", type=click.Choice(FORMATS), default="table", show_default=True,
               help="What stdout gets: coloured text and a table, JSON, or markdown.")
-def inspect(tokens: str, candidate: str | None, document: int | None, worst: int, span: int, html: str | None,
+def inspect(tokens: str, candidate: str | None, document: int | None, worst: int | None, span: int, html: str | None,
             html_docs: int, format: str) -> None:
     """Show where the model is surprised, from a token file of `lleval score --tokens`.
 
@@ -351,6 +355,7 @@ def inspect(tokens: str, candidate: str | None, document: int | None, worst: int
     \b
     Examples:
       lleval inspect t.parquet --doc 3            # document 3, coloured by surprisal
+      lleval inspect t.parquet --doc 3 --worst 5  # document 3, then the 5 most surprising spans
       lleval inspect t.parquet --worst 20         # the 20 most surprising 8-token spans
       lleval inspect base.parquet new.parquet --doc 3
       lleval inspect t.parquet --html t.html
@@ -409,12 +414,29 @@ def _deliver(result: Any, output: str | None, format: str) -> list[str]:
     elif format == "markdown":
         click.echo(result.render_markdown(), nl=False)
     else:
-        from rich.console import Console
-
-        result.render_table(Console())
+        result.render_table(stdout_console())
     for failure in failures:
         click.echo(f"Error: {failure}", err=True)
     return failures
+
+
+LOG_WIDTH = 10_000  # columns of stdout when it is not a terminal: no table is narrower than its cells
+
+
+def stdout_console() -> Any:
+    """The console tables are rendered on: the terminal's own width on a terminal, else
+    (a CI log, a pipe, a file) `LOG_WIDTH` columns.
+
+    rich lays out a stdout that is not a terminal on 80 columns, and `compare`'s
+    table of eight columns then cuts its cells to ``candid…``, ``[-0.13…`` and
+    ``REGRES…``: a CI log lost the verdict. A table is only as wide as its
+    cells, so the wide console changes nothing else but that long notes and
+    documents stay on one line each.
+    """
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=max(console.width, LOG_WIDTH))
 
 
 def _quiet_libraries(quiet: bool) -> None:
@@ -439,20 +461,19 @@ def _show_warning(message: Any, category: Any, filename: str, lineno: int, file:
 
 
 class _StderrProgress:
-    """lleval's one status line on stderr: the stage (``loading model``), then a bar of
-    documents with tokens/s and the time left."""
+    """lleval's one status line on stderr: the stage (``loading model``), then, batch by
+    batch, a bar of tokens scored out of those planned, documents, tokens/s and the time
+    left (`lleval.api.ScoringProgress`)."""
 
     def __init__(self, console: Any) -> None:
         from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-        from rich.progress import TimeRemainingColumn
 
         self._progress = Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[docs]}"),
-            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=console, transient=True,
+            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[tokens]}"),
+            TextColumn("{task.fields[docs]}"), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+            TextColumn("{task.fields[left]}"), console=console, transient=True,
         )
-        self._task = self._progress.add_task("starting", total=None, docs="", rate="")
-        self._started: float | None = None
+        self._task = self._progress.add_task("starting", total=None, tokens="", docs="", rate="", left="")
 
     def __enter__(self) -> "_StderrProgress":
         self._progress.start()
@@ -464,14 +485,17 @@ class _StderrProgress:
     def stage(self, text: str) -> None:
         self._progress.update(self._task, description=f"{text}…")
 
-    def update(self, documents: int, tokens: int, expected: int | None) -> None:
-        import time
-
-        now = time.perf_counter()
-        self._started = self._started or now
-        rate = tokens / (now - self._started) if now > self._started else 0.0
-        docs = f"{documents}/{expected} docs" if expected else f"{documents} docs"
-        self._progress.update(self._task, completed=documents, total=expected, docs=docs, rate=f"{rate:,.0f} tok/s")
+    def update(self, state: "ScoringProgress") -> None:
+        rate, left = state.tokens_per_second, state.seconds_left
+        planned = "" if state.all_planned else "+"  # more blocks to come
+        self._progress.update(
+            self._task, completed=state.tokens, total=state.tokens_planned or None,
+            tokens=f"{state.tokens:,} / {state.tokens_planned:,}{planned} tokens",
+            docs=f"{state.documents}/{state.documents_expected} docs" if state.documents_expected
+            else f"{state.documents} docs",
+            rate="… tok/s" if rate is None else f"{rate:,.0f} tok/s",
+            left="" if left is None else f"{int(left) // 60}:{int(left) % 60:02d} left",
+        )
 
 
 def _append_summary(markdown: str) -> None:

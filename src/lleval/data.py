@@ -61,10 +61,21 @@ def data_spec(config: EvalConfig) -> DataSpec:
 
 @dataclass(frozen=True)
 class Document:
-    """One non-empty text; ``index`` is its row number in the source (0-based)."""
+    """One non-empty text; ``index`` is its row number in the source (0-based), ``id`` the
+    row's own ``id`` field when it has one (what a person looks a document up by)."""
 
     index: int
     text: str
+    id: str | int | None = None
+
+
+def row_id(row: Any) -> str | int | None:
+    """A row's ``id`` field, when it has one: an integer stays one, anything else becomes
+    its text; null or no such field gives None (the report then has no ``id``)."""
+    value = row.get("id") if isinstance(row, dict) else None
+    if value is None or isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return str(value)
 
 
 @dataclass
@@ -464,4 +475,4 @@ def iter_documents(spec: DataSpec, stats: DataStats) -> Iterator[Document]:
         encoded = text.encode("utf-8")
         stats._hash.update(len(encoded).to_bytes(8, "little"))
         stats._hash.update(encoded)
-        yield Document(index, text)
+        yield Document(index, text, row_id(row))

@@ -7,13 +7,16 @@ a comparison (``lleval compare --html``). A page holds:
 - the summary: metrics with their intervals, model, data, protocol;
 - loss by context length as an SVG chart (log x axis: power-of-two bins of
   the tokens read before the scored one; NLL with its 95% band);
-- a table of documents, sortable by any column (click its header);
+- a table of documents, sortable by any column (click its header): each
+  document's row in the source, its ``id`` when the data has one, its numbers
+  and its opening words;
 - the most and least surprising documents (``--html-docs N`` of each), their
   text coloured token by token by surprisal, with a legend, and on hover the
   token, its log-prob and, when known, its rank and the entropy.
 
-Size: about 100 bytes a document for the table and 170 bytes a shown token,
-so ``--html-docs`` bounds the page on any corpus (measured: 1.6 million
+Size: about 400 bytes a document for the table (62 of them its snippet;
+measured on 2,000 rendered rows) and 170 bytes a shown token, so
+``--html-docs`` bounds the page on any corpus (measured, before the snippets: 1.6 million
 tokens in 2,000 documents, 20 + 20 shown with rank and entropy: 5.7 MB,
 loaded by headless Chromium in 0.6 s).
 """
@@ -39,7 +42,8 @@ class Page:
     summary: list[tuple[str, str]]
     notes: list[str] = field(default_factory=list)
     bins: list[dict[str, Any]] = field(default_factory=list)  # ContextBin.to_dict() entries
-    documents: list[dict[str, Any]] = field(default_factory=list)  # index, tokens, bytes, log_likelihood
+    documents: list[dict[str, Any]] = field(default_factory=list)  # index, tokens, bytes, log_likelihood (, id)
+    snippets: dict[int, str] = field(default_factory=dict)  # document index -> its opening words
     samples: list[dict[str, Any]] = field(default_factory=list)  # lleval.reducers.DocumentSamples
     extra: str = ""  # further HTML (the comparison chart)
 
@@ -62,6 +66,7 @@ table { border-collapse: collapse; } td, th { padding: .2rem .6rem; border-botto
 table.summary td:first-child { font-weight: 600; }
 #documents-table th { cursor: pointer; user-select: none; } #documents-table th:hover { background: #f3f3f3; }
 #documents-table td.num { text-align: right; font-variant-numeric: tabular-nums; }
+#documents-table td.snippet { color: #555; font-size: 12px; }
 .doc { border: 1px solid #e4e4e4; border-radius: 6px; padding: .6rem .9rem; margin: 1rem 0; }
 .doc h3 { font-size: .95rem; margin: 0 0 .4rem; }
 .text { white-space: pre-wrap; font: 13px/1.6 ui-monospace, monospace; margin: 0; }
@@ -71,14 +76,17 @@ table.summary td:first-child { font-weight: 600; }
 """
 
 SORT_SCRIPT = """
+function value(cell) { return cell.dataset.value !== undefined ? cell.dataset.value : cell.textContent; }
 document.querySelectorAll('#documents-table th').forEach(function (th, column) {
   th.addEventListener('click', function () {
     var body = th.closest('table').tBodies[0];
     var rows = Array.prototype.slice.call(body.rows);
     var down = th.dataset.order !== 'desc';
     rows.sort(function (a, b) {
-      var x = parseFloat(a.cells[column].dataset.value), y = parseFloat(b.cells[column].dataset.value);
-      return down ? y - x : x - y;
+      var p = value(a.cells[column]), q = value(b.cells[column]);
+      var x = parseFloat(p), y = parseFloat(q);
+      var order = isNaN(x) || isNaN(y) ? p.localeCompare(q) : x - y;  // ids and text sort as text
+      return down ? -order : order;
     });
     th.dataset.order = down ? 'desc' : 'asc';
     rows.forEach(function (row) { body.appendChild(row); });
@@ -111,6 +119,7 @@ def _curve(bins: list[dict[str, Any]]) -> str:
     full = [(b, entry) for b, entry in enumerate(bins) if entry["tokens"]]
     if not full:
         return ""
+    bins = bins[: full[-1][0] + 1]  # the axis ends at the last bin holding tokens; the JSON keeps every bin
     lows = [math.log(e["perplexity_ci"][0]) for _, e in full if e.get("perplexity_ci")]
     highs = [math.log(e["perplexity_ci"][1]) for _, e in full if e.get("perplexity_ci")]
     values = [e["nll"] for _, e in full]
@@ -134,11 +143,9 @@ def _curve(bins: list[dict[str, Any]]) -> str:
         f'<title>context {e["context_min"]}-{e["context_max"]}: {e["tokens"]} tokens, NLL {e["nll"]:.4f} nats, '
         f'perplexity {e["perplexity"]:.3f}</title></circle>' for b, e in full)
     ticks = "".join(  # a bin is labelled with its least context: 1, 2, 4, 8, ...
-        f'<text x="{x(b):.1f}" y="{height - down + 16}" text-anchor="middle">{e["context_min"]}</text>'
+        f'<text class="x-tick" x="{x(b):.1f}" y="{height - down + 16}" text-anchor="middle">{e["context_min"]}</text>'
         for b, e in enumerate(bins))
-    steps = [bottom + (top - bottom) * k / 4 for k in range(5)]
-    grid = "".join(f'<line x1="{left}" x2="{width - right}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#eee"/>'
-                   f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.2f}</text>' for v in steps)
+    grid = _grid(bottom, top, y, left, width - right, "{:.2f}")
     svg = (f'<svg id="curve-chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
            f'aria-label="NLL by context length">{grid}'
            + (f'<polygon points="{polygon}" fill="#e74c3c" fill-opacity="0.15" stroke="none"/>' if band else "")
@@ -151,19 +158,33 @@ def _curve(bins: list[dict[str, Any]]) -> str:
             "documents. A falling curve means the model uses its longer context.</p></section>")
 
 
+def _grid(bottom: float, top: float, y: Any, x_from: float, x_to: float, label: str) -> str:
+    """Five horizontal grid lines from ``bottom`` to ``top``, each with its value at the left."""
+    steps = [bottom + (top - bottom) * k / 4 for k in range(5)]
+    return "".join(f'<line x1="{x_from}" x2="{x_to}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#eee"/>'
+                   f'<text class="y-tick" x="{x_from - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{label.format(v)}</text>'
+                   for v in steps)
+
+
 def _documents(page: Page) -> str:
     shown = {s["index"] for s in page.samples}
+    with_id = any("id" in d for d in page.documents)
     rows = []
     for d in page.documents:
         nll = -d["log_likelihood"] / d["tokens"] if d["tokens"] else None
         ppl = math.exp(min(nll, 709.0)) if nll is not None else None
         bpb = -d["log_likelihood"] / (LN2 * d["bytes"]) if d["bytes"] else None
         name = f'<a href="#doc-{d["index"]}">{d["index"]}</a>' if d["index"] in shown else str(d["index"])
-        cells = [(d["index"], name), (d["tokens"], d["tokens"]), (d["bytes"], d["bytes"])]
+        cells = [(d["index"], name)] + ([(d.get("id", ""), esc(d.get("id", "")))] if with_id else [])
+        cells += [(d["tokens"], d["tokens"]), (d["bytes"], d["bytes"])]
         cells += [(v if v is not None else "NaN", "n/a" if v is None else f"{v:.4f}") for v in (nll, ppl, bpb)]
+        snippet = page.snippets.get(d["index"], "")
         rows.append("<tr>" + "".join(f'<td class="num" data-value="{esc(v)}">{shown_value}</td>'
-                                     for v, shown_value in cells) + "</tr>")
-    head = "".join(f"<th>{name}</th>" for name in ("document", "tokens", "bytes", "NLL", "perplexity", "bits/byte"))
+                                     for v, shown_value in cells)
+                    + f'<td class="snippet">{esc(snippet)}</td></tr>')
+    names = ("document",) + (("id",) if with_id else ()) + ("tokens", "bytes", "NLL", "perplexity", "bits/byte",
+                                                            "text")
+    head = "".join(f"<th>{name}</th>" for name in names)
     return (f'<section id="documents"><h2>Documents ({len(page.documents)})</h2><p class="note">Click a column to '
             f'sort by it.</p><table id="documents-table"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}'
             "</tbody></table></section>")
@@ -192,8 +213,9 @@ def _sample(sample: dict[str, Any]) -> str:
             f'{sample["perplexity"]:.3f} · {sample["tokens"]} tokens</h3><p class="text">{"".join(spans)}</p></article>')
 
 
-def score_page(report: Any, samples: list[dict[str, Any]]) -> Page:
-    """The page of a score `Report` and its `DocumentSamples`."""
+def score_page(report: Any, samples: list[dict[str, Any]], snippets: dict[int, str] | None = None) -> Page:
+    """The page of a score `Report` and its `DocumentSamples` (``snippets``: each document's
+    opening words, `DocumentSamples.snippets`)."""
     from lleval.report import summary_rows
 
     return Page(
@@ -203,12 +225,14 @@ def score_page(report: Any, samples: list[dict[str, Any]]) -> Page:
         bins=[b.to_dict() for b in report.by_context_length],
         documents=[d.to_dict() for d in report.documents],
         samples=samples,
+        snippets=snippets or {},
     )
 
 
-def write_score_html(report: Any, samples: list[dict[str, Any]], path: str) -> None:
+def write_score_html(report: Any, samples: list[dict[str, Any]], path: str,
+                     snippets: dict[int, str] | None = None) -> None:
     """Write the HTML report of a score run (atomically)."""
-    write_text_atomic(path, render(score_page(report, samples)), "--html")
+    write_text_atomic(path, render(score_page(report, samples, snippets)), "--html")
 
 
 def compare_chart(comparisons: list[Any], max_regression_pct: float | None) -> str:
@@ -222,7 +246,7 @@ def compare_chart(comparisons: list[Any], max_regression_pct: float | None) -> s
     top, bottom = max(highs + bound + [0.0]), min(lows + [0.0])
     pad = (top - bottom) * 0.1 or 1.0
     top, bottom = top + pad, bottom - pad
-    width, height, left, right, up, down = 760, 320, 64, 16, 16, 80
+    width, height, left, right, up, down = 760, 320, 72, 16, 16, 80
 
     def x(k: float) -> float:
         return left + (width - left - right) * (k + 0.5) / len(comparisons)
@@ -239,7 +263,8 @@ def compare_chart(comparisons: list[Any], max_regression_pct: float | None) -> s
             f'fill="{colour}"><title>{esc(c.candidate)}: {v:+.3f}% [{lo:+.3f}%, {hi:+.3f}%]</title></circle>'
             f'<text x="{x(k):.1f}" y="{height - down + 16}" text-anchor="end" transform="rotate(-30 {x(k):.1f} '
             f'{height - down + 16})">{esc(c.candidate.rsplit("/", 1)[-1])}</text>')
-    zero = f'<line x1="{left}" x2="{width - right}" y1="{y(0):.1f}" y2="{y(0):.1f}" stroke="#999"/>'
+    zero = _grid(bottom, top, y, left, width - right, "{:+.2f}%") + (
+        f'<line x1="{left}" x2="{width - right}" y1="{y(0):.1f}" y2="{y(0):.1f}" stroke="#999"/>')
     gate = "" if max_regression_pct is None else (
         f'<line id="gate" x1="{left}" x2="{width - right}" y1="{y(max_regression_pct):.1f}" '
         f'y2="{y(max_regression_pct):.1f}" stroke="#c0392b" stroke-dasharray="6 4"/><text x="{width - right}" '

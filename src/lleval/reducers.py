@@ -114,7 +114,7 @@ class DocumentSums:
             for k, row in enumerate(scores.unit.rows):
                 nonfinite = 0 if scores.nonfinite is None else int(scores.nonfinite[k])
                 self.documents.append(DocumentResult(row.index, ll[k], int(tokens[k]), row.bytes, row.words, sq[k],
-                                                     nonfinite))
+                                                     nonfinite, row.id))
                 self.data_hash = chain_hash(self.data_hash, row.text_sha)
 
     def totals(self) -> Totals:
@@ -128,14 +128,14 @@ class DocumentSums:
         return {
             "data_hash": self.data_hash,
             "documents": [[d.index, d.log_likelihood, d.tokens, d.bytes, d.words, d.logprob_sq_sum, d.nonfinite]
-                          for d in self.documents],
+                          + ([] if d.id is None else [d.id]) for d in self.documents],
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         self.data_hash = str(state["data_hash"])
         self.documents = [
-            DocumentResult(int(i), float(ll), int(t), int(b), int(w), float(sq), int(nf))
-            for i, ll, t, b, w, sq, nf in state["documents"]
+            DocumentResult(int(i), float(ll), int(t), int(b), int(w), float(sq), int(nf), *row_id)
+            for i, ll, t, b, w, sq, nf, *row_id in state["documents"]
         ]
 
 
@@ -245,13 +245,16 @@ class ContextCurve:
 
 class DocumentSamples:
     """The ``n`` most and ``n`` least surprising documents (by their own perplexity), with
-    every scored token's text and numbers, for the HTML report; memory bounded by ``n``."""
+    every scored token's text and numbers, for the HTML report; memory bounded by ``n``.
+    Also the opening words of every document (`document_snippet`, about 60 characters
+    each), so the HTML's table of documents says which text a row is."""
 
     def __init__(self, n: int) -> None:
         self.n = n
         self.worst: list[tuple[float, int, dict[str, Any]]] = []  # min-heap on perplexity: the n highest
         self.best: list[tuple[float, int, dict[str, Any]]] = []  # min-heap on -perplexity: the n lowest
         self.seen = 0
+        self.snippets: dict[int, str] = {}  # document index -> its opening words
 
     def update(self, block: ScoredBlock) -> None:
         import heapq
@@ -259,6 +262,8 @@ class DocumentSamples:
         from lleval.tokens import token_columns
 
         for scores in block.units:
+            self.snippets.update((row.index, document_snippet(row.text)) for row in scores.unit.rows
+                                 if row.text is not None)
             if not len(scores) or self.n == 0:
                 self.seen += len(scores.unit.rows)
                 continue
@@ -284,12 +289,25 @@ class DocumentSamples:
         return sorted(chosen.values(), key=lambda s: -s["perplexity"])
 
     def state(self) -> dict[str, Any]:
-        return {"seen": self.seen, "worst": [list(e) for e in self.worst], "best": [list(e) for e in self.best]}
+        return {"seen": self.seen, "worst": [list(e) for e in self.worst], "best": [list(e) for e in self.best],
+                "snippets": [[index, text] for index, text in self.snippets.items()]}
 
     def restore(self, state: dict[str, Any]) -> None:
         self.seen = int(state["seen"])
+        self.snippets = {int(index): str(text) for index, text in state.get("snippets", [])}
         self.worst = [(float(a), int(b), c) for a, b, c in state["worst"]]
         self.best = [(float(a), int(b), c) for a, b, c in state["best"]]
+
+
+SNIPPET_CHARS = 60
+
+
+def document_snippet(text: str, chars: int = SNIPPET_CHARS) -> str:
+    """A document's first ``chars`` characters with runs of whitespace made one space (an
+    ellipsis when cut): enough to tell which text a row of the documents table is, at
+    about 60 bytes a document."""
+    words = " ".join(text[: 4 * chars].split())
+    return words if len(words) <= chars else words[: chars - 1].rstrip() + "…"
 
 
 def document_sample(

@@ -49,16 +49,16 @@ class DocumentResult:
     words: int
     logprob_sq_sum: float = 0.0  # sum of squared token log-probs (nats^2), for variance estimates
     nonfinite: int = 0  # tokens left out because their log-prob was NaN or infinite
+    id: str | int | None = None  # the source row's ``id`` field, when it has one
 
     def to_dict(self) -> dict[str, Any]:
-        """The document's row in the JSON export."""
-        return {
-            "index": self.index,
-            "log_likelihood": self.log_likelihood,
-            "tokens": self.tokens,
-            "bytes": self.bytes,
-            "words": self.words,
-        }
+        """The document's row in the JSON export (``id`` only when the data has one, so
+        reports of data without ids keep their exact bytes)."""
+        row: dict[str, Any] = {"index": self.index}
+        if self.id is not None:
+            row["id"] = self.id
+        row.update(log_likelihood=self.log_likelihood, tokens=self.tokens, bytes=self.bytes, words=self.words)
+        return row
 
 
 @dataclass(frozen=True)
@@ -392,16 +392,17 @@ def summary_rows(report: Report) -> list[tuple[str, str]]:
 
 def render_pairs_table(title: str, rows: list[tuple[str, str]], notes: list[str], console: Any) -> None:
     """A two-column rich table of (label, value) rows, then the notes."""
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=title, show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
     for label, value in rows:
-        table.add_row(label, value)
+        table.add_row(label, escape(value))  # a path or model name may hold "[...]", which rich reads as markup
     console.print(table)
     for note in notes:
-        console.print(f"note: {note}")
+        console.print(f"note: {note}", markup=False)
 
 
 def render_pairs_markdown(title: str, rows: list[tuple[str, str]], notes: list[str]) -> str:

@@ -13,13 +13,15 @@ statistics, ...) is the business of the reducers (`lleval.reducers`).
 
 Memory stays bounded for any corpus: units are gathered into blocks of about
 ``block_tokens`` tokens, each block is sorted, scored and yielded, and only
-then is the next block read.
+then is the next block read. Between batches `engine_stream` also yields an
+`EngineTick` (how many tokens are scored and planned), so a progress display
+learns how far a block of a million tokens is without the engine calling it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Protocol, Sequence
+from typing import Callable, Iterable, Iterator, Protocol, Sequence, Union
 
 import numpy as np
 import torch
@@ -57,6 +59,7 @@ class Row:
     words: int
     text_sha: str = ""  # sha256 of the text, to check resumed data
     text: str | None = None  # as scored (with a concatenation's separator after it), kept when a reducer shows tokens
+    id: str | int | None = None  # the row's own ``id`` field, if it has one
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,25 @@ class ScoredBlock:
         return sum(len(scores) for scores in self.units)
 
 
+@dataclass(frozen=True)
+class EngineTick:
+    """Where scoring stands: yielded once a block is planned, then after each of its batches.
+
+    A block holds up to ``block_tokens`` (a million) tokens, so a run on most
+    corpora is one block: counting blocks alone, a progress display would show
+    nothing until the end. Counts are of scored tokens, since this call began.
+    """
+
+    scored: int  # tokens of the batches run so far
+    planned: int  # tokens of the blocks planned so far, this one included: grows block by block
+    block_scored: int  # tokens of this block's batches run so far
+    batches: int  # batches run so far
+    last_block: bool  # no unit is left to read: ``planned`` is every token this call scores
+
+
+EngineItem = Union[ScoredBlock, EngineTick]
+
+
 class Stopped(Exception):
     """Scoring stopped between batches because ``should_stop`` said so."""
 
@@ -165,6 +187,8 @@ class EngineStats:
     padding_tokens: int = 0
     scored_tokens: int = 0
     oom_splits: int = 0  # times a batch ran out of memory and was split
+    planned_tokens: int = 0  # tokens to score in the blocks planned so far
+    batch_tokens: int = 0  # tokens scored in the batches run so far (every rank's share)
 
 
 @dataclass
@@ -265,10 +289,16 @@ def _release_cached_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def _tick(stats: EngineStats, block_start: int, last_block: bool) -> EngineTick:
+    return EngineTick(stats.batch_tokens, stats.planned_tokens, stats.batch_tokens - block_start, stats.batches,
+                      last_block)
+
+
 def _score_block(
     scorer: TokenScorer, units: list[Unit], options: EngineOptions, stats: EngineStats, shard: Shard | None,
-    backoff: _Backoff,
-) -> ScoredBlock:
+    backoff: _Backoff, last_block: bool,
+) -> Iterator[EngineItem]:
+    """Score one block: a tick once it is planned and after each batch, then the block."""
     jobs = [_Job(u, span) for u, unit in enumerate(units) for span in unit.spans]
     # Longest first: similar lengths share a batch, so little is padded, and an
     # out-of-memory error shows up on the first batch rather than the last.
@@ -279,6 +309,9 @@ def _score_block(
     # Every rank forms the same batches a single process would, and runs its
     # share: each window meets the same batch-mates, so numbers are identical.
     owners = assign_batches([len(b) * w for b, w in zip(batches, widths)], shard.world_size) if shard else None
+    block_start = stats.batch_tokens
+    stats.planned_tokens += sum(job.span.n_scored for job in jobs)
+    yield _tick(stats, block_start, last_block)
     for k, batch in enumerate(batches):
         if options.should_stop is not None and options.should_stop():
             raise Stopped()
@@ -287,6 +320,8 @@ def _score_block(
         stats.batches += 1
         stats.computed_tokens += len(batch) * widths[k]
         stats.padding_tokens += sum(widths[k] - lengths[j] for j in batch)
+        stats.batch_tokens += sum(jobs[j].span.n_scored for j in batch)
+        yield _tick(stats, block_start, last_block)
     if shard is not None and owners is not None:
         mine = {j: jobs[j].result for k, batch in enumerate(batches) if owners[k] == shard.rank for j in batch}
         for j, result in shard.exchange(mine).items():  # type: ignore[arg-type]
@@ -298,7 +333,7 @@ def _score_block(
     columns = tuple(getattr(scorer, "columns", ()))
     scored = [_token_scores(unit, unit_jobs, columns) for unit, unit_jobs in zip(units, by_unit)]
     stats.scored_tokens += sum(len(s) for s in scored)
-    return ScoredBlock(scored)
+    yield ScoredBlock(scored)
 
 
 def _token_scores(unit: Unit, jobs: list[_Job], columns: tuple[str, ...]) -> TokenScores:
@@ -335,7 +370,22 @@ def score_units(
     stats: EngineStats | None = None,
     shard: Shard | None = None,
 ) -> Iterator[ScoredBlock]:
-    """Score every window of every unit; yield a `ScoredBlock` per block, in input order.
+    """The blocks of `engine_stream`, without its ticks: for consumers that show no progress
+    (tests, scripts), which then need not tell the two kinds of item apart."""
+    return (item for item in engine_stream(scorer, units, options, stats=stats, shard=shard)
+            if isinstance(item, ScoredBlock))
+
+
+def engine_stream(
+    scorer: TokenScorer,
+    units: Iterable[Unit],
+    options: EngineOptions,
+    *,
+    stats: EngineStats | None = None,
+    shard: Shard | None = None,
+) -> Iterator[EngineItem]:
+    """Score every window of every unit; yield a `ScoredBlock` per block, in input order,
+    and between batches an `EngineTick` saying how far scoring is.
 
     ``options.block_tokens`` bounds how many sequence tokens are held (and
     sorted) at once; a single unit longer than that is a block of its own.
@@ -345,7 +395,8 @@ def score_units(
     that runs out of memory (``torch.OutOfMemoryError``) is run in smaller
     pieces (see `_Backoff`); a single window that does raises
     `WindowTooLarge`. When ``should_stop`` turns true, `Stopped` is raised
-    between batches.
+    between batches. Ticks come once a block is planned and after each of its
+    batches; the block's `ScoredBlock` follows its last tick.
     """
     if options.batch_size < 1:
         raise ValueError("batch_size must be at least 1")
@@ -353,15 +404,16 @@ def score_units(
     backoff = _Backoff()
     block: list[Unit] = []
     held = 0
-    for unit in units:
+    ahead = iter(units)
+    unit = next(ahead, None)
+    while unit is not None:
         block.append(unit)
         held += len(unit.tokens)
-        if held >= options.block_tokens:
+        unit = next(ahead, None)  # read one unit ahead, to know whether this block is the last
+        if held >= options.block_tokens or unit is None:
             if block[-1].last_row >= options.skip_rows:
-                yield _score_block(scorer, block, options, stats, shard, backoff)
+                yield from _score_block(scorer, block, options, stats, shard, backoff, last_block=unit is None)
             block, held = [], 0
-    if block and block[-1].last_row >= options.skip_rows:
-        yield _score_block(scorer, block, options, stats, shard, backoff)
 
 
 class LogitsSlices(Protocol):

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from lleval.errors import ReportError
-from lleval.reducers import document_sample
+from lleval.reducers import SNIPPET_CHARS, document_sample, document_snippet
 from lleval.tokens import open_parquet, read_token_file
 
 LN2 = math.log(2.0)
@@ -83,6 +83,19 @@ def _documents(table: TokenTable) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     row's number into the sorted indices."""
     indices, first, number = np.unique(table.columns["document"], return_index=True, return_inverse=True)
     return indices, first, number.reshape(-1)
+
+
+def document_snippets(table: TokenTable) -> dict[int, str]:
+    """Each document's opening words (`document_snippet`), from the text of its first
+    ``SNIPPET_CHARS`` tokens (nearly always more characters than the snippet keeps), so
+    a million-token file is not joined back whole."""
+    indices, first, _number = _documents(table)
+    documents = table.columns["document"]
+    out = {}
+    for index, start in zip(indices.tolist(), first.tolist()):
+        end = start + int(np.argmax(np.r_[documents[start : start + SNIPPET_CHARS] != index, True]))
+        out[int(index)] = document_snippet("".join(table.text[start:end]))
+    return out
 
 
 def context_table(table: TokenTable, documents: list[dict[str, Any]]) -> np.ndarray:
@@ -167,6 +180,7 @@ class TokenView:
 
     def render_table(self, console: Any) -> None:
         """The document (coloured) and the spans, on a rich console."""
+        from rich.markup import escape
         from rich.table import Table
         from rich.text import Text
 
@@ -183,7 +197,7 @@ class TokenView:
             for column in ("document", "position", "Δ nats" if self.candidate else "nats", "text"):
                 table.add_column(column)
             for s in self.spans:
-                table.add_row(str(s["document"]), str(s["position"]), f"{s['value']:.3f}", repr(s["text"]))
+                table.add_row(str(s["document"]), str(s["position"]), f"{s['value']:.3f}", escape(repr(s["text"])))
             console.print(table)
 
 
@@ -199,10 +213,21 @@ def _rgb(value: float, difference: bool) -> str:
     return f"rgb(255,{fade},{fade})"
 
 
+DEFAULT_WORST = 10  # spans listed when neither --doc nor --worst is given
+
+
 def inspect_tokens(
-    path: str, candidate: str | None = None, *, document: int | None = None, worst: int = 10, span: int = 8
+    path: str, candidate: str | None = None, *, document: int | None = None, worst: int | None = None, span: int = 8
 ) -> TokenView:
-    """Read a token file (and a candidate's, to compare) and pick what to show."""
+    """Read a token file (and a candidate's, to compare) and pick what to show.
+
+    ``worst=None`` means "what the user asked for": with a ``document`` only that
+    document (someone reading document 3 did not ask for the corpus' worst
+    spans), without one the `DEFAULT_WORST` most surprising spans; an explicit
+    ``worst`` lists that many spans in both cases.
+    """
+    if worst is None:
+        worst = 0 if document is not None else DEFAULT_WORST
     base = load_tokens(path)
     surprise = -base.columns["logprob"]
     if candidate is not None:
@@ -247,5 +272,5 @@ def write_tokens_html(path: str, html_path: str, html_docs: int = 20, bootstrap:
                    ("dataset", str(header["dataset"]["spec"])), ("protocol", protocol_summary(header["protocol"]))] + summary
     bins = bins_of_table(context_table(table, documents), bootstrap, seed)
     page = Page(title=f"lleval inspect — {path}", summary=summary, bins=[b.to_dict() for b in bins],
-                documents=documents, samples=samples(table, documents, html_docs))
+                documents=documents, snippets=document_snippets(table), samples=samples(table, documents, html_docs))
     write_text_atomic(html_path, render(page), "--html")
