@@ -170,3 +170,30 @@ def write_tiny_gguf(llama_dir: Path, path: Path) -> Path:
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def stepwise_cheapest_runs(widths: list[int], max_rows: int, budget: int | None, overhead: int) -> list[tuple[int, int]]:
+    """The batch planner as first written (one numpy step per window, float64 costs), kept
+    as the reference its faster rewrite in `lleval.batching` must agree with exactly."""
+    import numpy as np
+
+    n = len(widths)
+    w = np.asarray(widths, dtype=np.float64)
+    best = np.full(n + 1, np.inf)
+    best[0] = 0.0
+    cut = np.zeros(n + 1, dtype=np.int64)
+    for end in range(1, n + 1):
+        rows_cap = max_rows if budget is None else max(1, min(max_rows, budget // max(1, widths[end - 1])))
+        starts = np.arange(max(0, end - rows_cap), end)
+        rows = end - starts
+        padded = rows * w[starts]
+        allowed = (padded <= budget) | (rows == 1) if budget is not None else np.ones(len(rows), dtype=bool)
+        costs = np.where(allowed, best[starts] + padded + overhead, np.inf)
+        k = int(np.argmin(costs))
+        best[end], cut[end] = costs[k], starts[k]
+    runs = []
+    end = n
+    while end > 0:
+        runs.append((int(cut[end]), end))
+        end = int(cut[end])
+    return runs[::-1]
