@@ -23,15 +23,17 @@ def rel_close(a: float, b: float, tol: float) -> bool:
     return math.isclose(a, b, rel_tol=tol, abs_tol=0.0)
 
 
-def window_logprobs(model: Any, tokens: Sequence[int]) -> Any:
+def window_logprobs(model: Any, tokens: Sequence[int], device: str = "cpu") -> Any:
     """float64 log-softmax of the model's logits for one unpadded window: (T, V)."""
     import torch
 
     with torch.no_grad():
-        return torch.log_softmax(model(torch.tensor([list(tokens)])).logits[0].double(), dim=-1)
+        return torch.log_softmax(model(torch.tensor([list(tokens)], device=device)).logits[0].double(), dim=-1)
 
 
-def naive_rolling_logprobs(model: Any, tokens: Sequence[int], max_length: int, stride: int) -> list[float]:
+def naive_rolling_logprobs(
+    model: Any, tokens: Sequence[int], max_length: int, stride: int, device: str = "cpu"
+) -> list[float]:
     """lleval's rolling protocol, one window at a time.
 
     Token ``i >= 1`` of ``tokens`` is predicted once. The first window predicts
@@ -45,7 +47,7 @@ def naive_rolling_logprobs(model: Any, tokens: Sequence[int], max_length: int, s
         first = False
         last = min(target + count, len(tokens)) - 1  # last position predicted
         begin = max(0, last - max_length)
-        logp = window_logprobs(model, tokens[begin:last])
+        logp = window_logprobs(model, tokens[begin:last], device).cpu()
         for pos in range(target, last + 1):
             out.append(float(logp[pos - 1 - begin, tokens[pos]]))
         target = last + 1
