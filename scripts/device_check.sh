@@ -44,12 +44,12 @@ if [ "$DRY" = 1 ]; then
     KLD=(--limit 2)
     # the wheels are for the device's CPython 3.12: here they are installed as for it, and not imported
     INSTALL=(--python-version 3.12 --only-binary=:all:)
-    export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}
+    export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 else
     DEVICE=cuda MODEL=random-1b BENCH=(--device cuda --model-config 1b)
     KLD=()
     INSTALL=(--no-compile)
-    export PYTHONPATH=$WORK/site:src${PYTHONPATH:+:$PYTHONPATH}
+    export PYTHONPATH=$WORK/site:$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 fi
 
 step() {  # step NAME LIMIT_SECONDS LOG COMMAND...: run it under timeout, log it, record it in steps.tsv

@@ -78,7 +78,8 @@ def test_totals_match_a_naive_full_logits_loop_on_the_device(
     tiny_llama_dir: Path, tmp_path: Path, dtype: str, tol: float
 ) -> None:
     """lleval's padded, length-sorted batches (GPU budget and pass cost) against one window
-    at a time with full logits, both on the device in the same dtype."""
+    at a time with full logits, both on the device in the same dtype (in bf16 without the
+    float32 head, so that both round the logits the same way and only the batching differs)."""
     from lleval.api import evaluate
 
     device = _device()
@@ -86,7 +87,8 @@ def test_totals_match_a_naive_full_logits_loop_on_the_device(
         pytest.skip("bf16 on this CPU measures the CPU, not the GPU path")
     expected_ll, expected_n = _naive_total(tiny_llama_dir, TEXTS, 32, device, getattr(torch, dtype))
     report = evaluate(EvalConfig(model=str(tiny_llama_dir), dataset=write_jsonl(tmp_path / "d.jsonl", TEXTS),
-                                 device=device, dtype=dtype, max_length=32, bootstrap=0))
+                                 device=device, dtype=dtype, float32_head=dtype == "float32", max_length=32,
+                                 bootstrap=0))
     assert report.model["dtype"] == dtype
     assert report.timing["batching"]["auto"] and report.timing["batches"] < len(TEXTS)  # windows shared passes
     assert report.totals.tokens == expected_n
