@@ -25,13 +25,18 @@ and ``--help`` start-up time.
 
 GPU (``--device cuda``): the same comparison in process, in bfloat16, on a
 1B-class Llama built with random weights (no download): tokens/s, MFU
-against the GPU's bf16 peak, peak memory (``torch.cuda.max_memory_allocated``)
-and the padding share, for lleval and the naive loop.
+against the GPU's bf16 peak and against the bf16 matmul rate measured in the
+same run, peak memory (``torch.cuda.max_memory_allocated``), the padding
+share and the totals' difference, for lleval and the naive loop. The corpora
+are cut with the built-in model's tokenizer, or ``--tokenizer DIR`` (the
+device check carries a saved copy: the GPU machine cannot read .gguf files);
+``--work DIR`` keeps the random model and the corpora for later steps.
 
     .venv/bin/python scripts/bench.py --json bench.json        # CPU, about 25 minutes here
     .venv/bin/python scripts/bench.py --quick                  # smaller corpora, fewer targets
     .venv/bin/python scripts/bench.py --device cuda --json gpu.json
     .venv/bin/python scripts/bench.py --device cpu --in-process --model-config small --quick   # smoke test
+    .venv/bin/python scripts/bench.py --device cpu --in-process --model-config small --smoke   # seconds, not minutes
 """
 
 from __future__ import annotations
@@ -413,8 +418,9 @@ def print_case(c: dict[str, Any], flush: bool = False) -> None:
 
 # ---------------------------------------------------------------- GPU run (in process)
 
-def random_model(folder: Path, size: str, tokenizer: Any) -> None:
-    """A Llama of the given size with random weights, saved with ``tokenizer``."""
+def random_model(folder: Path, size: str, tokenizer: Any, device: str = "cpu") -> None:
+    """A Llama of the given size with random weights, saved with ``tokenizer``; built on
+    ``device`` (drawing 1.2 billion random weights takes seconds on a CPU, none on a GPU)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -426,7 +432,12 @@ def random_model(folder: Path, size: str, tokenizer: Any) -> None:
     }
     torch.manual_seed(0)
     config = LlamaConfig(max_position_embeddings=8192, tie_word_embeddings=True, **shapes[size])
-    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(folder)
+    with torch.device(device):
+        model = LlamaForCausalLM(config)
+    model.to(torch.bfloat16).save_pretrained(folder)
+    del model
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()  # else the batch budget (70% of free memory) counts this model's cache
     tokenizer.save_pretrained(folder)
 
 
@@ -546,7 +557,7 @@ def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
     texts = corpora(tokenizer, args.quick, args.smoke)
     folder = work / f"random-{args.model_config}"
     if not (folder / "config.json").exists():  # kept in --work for later steps (lleval kld)
-        random_model(folder, args.model_config, tokenizer)
+        random_model(folder, args.model_config, tokenizer, args.device)
     loaded = load(EvalConfig(model=str(folder), device=args.device, dtype="bfloat16"))
     results: dict[str, Any] = {"model_config": args.model_config, "parameters": loaded.info.parameters,
                                "torch": torch.__version__, "transformers": transformers.__version__,
