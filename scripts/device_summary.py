@@ -44,7 +44,7 @@ def read_tests(path: Path) -> dict[str, Any] | None:
         root = ET.parse(path).getroot()
     except (OSError, ET.ParseError):
         return None
-    cases = {}
+    cases: dict[str, dict[str, Any]] = {}
     for case in root.iter("testcase"):
         outcome, message = "passed", None
         for child in case:
@@ -52,8 +52,8 @@ def read_tests(path: Path) -> dict[str, Any] | None:
                 outcome, message = child.tag, (child.get("message") or "")[:300]
         cases[case.get("name", "?")] = {"outcome": outcome, "seconds": float(case.get("time", 0)), "message": message}
     counts: dict[str, int] = {}
-    for case in cases.values():
-        counts[case["outcome"]] = counts.get(case["outcome"], 0) + 1
+    for result in cases.values():
+        counts[result["outcome"]] = counts.get(result["outcome"], 0) + 1
     return {"counts": counts, "tests": cases}
 
 
