@@ -25,13 +25,18 @@ and ``--help`` start-up time.
 
 GPU (``--device cuda``): the same comparison in process, in bfloat16, on a
 1B-class Llama built with random weights (no download): tokens/s, MFU
-against the GPU's bf16 peak, peak memory (``torch.cuda.max_memory_allocated``)
-and the padding share, for lleval and the naive loop.
+against the GPU's bf16 peak and against the bf16 matmul rate measured in the
+same run, peak memory (``torch.cuda.max_memory_allocated``), the padding
+share and the totals' difference, for lleval and the naive loop. The corpora
+are cut with the built-in model's tokenizer, or ``--tokenizer DIR`` (the
+device check carries a saved copy: the GPU machine cannot read .gguf files);
+``--work DIR`` keeps the random model and the corpora for later steps.
 
     .venv/bin/python scripts/bench.py --json bench.json        # CPU, about 25 minutes here
     .venv/bin/python scripts/bench.py --quick                  # smaller corpora, fewer targets
     .venv/bin/python scripts/bench.py --device cuda --json gpu.json
     .venv/bin/python scripts/bench.py --device cpu --in-process --model-config small --quick   # smoke test
+    .venv/bin/python scripts/bench.py --device cpu --in-process --model-config small --smoke   # seconds, not minutes
 """
 
 from __future__ import annotations
@@ -77,21 +82,25 @@ def stdlib_docstrings() -> list[tuple[str, list[str]]]:
     return out
 
 
-def corpora(tokenizer: Any, quick: bool) -> dict[str, list[str]]:
-    """The three corpora, chosen deterministically (modules in sha256 order of their names)."""
+def corpora(tokenizer: Any, quick: bool, smoke: bool = False) -> dict[str, list[str]]:
+    """The three corpora, chosen deterministically (modules in sha256 order of their names);
+    ``smoke`` (the device check's CPU dry run) keeps 3 short documents, one long one of
+    2,100 tokens (two windows of L = 2048) and 40 tiny ones."""
     def count(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    n_short, n_long, long_tokens, n_tiny = (3, 1, 2100, 40) if smoke else (12, 2, 4000, 300) if quick else (
+        40, 4, 4000, 2000)
     modules = sorted(stdlib_docstrings(), key=lambda m: hashlib.sha256(m[0].encode()).hexdigest())
     joined = [(name, "\n\n".join(texts)) for name, texts in modules]
-    short = [text for _, text in joined if 50 <= count(text) <= 2600][: 12 if quick else 40]
+    short = [text for _, text in joined if 50 <= count(text) <= 2600][:n_short]
     by_size = sorted(joined, key=lambda m: -len(m[1]))
     long = []
-    for _, text in by_size[: 2 if quick else 4]:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"][:4000]
+    for _, text in by_size[:n_long]:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"][:long_tokens]
         long.append(tokenizer.decode(ids))
     paragraphs = [" ".join(p.split()) for _, texts in modules for t in texts for p in t.split("\n\n")]
-    tiny = [p for p in dict.fromkeys(paragraphs) if 20 <= count(p) <= 50][: 300 if quick else 2000]
+    tiny = [p for p in dict.fromkeys(paragraphs) if 20 <= count(p) <= 50][:n_tiny]
     return {"short": short, "long": long, "tiny": tiny}
 
 
@@ -410,8 +419,9 @@ def print_case(c: dict[str, Any], flush: bool = False) -> None:
 
 # ---------------------------------------------------------------- GPU run (in process)
 
-def random_model(folder: Path, size: str, tokenizer: Any) -> None:
-    """A Llama of the given size with random weights, saved with ``tokenizer``."""
+def random_model(folder: Path, size: str, tokenizer: Any, device: str = "cpu") -> None:
+    """A Llama of the given size with random weights, saved with ``tokenizer``; built on
+    ``device`` (drawing 1.2 billion random weights takes seconds on a CPU, none on a GPU)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -423,7 +433,12 @@ def random_model(folder: Path, size: str, tokenizer: Any) -> None:
     }
     torch.manual_seed(0)
     config = LlamaConfig(max_position_embeddings=8192, tie_word_embeddings=True, **shapes[size])
-    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(folder)
+    with torch.device(device):
+        model = LlamaForCausalLM(config)
+    model.to(torch.bfloat16).save_pretrained(folder)
+    del model
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()  # else the batch budget (70% of free memory) counts this model's cache
     tokenizer.save_pretrained(folder)
 
 
@@ -470,7 +485,7 @@ def gpu_case(name: str, data: str, texts: list[str], loaded: Any, device: str, r
     sequences = [[tok.bos_token_id] + tok(t, add_special_tokens=False)["input_ids"] for t in texts]
     flops = required_flops(loaded.model, sequences, 2048)
     ours_s, naive_s, ours_mem, naive_mem = float("inf"), float("inf"), 0, 0
-    report, naive_tokens = None, 0
+    report, naive_tokens, naive_ll = None, 0, 0.0
     on_gpu = device.startswith("cuda")
     for _ in range(repeats):
         if on_gpu:
@@ -482,7 +497,7 @@ def gpu_case(name: str, data: str, texts: list[str], loaded: Any, device: str, r
             torch.cuda.reset_peak_memory_stats()
         ours_s = min(ours_s, time.perf_counter() - started)
         started = time.perf_counter()
-        naive_tokens, _ll = naive_in_process(loaded.model, tok, texts, 2048, device)
+        naive_tokens, naive_ll = naive_in_process(loaded.model, tok, texts, 2048, device)
         if on_gpu:
             torch.cuda.synchronize(); naive_mem = max(naive_mem, torch.cuda.max_memory_allocated())
         naive_s = min(naive_s, time.perf_counter() - started)
@@ -494,29 +509,72 @@ def gpu_case(name: str, data: str, texts: list[str], loaded: Any, device: str, r
             "speedup": naive_s / ours_s, "lleval_mfu": mfu(ours_s), "naive_mfu": mfu(naive_s), "bf16_peak_tflops": peak,
             "lleval_peak_memory_gb": ours_mem / 1e9, "naive_peak_memory_gb": naive_mem / 1e9,
             "padding_share": report.timing["padding_share"], "batches": report.timing["batches"],
-            "batching": report.timing["batching"]}
+            "batching": report.timing["batching"], "out_of_memory_splits": report.timing["out_of_memory_splits"],
+            "relative_difference_vs_naive": abs(report.totals.log_likelihood - naive_ll) / max(1e-30, abs(naive_ll))}
+
+
+def gpu_matmul_tflops(device: str, size: int = 8192, repeats: int = 10) -> float | None:
+    """The bf16 matrix-product rate this GPU reaches on random data (8192^3, after warm-up):
+    the ceiling MFU is also given against, next to the datasheet peak."""
+    import torch
+
+    if not device.startswith("cuda"):
+        return None
+    a, b = (torch.randn(size, size, device=device, dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e12
+
+
+def bench_tokenizer(path: str | None) -> Any:
+    """The tokenizer that cuts the corpora: a saved folder (the device check carries the
+    built-in model's, saved by scripts/device_wheels.sh), else the built-in model's own."""
+    if path:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(path)
+    from lleval.api import model_spec
+    from lleval.config import EvalConfig
+    from lleval.model import open_model
+
+    return open_model(model_spec(EvalConfig(device="cpu"))).tokenizer
 
 
 def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    import transformers
+
     from lleval.api import load
     from lleval.config import EvalConfig
 
-    builtin = load(EvalConfig())  # its tokenizer cuts the texts; the model scores random weights
-    work = Path(tempfile.mkdtemp(prefix="lleval-bench-gpu-"))
-    texts = corpora(builtin.tokenizer, args.quick)
+    tokenizer = bench_tokenizer(args.tokenizer)  # it cuts the texts; the model scores random weights
+    work = Path(args.work or tempfile.mkdtemp(prefix="lleval-bench-gpu-"))
+    work.mkdir(parents=True, exist_ok=True)
+    texts = corpora(tokenizer, args.quick, args.smoke)
     folder = work / f"random-{args.model_config}"
-    random_model(folder, args.model_config, builtin.tokenizer)
+    if not (folder / "config.json").exists():  # kept in --work for later steps (lleval kld)
+        random_model(folder, args.model_config, tokenizer, args.device)
     loaded = load(EvalConfig(model=str(folder), device=args.device, dtype="bfloat16"))
-    results: dict[str, Any] = {"model_config": args.model_config, "parameters": loaded.info.parameters}
+    results: dict[str, Any] = {"model_config": args.model_config, "parameters": loaded.info.parameters,
+                               "torch": torch.__version__, "transformers": transformers.__version__,
+                               "bf16_matmul_tflops_measured": gpu_matmul_tflops(args.device)}
     for name, corpus in texts.items():
         results[name] = gpu_case(name, write_jsonl(work / f"{name}.jsonl", corpus), corpus, loaded, args.device,
                                  1 if args.quick else 2)
         c = results[name]
+        measured = results["bf16_matmul_tflops_measured"]
+        c["lleval_share_of_measured_matmul"] = None if measured is None else (
+            c["lleval_mfu"] * c["bf16_peak_tflops"] / measured if c["lleval_mfu"] is not None else None)
         mfu = "n/a" if c["lleval_mfu"] is None else f"{c['lleval_mfu'] * 100:.1f}% / {c['naive_mfu'] * 100:.1f}%"
         print(f"{name:5} on {c['device']}: lleval {c['lleval_tokens_per_second']:.0f} tok/s, naive "
               f"{c['naive_tokens_per_second']:.0f} (x{c['speedup']:.2f}); MFU {mfu}; peak memory "
               f"{c['lleval_peak_memory_gb']:.2f} / {c['naive_peak_memory_gb']:.2f} GB; padding "
-              f"{c['padding_share'] * 100:.1f}%", flush=True)
+              f"{c['padding_share'] * 100:.1f}%; totals vs naive {c['relative_difference_vs_naive']:.1e}", flush=True)
     return results
 
 
@@ -524,9 +582,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller corpora, one round, no memory checks")
     parser.add_argument("--json", default=None, help="write every figure here")
+    parser.add_argument("--smoke", action="store_true",
+                        help="in process: tiny corpora (3 short, 1 long, 40 tiny documents), to prove the code path")
     parser.add_argument("--device", default="cpu", help="cpu (whole processes) or cuda (in process, bf16)")
     parser.add_argument("--model-config", default="1b", choices=("1b", "small"),
                         help="in process: the random-weight Llama to score")
+    parser.add_argument("--tokenizer", default=None,
+                        help="in process: a saved tokenizer folder to cut the corpora (default: the built-in model's)")
+    parser.add_argument("--work", default=None,
+                        help="in process: folder for the random model and the corpora (kept; default: a temp dir)")
     parser.add_argument("--in-process", action="store_true",
                         help="the GPU comparison (implied by a device other than cpu); with --device cpu "
                         "--model-config small, a quick check that it runs")

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import document_sums, rel_close, units_of, write_jsonl
+from helpers import document_sums, rel_close, stepwise_cheapest_runs, units_of, write_jsonl
 from lleval.batching import (
     AUTO_MAX_ROWS,
     CPU_BATCH_TOKENS,
@@ -26,6 +26,7 @@ from lleval.batching import (
     auto_batching,
     available_memory_bytes,
     bytes_per_token,
+    _cheapest_runs,
     make_batches,
 )
 from lleval.cli import main
@@ -152,6 +153,31 @@ def test_batches_minimise_padding_plus_passes(lengths: list[int], max_rows: int,
         assert got == best
     for b in batches:
         assert len(b) == 1 or (len(b) <= max_rows and len(b) * max(lengths[j] for j in b) <= budget)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 60), max_size=150), st.integers(1, 80), st.one_of(st.none(), st.integers(1, 3000)),
+       st.integers(1, 300))
+def test_blocked_planner_equals_the_stepwise_one(widths: list[int], max_rows: int, budget: int | None,
+                                                 overhead: int) -> None:
+    """The planner's blocked rewrite (PLAN_BLOCK ends per step) picks exactly the cut of the
+    step-by-step loop it replaced, ties included, across block boundaries (up to 150
+    windows, so several blocks) and with zero-width windows."""
+    widths = sorted(widths, reverse=True)
+    assert _cheapest_runs(widths, max_rows, budget, overhead) == stepwise_cheapest_runs(widths, max_rows, budget,
+                                                                                        overhead)
+
+
+def test_blocked_planner_on_a_gpu_sized_plan() -> None:
+    """2,000 windows of mixed widths under a GPU budget (256 rows, a 4,096-token pass):
+    the same cut as the stepwise loop, and every window in exactly one batch."""
+    import random
+
+    rng = random.Random(5)
+    widths = sorted((rng.choice([20, 20, 20, 7, 13, 2048, 1]) for _ in range(2000)), reverse=True)
+    runs = _cheapest_runs(widths, AUTO_MAX_ROWS, 780_000, GPU_FORWARD_OVERHEAD_TOKENS)
+    assert runs == stepwise_cheapest_runs(widths, AUTO_MAX_ROWS, 780_000, GPU_FORWARD_OVERHEAD_TOKENS)
+    assert [start for start, _ in runs[1:]] == [end for _, end in runs[:-1]] and runs[-1][1] == len(widths)
 
 
 def test_greedy_batches_fill_longest_first() -> None:

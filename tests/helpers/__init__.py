@@ -23,15 +23,17 @@ def rel_close(a: float, b: float, tol: float) -> bool:
     return math.isclose(a, b, rel_tol=tol, abs_tol=0.0)
 
 
-def window_logprobs(model: Any, tokens: Sequence[int]) -> Any:
+def window_logprobs(model: Any, tokens: Sequence[int], device: str = "cpu") -> Any:
     """float64 log-softmax of the model's logits for one unpadded window: (T, V)."""
     import torch
 
     with torch.no_grad():
-        return torch.log_softmax(model(torch.tensor([list(tokens)])).logits[0].double(), dim=-1)
+        return torch.log_softmax(model(torch.tensor([list(tokens)], device=device)).logits[0].double(), dim=-1)
 
 
-def naive_rolling_logprobs(model: Any, tokens: Sequence[int], max_length: int, stride: int) -> list[float]:
+def naive_rolling_logprobs(
+    model: Any, tokens: Sequence[int], max_length: int, stride: int, device: str = "cpu"
+) -> list[float]:
     """lleval's rolling protocol, one window at a time.
 
     Token ``i >= 1`` of ``tokens`` is predicted once. The first window predicts
@@ -45,7 +47,7 @@ def naive_rolling_logprobs(model: Any, tokens: Sequence[int], max_length: int, s
         first = False
         last = min(target + count, len(tokens)) - 1  # last position predicted
         begin = max(0, last - max_length)
-        logp = window_logprobs(model, tokens[begin:last])
+        logp = window_logprobs(model, tokens[begin:last], device).cpu()
         for pos in range(target, last + 1):
             out.append(float(logp[pos - 1 - begin, tokens[pos]]))
         target = last + 1
@@ -170,3 +172,30 @@ def write_tiny_gguf(llama_dir: Path, path: Path) -> Path:
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def stepwise_cheapest_runs(widths: list[int], max_rows: int, budget: int | None, overhead: int) -> list[tuple[int, int]]:
+    """The batch planner as first written (one numpy step per window, float64 costs), kept
+    as the reference its faster rewrite in `lleval.batching` must agree with exactly."""
+    import numpy as np
+
+    n = len(widths)
+    w = np.asarray(widths, dtype=np.float64)
+    best = np.full(n + 1, np.inf)
+    best[0] = 0.0
+    cut = np.zeros(n + 1, dtype=np.int64)
+    for end in range(1, n + 1):
+        rows_cap = max_rows if budget is None else max(1, min(max_rows, budget // max(1, widths[end - 1])))
+        starts = np.arange(max(0, end - rows_cap), end)
+        rows = end - starts
+        padded = rows * w[starts]
+        allowed = (padded <= budget) | (rows == 1) if budget is not None else np.ones(len(rows), dtype=bool)
+        costs = np.where(allowed, best[starts] + padded + overhead, np.inf)
+        k = int(np.argmin(costs))
+        best[end], cut[end] = costs[k], starts[k]
+    runs = []
+    end = n
+    while end > 0:
+        runs.append((int(cut[end]), end))
+        end = int(cut[end])
+    return runs[::-1]
