@@ -252,9 +252,12 @@ REFUSED_EARLY = [
     ["score", "-d", "s.jsonl", "--split", "test"],
     ["score", "--config", "cfg.yaml"],
     ["kld", "--base-dtype", "float32", "--bootstrap", "0", "--seed", "1"],
+    ["kld", "--base-dtype", "float32", "--checkpoint", "c.ckpt"],
+    ["kld", "--base-dtype", "float32", "--html", "r.html"],
 ]
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("argv", REFUSED_EARLY, ids=[" ".join(a) for a in REFUSED_EARLY])
 def test_flag_problems_are_refused_before_torch_is_imported(tmp_path: Path, argv: list[str]) -> None:
     """What needs neither the model nor the data's contents is refused before torch,

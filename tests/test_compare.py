@@ -283,3 +283,15 @@ def test_a_ci_log_shows_changed_documents_titles_whole(tmp_path: Path) -> None:
     assert any(f"│ {cand} " in line for line in lines)  # "[v2]" is not taken for markup
     for title in ("got worse", "got better"):
         assert f"{cand}: documents that {title}" in lines
+
+
+def test_an_html_page_that_cannot_be_written_costs_that_page_alone(tmp_path: Path) -> None:
+    base = write(tmp_path, "a.json", make_report())
+    out = tmp_path / "c.json"
+    result = run([base, base, "--html", str(tmp_path / "missing" / "c.html"), "-o", str(out), "--format", "json"])
+    assert result.exit_code == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "--html" in errors[0] and "c.html" in errors[0]
+    assert json.loads(out.read_text())["passed"] is True  # -o was still written, and stdout got the JSON
+    assert json.loads(result.stdout)["kind"] == "compare"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "c.json"]

@@ -266,6 +266,9 @@ def kld(base_model: str | None, base_dtype: str | None, dataset_argument: str | 
     if base_model is None and base_dtype in (None, flags["dtype"]):
         raise click.UsageError("give --base (another model), or --base-dtype (the same model in another dtype).")
     config = _config(**{**flags, "dataset": flags["dataset"] or dataset_argument})
+    from lleval.preflight import check_kld
+
+    _call(check_kld, config, base_dtype)
     _check_early(config)
     from lleval.kld import kl_divergence
 
@@ -316,11 +319,8 @@ def compare(base: str, candidates: tuple[str, ...], max_regression: float | None
                    top_documents=top_documents)
     if summary:
         _append_summary(result.render_markdown())
-    if html:
-        from lleval.html import write_compare_html
-
-        _call(write_compare_html, result, html)
-    failed = _deliver(result, output, format)
+    html_failed = _write_compare_html(result, html) if html else []
+    failed = html_failed + _deliver(result, output, format)
     for warning in (r.warning for r in result.comparisons if r.warning):
         click.echo(f"warning: {warning}", err=True)
     for r in result.regressions:
@@ -370,6 +370,20 @@ def inspect(tokens: str, candidate: str | None, document: int | None, worst: int
     if html:
         _call(write_tokens_html, tokens, html, html_docs)
     _deliver(result, None, format)
+
+
+def _write_compare_html(result: Any, path: str) -> list[str]:
+    """Write compare's page; a file that cannot be written is one line on stderr (returned,
+    so the command exits 1), and ``-o`` and stdout still get the comparison."""
+    from lleval.errors import OutputError
+    from lleval.html import write_compare_html
+
+    try:
+        write_compare_html(result, path)
+    except OutputError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        return [str(exc)]
+    return []
 
 
 def entry() -> None:

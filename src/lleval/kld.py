@@ -36,7 +36,7 @@ from lleval.api import (
     score,
     write_files,
 )
-from lleval.config import DTYPES, EvalConfig
+from lleval.config import EvalConfig
 from lleval.errors import ConfigError, ModelLoadError
 from lleval.metrics import bootstrap_sums, percentile_interval
 from lleval.model import LOGITS_SLICE_BYTES, LoadedModel, slice_positions
@@ -223,15 +223,9 @@ def kl_divergence(
     weights load: the same token ids would mean different text, so the
     distributions cannot be compared.
     """
-    if config.checkpoint:
-        raise ConfigError(
-            "lleval kld does not resume from --checkpoint: its per-token statistics are not saved. "
-            "Drop --checkpoint."
-        )
-    if config.html or config.token_stats:
-        raise ConfigError("lleval kld writes its tokens with --tokens; --html and --token-stats are lleval score's.")
-    if base_dtype is not None and base_dtype not in DTYPES:
-        raise ConfigError(f"base dtype must be one of {', '.join(DTYPES)}, got {base_dtype!r}.")
+    from lleval.preflight import check_kld
+
+    check_kld(config, base_dtype)
     inputs = open_inputs(config)
     base_config = replace(config, model=base_model, dtype=base_dtype or config.dtype)
     base, model, protocol = load_pair(config, base_config, base, model, progress)

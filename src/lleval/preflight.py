@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from lleval.config import EvalConfig
+from lleval.config import DTYPES, EvalConfig
 from lleval.data import check_spec, data_spec
-from lleval.errors import OutputError
+from lleval.errors import ConfigError, OutputError
 
 OUTPUT_FLAGS = ("output", "checkpoint", "tokens", "html")  # the files a run writes
 
@@ -29,6 +29,20 @@ def check_config(config: EvalConfig) -> None:
         if path:
             check_writable(path, config.flag(name))
     check_spec(data_spec(config))
+
+
+def check_kld(config: EvalConfig, base_dtype: str | None) -> None:
+    """What ``lleval kld`` refuses that ``score`` accepts (a `ConfigError`), checked with the
+    rest before anything loads."""
+    if config.checkpoint:
+        raise ConfigError(
+            f"lleval kld does not resume from {config.flag('checkpoint')}: its per-token statistics are not "
+            "saved. Drop it."
+        )
+    if config.html or config.token_stats:
+        raise ConfigError("lleval kld writes its tokens with --tokens; --html and --token-stats are lleval score's.")
+    if base_dtype is not None and base_dtype not in DTYPES:
+        raise ConfigError(f"base dtype must be one of {', '.join(DTYPES)}, got {base_dtype!r}.")
 
 
 def check_writable(path: str, flag: str = "--output") -> None:
