@@ -135,13 +135,7 @@ class TokenWriter:
 
     def _fail(self, exc: OSError) -> None:
         self.failure = write_failure("--tokens", self.path, exc)
-        try:
-            if self._open is not None:
-                self._open.close()
-        except OSError:
-            pass
-        self._open = None
-        shutil.rmtree(self.parts_dir, ignore_errors=True)
+        self.abandon()
 
     def _start(self) -> None:
         """Sweep what dead runs left for this path, make the parts folder, and drop from it
