@@ -21,7 +21,7 @@ from lleval.api import load
 from lleval.config import EvalConfig
 from lleval.kld import kl_divergence
 from lleval.model import make_logits_slices, slice_positions
-from lleval.scoring import scorer_from_slices
+from lleval.kernels import scorer_from_slices
 
 
 def main() -> None:

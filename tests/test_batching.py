@@ -32,7 +32,9 @@ from lleval.batching import (
 from lleval.cli import main
 from lleval.config import EvalConfig
 from lleval.errors import ConfigError
-from lleval.scoring import EngineOptions, EngineStats, Unit, WindowTooLarge, score_units, scorer_from_logits
+from lleval.kernels import scorer_from_logits
+from lleval.scoring import EngineOptions, EngineStats, WindowTooLarge, score_units
+from lleval.stream import Unit
 
 VOCAB = 40
 

@@ -1,10 +1,13 @@
 """Limits on the shape of the code (issue: "one scoring path"): no function in src/lleval
-longer than 60 lines, and click command bodies under 40, counted with `ast`."""
+longer than 60 lines, and click command bodies under 40, counted with `ast`; and what only
+reads scored tokens imports no torch."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
+
+import pytest
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "lleval"
 
@@ -47,3 +50,34 @@ def test_click_command_bodies_are_under_40_lines() -> None:
     commands = {name: _body_lines(node) for name, node in _functions() if _is_click_command(node)}
     assert set(n.split()[-1] for n in commands) >= {"score", "kld", "compare"}
     assert all(lines < 40 for lines in commands.values()), commands
+
+
+TORCH_FREE = ("lleval.stream", "lleval.reducers", "lleval.tokens", "lleval.checkpoint", "lleval.protocols",
+              "lleval.tokenview", "lleval.compare", "lleval.html", "lleval.report", "lleval.metrics")
+
+
+@pytest.mark.subprocess
+def test_what_only_reads_scored_tokens_imports_no_torch(tmp_path: Path) -> None:
+    """The stream types, the reducers, checkpoints, the token file and `lleval inspect` run
+    without a deep-learning framework (a fresh interpreter, so nothing is imported already)."""
+    import json
+    import subprocess
+    import sys
+
+    tokens = tmp_path / "t.jsonl"
+    row = {"document": 0, "position": 0, "context": 1, "token_id": 5, "token": "a", "start": 0, "end": 1,
+           "logprob": -1.5}
+    tokens.write_text(json.dumps(row) + "\n" + json.dumps({**row, "position": 1, "token": "b", "start": 1, "end": 2})
+                      + "\n")
+    probe = (
+        "import importlib, json, sys\n"
+        f"for name in {TORCH_FREE!r}:\n    importlib.import_module(name)\n"
+        "from lleval.cli import main\n"
+        "try:\n    main(['inspect', sys.argv[1], '--doc', '0', '--format', 'json'], prog_name='lleval')\n"
+        "except SystemExit as exc:\n    code = exc.code\n"
+        "print(json.dumps({'code': code, 'imported': [m for m in ('torch', 'transformers', 'datasets') "
+        "if m in sys.modules]}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe, str(tokens)], capture_output=True, text=True, timeout=120)
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome == {"code": 0, "imported": []}, result.stderr

@@ -18,7 +18,7 @@ from lleval.cli import main
 from lleval.config import EvalConfig
 from lleval.errors import ConfigError
 from lleval.kld import kl_divergence
-from lleval.scoring import scorer_from_slices, slices_from_logits
+from lleval.kernels import scorer_from_slices, slices_from_logits
 
 TEXTS = [
     "The keeper wrote in the logbook every evening, and the gate was never mended for long.",

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lleval.model import make_scorer, right_padded
-from lleval.scoring import target_logprobs
+from lleval.kernels import target_logprobs
 
 LENGTHS = [17, 5, 30, 1]
 

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from lleval.reducers import DocumentSums, NonFiniteLogProb, StreamCounts, finite_only
-from lleval.scoring import EngineOptions, Row, Unit, score_units
+from lleval.scoring import EngineOptions, score_units
+from lleval.stream import Row, Unit
 from lleval.windows import rolling_spans
 
 

@@ -13,17 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import document_sums, units_of
-from lleval.scoring import (
-    EngineOptions,
-    EngineStats,
-    EngineTick,
-    Row,
-    ScoredBlock,
-    Unit,
-    engine_stream,
-    score_units,
-    scorer_from_logits,
-)
+from lleval.kernels import scorer_from_logits
+from lleval.scoring import EngineOptions, EngineStats, engine_stream, score_units
+from lleval.stream import EngineTick, Row, ScoredBlock, Unit
 from lleval.windows import rolling_spans
 
 VOCAB = 50

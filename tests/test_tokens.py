@@ -20,7 +20,7 @@ from lleval.api import evaluate
 from lleval.cli import main
 from lleval.config import EvalConfig
 from lleval.data import builtin_sample_path
-from lleval.scoring import scorer_from_logits
+from lleval.kernels import scorer_from_logits
 from lleval.tokens import COLUMNS, read_token_file
 
 TEXTS = [json.loads(line)["text"][: 90 + 50 * i] for i, line in enumerate(builtin_sample_path().read_text().splitlines())][:6]

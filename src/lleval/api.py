@@ -56,7 +56,8 @@ from lleval.report import (
     timing_block,
     tokenizer_block,
 )
-from lleval.scoring import EngineOptions, EngineStats, EngineTick, Stopped, WindowTooLarge, engine_stream
+from lleval.scoring import EngineOptions, EngineStats, Stopped, WindowTooLarge, engine_stream
+from lleval.stream import EngineTick
 
 __all__ = ["evaluate", "load", "LoadedModel", "Progress", "ScoringProgress"]
 

@@ -27,7 +27,7 @@ from typing import Any, Iterator, Mapping
 from lleval.errors import ConfigError, OutputError
 from lleval.reducers import EMPTY_CHAIN, Resumable, chain_hash
 from lleval.report import write_text_atomic
-from lleval.scoring import Unit
+from lleval.stream import Unit
 
 CHECKPOINT_VERSION = 2
 FINGERPRINT_PARTS = ("model", "tokenizer", "protocol")

@@ -51,7 +51,8 @@ from lleval.report import (
     render_pairs_table,
     to_json,
 )
-from lleval.scoring import ScoredBlock, target_logprobs
+from lleval.kernels import target_logprobs
+from lleval.stream import ScoredBlock
 from lleval.tokenization import tokenizer_fingerprint
 
 PERCENTILES = (99.9, 99.0, 95.0, 90.0, 10.0, 5.0, 1.0, 0.1)
@@ -63,7 +64,7 @@ class PairScorer:
 
     Both models' logits come in the slices a score run uses (``per_slice``
     positions), and each model's target log-probs are `target_logprobs` of
-    those slices, as in `lleval.scoring.SliceScorer`: the model's and the
+    those slices, as in `lleval.kernels.SliceScorer`: the model's and the
     base's perplexities equal what ``lleval score`` gives each of them, bit
     for bit. The KL and the top-token agreement need every log-prob of both
     distributions: each slice is log-softmaxed in pieces of ``kl_positions``

@@ -226,7 +226,7 @@ def _max_positions(config: Any) -> int | None:
 class LoadedModel:
     """A scorer with the tokenizer that feeds it and a description for the report."""
 
-    scorer: Any  # a lleval.scoring.TokenScorer
+    scorer: Any  # a lleval.kernels.TokenScorer
     tokenizer: Any
     info: ModelInfo
     pad_id: int = 0
@@ -391,7 +391,7 @@ def load_weights(found: ModelSource) -> LoadedModel:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     slices = make_logits_slices(model, spec.float32_head)
     vocab = vocab_size(model)
-    from lleval.scoring import scorer_from_slices
+    from lleval.kernels import scorer_from_slices
 
     return LoadedModel(scorer_from_slices(slices, slice_positions(vocab)), tokenizer, info, int(pad or 0), model,
                        slices, vocab, activation_bytes_per_token(model))
@@ -521,7 +521,7 @@ def with_token_stats(loaded: LoadedModel) -> LoadedModel:
     (``--token-stats``), in slices half as long (it holds two (n, V) tensors)."""
     import dataclasses
 
-    from lleval.scoring import scorer_from_slices
+    from lleval.kernels import scorer_from_slices
 
     if loaded.slices is None or loaded.vocab is None:
         raise ConfigError("--token-stats needs a model whose logits lleval computes (a transformers model).")
@@ -580,7 +580,7 @@ def vocab_size(model: Any) -> int:
 
 def make_scorer(model: Any, slice_bytes: int = LOGITS_SLICE_BYTES) -> Any:
     """A `TokenScorer` for a transformers causal LM that never holds (B, T, V) logits."""
-    from lleval.scoring import scorer_from_slices
+    from lleval.kernels import scorer_from_slices
 
     return scorer_from_slices(make_logits_slices(model), slice_positions(vocab_size(model), slice_bytes))
 

@@ -29,7 +29,7 @@ import numpy as np
 from lleval.config import DEFAULT_MAX_LENGTH_CAP, DEFAULT_SEPARATOR, EvalConfig
 from lleval.data import Document
 from lleval.errors import ConfigError, DataError
-from lleval.scoring import Row, Unit
+from lleval.stream import Row, Unit
 from lleval.tokenization import encode, encode_with_owners, encode_with_starts, resolve_prefix_token
 from lleval.windows import Span, check_window_params, chunk_spans, rolling_spans, strided_spans
 

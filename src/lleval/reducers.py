@@ -20,7 +20,7 @@ import numpy as np
 
 from lleval.metrics import Totals
 from lleval.report import DocumentResult
-from lleval.scoring import ScoredBlock, TokenScores
+from lleval.stream import ScoredBlock, TokenScores
 
 
 class Reducer(Protocol):

@@ -16,140 +16,24 @@ Memory stays bounded for any corpus: units are gathered into blocks of about
 then is the next block read. Between batches `engine_stream` also yields an
 `EngineTick` (how many tokens are scored and planned), so a progress display
 learns how far a block of a million tokens is without the engine calling it.
+
+The types it reads and yields are in `lleval.stream` (numpy only, so what only
+folds scored tokens never imports torch); the scorers it calls, and the
+log-prob kernels they use, in `lleval.kernels`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Protocol, Sequence, Union
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
 
 from lleval.batching import Batching, make_batches
+from lleval.kernels import TokenScorer
+from lleval.stream import EngineItem, EngineTick, ScoredBlock, TokenScores, Unit
 from lleval.windows import Span
-
-
-class TokenScorer(Protocol):
-    """Returns log P(label) for every position where ``score_mask`` is true.
-
-    Arguments are ``(B, T)`` tensors: ``input_ids`` (right-padded),
-    ``attention_mask`` (1 for real tokens), ``labels`` (the token each
-    position predicts) and ``score_mask`` (bool, only real positions). The
-    result is a float32 tensor of ``score_mask.sum()`` log-probs (<= 0), in
-    row-major order of the true positions: 1-D, or ``(N, 1 + k)`` with ``k``
-    further columns named by the scorer's ``columns`` attribute.
-    """
-
-    def __call__(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        labels: torch.Tensor,
-        score_mask: torch.Tensor,
-    ) -> torch.Tensor: ...
-
-
-@dataclass(frozen=True)
-class Row:
-    """What the report needs of one document besides what its tokens scored."""
-
-    index: int  # row in the source
-    bytes: int  # UTF-8 bytes it contributes (a separator counts with the document before it)
-    words: int
-    text_sha: str = ""  # sha256 of the text, to check resumed data
-    text: str | None = None  # as scored (with a concatenation's separator after it), kept when a reducer shows tokens
-    id: str | int | None = None  # the row's own ``id`` field, if it has one
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One token sequence scored by ``spans``, owned by one or more consecutive rows.
-
-    ``owners[i]`` is the row (0-based within ``rows``) that position ``i``
-    belongs to; ``None`` means every position belongs to ``rows[0]``.
-    ``starts[r]`` is the sequence position of row ``r``'s first own token
-    (after a prefix token), so a token's position in its document is its
-    sequence position minus its row's start. ``first_row`` numbers
-    ``rows[0]`` among all rows of the run; ``unscored`` counts the tokens of
-    the sequence the protocol leaves unscored (for the report).
-    """
-
-    tokens: Sequence[int]
-    spans: list[Span]
-    rows: tuple[Row, ...]
-    first_row: int
-    starts: np.ndarray  # (len(rows),) int64
-    owners: np.ndarray | None = None  # (len(tokens),) int64
-    window_head: int | None = None  # if set, written over the first token of every window
-    unscored: int = 0
-    char_starts: np.ndarray | None = None  # (len(tokens),) where each token starts in its row's text; -1: prefix
-
-    @property
-    def last_row(self) -> int:
-        """Number of the last row this unit completes."""
-        return self.first_row + len(self.rows) - 1
-
-
-@dataclass(frozen=True)
-class TokenScores:
-    """Every token one unit's windows scored, window by window: arrays of one length N.
-
-    ``windows[w]:windows[w + 1]`` are the tokens window ``w`` scored, in
-    position order. ``row`` numbers the token's document among all rows of
-    the run, ``position`` is its place in the document (0 = its first
-    token), ``context`` the number of tokens the model read before
-    predicting it in that window.
-    """
-
-    unit: Unit
-    windows: np.ndarray  # (W + 1,) int64 offsets
-    row: np.ndarray  # (N,) int64
-    position: np.ndarray  # (N,) int64
-    context: np.ndarray  # (N,) int64
-    token: np.ndarray  # (N,) int64
-    logprob: np.ndarray  # (N,) float32, log P(token | context) in nats, <= 0
-    columns: dict[str, np.ndarray] = field(default_factory=dict)  # the scorer's further (N,) columns
-    nonfinite: np.ndarray | None = None  # (len(unit.rows),) tokens left out as NaN/inf, per row
-
-    def __len__(self) -> int:
-        return int(self.logprob.shape[0])
-
-
-@dataclass(frozen=True)
-class ScoredBlock:
-    """What the engine yields: the scored tokens of a run of consecutive units, in order."""
-
-    units: list[TokenScores]
-
-    @property
-    def rows(self) -> list[Row]:
-        """The rows (documents) this block completes, in order."""
-        return [row for scores in self.units for row in scores.unit.rows]
-
-    @property
-    def tokens(self) -> int:
-        """Scored tokens in the block."""
-        return sum(len(scores) for scores in self.units)
-
-
-@dataclass(frozen=True)
-class EngineTick:
-    """Where scoring stands: yielded once a block is planned, then after each of its batches.
-
-    A block holds up to ``block_tokens`` (a million) tokens, so a run on most
-    corpora is one block: counting blocks alone, a progress display would show
-    nothing until the end. Counts are of scored tokens, since this call began.
-    """
-
-    scored: int  # tokens of the batches run so far
-    planned: int  # tokens of the blocks planned so far, this one included: grows block by block
-    block_scored: int  # tokens of this block's batches run so far
-    batches: int  # batches run so far
-    last_block: bool  # no unit is left to read: ``planned`` is every token this call scores
-
-
-EngineItem = Union[ScoredBlock, EngineTick]
 
 
 class Stopped(Exception):
@@ -414,112 +298,3 @@ def engine_stream(
             if block[-1].last_row >= options.skip_rows:
                 yield from _score_block(scorer, block, options, stats, shard, backoff, last_block=unit is None)
             block, held = [], 0
-
-
-class LogitsSlices(Protocol):
-    """Yields float logits ``(n, V)`` at the true positions of ``score_mask``, in row-major
-    order, at most ``per_slice`` positions at a time."""
-
-    def __call__(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        score_mask: torch.Tensor,
-        per_slice: int,
-    ) -> Iterator[torch.Tensor]: ...
-
-
-class SliceScorer:
-    """The `TokenScorer` that takes the target's log-softmax from each slice of logits.
-
-    With ``stats`` it also returns, per token, the rank of the true token
-    among the vocabulary (1: the most likely) and the entropy of the
-    predicted distribution (nats), from the same slices (columns ``rank``,
-    ``entropy``); the log-probs are computed exactly as without them.
-    """
-
-    def __init__(self, slices: LogitsSlices, per_slice: int, stats: bool = False) -> None:
-        self.slices, self.per_slice, self.stats = slices, per_slice, stats
-        self.columns: tuple[str, ...] = ("rank", "entropy") if stats else ()
-
-    def __call__(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, score_mask: torch.Tensor
-    ) -> torch.Tensor:
-        targets = labels[score_mask]  # (N,)
-        pieces, offset = [], 0
-        with torch.inference_mode():
-            for logits in self.slices(input_ids, attention_mask, score_mask, self.per_slice):
-                n = logits.shape[0]
-                chunk = targets[offset : offset + n].to(logits.device)
-                pieces.append(torch.stack(target_stats(logits, chunk), 1) if self.stats else target_logprobs(logits, chunk))
-                offset += n
-        if pieces:
-            return torch.cat(pieces)
-        return torch.zeros((0, 3) if self.stats else 0, dtype=torch.float32)
-
-
-def scorer_from_slices(slices: LogitsSlices, per_slice: int, stats: bool = False) -> SliceScorer:
-    """The `SliceScorer` of a `LogitsSlices` (``stats``: also rank and entropy)."""
-    return SliceScorer(slices, per_slice, stats)
-
-
-def slices_from_logits(logits_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> LogitsSlices:
-    """Adapt a ``(input_ids, attention_mask) -> (B, T, V) logits`` callable to `LogitsSlices`.
-
-    Meant for fakes and tiny models in tests: it holds full logits, which the
-    real model path (`lleval.model`) never does.
-    """
-
-    def slices(
-        input_ids: torch.Tensor, attention_mask: torch.Tensor, score_mask: torch.Tensor, per_slice: int
-    ) -> Iterator[torch.Tensor]:
-        logits = logits_fn(input_ids, attention_mask)[score_mask]  # (N, V)
-        for i in range(0, logits.shape[0], per_slice):
-            yield logits[i : i + per_slice]
-
-    return slices
-
-
-def scorer_from_logits(logits_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> TokenScorer:
-    """A `TokenScorer` from a full-logits callable (for fakes in tests)."""
-    return scorer_from_slices(slices_from_logits(logits_fn), per_slice=1 << 30)
-
-
-def target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """``log softmax(logits)[target]`` per row, in float32: ``(N, V), (N,) -> (N,)``.
-
-    Float32 ``logits`` are used as scratch space and overwritten: the
-    log-sum-exp runs in place, a third faster than `torch.logsumexp`, which
-    allocates two more (N, V) tensors.
-    """
-    logits = logits.float()
-    picked = logits.gather(1, targets.unsqueeze(1)).squeeze(1)
-    top = _row_max(logits)
-    log_total = logits.sub_(top).exp_().sum(dim=1).log_().add_(top.squeeze(1))
-    return picked - log_total
-
-
-def _row_max(logits: torch.Tensor) -> torch.Tensor:
-    top = logits.amax(dim=1, keepdim=True)  # (N, 1)
-    return torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # all -inf rows stay -inf
-
-
-def target_stats(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(log-prob of the target, its rank, entropy)`` per row, in float32: ``(N, V), (N,)``.
-
-    The log-prob is computed with the same operations as `target_logprobs`
-    (so asking for statistics changes no number); the rank counts the
-    tokens whose logit is strictly higher, plus one; the entropy is
-    ``log Z - sum(exp(l - top) (l - top)) / Z`` with ``Z = sum(exp(l - top))``.
-    Holds one more (N, V) tensor than `target_logprobs`.
-    """
-    logits = logits.float()
-    picked = logits.gather(1, targets.unsqueeze(1)).squeeze(1)
-    rank = (logits > picked.unsqueeze(1)).sum(dim=1).float() + 1.0
-    top = _row_max(logits)
-    shifted = logits.sub_(top)
-    weights = shifted.exp()  # (N, V)
-    total = weights.sum(dim=1)
-    log_total = total.log().add_(top.squeeze(1))
-    entropy = total.log() - (weights.mul_(shifted)).sum(dim=1) / total
-    return picked - log_total, rank, entropy

@@ -105,7 +105,7 @@ def units_of(sequences: Sequence[Sequence[int]], max_length: int, stride: int) -
     its document's first token and, having no context, is never scored)."""
     import numpy as np
 
-    from lleval.scoring import Row, Unit
+    from lleval.stream import Row, Unit
     from lleval.windows import rolling_spans
 
     return [

@@ -1,0 +1,123 @@
+"""The stream the engine yields and the reducers fold: rows, units, scored tokens, blocks.
+
+numpy only, no torch: whatever only reads scored tokens (the reducers, the
+token file, checkpoints, ``lleval inspect``) imports these types without
+loading a deep-learning framework (about a second and a few hundred MB).
+
+- `Row`: one document as the report needs it (bytes, words, text hash).
+- `Unit`: a token sequence, the windows that score it and the rows it holds.
+- `TokenScores`: every token one unit's windows scored, window by window.
+- `ScoredBlock`: what the engine yields per block of units, in input order.
+- `EngineTick`: where scoring stands, yielded between batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence, Union
+
+import numpy as np
+
+from lleval.windows import Span
+
+
+@dataclass(frozen=True)
+class Row:
+    """What the report needs of one document besides what its tokens scored."""
+
+    index: int  # row in the source
+    bytes: int  # UTF-8 bytes it contributes (a separator counts with the document before it)
+    words: int
+    text_sha: str = ""  # sha256 of the text, to check resumed data
+    text: str | None = None  # as scored (with a concatenation's separator after it), kept when a reducer shows tokens
+    id: str | int | None = None  # the row's own ``id`` field, if it has one
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One token sequence scored by ``spans``, owned by one or more consecutive rows.
+
+    ``owners[i]`` is the row (0-based within ``rows``) that position ``i``
+    belongs to; ``None`` means every position belongs to ``rows[0]``.
+    ``starts[r]`` is the sequence position of row ``r``'s first own token
+    (after a prefix token), so a token's position in its document is its
+    sequence position minus its row's start. ``first_row`` numbers
+    ``rows[0]`` among all rows of the run; ``unscored`` counts the tokens of
+    the sequence the protocol leaves unscored (for the report).
+    """
+
+    tokens: Sequence[int]
+    spans: list[Span]
+    rows: tuple[Row, ...]
+    first_row: int
+    starts: np.ndarray  # (len(rows),) int64
+    owners: np.ndarray | None = None  # (len(tokens),) int64
+    window_head: int | None = None  # if set, written over the first token of every window
+    unscored: int = 0
+    char_starts: np.ndarray | None = None  # (len(tokens),) where each token starts in its row's text; -1: prefix
+
+    @property
+    def last_row(self) -> int:
+        """Number of the last row this unit completes."""
+        return self.first_row + len(self.rows) - 1
+
+
+@dataclass(frozen=True)
+class TokenScores:
+    """Every token one unit's windows scored, window by window: arrays of one length N.
+
+    ``windows[w]:windows[w + 1]`` are the tokens window ``w`` scored, in
+    position order. ``row`` numbers the token's document among all rows of
+    the run, ``position`` is its place in the document (0 = its first
+    token), ``context`` the number of tokens the model read before
+    predicting it in that window.
+    """
+
+    unit: Unit
+    windows: np.ndarray  # (W + 1,) int64 offsets
+    row: np.ndarray  # (N,) int64
+    position: np.ndarray  # (N,) int64
+    context: np.ndarray  # (N,) int64
+    token: np.ndarray  # (N,) int64
+    logprob: np.ndarray  # (N,) float32, log P(token | context) in nats, <= 0
+    columns: dict[str, np.ndarray] = field(default_factory=dict)  # the scorer's further (N,) columns
+    nonfinite: np.ndarray | None = None  # (len(unit.rows),) tokens left out as NaN/inf, per row
+
+    def __len__(self) -> int:
+        return int(self.logprob.shape[0])
+
+
+@dataclass(frozen=True)
+class ScoredBlock:
+    """What the engine yields: the scored tokens of a run of consecutive units, in order."""
+
+    units: list[TokenScores]
+
+    @property
+    def rows(self) -> list[Row]:
+        """The rows (documents) this block completes, in order."""
+        return [row for scores in self.units for row in scores.unit.rows]
+
+    @property
+    def tokens(self) -> int:
+        """Scored tokens in the block."""
+        return sum(len(scores) for scores in self.units)
+
+
+@dataclass(frozen=True)
+class EngineTick:
+    """Where scoring stands: yielded once a block is planned, then after each of its batches.
+
+    A block holds up to ``block_tokens`` (a million) tokens, so a run on most
+    corpora is one block: counting blocks alone, a progress display would show
+    nothing until the end. Counts are of scored tokens, since this call began.
+    """
+
+    scored: int  # tokens of the batches run so far
+    planned: int  # tokens of the blocks planned so far, this one included: grows block by block
+    block_scored: int  # tokens of this block's batches run so far
+    batches: int  # batches run so far
+    last_block: bool  # no unit is left to read: ``planned`` is every token this call scores
+
+
+EngineItem = Union[ScoredBlock, EngineTick]
