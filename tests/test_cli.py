@@ -274,3 +274,17 @@ def test_kld_refuses_two_different_datasets(tiny_model_dir: Path, tmp_path: Path
     data = str(write_format(tmp_path, "jsonl"))
     result = run(["kld", "--base", str(tiny_model_dir), data, "-d", data + ".other", "-q"])
     assert result.exit_code == 2 and "two datasets given" in result.stderr
+
+
+def test_a_command_leaves_the_callers_warning_settings_alone(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The CLI shows warnings as one line (or none with --quiet) for its own run only: an
+    in-process caller's warning hook and filters are as they were afterwards."""
+    import warnings
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    before_hook, before_filters = warnings.showwarning, list(warnings.filters)
+    for extra in ([], ["--quiet"]):
+        result = run(["score", "--model", str(tiny_model_dir), "-d", str(data), "--format", "json", *extra])
+        assert result.exit_code == 0, result.output
+        assert warnings.showwarning is before_hook and warnings.filters == before_filters

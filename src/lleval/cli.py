@@ -11,11 +11,12 @@ checked every flag, so ``lleval --help`` and a refused flag are fast.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import traceback
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import click
 from click.core import ParameterSource
@@ -100,11 +101,10 @@ def _config(**fields: Any) -> EvalConfig:
 
 def _check_early(config: EvalConfig) -> None:
     """Every check that needs neither the model nor the data's contents, before torch,
-    transformers and datasets are imported (seconds): then silence those libraries."""
+    transformers and datasets are imported (seconds)."""
     from lleval.preflight import check_config
 
     _call(check_config, config)
-    _quiet_libraries(config.quiet)
 
 
 def _options(*options: Any) -> Any:
@@ -229,11 +229,12 @@ def score(**flags: Any) -> None:
     """
     config = _config(**flags)
     _check_early(config)
-    from lleval.api import evaluate
+    with _warnings_shown(config.quiet), _Interrupts() as interrupts:
+        _quiet_libraries()
+        from lleval.api import evaluate
 
-    with _Interrupts() as interrupts:
         report = _with_progress(config.quiet, evaluate, config, should_stop=interrupts.should_stop)
-    failed = _deliver(report, config.output, config.format)
+        failed = _deliver(report, config.output, config.format)
     if interrupts.signum is not None:
         click.echo(f"stopped by signal {interrupts.signum}: report marked incomplete", err=True)
         sys.exit(128 + interrupts.signum)
@@ -270,10 +271,14 @@ def kld(base_model: str | None, base_dtype: str | None, dataset_argument: str | 
 
     _call(check_kld, config, base_dtype)
     _check_early(config)
-    from lleval.kld import kl_divergence
+    with _warnings_shown(config.quiet):
+        _quiet_libraries()
+        from lleval.kld import kl_divergence
 
-    result = _with_progress(config.quiet, kl_divergence, config, base_model or config.model, base_dtype=base_dtype)
-    if _deliver(result, config.output, config.format):
+        result = _with_progress(config.quiet, kl_divergence, config, base_model or config.model,
+                                base_dtype=base_dtype)
+        failed = _deliver(result, config.output, config.format)
+    if failed:
         sys.exit(1)
 
 
@@ -453,14 +458,23 @@ def stdout_console() -> Any:
     return console if console.is_terminal else Console(width=max(console.width, LOG_WIDTH))
 
 
-def _quiet_libraries(quiet: bool) -> None:
-    """Silence third-party progress bars and logs (lleval draws its own progress and turns
-    library errors into one line), and show warnings as one ``warning:`` line on stderr,
-    or not at all with ``--quiet`` (the report's ``notes`` keep what matters)."""
-    if quiet:
-        warnings.simplefilter("ignore")
-    else:
-        warnings.showwarning = _show_warning
+@contextlib.contextmanager
+def _warnings_shown(quiet: bool) -> Iterator[None]:
+    """For one command: warnings as one ``warning:`` line on stderr, or not at all with
+    ``--quiet`` (the report's ``notes`` keep what matters). Restored when the command
+    returns, so a caller that runs the CLI in its own process (tests, notebooks) keeps
+    its warning settings."""
+    with warnings.catch_warnings():
+        if quiet:
+            warnings.simplefilter("ignore")
+        else:
+            warnings.showwarning = _show_warning
+        yield
+
+
+def _quiet_libraries() -> None:
+    """Silence third-party progress bars and logs: lleval draws its own progress and turns
+    library errors into one line (warnings: `_warnings_shown`)."""
     import datasets
     import transformers
 
