@@ -288,3 +288,24 @@ def test_a_command_leaves_the_callers_warning_settings_alone(tiny_model_dir: Pat
         result = run(["score", "--model", str(tiny_model_dir), "-d", str(data), "--format", "json", *extra])
         assert result.exit_code == 0, result.output
         assert warnings.showwarning is before_hook and warnings.filters == before_filters
+
+
+@pytest.mark.parametrize("key,flag", [("quiet", "--no-quiet"), ("allow_nonfinite", "--no-allow-nonfinite"),
+                                      ("token_stats", "--no-token-stats")])
+def test_a_config_files_true_can_be_undone_on_the_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                key: str, flag: str) -> None:
+    """Every boolean has its --no- form: a config file's `true` is not the last word."""
+    import lleval.cli as cli
+
+    seen: list[Any] = []
+
+    def record(config: Any) -> None:  # stop right after the flags are parsed into the config
+        seen.append(config)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(cli, "_check_early", record)
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text(f"{key}: true\n")
+    run(["score", "--config", str(config_file)])
+    run(["score", "--config", str(config_file), flag])
+    assert [getattr(c, key) for c in seen] == [True, False]

@@ -173,7 +173,7 @@ SCORING_OPTIONS = _options(
                  help="Also cap a batch at this many padded tokens (rows x width)."),
     click.option("--block-tokens", type=click.IntRange(min=1), default=1 << 20, show_default=True,
                  help="Sequence tokens read, sorted and batched together (memory bound of the sort)."),
-    click.option("--allow-nonfinite", is_flag=True, default=False,
+    click.option("--allow-nonfinite/--no-allow-nonfinite", default=False, show_default=True,
                  help="Count NaN/inf token log-probs and leave them out, instead of stopping."),
     click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
                  help="Save progress here; rerunning the same command resumes from it."),
@@ -187,7 +187,7 @@ SCORING_OPTIONS = _options(
                  "disk) is one line on stderr and exit 1; the others are still written."),
     click.option("--format", type=click.Choice(FORMATS), default="table", show_default=True,
                  help="What stdout gets: a table, the JSON report, or markdown."),
-    click.option("--quiet", "-q", is_flag=True, default=False,
+    click.option("--quiet/--no-quiet", "-q", default=False, show_default=True,
                  help="Nothing on stderr but errors: no progress, no warnings."),
     click.option("--tokens", type=click.Path(dir_okay=False), default=None,
                  help="Write every scored token (document, position, context, id, text, log-prob) here: "
@@ -195,7 +195,7 @@ SCORING_OPTIONS = _options(
 )
 # Flags of `score` alone: what it shows of its tokens besides the export.
 SHOW_OPTIONS = _options(
-    click.option("--token-stats", is_flag=True, default=False,
+    click.option("--token-stats/--no-token-stats", default=False, show_default=True,
                  help="Also the rank of each true token and the entropy of each prediction (for --tokens, --html)."),
     click.option("--html", type=click.Path(dir_okay=False), default=None,
                  help="Write a self-contained HTML report here: curve, documents, coloured tokens."),
