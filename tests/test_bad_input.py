@@ -305,3 +305,39 @@ def test_json_files_the_loader_reads_pass_the_check(tiny_model_dir: Path, tmp_pa
                                        "--bootstrap", "0"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["totals"]["documents"] == documents
+
+
+@pytest.mark.parametrize("args", [
+    ["-o", "{d}"],  # the report over the dataset
+    ["-o", "r.jsonl", "--tokens", "r.jsonl"],
+    ["--tokens", "t.parquet", "--html", "t.parquet"],
+    ["-o", "r.json", "--checkpoint", "r.json"],
+])
+def test_outputs_that_share_a_file_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str]) -> None:
+    """One output written over another (or over the data) would silently destroy it: refused
+    before anything loads, naming both."""
+    monkeypatch.chdir(tmp_path)
+    data = _jsonl(tmp_path / "d.jsonl", GOOD)
+    before = data.read_bytes()
+    argv = [a.replace("{d}", str(data)) for a in args]
+    result = CliRunner().invoke(main, ["score", "-q", "-d", str(data), *argv])
+    assert result.exit_code == 2 and "is the same file as" in result.output, result.output
+    assert data.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl"]
+
+
+def test_a_null_text_in_a_parquet_file_is_refused_before_the_model_loads(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lleval.data import DataSpec, check_file
+
+    path = tmp_path / "n.parquet"
+    pq.write_table(pa.table({"text": ["a"] * 2000 + [None]}), path, row_group_size=700)
+    with pytest.raises(DataError, match=r"n.parquet, row 2000: field 'text' is null"):
+        check_file(path, "parquet", DataSpec(dataset=str(path)))
+    check_file(path, "parquet", DataSpec(dataset=str(path), limit=2000))  # the null row is past --limit
+    numbers = tmp_path / "i.parquet"
+    pq.write_table(pa.table({"text": [1, 2]}), numbers)
+    with pytest.raises(DataError, match="column 'text' holds int64, not text"):
+        check_file(numbers, "parquet", DataSpec(dataset=str(numbers)))

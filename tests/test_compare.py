@@ -295,3 +295,24 @@ def test_an_html_page_that_cannot_be_written_costs_that_page_alone(tmp_path: Pat
     assert json.loads(out.read_text())["passed"] is True  # -o was still written, and stdout got the JSON
     assert json.loads(result.stdout)["kind"] == "compare"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "c.json"]
+
+
+def test_compare_outputs_never_overwrite_a_report_it_reads(tmp_path: Path) -> None:
+    base = write(tmp_path, "a.json", make_report())
+    before = Path(base).read_text()
+    result = run([base, base, "-o", base])
+    assert result.exit_code == 2 and "is the same file as BASE" in result.stderr
+    assert Path(base).read_text() == before
+
+
+def test_a_summary_that_cannot_be_appended_costs_the_summary_alone(tmp_path: Path) -> None:
+    base = write(tmp_path, "a.json", make_report())
+    out = tmp_path / "c.json"
+    unset = run([base, base, "--summary", "-o", str(out)], env={"GITHUB_STEP_SUMMARY": ""})
+    assert unset.exit_code == 2 and "$GITHUB_STEP_SUMMARY" in unset.stderr and not out.exists()
+    missing = tmp_path / "no-such-folder" / "summary.md"
+    result = run([base, base, "--summary", "-o", str(out), "--format", "json"], env={"GITHUB_STEP_SUMMARY": str(missing)})
+    assert result.exit_code == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "--summary" in errors[0]
+    assert json.loads(out.read_text())["kind"] == "compare" and json.loads(result.stdout)["kind"] == "compare"

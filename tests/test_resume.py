@@ -278,3 +278,28 @@ def test_a_finished_checkpoint_with_tokens_says_there_is_nothing_to_write(tiny_m
     again = _cli(tiny_model_dir, data, ckpt, tmp_path / "b.json", "--tokens", str(tmp_path / "t2.jsonl"))
     assert again.exit_code == 2 and "finished run" in again.output and "Drop --tokens" in again.output
     assert not (tmp_path / "t2.jsonl").exists()
+
+
+def test_resuming_with_token_stats_added_is_refused_and_keeps_the_parts(tiny_loaded: Any, tmp_path: Path) -> None:
+    """The token file's parts of an interrupted run have no rank and entropy columns: resuming
+    with --token-stats is refused before anything is written, and the original command then
+    resumes as before."""
+    tokens, ckpt = str(tmp_path / "t.parquet"), str(tmp_path / "run.ckpt")
+    base = _config(tmp_path, checkpoint=ckpt, checkpoint_every=0, tokens=tokens)
+    evaluate(base, loaded=tiny_loaded, should_stop=_stop_after(12))
+    parts = sorted(p.name for p in tmp_path.iterdir() if ".parts" in p.name)
+    assert len(parts) == 1
+    with pytest.raises(ConfigError, match=r"different set of per-token columns \(--token-stats"):
+        evaluate(dataclasses.replace(base, token_stats=True), loaded=tiny_loaded)
+    assert sorted(p.name for p in tmp_path.iterdir() if ".parts" in p.name) == parts
+    resumed = evaluate(base, loaded=tiny_loaded)
+    assert resumed.complete and not resumed.failed_outputs
+    full = evaluate(_config(tmp_path), loaded=tiny_loaded)
+    assert [d.to_dict() for d in resumed.documents] == [d.to_dict() for d in full.documents]
+
+
+def test_resuming_with_an_output_added_names_its_flag(tiny_loaded: Any, tmp_path: Path) -> None:
+    ckpt = str(tmp_path / "run.ckpt")
+    evaluate(_config(tmp_path, checkpoint=ckpt, checkpoint_every=0), loaded=tiny_loaded, should_stop=_stop_after(12))
+    with pytest.raises(ConfigError, match="was made without --html: drop --html to resume it"):
+        evaluate(_config(tmp_path, checkpoint=ckpt, html=str(tmp_path / "r.html")), loaded=tiny_loaded)

@@ -262,6 +262,7 @@ def _fingerprint(config: EvalConfig, loaded: LoadedModel, protocol: Plan) -> dic
         "tokenizer": tokenizer_block(loaded.tokenizer, loaded.info.name)["fingerprint"],
         "protocol": {**protocol.describe(loaded.tokenizer), "batch_size": config.batch_size,
                      "max_batch_tokens": config.max_batch_tokens, "block_tokens": config.block_tokens},
+        "columns": list(getattr(loaded.scorer, "columns", ())),  # the token file's further columns
     }
 
 
@@ -295,7 +296,7 @@ def score(
                                 config.checkpoint_every, job.fingerprint)
     units = job.protocol.units(job.inputs.documents, job.loaded.tokenizer, keep_text=bool(config.tokens or config.html))
     if job.resumed is not None:
-        Checkpointer.restore(job.resumed, reducers)
+        Checkpointer.restore(job.resumed, reducers, config.checkpoint or "")
         units = verify_resumed(units, job.resumed, config.checkpoint or "")
     options = EngineOptions(batch_size=job.batching.batch_size, max_batch_tokens=job.batching.max_batch_tokens,
                             overhead_tokens=job.batching.overhead_tokens, pad_id=job.loaded.pad_id,
@@ -491,7 +492,8 @@ def score_notes(job: Job, run: ScoringRun, sums: DocumentSums, counts: StreamCou
             "tokens unscored, so bits per byte and word/byte perplexity are not reported."
         )
     if run.checkpoint_problem:
-        notes.append(f"the checkpoint was not saved: {run.checkpoint_problem}")
+        notes.append(f"a checkpoint save failed ({run.checkpoint_problem}); {config.checkpoint} holds the last "
+                     "save that succeeded, if any.")
     notes += model_notes(info)
     return notes
 

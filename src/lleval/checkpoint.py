@@ -30,7 +30,12 @@ from lleval.report import write_text_atomic
 from lleval.stream import Unit
 
 CHECKPOINT_VERSION = 2
-FINGERPRINT_PARTS = ("model", "tokenizer", "protocol")
+FINGERPRINT_PARTS = ("model", "tokenizer", "protocol", "columns")
+# How a refusal names a part of the fingerprint; "columns" are the scorer's further per-token
+# columns, which the token file's parts hold (a checkpoint before them had none).
+PART_NAMES = {"columns": "set of per-token columns (--token-stats adds rank and entropy)"}
+# The flag behind a reducer that a checkpoint may lack.
+REDUCER_FLAGS = {"tokens": "--tokens", "samples": "--html"}
 
 
 @dataclass(frozen=True)
@@ -75,11 +80,13 @@ def load(path: str, fingerprint: dict[str, Any]) -> Checkpoint | None:
         raise ConfigError(
             f"checkpoint {path} cannot be read ({exc}): delete it or pass another --checkpoint."
         ) from None
-    differs = [part for part in FINGERPRINT_PARTS if checkpoint.fingerprint.get(part) != fingerprint.get(part)]
+    empty: dict[str, Any] = {"columns": []}  # what a checkpoint from before a part was fingerprinted held
+    differs = [PART_NAMES.get(part, part) for part in FINGERPRINT_PARTS
+               if checkpoint.fingerprint.get(part, empty.get(part)) != fingerprint.get(part, empty.get(part))]
     if differs:
         raise ConfigError(
             f"checkpoint {path} was made with a different {' and '.join(differs)}: it cannot be resumed "
-            "with this command. Delete it, or pass another --checkpoint."
+            "with this command. Rerun it as it was made, delete it, or pass another --checkpoint."
         )
     return checkpoint
 
@@ -152,10 +159,13 @@ class Checkpointer:
         self.last_save = time.monotonic()
 
     @staticmethod
-    def restore(checkpoint: Checkpoint, reducers: Mapping[str, Resumable]) -> None:
-        """Put each reducer back to its saved state."""
-        missing = set(reducers) - set(checkpoint.states)
+    def restore(checkpoint: Checkpoint, reducers: Mapping[str, Resumable], path: str = "") -> None:
+        """Put each reducer back to its saved state; a reducer the checkpoint has no state of
+        (an output asked for now, not when it was made) is refused, naming its flag."""
+        missing = sorted(set(reducers) - set(checkpoint.states))
         if missing:
-            raise ConfigError(f"checkpoint lacks the state of {', '.join(sorted(missing))}: delete it and rerun.")
+            flags = " and ".join(REDUCER_FLAGS.get(name, name) for name in missing)
+            raise ConfigError(f"checkpoint {path} was made without {flags}: drop {flags} to resume it, or delete "
+                              "the checkpoint to start again.")
         for name, reducer in reducers.items():
             reducer.restore(checkpoint.states[name])

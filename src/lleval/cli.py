@@ -319,13 +319,14 @@ def compare(base: str, candidates: tuple[str, ...], max_regression: float | None
         raise click.UsageError("--require-significant qualifies the gate of --max-regression: give both.")
     if bootstrap == 0 and seed != 0:
         raise click.UsageError("--seed seeds the bootstrap, which --bootstrap 0 turns off: drop one of them.")
+    summary_file = _summary_file() if summary else None
+    _check_compare_paths(base, candidates, output, html, summary_file)
     result = _call(compare_report_files, base, list(candidates), max_regression_pct=max_regression,
                    require_significant=require_significant, n_resamples=bootstrap, seed=seed,
                    top_documents=top_documents)
-    if summary:
-        _append_summary(result.render_markdown())
     html_failed = _write_compare_html(result, html) if html else []
-    failed = html_failed + _deliver(result, output, format)
+    summary_failed = _append_summary(summary_file, result.render_markdown()) if summary_file else []
+    failed = html_failed + summary_failed + _deliver(result, output, format)
     for warning in (r.warning for r in result.comparisons if r.warning):
         click.echo(f"warning: {warning}", err=True)
     for r in result.regressions:
@@ -526,15 +527,40 @@ class _StderrProgress:
         )
 
 
-def _append_summary(markdown: str) -> None:
+def _summary_file() -> str:
+    """The file ``--summary`` appends to; refused before any work when GitHub Actions did not name one."""
     path = os.environ.get("GITHUB_STEP_SUMMARY")
     if not path:
         raise InputProblem("--summary needs $GITHUB_STEP_SUMMARY to name a file (GitHub Actions sets it).")
+    return path
+
+
+def _append_summary(path: str, markdown: str) -> list[str]:
+    """Append the markdown to the step summary; a failure is one line on stderr (returned, so
+    the command exits 1), and the other outputs are still written."""
+    existed = os.path.exists(path)
     try:
         with open(path, "a", encoding="utf-8") as out:
             out.write(markdown)
     except OSError as exc:
-        raise InputProblem(f"cannot append to $GITHUB_STEP_SUMMARY ({path}): {exc.strerror}.") from None
+        if not existed:  # leave no empty file of ours behind
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        from lleval.errors import write_failure
+
+        message = str(write_failure("--summary", path, exc))
+        click.echo(f"Error: {message}", err=True)
+        return [message]
+    return []
+
+
+def _check_compare_paths(base: str, candidates: tuple[str, ...], output: str | None, html: str | None,
+                         summary: str | None) -> None:
+    """compare's outputs must be files of their own: not a report it reads, not each other."""
+    from lleval.preflight import check_distinct
+
+    outputs = [(flag, path) for flag, path in (("--output", output), ("--html", html), ("--summary", summary)) if path]
+    _call(check_distinct, outputs, [("BASE", base)] + [("CANDIDATE", c) for c in candidates])
 
 
 def _is_main_rank() -> bool:

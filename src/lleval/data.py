@@ -260,6 +260,7 @@ def check_file(path: Path, builder: str, spec: DataSpec) -> None:
         with path.open("rb") as handle:
             if handle.read(4) != b"PAR1":
                 raise DataError(f"data file {path} is not a Parquet file (no PAR1 header): check the file.")
+        _check_parquet_rows(path, spec)
         return
     with path.open("rb") as handle:
         head = handle.read(SNIFF_BYTES)
@@ -277,6 +278,39 @@ def check_file(path: Path, builder: str, spec: DataSpec) -> None:
         _check_json_file(path, spec)
     elif builder == "csv":
         _check_csv(path, spec)
+
+
+def _check_parquet_rows(path: Path, spec: DataSpec) -> None:
+    """The text column of a Parquet file, read alone (a column, not the rows): a null, or a
+    column that holds no text, is named with its row before the model loads, not when
+    scoring reaches it. A file pyarrow cannot open, or one without the column, is left
+    to the loader, whose messages for those say what is wrong."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception:  # pyarrow raises several kinds; the loader reports a corrupt file
+        return
+    if spec.text_field not in parquet.schema_arrow.names:
+        return
+    kind = parquet.schema_arrow.field(spec.text_field).type
+    text_like = (pa.types.is_string(kind) or pa.types.is_large_string(kind)
+                 or (pa.types.is_dictionary(kind) and pa.types.is_string(kind.value_type)))
+    if not text_like:
+        raise DataError(f"data file {path}: column {spec.text_field!r} holds {kind}, not text. Pick another "
+                        "--text-field.")
+    offset = 0
+    for batch in parquet.iter_batches(columns=[spec.text_field], batch_size=1 << 16):
+        column = batch.column(0)
+        if column.null_count:
+            row = offset + column.is_null().to_pylist().index(True)
+            if spec.limit is None or row < spec.limit:
+                raise DataError(f"data file {path}, row {row}: field {spec.text_field!r} is null, not a string. "
+                                "Fix the row or pick another --text-field.")
+        offset += len(column)
+        if spec.limit is not None and offset >= spec.limit:
+            return
 
 
 def _check_decodes(path: Path, encoding: str) -> None:

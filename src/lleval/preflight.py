@@ -24,11 +24,28 @@ def check_config(config: EvalConfig) -> None:
     (every flag problem at once), then an output file that cannot be written, then a data
     source that does not exist or would ignore a flag (`lleval.data.check_spec`)."""
     config.validate()
-    for name in OUTPUT_FLAGS:
-        path = getattr(config, name)
-        if path:
-            check_writable(path, config.flag(name))
+    outputs = [(config.flag(name), path) for name in OUTPUT_FLAGS if (path := getattr(config, name))]
+    for flag, path in outputs:
+        check_writable(path, flag)
+    inputs = [] if config.dataset in (None, "-") else [(config.flag("dataset"), config.dataset or "")]
+    check_distinct(outputs, inputs)
     check_spec(data_spec(config))
+
+
+def check_distinct(outputs: list[tuple[str, str]], inputs: list[tuple[str, str]]) -> None:
+    """Refuse (`OutputError`) two outputs of one run that name the same file, or an output
+    that names an input: the later write would silently destroy the other (``-o`` over
+    the dataset, the report over the checkpoint). ``outputs`` and ``inputs`` are
+    ``(flag, path)`` pairs; paths are compared as resolved files."""
+    seen: dict[Path, str] = {}
+    for flag, path in inputs:
+        seen.setdefault(Path(path).expanduser().resolve(), f"{flag} {path}")
+    for flag, path in outputs:
+        key = Path(path).expanduser().resolve()
+        if key in seen:
+            raise OutputError(f"{flag} {path} is the same file as {seen[key]}: writing it would destroy the other. "
+                              "Give each output a file of its own.")
+        seen[key] = f"{flag} {path}"
 
 
 def check_kld(config: EvalConfig, base_dtype: str | None) -> None:
