@@ -236,7 +236,8 @@ def score(**flags: Any) -> None:
         report = _with_progress(config.quiet, evaluate, config, should_stop=interrupts.should_stop)
         failed = _deliver(report, config.output, config.format)
     if interrupts.signum is not None:
-        click.echo(f"stopped by signal {interrupts.signum}: report marked incomplete", err=True)
+        what = "after the run had finished: the report is complete" if report.complete else "report marked incomplete"
+        click.echo(f"stopped by signal {interrupts.signum}: {what}", err=True)
         sys.exit(128 + interrupts.signum)
     if failed:
         sys.exit(1)
