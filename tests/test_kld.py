@@ -135,3 +135,25 @@ def test_one_model_in_two_dtypes(tiny_llama_dir: Path, tmp_path: Path) -> None:
 def test_kld_needs_a_base_or_a_base_dtype(tiny_model_dir: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["kld", "-m", str(tiny_model_dir), "-d", _data(tmp_path), "-q"])
     assert result.exit_code == 2 and "give --base" in result.output
+
+
+def test_kld_config_file_takes_its_own_options(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`base` and `base-dtype` are keys of kld's config file, as its flags are on the command line."""
+    from click.testing import CliRunner
+
+    from lleval.cli import main
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in ("One text here.", "And another one.")))
+    config = tmp_path / "k.yaml"
+    config.write_text(f"base: {tiny_model_dir}\nbase-dtype: float32\nbootstrap: 0\n")
+    result = CliRunner().invoke(main, ["kld", "--config", str(config), "-m", str(tiny_model_dir), "-d", str(data),
+                                       "-q", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["base"]["name"] == str(tiny_model_dir) and report["base"]["dtype"] == "float32"
+    assert report["kl_divergence"]["mean"] == 0.0  # the same model and dtype: no divergence
+    typo = tmp_path / "t.yaml"
+    typo.write_text("bsae: x\n")
+    refused = CliRunner().invoke(main, ["kld", "--config", str(typo), "-d", str(data)])
+    assert refused.exit_code == 2 and "did you mean 'base'" in refused.output

@@ -77,11 +77,14 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
     """Eager ``--config`` callback: the YAML file becomes click's ``default_map``."""
     if value is None:
         return None
-    from lleval.config import load_config_file
+    from lleval.config import FIELD_TYPES, load_config_file
     from lleval.errors import ConfigError
 
+    # the command's own options (kld's --base, --base-dtype) are keys of its config file too
+    own = {opt[2:].replace("-", "_"): p.name for p in ctx.command.params if p.name and p.name not in FIELD_TYPES
+           for opt in p.opts if opt.startswith("--") and opt != "--config"}
     try:
-        values = load_config_file(value)
+        values = load_config_file(value, own)
     except ConfigError as exc:
         raise click.BadParameter(str(exc), ctx=ctx, param=_param) from None
     ctx.default_map = {**(ctx.default_map or {}), **values}

@@ -271,8 +271,11 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
 assert set(FIELD_TYPES) == {f.name for f in dataclasses.fields(EvalConfig)} - {"origins"}
 
 
-def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+def load_config_file(path: str | os.PathLike[str], extra: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Read a YAML config into ``{field: value}``, checking every key and type at once.
+
+    ``extra`` maps the keys of a command's own options (``kld``'s ``base``,
+    ``base_dtype``) to their parameter names; their values are strings (or null).
 
     Keys may use dashes or underscores, but one setting may appear only once
     (``max_length`` and ``max-length`` together are refused, as is a key given
@@ -290,8 +293,14 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for key, value in raw.items():
         name = str(key).replace("-", "_")
+        if extra and name in extra:
+            if value is not None and not isinstance(value, str):
+                problems.append(f"{key!r} must be str, got {type(value).__name__} {value!r}")
+            else:
+                values[extra[name]] = value
+            continue
         if name not in FIELD_TYPES:
-            close = difflib.get_close_matches(name, FIELD_TYPES, n=1)
+            close = difflib.get_close_matches(name, [*FIELD_TYPES, *(extra or {})], n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             problems.append(f"unknown key {key!r}{hint}")
             continue
