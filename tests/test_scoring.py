@@ -156,11 +156,14 @@ def test_the_engine_ticks_between_batches(lengths: list[int], max_length: int, b
     blocks = [item for item in items if isinstance(item, ScoredBlock)]
     assert len(ticks) == stats.batches + len(blocks)
     assert all(a.scored <= b.scored and a.planned <= b.planned for a, b in zip(ticks, ticks[1:]))
+    same_block = [(a, b) for a, b in zip(ticks, ticks[1:]) if b.block_scored >= a.block_scored and b.planned == a.planned]
+    assert all(a.block_rows_done <= b.block_rows_done for a, b in same_block)  # documents only finish
     scored = 0
     for k, item in enumerate(items):
         if isinstance(item, ScoredBlock):
             last = items[k - 1]
             assert isinstance(last, EngineTick) and last.block_scored == item.tokens
+            assert last.block_rows_done == len(item.rows)  # every document of the block is done
             scored += item.tokens
             assert last.scored == scored and last.last_block == (item is blocks[-1])
     assert ticks[-1].scored == ticks[-1].planned == expected_total == scored

@@ -310,7 +310,7 @@ def score(
     try:
         for item in engine_stream(job.loaded.scorer, units, options, stats=engine, shard=dist):
             if isinstance(item, EngineTick):
-                meter.show(item, len(sums.documents), done_tokens + item.block_scored)
+                meter.show(item, len(sums.documents) + item.block_rows_done, done_tokens + item.block_scored)
                 continue
             block = finite_only(item, config.allow_nonfinite)
             for reducer in reducers.values():

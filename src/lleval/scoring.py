@@ -173,9 +173,9 @@ def _release_cached_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _tick(stats: EngineStats, block_start: int, last_block: bool) -> EngineTick:
+def _tick(stats: EngineStats, block_start: int, last_block: bool, rows_done: int) -> EngineTick:
     return EngineTick(stats.batch_tokens, stats.planned_tokens, stats.batch_tokens - block_start, stats.batches,
-                      last_block)
+                      last_block, rows_done)
 
 
 def _score_block(
@@ -195,7 +195,11 @@ def _score_block(
     owners = assign_batches([len(b) * w for b, w in zip(batches, widths)], shard.world_size) if shard else None
     block_start = stats.batch_tokens
     stats.planned_tokens += sum(job.span.n_scored for job in jobs)
-    yield _tick(stats, block_start, last_block)
+    # a document is done once its unit's last window is scored (batches are sorted by length,
+    # so within a block documents finish out of order)
+    windows_left = [len(unit.spans) for unit in units]
+    rows_done = sum(len(unit.rows) for unit in units if not unit.spans)
+    yield _tick(stats, block_start, last_block, rows_done)
     for k, batch in enumerate(batches):
         if options.should_stop is not None and options.should_stop():
             raise Stopped()
@@ -205,7 +209,10 @@ def _score_block(
         stats.computed_tokens += len(batch) * widths[k]
         stats.padding_tokens += sum(widths[k] - lengths[j] for j in batch)
         stats.batch_tokens += sum(jobs[j].span.n_scored for j in batch)
-        yield _tick(stats, block_start, last_block)
+        for j in batch:
+            windows_left[jobs[j].unit] -= 1
+            rows_done += len(units[jobs[j].unit].rows) if windows_left[jobs[j].unit] == 0 else 0
+        yield _tick(stats, block_start, last_block, rows_done)
     if shard is not None and owners is not None:
         mine = {j: jobs[j].result for k, batch in enumerate(batches) if owners[k] == shard.rank for j in batch}
         for j, result in shard.exchange(mine).items():  # type: ignore[arg-type]

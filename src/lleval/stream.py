@@ -118,6 +118,7 @@ class EngineTick:
     block_scored: int  # tokens of this block's batches run so far
     batches: int  # batches run so far
     last_block: bool  # no unit is left to read: ``planned`` is every token this call scores
+    block_rows_done: int = 0  # rows (documents) of this block whose every window is scored
 
 
 EngineItem = Union[ScoredBlock, EngineTick]
