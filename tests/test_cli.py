@@ -309,3 +309,21 @@ def test_a_config_files_true_can_be_undone_on_the_command_line(tmp_path: Path, m
     run(["score", "--config", str(config_file)])
     run(["score", "--config", str(config_file), flag])
     assert [getattr(c, key) for c in seen] == [True, False]
+
+
+def test_the_progress_line_fits_an_80_column_terminal() -> None:
+    """rich cuts the last columns of a line that does not fit (the time left became '0:0…')."""
+    import io
+
+    from rich.console import Console
+
+    from lleval.api import ScoringProgress
+    from lleval.cli import _StderrProgress
+
+    progress = _StderrProgress(Console(file=io.StringIO(), width=80))
+    progress.stage("scoring")
+    progress.update(ScoringProgress(312, 1500, 61_440, 131_072, False, 51.0, 312, 61_440))
+    screen = Console(file=io.StringIO(), width=80, color_system=None)
+    screen.print(progress._progress.make_tasks_table(progress._progress.tasks))
+    line = screen.file.getvalue().rstrip("\n")
+    assert "…" not in line.replace("scoring…", "") and line.endswith("3:14 left"), line

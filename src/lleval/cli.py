@@ -499,12 +499,13 @@ class _StderrProgress:
     left (`lleval.api.ScoringProgress`)."""
 
     def __init__(self, console: Any) -> None:
-        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
 
         self._progress = Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[tokens]}"),
-            TextColumn("{task.fields[docs]}"), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-            TextColumn("{task.fields[left]}"), console=console, transient=True,
+            # a short bar and short fields: the whole line fits an 80-column terminal (rich cuts the last columns)
+            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=10), TextColumn("{task.fields[tokens]}"),
+            TextColumn("{task.fields[docs]}"), TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[left]}"),
+            console=console, transient=True,
         )
         self._task = self._progress.add_task("starting", total=None, tokens="", docs="", rate="", left="")
 
@@ -523,7 +524,7 @@ class _StderrProgress:
         planned = "" if state.all_planned else "+"  # more blocks to come
         self._progress.update(
             self._task, completed=state.tokens, total=state.tokens_planned or None,
-            tokens=f"{state.tokens:,} / {state.tokens_planned:,}{planned} tokens",
+            tokens=f"{state.tokens:,}/{state.tokens_planned:,}{planned} tok",
             docs=f"{state.documents}/{state.documents_expected} docs" if state.documents_expected
             else f"{state.documents} docs",
             rate="… tok/s" if rate is None else f"{rate:,.0f} tok/s",
