@@ -459,8 +459,8 @@ def stdout_console() -> Any:
     """
     from rich.console import Console
 
-    console = Console()
-    return console if console.is_terminal else Console(width=max(console.width, LOG_WIDTH))
+    console = Console(markup=False)  # paths and names such as "[v2] run" are text, not rich markup
+    return console if console.is_terminal else Console(width=LOG_WIDTH, markup=False)
 
 
 @contextlib.contextmanager

@@ -298,23 +298,22 @@ class ComparisonReport:
 
     def render_table(self, console: Any) -> None:
         """A rich table, one row per candidate."""
-        from rich.markup import escape
         from rich.table import Table
 
-        rows = self.comparisons  # paths are escaped: rich reads "[v2]" in a cell as markup and drops it
-        table = Table(title=f"lleval compare — base {escape(rows[0].base)}" if rows else "lleval compare")
+        rows = self.comparisons
+        table = Table(title=f"lleval compare — base {rows[0].base}" if rows else "lleval compare")
         for column in ("candidate", "metric", "base", "candidate value", "change", "95% CI", "P(worse)", "verdict"):
             table.add_column(column)
         for r in rows:
             table.add_row(
-                escape(r.candidate), r.metric, f"{r.base_value:.4f}", f"{r.candidate_value:.4f}", f"{r.change * 100:+.2f}%",
+                r.candidate, r.metric, f"{r.base_value:.4f}", f"{r.candidate_value:.4f}", f"{r.change * 100:+.2f}%",
                 _interval_text(r.interval), _p_text(r.p_worse), self.verdict(r),
             )
         console.print(table)
         for r, title, docs in _changed(rows):
             # the title on a line of its own: a table title wraps at the table's width, which
             # cut a long candidate path over three lines above a three-column table
-            console.print(f"{r.candidate}: documents that {title}", style="italic", markup=False, highlight=False)
+            console.print(f"{r.candidate}: documents that {title}", style="italic", highlight=False)
             changed = Table()
             for column in ("document", "Δ nats", "Δ bits/byte"):
                 changed.add_column(column, justify="right")
@@ -323,9 +322,7 @@ class ComparisonReport:
             console.print(changed)
         for r in rows:
             if r.metric != "perplexity":
-                console.print(f"note: {r.candidate}: {r.why}.", markup=False)
-            if r.warning:
-                console.print(f"warning: {r.warning}", markup=False)
+                console.print(f"note: {r.candidate}: {r.why}.")
 
 
 def _changed(rows: list[Comparison]) -> list[tuple[Comparison, str, list[dict[str, Any]]]]:

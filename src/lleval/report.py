@@ -392,17 +392,16 @@ def summary_rows(report: Report) -> list[tuple[str, str]]:
 
 def render_pairs_table(title: str, rows: list[tuple[str, str]], notes: list[str], console: Any) -> None:
     """A two-column rich table of (label, value) rows, then the notes."""
-    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=title, show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
     for label, value in rows:
-        table.add_row(label, escape(value))  # a path or model name may hold "[...]", which rich reads as markup
+        table.add_row(label, value)
     console.print(table)
     for note in notes:
-        console.print(f"note: {note}", markup=False)
+        console.print(f"note: {note}")
 
 
 def render_pairs_markdown(title: str, rows: list[tuple[str, str]], notes: list[str]) -> str:

@@ -180,7 +180,6 @@ class TokenView:
 
     def render_table(self, console: Any) -> None:
         """The document (coloured) and the spans, on a rich console."""
-        from rich.markup import escape
         from rich.table import Table
         from rich.text import Text
 
@@ -197,7 +196,7 @@ class TokenView:
             for column in ("document", "position", "Δ nats" if self.candidate else "nats", "text"):
                 table.add_column(column)
             for s in self.spans:
-                table.add_row(str(s["document"]), str(s["position"]), f"{s['value']:.3f}", escape(repr(s["text"])))
+                table.add_row(str(s["document"]), str(s["position"]), f"{s['value']:.3f}", repr(s["text"]))
             console.print(table)
 
 
