@@ -368,13 +368,29 @@ def evaluate(
         protocol = plan(config, loaded.tokenizer, loaded.info.max_positions)
     job = make_job(inputs, loaded, protocol)
     sums, counts, curve = DocumentSums(), StreamCounts(), ContextCurve()
+    return score_with_files(job, sums, {"stream": counts, "curve": curve},
+                            lambda run: score_report(job, run, sums, counts, curve), progress, should_stop)
+
+
+def score_with_files(
+    job: Job,
+    sums: DocumentSums,
+    others: Mapping[str, Reducer],
+    build_report: Callable[[ScoringRun], Any],
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Any:
+    """`score` with the run's file outputs (``--tokens``, ``--html``) as further reducers, then
+    the report ``build_report`` makes of the run, with every file written: a run that fails
+    or is interrupted removes its token parts (unless its checkpoint will resume from them),
+    and a file that cannot be written is in ``report.failed_outputs``, not raised."""
     files = file_reducers(job)
     try:
-        run = score(job, sums, {"stream": counts, "curve": curve, **files}, progress, should_stop)
+        run = score(job, sums, {**others, **files}, progress, should_stop)
     except BaseException:
         abandon_files(job, files)
         raise
-    report = score_report(job, run, sums, counts, curve)
+    report = build_report(run)
     report.failed_outputs = write_files(job, run, report, files)
     return report
 

@@ -155,20 +155,14 @@ class EvalConfig:
             value = getattr(self, name)
             if value is not None and value not in allowed:
                 problems.append(f"{self._field(name)} must be one of {', '.join(allowed)}, got {value!r}")
-        if self.checkpoint_every < 0:
-            problems.append(f"{self._field('checkpoint_every')} must be 0 or more seconds, got {self.checkpoint_every}")
         if _not_a_batch_size(self.batch_size):
             problems.append(f"{self._field('batch_size')} must be a number of windows or 'auto', got {self.batch_size!r}")
-        for name in ("max_length", "stride", "batch_size", "max_batch_tokens", "block_tokens"):
+        for name, least in MINIMUMS.items():  # the ranges click holds the flags to, for callers of the API
             value = getattr(self, name)
-            if isinstance(value, int) and value < 1:
-                problems.append(f"{self._field(name)} must be at least 1, got {value}")
-        if self.html_docs < 0:
-            problems.append(f"{self._field('html_docs')} must be 0 or more, got {self.html_docs}")
+            if name != "bootstrap" and isinstance(value, (int, float)) and not isinstance(value, bool) and value < least:
+                problems.append(f"{self._field(name)} must be at least {least}, got {value}")
         if problem := resamples_problem(self.bootstrap, self.flag("bootstrap", self.bootstrap)):
             problems.append(problem)
-        if self.limit is not None and self.limit < 0:
-            problems.append(f"{self._field('limit')} must be 0 or more, got {self.limit}")
         if self.limit == 0:
             problems.append(f"{self.flag('limit', 0)} scores no row: give 1 or more, or drop it")
         if self.tokens is not None and Path(self.tokens).suffix.lower() not in TOKEN_SUFFIXES:

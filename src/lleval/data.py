@@ -495,13 +495,8 @@ def iter_documents(spec: DataSpec, stats: DataStats) -> Iterator[Document]:
             return
         if spec.text_field not in row:
             raise DataError(_missing_field(spec, list(row)))
+        _check_text(row, spec, f"row {index} of {spec.dataset or BUILTIN_DATASET}")
         text = row[spec.text_field]
-        if not isinstance(text, str):
-            raise DataError(
-                f"row {index} of {spec.dataset or BUILTIN_DATASET}: field {spec.text_field!r} is "
-                f"{'null' if text is None else type(text).__name__}, not a string. Fix the row or "
-                "pick another --text-field."
-            )
         stats.rows += 1
         if not text:
             stats.skipped_empty += 1

@@ -25,16 +25,13 @@ from lleval.api import (
     Job,
     Progress,
     ScoringRun,
-    abandon_files,
     dtype_notes,
-    file_reducers,
     header_fields,
     make_job,
     model_notes,
     model_spec,
     open_inputs,
-    score,
-    write_files,
+    score_with_files,
 )
 from lleval.config import EvalConfig
 from lleval.errors import ConfigError, ModelLoadError
@@ -232,15 +229,9 @@ def kl_divergence(
     base, model, protocol = load_pair(config, base_config, base, model, progress)
     job = make_job(inputs, pair(base, model), protocol)
     sums, counts, stats = DocumentSums(), StreamCounts(), KLStats()
-    files = file_reducers(job)  # the token export: both models' log-probs and the KL, per token
-    try:
-        run = score(job, sums, {"stream": counts, "kl": stats, **files}, progress)
-    except BaseException:
-        abandon_files(job, files)
-        raise
-    report = kl_report(job, run, sums, counts, stats, base)
-    report.failed_outputs = write_files(job, run, report, files)
-    return report
+    # --tokens writes both models' log-probs and the KL of every token
+    return score_with_files(job, sums, {"stream": counts, "kl": stats},
+                            lambda run: kl_report(job, run, sums, counts, stats, base), progress)
 
 
 def load_pair(
@@ -280,9 +271,12 @@ def pair(base: LoadedModel, model: LoadedModel) -> LoadedModel:
             "KL divergence needs the same vocabulary."
         )
     vocab = max(base.vocab or 1, model.vocab or 1)
-    # score's slices, so each model's log-probs are score's; the log-softmaxes for the KL
-    # (two models' log-probs and the KL's terms at once) in pieces of a quarter of that budget
-    per_slice, kl_positions = slice_positions(vocab), slice_positions(vocab, LOGITS_SLICE_BYTES // 4)
+    # Two models' logits are held at once, each in half of score's slice budget, so a pair
+    # holds what one score run holds (slice sizes change no bit of the logits or of
+    # `target_logprobs`: the test against evaluate() holds 1e-9); the log-softmaxes for
+    # the KL (two models' log-probs and the KL's terms at once) in a quarter of it.
+    per_slice = slice_positions(vocab, LOGITS_SLICE_BYTES // 2)
+    kl_positions = slice_positions(vocab, LOGITS_SLICE_BYTES // 4)
     return replace(model, scorer=PairScorer(base, model, per_slice, kl_positions))
 
 
