@@ -62,7 +62,8 @@ def test_the_matmul_is_timed_once_per_process() -> None:
 
 @pytest.mark.parametrize("dtype,key", [("bfloat16", "bf16_matmul_speedup"), ("float16", "fp16_matmul_speedup")])
 def test_a_half_precision_run_on_cpu_reports_the_measured_speed(tiny_llama_dir: Path, tmp_path: Path,
-                                                                 dtype: str, key: str) -> None:
+                                                                 monkeypatch: pytest.MonkeyPatch, dtype: str,
+                                                                 key: str) -> None:
     import jsonschema
 
     from helpers import write_jsonl
@@ -71,11 +72,12 @@ def test_a_half_precision_run_on_cpu_reports_the_measured_speed(tiny_llama_dir: 
 
     data = write_jsonl(tmp_path / "d.jsonl", ["The keeper wrote in the logbook every evening."])
     schema = json.loads((Path(hardware.__file__).parent / "schemas" / "score.schema.json").read_text())
+    monkeypatch.setattr(hardware, "half_matmul_speedup", lambda name: 0.25)  # a figure the code cannot make up
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # fp16 may well be slow here
+        warnings.simplefilter("ignore")  # the stand-in says 4x slower: the run warns
         half = evaluate(EvalConfig(model=str(tiny_llama_dir), dataset=data, dtype=dtype, device="cpu")).to_dict()
     full = evaluate(EvalConfig(model=str(tiny_llama_dir), dataset=data, dtype="float32", device="cpu")).to_dict()
-    assert half["environment"]["cpu"][key] == hardware.half_matmul_speedup(dtype)  # the process's one measurement
+    assert half["environment"]["cpu"][key] == 0.25  # the measurement, as measured (here: a stand-in)
     assert not {"bf16_matmul_speedup", "fp16_matmul_speedup"} & set(full["environment"]["cpu"])
     for report in (half, full):
         jsonschema.validate(report, schema)

@@ -206,6 +206,16 @@ def test_ids_and_snippets_survive_a_checkpoint() -> None:
             reducer.update(block)
     assert [d.id for d in resumed_sums.documents] == [None, "id-1", None, "id-3", None, "id-5"]
     assert ["id" in d.to_dict() for d in resumed_sums.documents] == [False, True] * 3
-    expected = {i: " ".join(t.split())[:59].rstrip() + "…" if len(" ".join(t.split())) > 60 else " ".join(t.split())
-                for i, t in enumerate(texts)}
-    assert resumed_samples.snippets == expected
+    uninterrupted = DocumentSamples(0)
+    for block in blocks:
+        uninterrupted.update(block)
+    assert resumed_samples.snippets == uninterrupted.snippets and len(resumed_samples.snippets) == len(texts)
+
+
+def test_a_snippet_is_the_opening_of_the_text_with_its_whitespace_collapsed() -> None:
+    from lleval.reducers import document_snippet
+
+    assert document_snippet("  Two\n\nlines\tand   spaces  ") == "Two lines and spaces"
+    assert document_snippet("a " * 40) == "a " * 29 + "a…"  # 79 characters collapsed, cut at 59 and marked
+    assert document_snippet("x" * 60) == "x" * 60 and document_snippet("x" * 61) == "x" * 59 + "…"
+    assert document_snippet("") == ""

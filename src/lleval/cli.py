@@ -16,6 +16,7 @@ import os
 import sys
 import traceback
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 import click
@@ -328,9 +329,11 @@ def compare(base: str, candidates: tuple[str, ...], max_regression: float | None
     result = _call(compare_report_files, base, list(candidates), max_regression_pct=max_regression,
                    require_significant=require_significant, n_resamples=bootstrap, seed=seed,
                    top_documents=top_documents)
-    html_failed = _write_compare_html(result, html) if html else []
-    summary_failed = _append_summary(summary_file, result.render_markdown()) if summary_file else []
-    failed = html_failed + summary_failed + _deliver(result, output, format)
+    from lleval.html import write_compare_html
+
+    earlier = (_try_output(write_compare_html, result, html) if html else []) + (
+        _try_output(_append_summary, summary_file, result.render_markdown()) if summary_file else [])
+    failed = _deliver(result, output, format, earlier)
     for warning in (r.warning for r in result.comparisons if r.warning):
         click.echo(f"warning: {warning}", err=True)
     for r in result.regressions:
@@ -382,16 +385,14 @@ def inspect(tokens: str, candidate: str | None, document: int | None, worst: int
     _deliver(result, None, format)
 
 
-def _write_compare_html(result: Any, path: str) -> list[str]:
-    """Write compare's page; a file that cannot be written is one line on stderr (returned,
-    so the command exits 1), and ``-o`` and stdout still get the comparison."""
-    from lleval.errors import OutputError
-    from lleval.html import write_compare_html
+def _try_output(write: Any, *args: Any) -> list[str]:
+    """Write one output; its failure (a typed error, one line) is returned, not raised, so the
+    other outputs are still written and stdout still gets the result; the command exits 1."""
+    from lleval.errors import LlevalError
 
     try:
-        write_compare_html(result, path)
-    except OutputError as exc:
-        click.echo(f"Error: {exc}", err=True)
+        write(*args)
+    except LlevalError as exc:
         return [str(exc)]
     return []
 
@@ -417,22 +418,17 @@ def entry() -> None:
     os._exit(code or 0)
 
 
-def _deliver(result: Any, output: str | None, format: str) -> list[str]:
+def _deliver(result: Any, output: str | None, format: str, earlier: list[str] | None = None) -> list[str]:
     """Rank 0 writes the result's JSON to ``output`` and renders it on stdout, even when
-    an output failed: each failure (the library's, then ``output``'s) is one line on
-    stderr, and returned so the command exits 1."""
+    an output failed: each failure (``earlier`` ones, the library's, then ``output``'s) is
+    one line on stderr after the result, and returned so the command exits 1."""
     if not _is_main_rank():
         return []
-    from lleval.errors import LlevalError
+    from lleval.report import write_report
 
-    failures = [str(exc) for exc in getattr(result, "failed_outputs", [])]
+    failures = list(earlier or []) + [str(exc) for exc in getattr(result, "failed_outputs", [])]
     if output:
-        from lleval.report import write_report
-
-        try:
-            write_report(result, output)
-        except LlevalError as exc:
-            failures.append(str(exc))
+        failures += _try_output(write_report, result, output)
     if format == "json":
         click.echo(result.to_json(), nl=False)
     elif format == "markdown":
@@ -540,23 +536,20 @@ def _summary_file() -> str:
     return path
 
 
-def _append_summary(path: str, markdown: str) -> list[str]:
-    """Append the markdown to the step summary; a failure is one line on stderr (returned, so
-    the command exits 1), and the other outputs are still written."""
+def _append_summary(path: str, markdown: str) -> None:
+    """Append the markdown to the step summary; a failure is an `OutputError` (one line), and
+    an empty file this left behind is removed."""
+    from lleval.errors import write_failure
+    from lleval.files import remove_quietly
+
     existed = os.path.exists(path)
     try:
         with open(path, "a", encoding="utf-8") as out:
             out.write(markdown)
     except OSError as exc:
-        if not existed:  # leave no empty file of ours behind
-            with contextlib.suppress(OSError):
-                os.remove(path)
-        from lleval.errors import write_failure
-
-        message = str(write_failure("--summary", path, exc))
-        click.echo(f"Error: {message}", err=True)
-        return [message]
-    return []
+        if not existed:
+            remove_quietly(Path(path))
+        raise write_failure("--summary", path, exc) from None
 
 
 def _check_compare_paths(base: str, candidates: tuple[str, ...], output: str | None, html: str | None,

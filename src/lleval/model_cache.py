@@ -148,8 +148,7 @@ class CacheEntry:
 
         tmp: Path | None = None
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            sweep(self.root)
+            self.root.mkdir(parents=True, exist_ok=True)  # swept already, when the model was opened
             tmp = self.root / f".tmp-{self.folder.name}-{os.getpid()}-{uuid.uuid4().hex}"
             tmp.mkdir()
             _save_plain(model, tokenizer, tmp)
