@@ -252,7 +252,8 @@ def check_file(path: Path, builder: str, spec: DataSpec) -> None:
     otherwise found only when scoring reaches that row, or turned into the text of a number
     by the loader), and a CSV file with an unterminated quote or too many fields (with its
     line, which the loader's "An error occurred while generating the dataset" does not give).
-    Rows past ``--limit`` are not checked, as they are not read."""
+    Row types past ``--limit`` are not checked, as those rows are not read; the syntax of
+    JSON and CSV is checked in the whole file, which the loader parses whole either way."""
     size = path.stat().st_size
     if size == 0:
         raise DataError(f"data file {path} is empty: there is nothing to score.")
