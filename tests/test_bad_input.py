@@ -341,3 +341,25 @@ def test_a_null_text_in_a_parquet_file_is_refused_before_the_model_loads(tmp_pat
     pq.write_table(pa.table({"text": [1, 2]}), numbers)
     with pytest.raises(DataError, match="column 'text' holds int64, not text"):
         check_file(numbers, "parquet", DataSpec(dataset=str(numbers)))
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("args,what", [(["-m", "some-org/some-model"], "some-org/some-model"),
+                                       (["-d", "some-org/some-dataset"], "some-org/some-dataset")])
+def test_an_unreachable_hub_fails_at_once_with_one_line(tmp_path: Path, args: list[str], what: str) -> None:
+    """Without HF_HUB_OFFLINE, a hub id on a machine that cannot reach the hub must not wait
+    on huggingface_hub's retries (about a minute): the host is tried for a few seconds, and
+    the run fails with one line that says the hub cannot be reached (a closed local port
+    stands in for the hub here)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
+                                                            "TRANSFORMERS_OFFLINE")}
+    env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"))
+    lleval = str(Path(sys.executable).parent / "lleval")
+    # a hang (huggingface_hub's minute of retries) would end in TimeoutExpired
+    result = subprocess.run([lleval, "score", "-q", *args], capture_output=True, text=True, env=env, timeout=50)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and what in result.stderr and "cannot be reached" in result.stderr
