@@ -327,3 +327,17 @@ def test_the_progress_line_fits_an_80_column_terminal() -> None:
     screen.print(progress._progress.make_tasks_table(progress._progress.tasks))
     line = screen.file.getvalue().rstrip("\n")
     assert "…" not in line.replace("scoring…", "") and line.endswith("3:14 left"), line
+
+
+@pytest.mark.parametrize("bootstrap", ["0", "100"])
+def test_the_context_table_claims_intervals_only_when_it_has_them(tiny_model_dir: Path, tmp_path: Path,
+                                                                  bootstrap: str) -> None:
+    data = str(write_format(tmp_path, "jsonl"))
+    out = tmp_path / "r.json"
+    result = run(["score", "-m", str(tiny_model_dir), "-d", data, "--format", "markdown", "-q", "-o", str(out),
+                  "--bootstrap", bootstrap])
+    assert result.exit_code == 0, result.output
+    has_intervals = any(b["perplexity_ci"] for b in json.loads(out.read_text())["by_context_length"])
+    assert has_intervals == (bootstrap != "0")
+    header = next(line for line in result.stdout.splitlines() if line.startswith("| context |"))
+    assert ("[95% CI]" in header) == has_intervals

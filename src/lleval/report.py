@@ -415,6 +415,14 @@ def render_pairs_markdown(title: str, rows: list[tuple[str, str]], notes: list[s
 CONTEXT_COLUMNS = ("context", "tokens", "NLL (nats/token)", "perplexity [95% CI]", "")
 
 
+def context_columns(report: Report) -> tuple[str, ...]:
+    """The headers of the loss-by-context table: "[95% CI]" only when some bin has an
+    interval (not with --bootstrap 0, nor for a single document)."""
+    if any(b.perplexity_ci is not None for b in report.by_context_length):
+        return CONTEXT_COLUMNS
+    return tuple("perplexity" if c == "perplexity [95% CI]" else c for c in CONTEXT_COLUMNS)
+
+
 def context_rows(report: Report) -> list[tuple[str, ...]]:
     """One row per non-empty bin of ``by_context_length``: context range, tokens, NLL,
     perplexity with its interval, and a bar of the NLL (the curve, sideways)."""
@@ -439,7 +447,7 @@ def render_table(report: Report, console: Any) -> None:
     rows = context_rows(report)
     if rows:
         table = Table(title="loss by context length (tokens read before the scored one)")
-        for column in CONTEXT_COLUMNS:
+        for column in context_columns(report):
             table.add_column(column, justify="right" if column not in ("", "context") else "left")
         for row in rows:
             table.add_row(*row)
@@ -452,7 +460,7 @@ def render_markdown(report: Report) -> str:
                                  report.notes)
     rows = context_rows(report)
     if rows:
-        lines = ["", "#### Loss by context length", "", "| " + " | ".join(CONTEXT_COLUMNS[:-1]) + " |",
+        lines = ["", "#### Loss by context length", "", "| " + " | ".join(context_columns(report)[:-1]) + " |",
                  "| --- | --- | --- | --- |"]
         lines += ["| " + " | ".join(row[:-1]) + " |" for row in rows]
         text += "\n".join(lines) + "\n"
