@@ -66,7 +66,7 @@ def main() -> int:
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            done = len(json.loads(ckpt.read_text())["rows"]) if ckpt.exists() else 0
+            done = json.loads(ckpt.read_text())["rows"] if ckpt.exists() else 0
             print(f"kill {kill + 1}: SIGKILL {moment}; checkpoint holds {done} documents", flush=True)
         else:
             print(f"kill {kill + 1}: the run had already finished ({moment})", flush=True)
