@@ -300,15 +300,14 @@ def _check_parquet_rows(path: Path, spec: DataSpec) -> None:
                  or (pa.types.is_dictionary(kind) and pa.types.is_string(kind.value_type)))
     if not text_like:
         raise DataError(f"data file {path}: column {spec.text_field!r} holds {kind}, not text. Pick another "
-                        "--text-field.")
+                        f"{spec.flag('text_field')}.")
     offset = 0
     for batch in parquet.iter_batches(columns=[spec.text_field], batch_size=1 << 16):
         column = batch.column(0)
         if column.null_count:
             row = offset + column.is_null().to_pylist().index(True)
-            if spec.limit is None or row < spec.limit:
-                raise DataError(f"data file {path}, row {row}: field {spec.text_field!r} is null, not a string. "
-                                "Fix the row or pick another --text-field.")
+            if spec.limit is None or row < spec.limit:  # the row as every other source's row is checked
+                _check_text({spec.text_field: None}, spec, f"data file {path}, row {row}")
         offset += len(column)
         if spec.limit is not None and offset >= spec.limit:
             return
