@@ -151,16 +151,14 @@ class EvalConfig:
 
     def _value_problems(self) -> list[str]:
         problems: list[str] = []
-        for name, allowed in CHOICES.items():
-            value = getattr(self, name)
-            if value is not None and value not in allowed:
-                problems.append(f"{self._field(name)} must be one of {', '.join(allowed)}, got {value!r}")
+        for name in CHOICES:
+            if problem := range_problem(name, getattr(self, name)):
+                problems.append(f"{self._field(name)} {problem}")
         if _not_a_batch_size(self.batch_size):
             problems.append(f"{self._field('batch_size')} must be a number of windows or 'auto', got {self.batch_size!r}")
-        for name, least in MINIMUMS.items():  # the ranges click holds the flags to, for callers of the API
-            value = getattr(self, name)
-            if name != "bootstrap" and isinstance(value, (int, float)) and not isinstance(value, bool) and value < least:
-                problems.append(f"{self._field(name)} must be at least {least}, got {value}")
+        for name in MINIMUMS:  # the ranges click holds the flags to, for callers of the API
+            if name != "bootstrap" and (problem := range_problem(name, getattr(self, name))):
+                problems.append(f"{self._field(name)} {problem}")
         if problem := resamples_problem(self.bootstrap, self.flag("bootstrap", self.bootstrap)):
             problems.append(problem)
         if self.limit == 0:
@@ -326,12 +324,20 @@ def load_config_file(path: str | os.PathLike[str], extra: Mapping[str, str] | No
 def _out_of_range(key: str, name: str, value: Any) -> str | None:
     """A value outside a field's choices or range: click would refuse it too, but naming the
     flag (``Invalid value for '--protocol'``) where the user wrote a key of the file."""
+    problem = range_problem(name, value)
+    return None if problem is None else f"{key!r} {problem}"
+
+
+def range_problem(name: str, value: Any) -> str | None:
+    """``must be one of ...`` or ``must be at least N`` for a value outside a field's
+    `CHOICES` or `MINIMUMS` (None, "not set", is never out of range); the caller names the
+    setting, as a field of `EvalConfig.validate` or a key of a config file."""
     allowed = CHOICES.get(name)
-    if allowed is not None and value not in allowed:
-        return f"{key!r} must be one of {', '.join(allowed)}, got {value!r}"
+    if allowed is not None and value is not None and value not in allowed:
+        return f"must be one of {', '.join(allowed)}, got {value!r}"
     least = MINIMUMS.get(name)
     if least is not None and isinstance(value, (int, float)) and not isinstance(value, bool) and value < least:
-        return f"{key!r} must be at least {least}, got {value}"
+        return f"must be at least {least}, got {value}"
     return None
 
 
