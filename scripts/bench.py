@@ -157,7 +157,7 @@ def run_lleval(args: list[str], work: Path) -> dict[str, Any]:
 
 
 def run_naive(data: str, max_length: int) -> dict[str, Any]:
-    from lleval.model import default_model_path
+    from lleval.backends.hf import default_model_path
 
     gguf = default_model_path()
     started = time.perf_counter()
@@ -184,7 +184,7 @@ def required_flops(model: Any, sequences: list[list[int]], max_length: int) -> f
     token, and causal attention (QK^T and AV: 2 x hidden per key, per layer)."""
     import torch
 
-    from lleval.windows import rolling_spans
+    from lleval.plan.windows import rolling_spans
 
     config = model.config
     head = model.get_output_embeddings().weight.numel()
@@ -280,7 +280,7 @@ def cold_and_warm_load(data: str, work: Path) -> dict[str, Any]:
 CHILD_BIG_VOCAB = r"""
 import json, sys, time
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-from lleval.api import evaluate, load
+from lleval.commands.score import evaluate, load
 from lleval.config import EvalConfig
 folder, data = sys.argv[1], sys.argv[2]
 tok = AutoTokenizer.from_pretrained(sys.argv[3])
@@ -298,7 +298,7 @@ print(json.dumps({"peak_rss_mb": hwm(), "tokens": report.totals.tokens}))
 
 CHILD_STREAM = r"""
 import json, os, sys
-from lleval.api import evaluate, load
+from lleval.commands.score import evaluate, load
 from lleval.config import EvalConfig
 def rss():
     with open("/proc/self/statm") as h:
@@ -383,7 +383,7 @@ def cpu_targets(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def run_cpu(args: argparse.Namespace) -> dict[str, Any]:
-    from lleval.api import load
+    from lleval.commands.score import load
     from lleval.config import EvalConfig
     from lleval.hardware import has_fast_half
 
@@ -478,7 +478,7 @@ def peak_tflops(device: str) -> tuple[str, float | None]:
 def gpu_case(name: str, data: str, texts: list[str], loaded: Any, device: str, repeats: int) -> dict[str, Any]:
     import torch
 
-    from lleval.api import evaluate
+    from lleval.commands.score import evaluate
     from lleval.config import EvalConfig
 
     tok = loaded.tokenizer
@@ -538,9 +538,9 @@ def bench_tokenizer(path: str | None) -> Any:
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(path)
-    from lleval.api import model_spec
+    from lleval.commands.score import model_spec
     from lleval.config import EvalConfig
-    from lleval.model import open_model
+    from lleval.backends.hf import open_model
 
     return open_model(model_spec(EvalConfig(device="cpu"))).tokenizer
 
@@ -549,7 +549,7 @@ def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     import transformers
 
-    from lleval.api import load
+    from lleval.commands.score import load
     from lleval.config import EvalConfig
 
     tokenizer = bench_tokenizer(args.tokenizer)  # it cuts the texts; the model scores random weights

@@ -2,7 +2,7 @@
 
 1. Tokens/s of lleval's scorer (forward, logits at every position, log-softmax)
    for batches of ``rows x width`` tokens, best of a few runs each: the
-   measurement behind `lleval.batching` (the CPU token budget and the cost of
+   measurement behind `lleval.plan.batching` (the CPU token budget and the cost of
    a forward pass).
 2. Decoder-only tokens/s of the same short documents as a length-sorted batch
    (one row each, no padding) against packed rows (several documents in one
@@ -73,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")
-    from lleval.api import load
+    from lleval.commands.score import load
     from lleval.config import EvalConfig
     from lleval.hardware import cpu_features
 

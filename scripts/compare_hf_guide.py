@@ -21,9 +21,9 @@ import sys
 
 import torch
 
-from lleval.api import evaluate, load
+from lleval.commands.score import evaluate, load
 from lleval.config import EvalConfig
-from lleval.data import DataSpec, DataStats, iter_documents
+from lleval.data.sources import DataSpec, DataStats, iter_documents
 
 
 def guide_perplexity(model, tokenizer, texts, max_length, stride):  # type: ignore[no-untyped-def]

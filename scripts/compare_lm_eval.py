@@ -23,10 +23,10 @@ import json
 import math
 import sys
 
-from lleval.api import evaluate, load
+from lleval.commands.score import evaluate, load
 from lleval.config import EvalConfig
-from lleval.data import DataSpec, DataStats, iter_documents
-from lleval.protocols import lm_eval_words, split_words
+from lleval.data.sources import DataSpec, DataStats, iter_documents
+from lleval.plan.protocols import lm_eval_words, split_words
 
 
 def main() -> int:

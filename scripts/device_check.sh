@@ -78,7 +78,7 @@ step() {  # step NAME LIMIT_SECONDS LOG COMMAND...: run it under timeout, log it
 ENV_PROBE='
 import json, platform, subprocess, sys
 import numpy, torch, transformers, datasets, accelerate
-import lleval.api
+import lleval.commands.score
 cuda = torch.cuda.is_available()
 smi = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True) if cuda else None
 info = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
@@ -87,7 +87,7 @@ info = {"python": platform.python_version(), "torch": torch.__version__, "cuda":
         "bf16_supported": torch.cuda.is_bf16_supported() if cuda else None,
         "nvidia_smi": smi.stdout.strip() if smi else None, "transformers": transformers.__version__,
         "datasets": datasets.__version__, "datasets_from": datasets.__file__, "accelerate": accelerate.__version__,
-        "numpy": numpy.__version__, "lleval_from": lleval.api.__file__, "cpu_threads": torch.get_num_threads()}
+        "numpy": numpy.__version__, "lleval_from": lleval.commands.score.__file__, "cpu_threads": torch.get_num_threads()}
 json.dump(info, open(sys.argv[1], "w"), indent=2)
 print(json.dumps(info, indent=2))
 '

@@ -20,9 +20,9 @@ rm -rf .whl && mkdir -p .whl
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     -d .whl $pins
 PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} "$PY" - <<'EOF'
-from lleval.api import model_spec
+from lleval.commands.score import model_spec
 from lleval.config import EvalConfig
-from lleval.model import open_model
+from lleval.backends.hf import open_model
 
 open_model(model_spec(EvalConfig(device="cpu"))).tokenizer.save_pretrained(".whl/tokenizer")
 EOF

@@ -17,11 +17,11 @@ import json
 
 import torch
 
-from lleval.api import load
+from lleval.commands.score import load
 from lleval.config import EvalConfig
-from lleval.kld import kl_divergence
-from lleval.model import make_logits_slices, slice_positions
-from lleval.kernels import scorer_from_slices
+from lleval.commands.kld import kl_divergence
+from lleval.backends.hf import make_logits_slices, slice_positions
+from lleval.engine.kernels import scorer_from_slices
 
 
 def main() -> None:

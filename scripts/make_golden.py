@@ -65,7 +65,7 @@ def environment() -> dict[str, str]:
 
 
 def texts() -> list[str]:
-    from lleval.data import builtin_sample_path
+    from lleval.data.sources import builtin_sample_path
 
     essays = [json.loads(line)["text"] for line in builtin_sample_path().read_text().splitlines()]
     return [essay[: 120 + 35 * i] for i, essay in enumerate(essays[:8])] + ["", "Short.", " lead space\n"]
@@ -81,9 +81,9 @@ def main() -> None:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     from conftest import _save_tiny
 
-    from lleval.api import evaluate
+    from lleval.commands.score import evaluate
     from lleval.config import EvalConfig
-    from lleval.kld import kl_divergence
+    from lleval.commands.kld import kl_divergence
 
     work = Path(tempfile.mkdtemp(prefix="lleval-golden-"))
     data = work / "docs.jsonl"

@@ -1,4 +1,4 @@
-"""How long the batch planner (`lleval.batching.make_batches`) takes per million tokens at
+"""How long the batch planner (`lleval.plan.batching.make_batches`) takes per million tokens at
 a GPU budget, against the stepwise loop it replaced (kept in tests/helpers).
 
 The case the issue named: 1M tokens of 20-token windows (50,000 windows) and
@@ -51,7 +51,7 @@ def measure(free_gib: float, repeats: int, stepwise: bool) -> dict[str, Any]:
     import random
 
     from helpers import stepwise_cheapest_runs
-    from lleval.batching import _cheapest_runs, auto_batching, bytes_per_token, make_batches
+    from lleval.plan.batching import _cheapest_runs, auto_batching, bytes_per_token, make_batches
 
     per_token = bytes_per_token(SimpleNamespace(hidden_size=2048, intermediate_size=8192), 2)
     available, source = free_bytes(free_gib)

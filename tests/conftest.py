@@ -72,7 +72,7 @@ def tiny_gguf(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 @pytest.fixture(scope="session")
 def tiny_loaded(tiny_model_dir: Path) -> Any:
     """The tiny GPT-2 loaded through lleval's own loader, once per run."""
-    from lleval.api import load
+    from lleval.commands.score import load
     from lleval.config import EvalConfig
 
     return load(EvalConfig(model=str(tiny_model_dir)))

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import document_sums, rel_close, stepwise_cheapest_runs, units_of, write_jsonl
-from lleval.batching import (
+from lleval.plan.batching import (
     AUTO_MAX_ROWS,
     CPU_BATCH_TOKENS,
     CPU_FORWARD_OVERHEAD_TOKENS,
@@ -32,9 +32,9 @@ from lleval.batching import (
 from lleval.cli import main
 from lleval.config import EvalConfig
 from lleval.errors import ConfigError
-from lleval.kernels import scorer_from_logits
-from lleval.scoring import EngineOptions, EngineStats, WindowTooLarge, score_units
-from lleval.stream import Unit
+from lleval.engine.kernels import scorer_from_logits
+from lleval.engine.scoring import EngineOptions, EngineStats, WindowTooLarge, score_units
+from lleval.engine.stream import Unit
 
 VOCAB = 40
 
@@ -265,7 +265,7 @@ def test_cli_rejects_a_bad_batch_size(tiny_model_dir: Path) -> None:
 def test_window_too_large_is_a_scoring_error_with_advice(tiny_loaded: Any, tmp_path: Path) -> None:
     import dataclasses
 
-    from lleval.api import evaluate
+    from lleval.commands.score import evaluate
     from lleval.errors import ScoringError
 
     data = write_jsonl(tmp_path / "docs.jsonl", ["A short document about rivers."])
@@ -283,7 +283,7 @@ def test_config_file_takes_auto(tmp_path: Path) -> None:
 
 
 def test_dtype_auto_is_bf16_only_on_gpus_that_support_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    from lleval.model import resolve_dtype
+    from lleval.backends.hf import resolve_dtype
 
     assert resolve_dtype("auto", "cpu") is torch.float32
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)

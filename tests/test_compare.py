@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from helpers import write_jsonl
 from lleval.cli import main
-from lleval.compare import compare_reports
+from lleval.commands.compare import compare_reports
 from lleval.metrics import ratio_intervals
 
 
@@ -154,7 +154,7 @@ def test_markdown_summary_is_appended(tmp_path: Path) -> None:
 
 
 def test_score_report_carries_intervals(tiny_loaded: Any, tmp_path: Path) -> None:
-    from lleval.api import evaluate
+    from lleval.commands.score import evaluate
     from lleval.config import EvalConfig
 
     path = write_jsonl(tmp_path / "d.jsonl", [f"document number {i} " * (i + 1) for i in range(6)])
@@ -244,7 +244,7 @@ def test_too_few_resamples_for_an_interval_are_refused(tmp_path: Path, resamples
 
 def test_a_ci_log_shows_the_whole_table(tmp_path: Path) -> None:
     # CliRunner's stdout is not a terminal, as in a CI log; rich would lay it out on 80 columns
-    from lleval.compare import compare_report_files
+    from lleval.commands.compare import compare_report_files
 
     base_data = make_report()
     worse = copy.deepcopy(base_data)

@@ -20,7 +20,7 @@ def test_default_config_spells_out_the_builtin_default() -> None:
     from conftest import TINY_TOKENIZER
     from transformers import AutoTokenizer
 
-    from lleval.protocols import plan
+    from lleval.plan.protocols import plan
 
     values = load_config_file(Path(__file__).parent.parent / "configs" / "default.yaml")
     spelled, default = EvalConfig(**values), EvalConfig()
@@ -108,7 +108,7 @@ def test_values_from_a_config_file_are_named_as_its_keys() -> None:
 
 
 def test_split_from_a_config_file_is_not_blamed_on_a_flag(tmp_path: Path) -> None:
-    from lleval.data import check_spec, data_spec
+    from lleval.data.sources import check_spec, data_spec
 
     data = tmp_path / "d.jsonl"
     data.write_text('{"text": "a"}\n')

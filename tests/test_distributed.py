@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from helpers import write_jsonl
-from lleval.scoring import assign_batches
+from lleval.engine.scoring import assign_batches
 
 BIN = Path(sys.executable).parent
 TEXTS = [f"Document {i}: " + "the quick brown fox jumps over the lazy dog. " * (1 + i % 4) for i in range(9)]

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from helpers import naive_rolling_logprobs, rel_close, write_jsonl
-from lleval.api import evaluate
+from lleval.commands.score import evaluate
 from lleval.config import EvalConfig
-from lleval.data import builtin_sample_path
+from lleval.data.sources import builtin_sample_path
 
 TEXTS = [json.loads(line)["text"] for line in builtin_sample_path().read_text().splitlines()]
 
@@ -69,7 +69,7 @@ def test_prefix_none_leaves_first_token_unscored(tiny_model_dir: Path, tiny_load
 
 
 def test_llama_plain_head_path_equals_full_logits(tiny_llama_dir: Path, tmp_path: Path) -> None:
-    from lleval.api import load
+    from lleval.commands.score import load
 
     texts = [t[:300] for t in TEXTS[3:6]]
     expected_ll, expected_n = _naive_totals(tiny_llama_dir, texts, 40, 13)
@@ -80,8 +80,8 @@ def test_llama_plain_head_path_equals_full_logits(tiny_llama_dir: Path, tmp_path
 
 
 def test_generic_head_path_equals_plain(tiny_model_dir: Path, tiny_loaded: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import lleval.model as model_mod
-    from lleval.api import load
+    import lleval.backends.hf as model_mod
+    from lleval.commands.score import load
 
     data = _jsonl(tmp_path, [t[:300] for t in TEXTS[:4]])
     plain = evaluate(EvalConfig(dataset=data, batch_size=3), loaded=tiny_loaded)
@@ -92,8 +92,8 @@ def test_generic_head_path_equals_plain(tiny_model_dir: Path, tiny_loaded: Any, 
 
 
 def test_small_logit_slices_change_nothing(tiny_model_dir: Path, tiny_loaded: Any, tmp_path: Path) -> None:
-    from lleval.api import LoadedModel
-    from lleval.model import make_scorer
+    from lleval.commands.score import LoadedModel
+    from lleval.backends.hf import make_scorer
     from transformers import AutoModelForCausalLM
 
     data = _jsonl(tmp_path, [t[:300] for t in TEXTS[:4]])
@@ -140,13 +140,13 @@ def test_tokenizer_checks_fail_before_the_weights_load(tiny_model_dir: Path, tmp
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """A --prefix-token outside the vocabulary, or --max-length past the model's positions,
     is found from the tokenizer and config alone: the weights are never loaded."""
-    import lleval.model
+    import lleval.backends.hf
     from lleval.errors import ConfigError
 
     def no_weights(*args: Any) -> Any:
         raise AssertionError("weights loaded before the flags were checked")
 
-    monkeypatch.setattr(lleval.model, "load_weights", no_weights)
+    monkeypatch.setattr(lleval.backends.hf, "load_weights", no_weights)
     data = _jsonl(tmp_path, ["a short text"])
     with pytest.raises(ConfigError, match="not in the tokenizer's vocabulary"):
         evaluate(EvalConfig(model=str(tiny_model_dir), dataset=data, prefix_token="99999"))
@@ -158,9 +158,9 @@ def test_kld_compares_tokenizers_before_the_weights_load(tiny_model_dir: Path, t
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
 
-    import lleval.model
+    import lleval.backends.hf
     from lleval.errors import ConfigError
-    from lleval.kld import kl_divergence
+    from lleval.commands.kld import kl_divergence
     from transformers import AutoTokenizer
 
     other = tmp_path / "other"
@@ -168,7 +168,7 @@ def test_kld_compares_tokenizers_before_the_weights_load(tiny_model_dir: Path, t
     tokenizer = AutoTokenizer.from_pretrained(other)
     tokenizer.add_tokens(["<|extra|>"])
     tokenizer.save_pretrained(other)
-    monkeypatch.setattr(lleval.model, "load_weights", lambda *a: (_ for _ in ()).throw(AssertionError("loaded")))
+    monkeypatch.setattr(lleval.backends.hf, "load_weights", lambda *a: (_ for _ in ()).throw(AssertionError("loaded")))
     with pytest.raises(ConfigError, match="tokenizers .* differ"):
         kl_divergence(EvalConfig(model=str(tiny_model_dir), dataset=_jsonl(tmp_path, ["text"])), str(other))
 

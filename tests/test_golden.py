@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from lleval.api import evaluate
+from lleval.commands.score import evaluate
 from lleval.config import EvalConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,7 +71,7 @@ def test_golden_run(name: str, golden_data: str, request: pytest.FixtureRequest)
 
 
 def test_golden_kld(golden_data: str, tiny_model_dir: Path, tiny_llama_dir: Path) -> None:
-    from lleval.kld import kl_divergence
+    from lleval.commands.kld import kl_divergence
 
     expected = GOLDEN["kld"]
     config = EvalConfig(model=str(tiny_llama_dir), dataset=golden_data, bootstrap=0, **expected["config"])

@@ -59,7 +59,7 @@ def _naive_total(model_dir: Path, texts: list[str], max_length: int, device: str
 
 
 def test_dtype_auto_is_bf16_on_the_gpu_and_the_report_says_so(tiny_llama_dir: Path, tmp_path: Path) -> None:
-    from lleval.api import evaluate
+    from lleval.commands.score import evaluate
 
     device = _device()
     data = write_jsonl(tmp_path / "d.jsonl", TEXTS)
@@ -80,7 +80,7 @@ def test_totals_match_a_naive_full_logits_loop_on_the_device(
     """lleval's padded, length-sorted batches (GPU budget and pass cost) against one window
     at a time with full logits, both on the device in the same dtype (in bf16 without the
     float32 head, so that both round the logits the same way and only the batching differs)."""
-    from lleval.api import evaluate
+    from lleval.commands.score import evaluate
 
     device = _device()
     if dtype == "bfloat16" and not ON_GPU:
@@ -111,7 +111,7 @@ def test_out_of_memory_backoff_changes_no_number(tiny_llama_dir: Path, tmp_path:
     """A batch too big for the memory is split and retried; the numbers stay those of batch
     size 1. On the GPU the error is real (the allocator capped with
     ``set_per_process_memory_fraction``); in the dry run a scorer fails above 8 rows."""
-    from lleval.api import evaluate, load
+    from lleval.commands.score import evaluate, load
 
     device = _device()
     copies = 64 if ON_GPU else 8  # about 1,000 windows on the GPU: one pass of them needs 80 MB of logits
@@ -143,7 +143,7 @@ def test_out_of_memory_backoff_changes_no_number(tiny_llama_dir: Path, tmp_path:
 def test_device_map_auto_on_one_device_changes_no_number(tiny_llama_dir: Path, tmp_path: Path) -> None:
     """``--device-map auto`` (accelerate) on one GPU puts every module there and scores as
     the plain ``--device cuda`` run does."""
-    from lleval.api import evaluate
+    from lleval.commands.score import evaluate
 
     device = _device()
     data = write_jsonl(tmp_path / "d.jsonl", TEXTS)

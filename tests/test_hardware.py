@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lleval import hardware
-from lleval.model import resolve_dtype
+from lleval.backends.hf import resolve_dtype
 
 ZEN1 = "model name\t: AMD EPYC 7551\nflags\t\t: fpu sse sse2 avx avx2 fma\n"
 ZEN5 = "model name\t: AMD EPYC 9B45\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n"
@@ -67,7 +67,7 @@ def test_a_half_precision_run_on_cpu_reports_the_measured_speed(tiny_llama_dir: 
     import jsonschema
 
     from helpers import write_jsonl
-    from lleval.api import evaluate
+    from lleval.commands.score import evaluate
     from lleval.config import EvalConfig
 
     data = write_jsonl(tmp_path / "d.jsonl", ["The keeper wrote in the logbook every evening."])

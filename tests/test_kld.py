@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+
+import lleval
 import pytest
 import torch
 from click.testing import CliRunner
@@ -17,8 +19,8 @@ from helpers import write_jsonl
 from lleval.cli import main
 from lleval.config import EvalConfig
 from lleval.errors import ConfigError
-from lleval.kld import kl_divergence
-from lleval.kernels import scorer_from_slices, slices_from_logits
+from lleval.commands.kld import kl_divergence
+from lleval.engine.kernels import scorer_from_slices, slices_from_logits
 
 TEXTS = [
     "The keeper wrote in the logbook every evening, and the gate was never mended for long.",
@@ -75,7 +77,7 @@ def test_perplexities_equal_a_score_run_of_each_model(
 ) -> None:
     """kld's per-model perplexities are what ``lleval score`` gives each model (an independent
     path: `evaluate` and its own scorer), not a float32 log-softmax's slightly lower ones."""
-    from lleval.api import evaluate
+    from lleval.commands.score import evaluate
 
     data = _data(tmp_path)
     config = EvalConfig(model=str(tiny_llama_dir), dataset=data, max_length=24, stride=8, batch_size=3, bootstrap=0)
@@ -129,8 +131,7 @@ def test_one_model_in_two_dtypes(tiny_llama_dir: Path, tmp_path: Path, monkeypat
     assert 0.0 < result["kl_divergence"]["mean"] < 0.05  # bf16 rounding: small, not zero
     assert result["environment"]["cpu"]["bf16_matmul_speedup"] == 3.0
     assert "fp16_matmul_speedup" not in result["environment"]["cpu"]
-    jsonschema.validate(result, json.loads((Path(kl_divergence.__code__.co_filename).parent / "schemas"
-                                            / "kld.schema.json").read_text()))
+    jsonschema.validate(result, json.loads((Path(lleval.__file__).parent / "schemas" / "kld.schema.json").read_text()))
 
 
 def test_kld_needs_a_base_or_a_base_dtype(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -17,14 +17,14 @@ import pytest
 
 from helpers import write_jsonl
 from lleval.config import EvalConfig
-from lleval.model_cache import MANIFEST, STALE_SECONDS, file_sha256, source_sha256
+from lleval.backends.model_cache import MANIFEST, STALE_SECONDS, file_sha256, source_sha256
 
 TEXTS = ["The keeper wrote in the logbook every evening.", "Bread needs flour, water, salt and yeast.",
          "Blue light scatters more than red light."]
 
 
 def _score(model: Path | None, data: str, **overrides: Any) -> Any:
-    from lleval.api import evaluate
+    from lleval.commands.score import evaluate
 
     return evaluate(EvalConfig(model=None if model is None else str(model), dataset=data, bootstrap=0, **overrides))
 
@@ -58,7 +58,7 @@ def test_cached_load_gives_bit_identical_logprobs(tiny_gguf: Path, cache: Path, 
 
 
 def _weights(dtype: str, gguf: Path) -> tuple[dict[str, Any], dict[str, Any], str | None]:
-    from lleval.model import ModelSpec, load
+    from lleval.backends.hf import ModelSpec, load
 
     loaded = load(ModelSpec(name=str(gguf), dtype=dtype, device="cpu"))
     return dict(loaded.model.named_parameters()), dict(loaded.model.named_buffers()), loaded.info.cache
@@ -89,7 +89,7 @@ def test_a_bf16_run_that_cannot_store_casts_like_a_hit(tiny_gguf: Path, cache: P
     the entry in bf16 gives (parameters cast, the float32 rotary buffers kept)."""
     import torch
 
-    from lleval.model_cache import CacheEntry
+    from lleval.backends.model_cache import CacheEntry
 
     with monkeypatch.context() as patched:
         patched.setattr(CacheEntry, "store", lambda self, model, tokenizer: "permission denied")
@@ -144,7 +144,7 @@ def test_a_damaged_entry_is_rebuilt(tiny_gguf: Path, cache: Path, tmp_path: Path
 
 SLOW_WRITER = r"""
 import sys, time
-import lleval.model_cache as cache
+import lleval.backends.model_cache as cache
 save, marker, seconds = cache._save_plain, sys.argv[1], float(sys.argv[2])
 def slow_save(model, tokenizer, folder):
     save(model, tokenizer, folder)
@@ -211,7 +211,7 @@ def test_a_cache_that_cannot_be_written_warns_and_notes_why(tiny_gguf: Path, tmp
                                                             monkeypatch: pytest.MonkeyPatch, how: str) -> None:
     import errno
 
-    import lleval.model_cache as model_cache
+    import lleval.backends.model_cache as model_cache
 
     data = write_jsonl(tmp_path / "d.jsonl", TEXTS)
     (tmp_path / "a-file").write_text("")

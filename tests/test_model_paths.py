@@ -10,8 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lleval.model import make_scorer, right_padded
-from lleval.kernels import target_logprobs
+from lleval.backends.hf import make_scorer, right_padded
+from lleval.engine.kernels import target_logprobs
 
 LENGTHS = [17, 5, 30, 1]
 
@@ -116,7 +116,7 @@ def test_half_precision_models_project_in_float32(tiny_llama_dir: Path) -> None:
     states and the head's weight, not that product rounded to bf16."""
     from transformers import AutoModelForCausalLM
 
-    from lleval.model import make_logits_slices
+    from lleval.backends.hf import make_logits_slices
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.bfloat16).eval()
     ids = torch.tensor([[5, 9, 33, 120, 7, 64]])

@@ -18,13 +18,13 @@ import pytest
 from click.testing import CliRunner
 
 from helpers import rel_close, write_jsonl
-from lleval.api import evaluate, make_job, open_inputs, score
+from lleval.commands.score import evaluate, make_job, open_inputs, score
 from lleval.cli import main
 from lleval.config import EvalConfig
 from lleval.errors import OutputError
-from lleval.protocols import plan
-from lleval.reducers import DocumentSums
-from lleval.tokens import TokenWriter, read_token_file
+from lleval.plan.protocols import plan
+from lleval.reducers.documents import DocumentSums
+from lleval.report.tokens import TokenWriter, read_token_file
 
 TEXTS = ["The keeper wrote in the logbook every evening, even when nothing happened.",
          "Bread needs flour, water, salt and yeast, and time.", "Blue light scatters more than red light.",
@@ -153,7 +153,7 @@ def test_the_cli_writes_every_other_output_says_one_line_and_exits_1(
 
 def test_kld_hands_back_its_token_file_failure(tiny_loaded: Any, tmp_path: Path, data: str,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    from lleval.kld import kl_divergence
+    from lleval.commands.kld import kl_divergence
 
     _disk_full_on(monkeypatch, "k.jsonl")
     result = kl_divergence(EvalConfig(dataset=data, tokens=str(tmp_path / "k.jsonl"), bootstrap=0, max_length=16),
@@ -266,7 +266,7 @@ def test_a_run_that_fails_removes_its_parts(tiny_loaded: Any, tmp_path: Path) ->
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640)], ids=["022", "027"])
 def test_every_file_gets_the_mode_of_the_umask(tiny_loaded: Any, tmp_path: Path, data: str, umask: int,
                                                mode: int) -> None:
-    from lleval.report import write_report
+    from lleval.report.score import write_report
 
     before = os.umask(umask)
     try:

@@ -15,11 +15,11 @@ from hypothesis import strategies as st
 
 from conftest import TINY_TOKENIZER
 from helpers import naive_hf_guide, naive_llama_cpp, naive_rolling_logprobs, rel_close, write_jsonl
-from lleval.api import evaluate
+from lleval.commands.score import evaluate
 from lleval.config import EvalConfig
-from lleval.data import Document, builtin_sample_path
+from lleval.data.sources import Document, builtin_sample_path
 from lleval.errors import ConfigError, DataError
-from lleval.protocols import lm_eval_words, plan
+from lleval.plan.protocols import lm_eval_words, plan
 
 TEXTS = [json.loads(line)["text"][:260] for line in builtin_sample_path().read_text().splitlines()][:5]
 

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from helpers import naive_hf_guide, naive_rolling_logprobs, rel_close, write_jsonl
-from lleval.api import evaluate, load
+from lleval.commands.score import evaluate, load
 from lleval.config import EvalConfig
-from lleval.data import builtin_sample_path
+from lleval.data.sources import builtin_sample_path
 from lleval.errors import ModelLoadError
 
 TEXTS = [json.loads(line)["text"] for line in builtin_sample_path().read_text().splitlines()]
@@ -58,7 +58,7 @@ def test_default_run_end_to_end(tmp_path: Path) -> None:
 def test_missing_default_model_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
-    from lleval import model
+    from lleval.backends import hf as model
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModelLoadError) as info:

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from lleval.reducers import DocumentSums, NonFiniteLogProb, StreamCounts, finite_only
-from lleval.scoring import EngineOptions, score_units
-from lleval.stream import Row, Unit
-from lleval.windows import rolling_spans
+from lleval.reducers.base import NonFiniteLogProb, finite_only
+from lleval.reducers.documents import DocumentSums, StreamCounts
+from lleval.engine.scoring import EngineOptions, score_units
+from lleval.engine.stream import Row, Unit
+from lleval.plan.windows import rolling_spans
 
 
 def value(token: int, context: int) -> float:
@@ -163,7 +164,7 @@ class _PairLike:
 
 
 def test_kl_stats_equal_a_naive_loop() -> None:
-    from lleval.kld import KLStats
+    from lleval.commands.kld import KLStats
 
     units, _ = _units(7)
     stats = KLStats()
@@ -186,7 +187,7 @@ def test_kl_stats_equal_a_naive_loop() -> None:
 
 
 def test_ids_and_snippets_survive_a_checkpoint() -> None:
-    from lleval.reducers import DocumentSamples
+    from lleval.reducers.samples import DocumentSamples
 
     rng = random.Random(3)
     texts = [f"document  {i}\n\nof the run " + "word " * (5 * i) for i in range(6)]
@@ -213,7 +214,7 @@ def test_ids_and_snippets_survive_a_checkpoint() -> None:
 
 
 def test_a_snippet_is_the_opening_of_the_text_with_its_whitespace_collapsed() -> None:
-    from lleval.reducers import document_snippet
+    from lleval.reducers.samples import document_snippet
 
     assert document_snippet("  Two\n\nlines\tand   spaces  ") == "Two lines and spaces"
     assert document_snippet("a " * 40) == "a " * 29 + "a…"  # 79 characters collapsed, cut at 59 and marked

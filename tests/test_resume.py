@@ -19,11 +19,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import rel_close, write_jsonl
-from lleval.api import evaluate
-from lleval.compare import load_report
+from lleval.commands.score import evaluate
+from lleval.commands.compare import load_report
 from lleval.config import EvalConfig
 from lleval.errors import ConfigError, LlevalError, ReportError, ScoringError
-from lleval.tokenization import encode, split_for_tokenizing
+from lleval.plan.tokenization import encode, split_for_tokenizing
 
 TEXTS = [f"Document {i}. " + "The river begins as a spring in a boggy hollow high on the moor. " * (1 + i % 5) for i in range(30)]
 
@@ -62,7 +62,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tiny_loaded: Any, tmp_pat
 
 
 def test_checkpoint_of_other_protocol_model_or_data_is_refused(tiny_loaded: Any, tiny_llama_dir: Path, tmp_path: Path) -> None:
-    from lleval.api import load
+    from lleval.commands.score import load
 
     ckpt = str(tmp_path / "run.ckpt")
     evaluate(_config(tmp_path, checkpoint=ckpt, checkpoint_every=0), loaded=tiny_loaded, should_stop=_stop_after(12))
@@ -143,7 +143,7 @@ def test_long_text_pieces_rejoin(text: str, piece: int) -> None:
 
 
 def test_long_document_tokenized_in_pieces(tiny_loaded: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    import lleval.tokenization as tokenization
+    import lleval.plan.tokenization as tokenization
 
     text = " ".join(TEXTS) * 3
     whole = tiny_loaded.tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -33,7 +33,7 @@ def _check(result: Any, kind: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def score_report(tiny_loaded: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from lleval.api import evaluate
+    from lleval.commands.score import evaluate
 
     data = write_jsonl(tmp_path_factory.mktemp("schema") / "d.jsonl", TEXTS)
     return evaluate(EvalConfig(dataset=data, max_length=16, bootstrap=100), loaded=tiny_loaded)
@@ -45,7 +45,7 @@ def test_score_report(score_report: Any) -> None:
 
 
 def test_kld_report(tiny_loaded: Any, tmp_path: Path) -> None:
-    from lleval.kld import kl_divergence
+    from lleval.commands.kld import kl_divergence
 
     data = write_jsonl(tmp_path / "d.jsonl", TEXTS)
     result = kl_divergence(EvalConfig(dataset=data, max_length=16, bootstrap=100), None, base=tiny_loaded,
@@ -54,7 +54,7 @@ def test_kld_report(tiny_loaded: Any, tmp_path: Path) -> None:
 
 
 def test_compare_report(score_report: Any, tmp_path: Path) -> None:
-    from lleval.compare import compare_report_files
+    from lleval.commands.compare import compare_report_files
 
     path = tmp_path / "r.json"
     path.write_text(score_report.to_json())
@@ -76,7 +76,7 @@ def test_schema_rejects_a_broken_score_report(score_report: Any, mutate: Any) ->
 
 
 def test_score_report_with_document_ids(tiny_loaded: Any, tmp_path: Path) -> None:
-    from lleval.api import evaluate
+    from lleval.commands.score import evaluate
 
     rows = [{"id": "a-1", "text": TEXTS[0]}, {"id": 7, "text": TEXTS[1]}, {"text": TEXTS[2]}]
     report = evaluate(EvalConfig(dataset=write_jsonl(tmp_path / "d.jsonl", rows), max_length=16, bootstrap=0),

@@ -13,10 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import document_sums, units_of
-from lleval.kernels import scorer_from_logits
-from lleval.scoring import EngineOptions, EngineStats, engine_stream, score_units
-from lleval.stream import EngineTick, Row, ScoredBlock, Unit
-from lleval.windows import rolling_spans
+from lleval.engine.kernels import scorer_from_logits
+from lleval.engine.scoring import EngineOptions, EngineStats, engine_stream, score_units
+from lleval.engine.stream import EngineTick, Row, ScoredBlock, Unit
+from lleval.plan.windows import rolling_spans
 
 VOCAB = 50
 

@@ -16,12 +16,12 @@ import torch
 from click.testing import CliRunner
 
 from helpers import rel_close, write_jsonl
-from lleval.api import evaluate
+from lleval.commands.score import evaluate
 from lleval.cli import main
 from lleval.config import EvalConfig
-from lleval.data import builtin_sample_path
-from lleval.kernels import scorer_from_logits
-from lleval.tokens import COLUMNS, read_token_file
+from lleval.data.sources import builtin_sample_path
+from lleval.engine.kernels import scorer_from_logits
+from lleval.report.tokens import COLUMNS, read_token_file
 
 TEXTS = [json.loads(line)["text"][: 90 + 50 * i] for i, line in enumerate(builtin_sample_path().read_text().splitlines())][:6]
 TEXTS += ["Zoë's café — naïve “quotes” ✓ and 🙂 emoji.", "  leading spaces and\ttabs\n\nand blank lines\n"]
@@ -63,7 +63,7 @@ def test_token_rows_add_up_to_the_report(tiny_loaded: Any, tmp_path: Path, suffi
 
 def test_token_ids_and_contexts_follow_the_windows(tiny_loaded: Any, tmp_path: Path) -> None:
     """Naive: the rolling windows of one document, enumerated here, give each token's context."""
-    from lleval.windows import rolling_spans
+    from lleval.plan.windows import rolling_spans
 
     data = write_jsonl(tmp_path / "d.jsonl", TEXTS[:1])
     path = tmp_path / "t.jsonl"
@@ -152,7 +152,7 @@ def test_torchrun_writes_the_single_process_file(tiny_model_dir: Path, tmp_path:
 
 
 def test_kld_exports_both_models_and_the_kl(tiny_loaded: Any, tmp_path: Path) -> None:
-    from lleval.kld import kl_divergence
+    from lleval.commands.kld import kl_divergence
 
     data = write_jsonl(tmp_path / "d.jsonl", TEXTS[:3])
     path = tmp_path / "k.jsonl"
@@ -169,7 +169,7 @@ VOCAB = 320  # the tiny tokenizer's vocabulary
 
 
 def _fake(logits: Any) -> Any:
-    from lleval.model import LoadedModel, ModelInfo
+    from lleval.backends.hf import LoadedModel, ModelInfo
     from transformers import AutoTokenizer
 
     from conftest import TINY_TOKENIZER
@@ -194,7 +194,7 @@ def test_uniform_logits_give_the_vocabulary_size_in_every_bin(tmp_path: Path) ->
 def test_a_scorer_that_learns_from_context_draws_its_curve(tmp_path: Path) -> None:
     """log P = -1 / context (context: the row's column + 1): bin [a, b] must hold the mean of
     1 / c over the tokens whose context c falls in it, counted here from the windows."""
-    from lleval.windows import rolling_spans
+    from lleval.plan.windows import rolling_spans
 
     def logits(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # uniform logits over VOCAB plus a target-independent shift cannot do it; score directly instead
@@ -229,7 +229,7 @@ def test_a_scorer_that_learns_from_context_draws_its_curve(tmp_path: Path) -> No
 # ---------------------------------------------------------------- lleval inspect
 
 def test_inspect_shows_a_document_and_the_worst_spans(tiny_loaded: Any, tmp_path: Path) -> None:
-    from lleval.tokenview import inspect_tokens
+    from lleval.commands.inspect import inspect_tokens
 
     data = write_jsonl(tmp_path / "d.jsonl", TEXTS)
     path = tmp_path / "t.parquet"
@@ -249,7 +249,7 @@ def test_inspect_shows_a_document_and_the_worst_spans(tiny_loaded: Any, tmp_path
 def test_inspect_colours_the_difference_of_two_files(tiny_loaded: Any, tiny_model_dir: Path, tmp_path: Path) -> None:
     from dataclasses import replace
 
-    from lleval.tokenview import inspect_tokens
+    from lleval.commands.inspect import inspect_tokens
 
     data = write_jsonl(tmp_path / "d.jsonl", TEXTS[:3])
     base, cand = tmp_path / "b.jsonl", tmp_path / "c.jsonl"

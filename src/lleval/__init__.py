@@ -14,14 +14,14 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "evaluate": "lleval.api",
-    "LoadedModel": "lleval.model",
+    "evaluate": "lleval.commands.score",
+    "LoadedModel": "lleval.backends.hf",
     "EvalConfig": "lleval.config",
-    "Report": "lleval.report",
-    "kl_divergence": "lleval.kld",
-    "KLReport": "lleval.kld",
-    "compare_files": "lleval.compare",
-    "ComparisonReport": "lleval.compare",
+    "Report": "lleval.report.score",
+    "kl_divergence": "lleval.commands.kld",
+    "KLReport": "lleval.commands.kld",
+    "compare_files": "lleval.commands.compare",
+    "ComparisonReport": "lleval.commands.compare",
 }
 __all__ = [*_EXPORTS, "__version__"]
 

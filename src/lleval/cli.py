@@ -38,7 +38,7 @@ from lleval.config import (
 )
 
 if TYPE_CHECKING:
-    from lleval.api import ScoringProgress
+    from lleval.commands.score import ScoringProgress
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -235,7 +235,7 @@ def score(**flags: Any) -> None:
     _check_early(config)
     with _warnings_shown(config.quiet), _Interrupts() as interrupts:
         _quiet_libraries()
-        from lleval.api import evaluate
+        from lleval.commands.score import evaluate
 
         report = _with_progress(config.quiet, evaluate, config, should_stop=interrupts.should_stop)
         failed = _deliver(report, config.output, config.format)
@@ -278,7 +278,7 @@ def kld(base_model: str | None, base_dtype: str | None, dataset_argument: str | 
     _check_early(config)
     with _warnings_shown(config.quiet):
         _quiet_libraries()
-        from lleval.kld import kl_divergence
+        from lleval.commands.kld import kl_divergence
 
         result = _with_progress(config.quiet, kl_divergence, config, base_model or config.model,
                                 base_dtype=base_dtype)
@@ -318,7 +318,7 @@ def compare(base: str, candidates: tuple[str, ...], max_regression: float | None
     Example (CI gate: fail if perplexity rises by more than 1%):
       lleval compare base.json new.json --max-regression 1 --summary
     """
-    from lleval.compare import compare_report_files
+    from lleval.commands.compare import compare_report_files
 
     if require_significant and max_regression is None:
         raise click.UsageError("--require-significant qualifies the gate of --max-regression: give both.")
@@ -329,7 +329,7 @@ def compare(base: str, candidates: tuple[str, ...], max_regression: float | None
     result = _call(compare_report_files, base, list(candidates), max_regression_pct=max_regression,
                    require_significant=require_significant, n_resamples=bootstrap, seed=seed,
                    top_documents=top_documents)
-    from lleval.html import write_compare_html
+    from lleval.report.html import write_compare_html
 
     earlier = (_try_output(write_compare_html, result, html) if html else []) + (
         _try_output(_append_summary, summary_file, result.render_markdown()) if summary_file else [])
@@ -373,7 +373,7 @@ def inspect(tokens: str, candidate: str | None, document: int | None, worst: int
       lleval inspect base.parquet new.parquet --doc 3
       lleval inspect t.parquet --html t.html
     """
-    from lleval.tokenview import inspect_tokens, write_tokens_html
+    from lleval.commands.inspect import inspect_tokens, write_tokens_html
 
     if html is not None and candidate is not None:
         raise click.UsageError("--html draws one token file: drop CANDIDATE or --html.")
@@ -424,7 +424,7 @@ def _deliver(result: Any, output: str | None, format: str, earlier: list[str] | 
     one line on stderr after the result, and returned so the command exits 1."""
     if not _is_main_rank():
         return []
-    from lleval.report import write_report
+    from lleval.report.score import write_report
 
     failures = list(earlier or []) + [str(exc) for exc in getattr(result, "failed_outputs", [])]
     if output:
@@ -492,7 +492,7 @@ def _show_warning(message: Any, category: Any, filename: str, lineno: int, file:
 class _StderrProgress:
     """lleval's one status line on stderr: the stage (``loading model``), then, batch by
     batch, a bar of tokens scored out of those planned, documents, tokens/s and the time
-    left (`lleval.api.ScoringProgress`)."""
+    left (`lleval.commands.score.ScoringProgress`)."""
 
     def __init__(self, console: Any) -> None:
         from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn

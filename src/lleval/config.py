@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from lleval.errors import ConfigError, read_text_file
-from lleval.windows import window_problem
+from lleval.plan.windows import window_problem
 
 # Allowed values, defined here once; the CLI, the config-file reader and the library use these.
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -44,7 +44,7 @@ MINIMUMS: dict[str, int] = {  # the least value of each numeric field (the CLI's
     "max_length": 1, "stride": 1, "batch_size": 1, "max_batch_tokens": 1, "block_tokens": 1,
     "limit": 0, "bootstrap": 0, "html_docs": 0, "checkpoint_every": 0,
 }
-TOKEN_SUFFIXES = (".parquet", ".jsonl")  # what --tokens writes: Parquet, or JSON lines (lleval.tokens)
+TOKEN_SUFFIXES = (".parquet", ".jsonl")  # what --tokens writes: Parquet, or JSON lines (lleval.report.tokens)
 
 
 def setting(origins: Mapping[str, str], name: str, value: object = None, typed: str | None = None) -> str:
@@ -89,7 +89,7 @@ class EvalConfig:
     dtype: str = "auto"
     device: str = "auto"
     device_map: str | None = None
-    model_cache: bool = True  # keep a converted .gguf for later runs (lleval.model_cache)
+    model_cache: bool = True  # keep a converted .gguf for later runs (lleval.backends.model_cache)
     float32_head: bool = True  # bf16/fp16 models: output projection and log-softmax in float32
     # data
     dataset: str | None = None
@@ -108,7 +108,7 @@ class EvalConfig:
     prefix_token: str = "auto"
     concat: str | None = None
     # engine and output
-    batch_size: int | str = "auto"  # a token budget per device (see lleval.batching), or windows per pass
+    batch_size: int | str = "auto"  # a token budget per device (see lleval.plan.batching), or windows per pass
     max_batch_tokens: int | None = None
     block_tokens: int = 1 << 20
     allow_nonfinite: bool = False
@@ -120,9 +120,9 @@ class EvalConfig:
     format: str = "table"
     quiet: bool = False
     # what the run shows of its tokens
-    tokens: str | None = None  # the per-token export: .parquet, or .jsonl (lleval.tokens)
+    tokens: str | None = None  # the per-token export: .parquet, or .jsonl (lleval.report.tokens)
     token_stats: bool = False  # rank and entropy of every token (in the export and the HTML)
-    html: str | None = None  # the HTML report (lleval.html)
+    html: str | None = None  # the HTML report (lleval.report.html)
     html_docs: int = DEFAULT_HTML_DOCS  # documents shown token by token, most and least surprising each
     # where values came from, for messages only: field -> "config file PATH" (the CLI fills it);
     # not a setting, so it takes no part in equality, hashing or checkpoints
@@ -167,7 +167,7 @@ class EvalConfig:
             problems.append(f"{self.flag('tokens', self.tokens)} writes Parquet (.parquet) or JSON lines (.jsonl), "
                             "chosen by its extension: use .parquet or .jsonl")
         if self.max_length and self.stride and (problem := window_problem(self.max_length, self.stride)):
-            problems.append(problem)  # with a derived max length, `lleval.protocols.plan` checks
+            problems.append(problem)  # with a derived max length, `lleval.plan.protocols.plan` checks
         if self.concat == "":
             problems.append("concat separator is empty: documents would run into each other")
         if self.prefix_token not in ("auto", "none") and not re.fullmatch(r"[0-9]+", self.prefix_token):
@@ -175,7 +175,7 @@ class EvalConfig:
         return problems
 
     def _protocol_problems(self) -> list[str]:
-        """Flags a protocol fixes itself (see `lleval.protocols`)."""
+        """Flags a protocol fixes itself (see `lleval.plan.protocols`)."""
         problems: list[str] = []
         name, protocol = self.protocol, self.flag("protocol", self.protocol)
         if name == "lm-eval":

@@ -105,8 +105,8 @@ def units_of(sequences: Sequence[Sequence[int]], max_length: int, stride: int) -
     its document's first token and, having no context, is never scored)."""
     import numpy as np
 
-    from lleval.stream import Row, Unit
-    from lleval.windows import rolling_spans
+    from lleval.engine.stream import Row, Unit
+    from lleval.plan.windows import rolling_spans
 
     return [
         Unit(list(seq), rolling_spans(len(seq), max_length, stride), (Row(i, len(seq), 1, f"{i:064x}"),), i,
@@ -117,8 +117,8 @@ def units_of(sequences: Sequence[Sequence[int]], max_length: int, stride: int) -
 
 def document_sums(scorer: Any, units: Sequence[Any], options: Any, stats: Any = None) -> list[Any]:
     """Score units with the engine and fold them with `DocumentSums`: one result per document."""
-    from lleval.reducers import DocumentSums
-    from lleval.scoring import score_units
+    from lleval.reducers.documents import DocumentSums
+    from lleval.engine.scoring import score_units
 
     sums = DocumentSums()
     for block in score_units(scorer, units, options, stats=stats):
@@ -176,7 +176,7 @@ def write_tiny_gguf(llama_dir: Path, path: Path) -> Path:
 
 def stepwise_cheapest_runs(widths: list[int], max_rows: int, budget: int | None, overhead: int) -> list[tuple[int, int]]:
     """The batch planner as first written (one numpy step per window, float64 costs), kept
-    as the reference its faster rewrite in `lleval.batching` must agree with exactly."""
+    as the reference its faster rewrite in `lleval.plan.batching` must agree with exactly."""
     import numpy as np
 
     n = len(widths)

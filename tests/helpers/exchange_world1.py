@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from lleval.distributed import DistContext
+from lleval.engine.distributed import DistContext
 
 backend = "nccl" if torch.cuda.is_available() else "gloo"
 if backend == "nccl":

@@ -2,7 +2,7 @@
 
 import os
 
-from lleval import scoring
+from lleval.engine import scoring
 from lleval.cli import main
 
 if os.environ.get("RANK") == "1":

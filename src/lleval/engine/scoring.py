@@ -17,9 +17,9 @@ then is the next block read. Between batches `engine_stream` also yields an
 `EngineTick` (how many tokens are scored and planned), so a progress display
 learns how far a block of a million tokens is without the engine calling it.
 
-The types it reads and yields are in `lleval.stream` (numpy only, so what only
+The types it reads and yields are in `lleval.engine.stream` (numpy only, so what only
 folds scored tokens never imports torch); the scorers it calls, and the
-log-prob kernels they use, in `lleval.kernels`.
+log-prob kernels they use, in `lleval.engine.kernels`.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from typing import Callable, Iterable, Iterator, Protocol, Sequence
 import numpy as np
 import torch
 
-from lleval.batching import Batching, make_batches
-from lleval.kernels import TokenScorer
-from lleval.stream import EngineItem, EngineTick, ScoredBlock, TokenScores, Unit
-from lleval.windows import Span
+from lleval.plan.batching import Batching, make_batches
+from lleval.engine.kernels import TokenScorer
+from lleval.engine.stream import EngineItem, EngineTick, ScoredBlock, TokenScores, Unit
+from lleval.plan.windows import Span
 
 
 class Stopped(Exception):
@@ -54,7 +54,7 @@ class EngineOptions:
 
     batch_size: int = 8
     max_batch_tokens: int | None = None  # also cap batch rows x padded width
-    overhead_tokens: int = 0  # cost of a forward pass in tokens; 0: fill batches greedily (lleval.batching)
+    overhead_tokens: int = 0  # cost of a forward pass in tokens; 0: fill batches greedily (lleval.plan.batching)
     pad_id: int = 0
     block_tokens: int = 1 << 20
     skip_rows: int = 0  # rows already done (resume): their units are read but not scored
@@ -83,7 +83,7 @@ class _Job:
 
 
 class Shard(Protocol):
-    """This process's place in a data-parallel job (see `lleval.distributed`)."""
+    """This process's place in a data-parallel job (see `lleval.engine.distributed`)."""
 
     rank: int
     world_size: int

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from lleval.errors import ReportError
-from lleval.reducers import SNIPPET_CHARS, document_sample, document_snippet
-from lleval.tokens import open_parquet, read_token_file
+from lleval.reducers.samples import SNIPPET_CHARS, document_sample, document_snippet
+from lleval.report.tokens import open_parquet, read_token_file
 
 LN2 = math.log(2.0)
 NUMERIC = ("document", "position", "context", "token_id", "start", "end", "logprob")
@@ -101,7 +101,7 @@ def document_snippets(table: TokenTable) -> dict[int, str]:
 def context_table(table: TokenTable, documents: list[dict[str, Any]]) -> np.ndarray:
     """``(documents, bins, 2)``: log-likelihood and tokens per power-of-two context bin, the
     documents in the order of ``documents`` (`document_table`'s)."""
-    from lleval.reducers import context_bin
+    from lleval.reducers.context import context_bin
 
     bins = context_bin(table.columns["context"].astype(np.int64))
     indices, _first, number = _documents(table)
@@ -256,8 +256,8 @@ def _check_same_tokens(base: TokenTable, other: TokenTable) -> None:
 
 def write_tokens_html(path: str, html_path: str, html_docs: int = 20, bootstrap: int = 1000, seed: int = 0) -> None:
     """The HTML page of a token file: summary, loss by context length, documents, samples."""
-    from lleval.html import Page, render
-    from lleval.report import bins_of_table, protocol_summary, write_text_atomic
+    from lleval.report.html import Page, render
+    from lleval.report.score import bins_of_table, protocol_summary, write_text_atomic
 
     table = load_tokens(path)
     documents = document_table(table)

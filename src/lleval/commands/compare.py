@@ -19,7 +19,7 @@ import numpy as np
 from lleval.errors import ReportError, read_text_file
 from lleval.metrics import LN2, bootstrap_sums, percentile_interval
 from lleval import __version__
-from lleval.report import SCHEMA_VERSION, to_json
+from lleval.report.score import SCHEMA_VERSION, to_json
 
 REQUIRED = {
     "schema_version": int,
@@ -353,7 +353,7 @@ def compare_report_files(
     at least `lleval.config.MIN_RESAMPLES`)."""
     from lleval.config import resamples_problem
     from lleval.errors import ConfigError
-    from lleval.report import now
+    from lleval.report.score import now
 
     if problem := resamples_problem(n_resamples):
         raise ConfigError(problem + ".")

@@ -4,7 +4,7 @@ When the torch.distributed environment variables are present (``RANK``,
 ``WORLD_SIZE`` > 1, ``MASTER_ADDR``, ``MASTER_PORT``), lleval joins the
 process group (NCCL on GPUs, gloo on CPU). Every rank reads and tokenizes the
 same data and forms the same batches a single process would; batches are
-shared among ranks by token count (`lleval.scoring.assign_batches`), and the
+shared among ranks by token count (`lleval.engine.scoring.assign_batches`), and the
 window results are exchanged after each block. Every window therefore meets
 the same batch-mates as in a single-process run and the numbers are
 identical; only rank 0 prints, shows progress and writes files.

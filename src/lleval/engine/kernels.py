@@ -1,6 +1,6 @@
 """Log-probs from logits, a slice of positions at a time: the scorers the engine calls.
 
-A `TokenScorer` is what the engine (`lleval.scoring`) is given: a callable
+A `TokenScorer` is what the engine (`lleval.engine.scoring`) is given: a callable
 returning the float32 log-probs of the labels at the scored positions. The
 ones here build on `LogitsSlices` (logits at scored positions, at most
 ``per_slice`` of them at a time, so no (B, T, V) tensor is held) and take
@@ -86,7 +86,7 @@ def slices_from_logits(logits_fn: Callable[[torch.Tensor, torch.Tensor], torch.T
     """Adapt a ``(input_ids, attention_mask) -> (B, T, V) logits`` callable to `LogitsSlices`.
 
     Meant for fakes and tiny models in tests: it holds full logits, which the
-    real model path (`lleval.model`) never does.
+    real model path (`lleval.backends.hf`) never does.
     """
 
     def slices(

@@ -94,7 +94,7 @@ class DataStats:
 
 def builtin_sample_path() -> Path:
     """The sample corpus shipped inside the package (JSON lines, one essay per line)."""
-    return Path(__file__).parent / "samples" / "prose.jsonl"
+    return Path(__file__).parent.parent / "samples" / "prose.jsonl"
 
 
 def describe_split(spec: DataSpec) -> str:

@@ -2,7 +2,7 @@
 
 Each protocol is a `Plan`: resolved window parameters, a generator of
 `Unit`s for the engine, and a ``describe()`` block for the report that lists
-every choice. All of them run through the same engine (`lleval.scoring`).
+every choice. All of them run through the same engine (`lleval.engine.scoring`).
 
 - ``rolling`` (default): per document, prefix token, `rolling_spans`.
 - ``lm-eval``: lm-evaluation-harness's ``loglikelihood_rolling``: rolling
@@ -27,11 +27,11 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from lleval.config import DEFAULT_MAX_LENGTH_CAP, DEFAULT_SEPARATOR, EvalConfig
-from lleval.data import Document
+from lleval.data.sources import Document
 from lleval.errors import ConfigError, DataError
-from lleval.stream import Row, Unit
-from lleval.tokenization import encode, encode_with_owners, encode_with_starts, resolve_prefix_token
-from lleval.windows import Span, check_window_params, chunk_spans, rolling_spans, strided_spans
+from lleval.engine.stream import Row, Unit
+from lleval.plan.tokenization import encode, encode_with_owners, encode_with_starts, resolve_prefix_token
+from lleval.plan.windows import Span, check_window_params, chunk_spans, rolling_spans, strided_spans
 
 TOKENIZE_GROUP = 64  # documents tokenized per batched tokenizer call
 _WHITESPACE = re.compile(r"\s+")
@@ -57,7 +57,7 @@ class Plan:
     """A protocol resolved against a config and a tokenizer: what it scores and how.
 
     Immutable: the counts a run produces (stream tokens, unscored tokens)
-    come from reducers (`lleval.reducers.StreamCounts`), not from the plan.
+    come from reducers (`lleval.reducers.documents.StreamCounts`), not from the plan.
     """
 
     name: str
@@ -139,7 +139,7 @@ class Plan:
 
     def describe(self, tokenizer: Any) -> dict[str, Any]:
         """The report's ``protocol`` block: every choice this protocol made (the counts of
-        a run are added by the report, from `lleval.reducers.StreamCounts`)."""
+        a run are added by the report, from `lleval.reducers.documents.StreamCounts`)."""
         prefix_text = None if self.prefix_token is None else tokenizer.convert_ids_to_tokens(self.prefix_token)
         block: dict[str, Any] = {
             "name": self.name,

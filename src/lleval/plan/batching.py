@@ -28,7 +28,7 @@ runs alone, exactly as at batch size 1, and many short ones share a pass.
 An explicit ``--batch-size N`` keeps the old rule: up to N windows per pass,
 filled greedily longest first (and ``--max-batch-tokens`` caps either). The
 engine also backs off when a batch still runs out of memory (see
-`lleval.scoring`): the batch is split and the split size is kept for the rest
+`lleval.engine.scoring`): the batch is split and the split size is kept for the rest
 of the run, so the budget never needs to be exact.
 """
 

@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from lleval.errors import ConfigError, OutputError
-from lleval.reducers import EMPTY_CHAIN, Resumable, chain_hash
-from lleval.report import write_text_atomic
-from lleval.stream import Unit
+from lleval.reducers.base import Resumable
+from lleval.reducers.documents import EMPTY_CHAIN, chain_hash
+from lleval.report.score import write_text_atomic
+from lleval.engine.stream import Unit
 
 CHECKPOINT_VERSION = 2
 FINGERPRINT_PARTS = ("model", "tokenizer", "protocol", "columns")

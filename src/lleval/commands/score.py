@@ -13,7 +13,7 @@ the whole flow):
 3. **finish** (`score_report`): the report, derived from the reducers' sums.
 
 The heavy objects can be injected as a `LoadedModel`, so tests drive the
-whole path with fakes and tiny models. ``lleval kld`` (`lleval.kld`) runs the
+whole path with fakes and tiny models. ``lleval kld`` (`lleval.commands.kld`) runs the
 same steps with a pair of models and one more reducer.
 """
 
@@ -27,25 +27,20 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Protocol
 
 from lleval import __version__
-from lleval.batching import Batching, auto_batching
-from lleval.checkpoint import Checkpoint, Checkpointer, verify_resumed
+from lleval.plan.batching import Batching, auto_batching
+from lleval.runner.checkpoint import Checkpoint, Checkpointer, verify_resumed
 from lleval.config import EvalConfig
-from lleval.data import BUILTIN_DATASET, DataStats, Document, data_spec, iter_documents
-from lleval.distributed import DistContext
+from lleval.data.sources import BUILTIN_DATASET, DataStats, Document, data_spec, iter_documents
+from lleval.engine.distributed import DistContext
 from lleval.errors import ConfigError, DataError, OutputError, ScoringError
 from lleval.metrics import Totals, ratio_intervals
-from lleval.model import LoadedModel, ModelSpec
-from lleval.protocols import Plan, plan
-from lleval.reducers import (
-    ContextCurve,
-    DocumentSamples,
-    DocumentSums,
-    NonFiniteLogProb,
-    Reducer,
-    StreamCounts,
-    finite_only,
-)
-from lleval.report import (
+from lleval.backends.hf import LoadedModel, ModelSpec
+from lleval.plan.protocols import Plan, plan
+from lleval.reducers.base import NonFiniteLogProb, Reducer, finite_only
+from lleval.reducers.context import ContextCurve
+from lleval.reducers.documents import DocumentSums, StreamCounts
+from lleval.reducers.samples import DocumentSamples
+from lleval.report.score import (
     ContextBin,
     Report,
     bins_of_table,
@@ -56,8 +51,8 @@ from lleval.report import (
     timing_block,
     tokenizer_block,
 )
-from lleval.scoring import EngineOptions, EngineStats, Stopped, WindowTooLarge, engine_stream
-from lleval.stream import EngineTick
+from lleval.engine.scoring import EngineOptions, EngineStats, Stopped, WindowTooLarge, engine_stream
+from lleval.engine.stream import EngineTick
 
 __all__ = ["evaluate", "load", "LoadedModel", "Progress", "ScoringProgress"]
 
@@ -140,8 +135,8 @@ def model_spec(config: EvalConfig) -> ModelSpec:
 
 
 def load(config: EvalConfig) -> LoadedModel:
-    """Load the model a config names (see `lleval.model.load`)."""
-    from lleval.model import load as load_model
+    """Load the model a config names (see `lleval.backends.hf.load`)."""
+    from lleval.backends.hf import load as load_model
 
     return load_model(model_spec(config))
 
@@ -189,7 +184,7 @@ def open_inputs(config: EvalConfig) -> Inputs:
     a process group when launched by torchrun, and open the data, reading its first document:
     a source with no document to score (an empty standard input, rows that are all empty)
     fails here, before the tokenizer loads."""
-    from lleval.distributed import from_env
+    from lleval.engine.distributed import from_env
     from lleval.preflight import check_config
 
     started = time.perf_counter()
@@ -215,7 +210,7 @@ def _source(config: EvalConfig) -> str:
 def load_and_plan(config: EvalConfig, progress: Progress | None = None) -> tuple[LoadedModel, Plan]:
     """Load the tokenizer and config, plan the protocol (so a flag that does not fit the
     tokenizer or the model's length fails now), then load the weights."""
-    from lleval.model import load_weights, open_model
+    from lleval.backends.hf import load_weights, open_model
 
     if progress is not None:
         progress.stage("loading model")
@@ -228,11 +223,11 @@ def load_and_plan(config: EvalConfig, progress: Progress | None = None) -> tuple
 
 def make_job(inputs: Inputs, loaded: LoadedModel, protocol: Plan) -> Job:
     """Size the batches and read the checkpoint to resume, if there is one."""
-    from lleval import checkpoint as ckpt
+    from lleval.runner import checkpoint as ckpt
 
     config, dist = inputs.config, inputs.dist
     if config.token_stats:
-        from lleval.model import with_token_stats
+        from lleval.backends.hf import with_token_stats
 
         loaded = with_token_stats(loaded)
     batching = batching_for(config, loaded, protocol.max_length)
@@ -268,7 +263,7 @@ def _fingerprint(config: EvalConfig, loaded: LoadedModel, protocol: Plan) -> dic
 
 def batching_for(config: EvalConfig, loaded: LoadedModel, max_length: int) -> Batching:
     """The batch shape the engine uses: for ``auto`` (the default) the device's token
-    budget and pass cost (`lleval.batching.auto_batching`; an explicit
+    budget and pass cost (`lleval.plan.batching.auto_batching`; an explicit
     ``max_batch_tokens`` still wins), else the config's numbers."""
     if config.batch_size != "auto":
         return Batching(int(config.batch_size), config.max_batch_tokens)
@@ -402,7 +397,7 @@ def file_reducers(job: Job) -> dict[str, Any]:
         return {}
     files: dict[str, Any] = {}
     if config.tokens:
-        from lleval.tokens import TokenWriter
+        from lleval.report.tokens import TokenWriter
 
         files["tokens"] = TokenWriter(config.tokens, config.checkpoint)
     if config.html:
@@ -424,7 +419,7 @@ def write_files(job: Job, run: ScoringRun, report: Any, files: Mapping[str, Any]
         except OutputError as exc:
             failed.append(exc)
     if "samples" in files and job.config.html:
-        from lleval.html import write_score_html
+        from lleval.report.html import write_score_html
 
         try:
             write_score_html(report, files["samples"].samples(), job.config.html, files["samples"].snippets)

@@ -148,7 +148,7 @@ def now() -> str:
 
 
 def model_block(info: Any) -> dict[str, Any]:
-    """The report's ``model`` block, from a `lleval.model.ModelInfo`."""
+    """The report's ``model`` block, from a `lleval.backends.hf.ModelInfo`."""
     return {
         "name": info.name,
         "source": info.source,
@@ -166,7 +166,7 @@ def model_block(info: Any) -> dict[str, Any]:
 
 def tokenizer_block(tokenizer: Any, name: str) -> dict[str, Any]:
     """The report's ``tokenizer`` block."""
-    from lleval.tokenization import tokenizer_fingerprint
+    from lleval.plan.tokenization import tokenizer_fingerprint
 
     return {
         "name": name,
@@ -178,8 +178,8 @@ def tokenizer_block(tokenizer: Any, name: str) -> dict[str, Any]:
 
 
 def dataset_block(spec: Any, stats: Any, documents: int) -> dict[str, Any]:
-    """The report's ``dataset`` block, from a `lleval.data.DataSpec` and its `DataStats`."""
-    from lleval.data import BUILTIN_DATASET, describe_split
+    """The report's ``dataset`` block, from a `lleval.data.sources.DataSpec` and its `DataStats`."""
+    from lleval.data.sources import BUILTIN_DATASET, describe_split
 
     return {
         "spec": spec.dataset or BUILTIN_DATASET,

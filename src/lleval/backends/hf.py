@@ -53,7 +53,7 @@ class ModelSpec:
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     device: str = "auto"  # auto | cpu | cuda | mps
     device_map: str | None = None  # auto | balanced | sequential: spread over visible devices
-    cache: bool = True  # keep a converted .gguf for later runs (lleval.model_cache)
+    cache: bool = True  # keep a converted .gguf for later runs (lleval.backends.model_cache)
     float32_head: bool = True  # a bf16/fp16 model projects to logits in float32 (see make_logits_slices)
 
 
@@ -226,7 +226,7 @@ def _max_positions(config: Any) -> int | None:
 class LoadedModel:
     """A scorer with the tokenizer that feeds it and a description for the report."""
 
-    scorer: Any  # a lleval.kernels.TokenScorer
+    scorer: Any  # a lleval.engine.kernels.TokenScorer
     tokenizer: Any
     info: ModelInfo
     pad_id: int = 0
@@ -262,7 +262,7 @@ class ModelSource:
     device: str
     dtype: Any  # torch dtype
     sha256: str | None = None  # of the .gguf file
-    cache: Any = None  # its lleval.model_cache.CacheEntry, when the cache is on
+    cache: Any = None  # its lleval.backends.model_cache.CacheEntry, when the cache is on
     cache_status: str | None = None  # hit | miss | off (.gguf only)
     notes: tuple[str, ...] = ()  # what the cache met (a damaged entry), for the report's notes
 
@@ -334,7 +334,7 @@ def _cached_conversion(spec: ModelSpec, location: str, gguf_file: str | None, dt
     """For a .gguf file: its sha256, the check of its cache entry (None when the cache is
     off) and what is known so far: ``checking`` (a plausible entry, its hashes being
     checked), ``miss`` or ``off``. For other models: Nones."""
-    from lleval.model_cache import CacheEntry, cache_root, source_sha256, sweep
+    from lleval.backends.model_cache import CacheEntry, cache_root, source_sha256, sweep
 
     if gguf_file is None:
         if not spec.cache:
@@ -391,7 +391,7 @@ def load_weights(found: ModelSource) -> LoadedModel:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     slices = make_logits_slices(model, spec.float32_head)
     vocab = vocab_size(model)
-    from lleval.kernels import scorer_from_slices
+    from lleval.engine.kernels import scorer_from_slices
 
     return LoadedModel(scorer_from_slices(slices, slice_positions(vocab)), tokenizer, info, int(pad or 0), model,
                        slices, vocab, activation_bytes_per_token(model))
@@ -521,7 +521,7 @@ def with_token_stats(loaded: LoadedModel) -> LoadedModel:
     (``--token-stats``), in slices half as long (it holds two (n, V) tensors)."""
     import dataclasses
 
-    from lleval.kernels import scorer_from_slices
+    from lleval.engine.kernels import scorer_from_slices
 
     if loaded.slices is None or loaded.vocab is None:
         raise ConfigError("--token-stats needs a model whose logits lleval computes (a transformers model).")
@@ -554,9 +554,9 @@ def float32_projection(head: Any) -> Any:
 
 
 def activation_bytes_per_token(model: Any) -> int:
-    """Working-set bytes per batch token for `lleval.batching` (activations, plus logits
+    """Working-set bytes per batch token for `lleval.plan.batching` (activations, plus logits
     for the architectures whose own forward returns them for every scored position)."""
-    from lleval.batching import bytes_per_token
+    from lleval.plan.batching import bytes_per_token
 
     element = next(model.parameters()).element_size()
     return bytes_per_token(model.config, element, 0 if has_plain_head(model) else vocab_size(model))
@@ -580,7 +580,7 @@ def vocab_size(model: Any) -> int:
 
 def make_scorer(model: Any, slice_bytes: int = LOGITS_SLICE_BYTES) -> Any:
     """A `TokenScorer` for a transformers causal LM that never holds (B, T, V) logits."""
-    from lleval.kernels import scorer_from_slices
+    from lleval.engine.kernels import scorer_from_slices
 
     return scorer_from_slices(make_logits_slices(model), slice_positions(vocab_size(model), slice_bytes))
 

@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from lleval.report import write_text_atomic
+from lleval.report.score import write_text_atomic
 
 LN2 = math.log(2.0)
 SURPRISAL_SCALE_BITS = 16.0  # a token this surprising (or more) gets the darkest colour
@@ -44,7 +44,7 @@ class Page:
     bins: list[dict[str, Any]] = field(default_factory=list)  # ContextBin.to_dict() entries
     documents: list[dict[str, Any]] = field(default_factory=list)  # index, tokens, bytes, log_likelihood (, id)
     snippets: dict[int, str] = field(default_factory=dict)  # document index -> its opening words
-    samples: list[dict[str, Any]] = field(default_factory=list)  # lleval.reducers.DocumentSamples
+    samples: list[dict[str, Any]] = field(default_factory=list)  # lleval.reducers.samples.DocumentSamples
     extra: str = ""  # further HTML (the comparison chart)
 
 
@@ -216,7 +216,7 @@ def _sample(sample: dict[str, Any]) -> str:
 def score_page(report: Any, samples: list[dict[str, Any]], snippets: dict[int, str] | None = None) -> Page:
     """The page of a score `Report` and its `DocumentSamples` (``snippets``: each document's
     opening words, `DocumentSamples.snippets`)."""
-    from lleval.report import summary_rows
+    from lleval.report.score import summary_rows
 
     return Page(
         title=f"lleval score — {report.protocol['name']} protocol",

@@ -6,7 +6,7 @@ all in gguf-py's metadata parsing and per-tensor name mapping). lleval saves
 the converted model (safetensors) and tokenizer once, in a folder keyed by
 the file's sha256 and the dtype, and loads that folder on later runs in a
 fraction of a second, with bit-identical weights and the same tokenizer.
-`lleval.model` keeps one float32 entry per file: bf16/fp16 runs load it
+`lleval.backends.hf` keeps one float32 entry per file: bf16/fp16 runs load it
 in their dtype.
 
 - **Where**: ``$LLEVAL_MODEL_CACHE`` if set (``off`` turns the cache off),

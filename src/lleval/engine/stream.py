@@ -18,7 +18,7 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from lleval.windows import Span
+from lleval.plan.windows import Span
 
 
 @dataclass(frozen=True)

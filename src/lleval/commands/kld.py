@@ -6,7 +6,7 @@ the same batch and the divergence is computed slice by slice in memory:
 ``KL(P_base || P_model) = sum_v p_base(v) (log p_base(v) - log p_model(v))``
 over the full vocabulary at every scored position.
 
-It is a score run (`lleval.api`) with a paired scorer, whose further
+It is a score run (`lleval.commands.score`) with a paired scorer, whose further
 columns (the base's log-prob, the KL, top-token agreement, delta p) go
 through the engine like any other, and one more reducer, `KLStats`.
 """
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lleval.api import (
+from lleval.commands.score import (
     Job,
     Progress,
     ScoringRun,
@@ -36,10 +36,11 @@ from lleval.api import (
 from lleval.config import EvalConfig
 from lleval.errors import ConfigError, ModelLoadError
 from lleval.metrics import bootstrap_sums, percentile_interval
-from lleval.model import LOGITS_SLICE_BYTES, LoadedModel, slice_positions
-from lleval.protocols import Plan, plan
-from lleval.reducers import DocumentSums, StreamCounts, row_sums
-from lleval.report import (
+from lleval.backends.hf import LOGITS_SLICE_BYTES, LoadedModel, slice_positions
+from lleval.plan.protocols import Plan, plan
+from lleval.reducers.base import row_sums
+from lleval.reducers.documents import DocumentSums, StreamCounts
+from lleval.report.score import (
     ReportHeader,
     fmt,
     model_block,
@@ -48,9 +49,9 @@ from lleval.report import (
     render_pairs_table,
     to_json,
 )
-from lleval.kernels import target_logprobs
-from lleval.stream import ScoredBlock
-from lleval.tokenization import tokenizer_fingerprint
+from lleval.engine.kernels import target_logprobs
+from lleval.engine.stream import ScoredBlock
+from lleval.plan.tokenization import tokenizer_fingerprint
 
 PERCENTILES = (99.9, 99.0, 95.0, 90.0, 10.0, 5.0, 1.0, 0.1)
 
@@ -61,7 +62,7 @@ class PairScorer:
 
     Both models' logits come in the slices a score run uses (``per_slice``
     positions), and each model's target log-probs are `target_logprobs` of
-    those slices, as in `lleval.kernels.SliceScorer`: the model's and the
+    those slices, as in `lleval.engine.kernels.SliceScorer`: the model's and the
     base's perplexities equal what ``lleval score`` gives each of them, bit
     for bit. The KL and the top-token agreement need every log-prob of both
     distributions: each slice is log-softmaxed in pieces of ``kl_positions``
@@ -240,7 +241,7 @@ def load_pair(
 ) -> tuple[LoadedModel, LoadedModel, Plan]:
     """Both models (loaded unless given): tokenizers compared and the protocol planned
     before either model's weights load."""
-    from lleval.model import ModelSource, load_weights, open_model
+    from lleval.backends.hf import ModelSource, load_weights, open_model
 
     if progress is not None:
         progress.stage("loading models")
