@@ -164,7 +164,7 @@ class _PairLike:
 
 
 def test_kl_stats_equal_a_naive_loop() -> None:
-    from lleval.commands.kld import KLStats
+    from lleval.reducers.kl import KLStats
 
     units, _ = _units(7)
     stats = KLStats()

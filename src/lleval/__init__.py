@@ -19,7 +19,7 @@ _EXPORTS = {
     "EvalConfig": "lleval.config",
     "Report": "lleval.report.score",
     "kl_divergence": "lleval.commands.kld",
-    "KLReport": "lleval.commands.kld",
+    "KLReport": "lleval.report.kld",
     "compare_files": "lleval.commands.compare",
     "ComparisonReport": "lleval.commands.compare",
 }

@@ -38,22 +38,12 @@ from lleval.errors import ConfigError, ModelLoadError
 from lleval.metrics import bootstrap_sums, percentile_interval
 from lleval.backends.hf import LOGITS_SLICE_BYTES, LoadedModel, slice_positions
 from lleval.plan.protocols import Plan, plan
-from lleval.reducers.base import row_sums
 from lleval.reducers.documents import DocumentSums, StreamCounts
-from lleval.report.score import (
-    ReportHeader,
-    fmt,
-    model_block,
-    protocol_summary,
-    render_pairs_markdown,
-    render_pairs_table,
-    to_json,
-)
+from lleval.reducers.kl import KLStats
+from lleval.report.kld import KLReport, summary
+from lleval.report.score import model_block
 from lleval.engine.kernels import target_logprobs
-from lleval.engine.stream import ScoredBlock
 from lleval.plan.tokenization import tokenizer_fingerprint
-
-PERCENTILES = (99.9, 99.0, 95.0, 90.0, 10.0, 5.0, 1.0, 0.1)
 
 
 class PairScorer:
@@ -112,96 +102,6 @@ class PairScorer:
             kls.append(torch.nn.functional.kl_div(lp_model, lp_base, log_target=True, reduction="none").sum(dim=-1))
             agrees.append((lp_base.argmax(dim=-1) == lp_model.argmax(dim=-1)).float())
         return torch.cat(kls), torch.cat(agrees)
-
-
-class KLStats:
-    """Per-token KL, top-token agreement and delta p (kept: medians and percentiles need
-    every value; 24 bytes a token), and each document's base log-likelihood."""
-
-    def __init__(self) -> None:
-        self.parts: list[np.ndarray] = []
-        self.base_log_likelihood: list[float] = []  # per document, in input order
-
-    def update(self, block: ScoredBlock) -> None:
-        for scores in block.units:
-            c = scores.columns
-            self.parts.append(np.stack([c["kl"], c["top_token_agrees"], c["delta_p"]], axis=1).astype(np.float64))
-            self.base_log_likelihood += row_sums(scores, c["base_logprob"].astype(np.float64))
-
-    def values(self) -> np.ndarray:
-        """``(tokens, 3)``: KL, agreement (0/1), delta p, in window order."""
-        return np.concatenate(self.parts) if self.parts else np.zeros((0, 3), dtype=np.float64)
-
-
-def summary(values: np.ndarray) -> dict[str, Any]:
-    """Mean (with its standard error), median, percentiles, min and max of per-token values."""
-    n = len(values)
-    return {
-        "mean": float(values.mean()),
-        "stderr": float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else None,
-        "median": float(np.median(values)),
-        "percentiles": {f"p{p:g}": float(np.percentile(values, p)) for p in PERCENTILES},
-        "max": float(values.max()),
-        "min": float(values.min()),
-    }
-
-
-@dataclass
-class KLReport(ReportHeader):
-    """``lleval kld``'s result (``kind: "kld"``): the shared header (``model`` is the
-    compared model), the base model, and the divergence statistics."""
-
-    base: dict[str, Any]
-    tokens: int
-    kl_divergence: dict[str, Any]
-    top_token_agreement: float
-    delta_p: dict[str, Any]
-    perplexity: dict[str, Any]
-    bootstrap: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON export (see README, "KL divergence between two models")."""
-        return {
-            **self.header_dict("kld"),
-            "base": dict(self.base),
-            "tokens": self.tokens,
-            "kl_divergence": dict(self.kl_divergence),
-            "top_token_agreement": self.top_token_agreement,
-            "delta_p": dict(self.delta_p),
-            "perplexity": dict(self.perplexity),
-            "bootstrap": dict(self.bootstrap),
-        }
-
-    def to_json(self) -> str:
-        """The JSON export as text."""
-        return to_json(self.to_dict())
-
-    def summary_rows(self) -> list[tuple[str, str]]:
-        """(label, value) pairs for the table and markdown renderings."""
-        kl, dp, ppl = self.kl_divergence, self.delta_p, self.perplexity
-        ci = ppl["ln_ratio_ci"]
-        return [
-            ("base / model", f"{self.base['name']} ({self.base['dtype']}) / {self.model['name']} ({self.model['dtype']})"),
-            ("protocol", protocol_summary(self.protocol)),
-            ("tokens", str(self.tokens)),
-            ("mean KL (nats)", f"{kl['mean']:.6f} ± {kl['stderr'] or 0:.6f}"),
-            ("median KL", f"{kl['median']:.6f}"),
-            *((f"KL {k}", f"{v:.6f}") for k, v in kl["percentiles"].items()),
-            ("top-token agreement", f"{self.top_token_agreement * 100:.3f}%"),
-            ("mean Δp", f"{dp['mean'] * 100:+.4f}%"),
-            ("perplexity base / model", f"{fmt(ppl['base'])} / {fmt(ppl['model'])}"),
-            ("ln(PPL_model / PPL_base)",
-             f"{ppl['ln_ratio']:+.6f}" + (f"  [{ci[0]:+.6f}, {ci[1]:+.6f}] 95% CI" if ci else "")),
-        ]
-
-    def render_table(self, console: Any) -> None:
-        """Print as a rich table on ``console``."""
-        render_pairs_table(f"lleval kld — {self.protocol['name']} protocol", self.summary_rows(), self.notes, console)
-
-    def render_markdown(self) -> str:
-        """A two-column markdown table."""
-        title = f"lleval kld — {self.protocol['name']} protocol"
-        return render_pairs_markdown(title, self.summary_rows(), self.notes)
 
 
 def kl_divergence(
