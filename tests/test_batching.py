@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import document_sums, rel_close, stepwise_cheapest_runs, units_of, write_jsonl
+from helpers import document_sums, document_sums_and_stats, rel_close, stepwise_cheapest_runs, units_of, write_jsonl
 from lleval.plan.batching import (
     AUTO_MAX_ROWS,
     CPU_BATCH_TOKENS,
@@ -33,7 +33,7 @@ from lleval.cli import main
 from lleval.config import EvalConfig
 from lleval.errors import ConfigError
 from lleval.engine.kernels import scorer_from_logits
-from lleval.engine.scoring import EngineOptions, EngineStats, WindowTooLarge, score_units
+from lleval.engine.scoring import EngineOptions, WindowTooLarge, score_units
 from lleval.engine.stream import Unit
 
 VOCAB = 40
@@ -107,17 +107,17 @@ def test_bytes_per_token_adds_held_logits_and_halves_for_bf16() -> None:
 
 def test_auto_batching_on_cpu_caps_tokens() -> None:
     per_token = 10_000  # bytes of activations per token: 40 MB of memory, a quarter of it, is 1,000 tokens
-    small = auto_batching(per_token, "cpu", available=40_000_000)
+    small = auto_batching(per_token, False, available=40_000_000)
     assert small.max_batch_tokens == 1000
     assert small.batch_size == AUTO_MAX_ROWS and small.auto and small.overhead_tokens == CPU_FORWARD_OVERHEAD_TOKENS
-    assert auto_batching(per_token, "cpu", available=1 << 40).max_batch_tokens == CPU_BATCH_TOKENS
-    assert auto_batching(None, "cpu").max_batch_tokens == CPU_BATCH_TOKENS  # a fake model: no memory estimate
-    tight = auto_batching(per_token, "cpu", available=1_000_000, max_length=512)
+    assert auto_batching(per_token, False, available=1 << 40).max_batch_tokens == CPU_BATCH_TOKENS
+    assert auto_batching(None, False).max_batch_tokens == CPU_BATCH_TOKENS  # a fake model: no memory estimate
+    tight = auto_batching(per_token, False, available=1_000_000, max_length=512)
     assert tight.max_batch_tokens == 512  # one full window always fits
 
 
 def test_auto_batching_on_gpu_uses_free_memory() -> None:
-    plan = auto_batching(50_000, "cuda:1", available=8 << 30)
+    plan = auto_batching(50_000, True, available=8 << 30)
     assert plan.max_batch_tokens == int((8 << 30) * GPU_BUDGET_SHARE) // 50_000
     assert plan.budget_bytes == int((8 << 30) * GPU_BUDGET_SHARE)
     assert plan.overhead_tokens == GPU_FORWARD_OVERHEAD_TOKENS
@@ -190,7 +190,7 @@ def test_greedy_batches_fill_longest_first() -> None:
 
 def test_a_long_window_runs_alone_and_short_ones_share() -> None:
     lengths = [2000, 480, 470] + [30] * 40
-    batches = make_batches(lengths, auto_batching(None, "cpu"))
+    batches = make_batches(lengths, auto_batching(None, False))
     assert batches[0] == [0]  # longer than the budget: alone, as at batch size 1
     assert [1, 2] in batches  # 2 x 480 <= 1,024, and 10 tokens of padding cost less than a pass
     small = [b for b in batches if lengths[b[0]] == 30]
@@ -213,10 +213,9 @@ def test_available_memory_reads_meminfo_and_cgroup(tmp_path: Path) -> None:
 
 
 def test_out_of_memory_splits_once_and_changes_no_number() -> None:
-    expected = document_sums(scorer_from_logits(_logits), _units(), EngineOptions(batch_size=1))
+    expected = document_sums(scorer_from_logits(_logits), _units(), EngineOptions(Batching(1)))
     calls: list[int] = []
-    stats = EngineStats()
-    got = document_sums(_failing_above(3, calls), _units(), EngineOptions(batch_size=12), stats)
+    got, stats = document_sums_and_stats(_failing_above(3, calls), _units(), EngineOptions(Batching(12)))
     assert [(r.index, r.tokens) for r in got] == [(r.index, r.tokens) for r in expected]
     for a, b in zip(got, expected):
         assert rel_close(a.log_likelihood, b.log_likelihood, 1e-6)
@@ -227,7 +226,7 @@ def test_out_of_memory_splits_once_and_changes_no_number() -> None:
 
 def test_a_single_window_out_of_memory_is_a_typed_error() -> None:
     with pytest.raises(WindowTooLarge) as info:
-        list(score_units(_failing_above(0, []), _units(), EngineOptions(batch_size=4)))
+        list(score_units(_failing_above(0, []), _units(), EngineOptions(Batching(4))))
     assert info.value.tokens == 8
 
 

@@ -18,7 +18,7 @@ from typing import Any, Iterator, Mapping
 
 from lleval.config import EvalConfig, setting
 from lleval.errors import ConfigError, DataError
-from lleval.hub import first_line, hub_reachable, is_hub_id, offline_hint
+from lleval.hub import datasets_offline, first_line, hub_access, is_hub_id
 
 BUILTIN_DATASET = "builtin:sample-prose"
 LOCAL_SPLIT = "train"  # the one split of a local file (what the datasets builders call it)
@@ -173,12 +173,13 @@ def _load(spec: DataSpec) -> Any:
         return _load_file(path, spec)
     import datasets
 
-    hub_reachable()  # switches to offline mode at once when the hub is out of reach
+    access = hub_access()  # offline at once when the hub is out of reach
     try:
-        return datasets.load_dataset(spec.dataset, spec.dataset_config, split=describe_split(spec),
-                                     streaming=spec.streaming)
+        with datasets_offline(access):
+            return datasets.load_dataset(spec.dataset, spec.dataset_config, split=describe_split(spec),
+                                         streaming=spec.streaming)
     except Exception as exc:
-        raise DataError(f"cannot load hub dataset {spec.dataset}: {first_line(exc)}. {offline_hint()}") from exc
+        raise DataError(f"cannot load hub dataset {spec.dataset}: {first_line(exc)}. {access.hint()}") from exc
 
 
 def _load_saved(path: Path, spec: DataSpec) -> Any:
