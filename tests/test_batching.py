@@ -34,7 +34,7 @@ from lleval.config import EvalConfig
 from lleval.errors import ConfigError
 from lleval.engine.kernels import scorer_from_logits
 from lleval.engine.scoring import EngineOptions, WindowTooLarge, score_units
-from lleval.engine.stream import Unit
+from lleval.stream import Unit
 
 VOCAB = 40
 

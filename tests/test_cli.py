@@ -317,7 +317,7 @@ def test_the_progress_line_fits_an_80_column_terminal() -> None:
 
     from rich.console import Console
 
-    from lleval.runner.loop import ScoringProgress
+    from lleval.runner.progress import ScoringProgress
     from lleval.cli import _StderrProgress
 
     progress = _StderrProgress(Console(file=io.StringIO(), width=80))

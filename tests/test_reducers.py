@@ -16,8 +16,8 @@ from lleval.reducers.base import NonFiniteLogProb, finite_only
 from lleval.reducers.documents import DocumentSums, StreamCounts
 from lleval.plan.batching import Batching
 from lleval.engine.scoring import EngineOptions, score_units
-from lleval.engine.stream import Row, Unit
-from lleval.plan.windows import rolling_spans
+from lleval.stream import Row, Unit
+from lleval.windows import rolling_spans
 
 
 def value(token: int, context: int) -> float:

@@ -16,8 +16,8 @@ from helpers import document_sums, document_sums_and_stats, units_of
 from lleval.engine.kernels import scorer_from_logits
 from lleval.plan.batching import Batching
 from lleval.engine.scoring import EngineOptions, engine_stream, score_units
-from lleval.engine.stream import EngineTick, Row, ScoredBlock, Unit
-from lleval.plan.windows import rolling_spans
+from lleval.stream import EngineTick, Row, ScoredBlock, Unit
+from lleval.windows import rolling_spans
 
 VOCAB = 50
 

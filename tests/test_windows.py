@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from helpers import hf_guide_targets
 from lleval.errors import ConfigError
-from lleval.plan.windows import Span, chunk_spans, rolling_spans, scored_positions, strided_spans
+from lleval.windows import Span, chunk_spans, rolling_spans, scored_positions, strided_spans
 
 
 @st.composite

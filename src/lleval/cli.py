@@ -38,7 +38,7 @@ from lleval.config import (
 )
 
 if TYPE_CHECKING:
-    from lleval.runner.loop import ScoringProgress
+    from lleval.runner.progress import ScoringProgress
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -492,7 +492,7 @@ def _show_warning(message: Any, category: Any, filename: str, lineno: int, file:
 class _StderrProgress:
     """lleval's one status line on stderr: the stage (``loading model``), then, batch by
     batch, a bar of tokens scored out of those planned, documents, tokens/s and the time
-    left (`lleval.runner.loop.ScoringProgress`)."""
+    left (`lleval.runner.progress.ScoringProgress`)."""
 
     def __init__(self, console: Any) -> None:
         from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn

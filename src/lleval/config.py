@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from lleval.errors import ConfigError, read_text_file
-from lleval.plan.windows import window_problem
+from lleval.windows import window_problem
 
 # Allowed values, defined here once; the CLI, the config-file reader and the library use these.
 DTYPES = ("auto", "float32", "bfloat16", "float16")

@@ -105,8 +105,8 @@ def units_of(sequences: Sequence[Sequence[int]], max_length: int, stride: int) -
     its document's first token and, having no context, is never scored)."""
     import numpy as np
 
-    from lleval.engine.stream import Row, Unit
-    from lleval.plan.windows import rolling_spans
+    from lleval.stream import Row, Unit
+    from lleval.windows import rolling_spans
 
     return [
         Unit(list(seq), rolling_spans(len(seq), max_length, stride), (Row(i, len(seq), 1, f"{i:064x}"),), i,
@@ -123,7 +123,7 @@ def document_sums(scorer: Any, units: Sequence[Any], options: Any) -> list[Any]:
 def document_sums_and_stats(scorer: Any, units: Sequence[Any], options: Any) -> tuple[list[Any], Any]:
     """`document_sums`, and the engine's counts (`EngineStats`) as the last item carried them."""
     from lleval.engine.scoring import engine_stream
-    from lleval.engine.stream import EngineStats, ScoredBlock
+    from lleval.stream import EngineStats, ScoredBlock
     from lleval.reducers.documents import DocumentSums
 
     sums, stats = DocumentSums(), EngineStats()

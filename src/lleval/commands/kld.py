@@ -31,7 +31,8 @@ from lleval.reducers.kl import KLStats
 from lleval.report.kld import KLReport, summary
 from lleval.report.score import model_block
 from lleval.runner.header import dtype_notes, header_fields, model_notes
-from lleval.runner.loop import Progress, ScoringRun
+from lleval.runner.loop import ScoringRun
+from lleval.runner.progress import Progress
 from lleval.runner.prepare import Job, load_and_plan, make_job, open_inputs
 from lleval.runner.run import run_job
 

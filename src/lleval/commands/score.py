@@ -27,7 +27,8 @@ from lleval.reducers.context import ContextCurve
 from lleval.reducers.documents import DocumentSums, StreamCounts
 from lleval.report.score import ContextBin, Report, bins_of_table
 from lleval.runner.header import header_fields, model_notes
-from lleval.runner.loop import Progress, ScoringProgress, ScoringRun
+from lleval.runner.loop import ScoringRun
+from lleval.runner.progress import Progress, ScoringProgress
 from lleval.runner.prepare import Job, load_and_plan, make_job, model_spec, open_inputs
 from lleval.runner.run import run_job
 

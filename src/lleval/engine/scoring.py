@@ -19,7 +19,7 @@ learns how far a block of a million tokens is without the engine calling it,
 and a consumer that wants to stop early simply stops reading. Every item
 carries the engine's counts (`EngineStats`) as they stand.
 
-The types it reads and yields are in `lleval.engine.stream` (numpy only, so what only
+The types it reads and yields are in `lleval.stream` (numpy only, so what only
 folds scored tokens never imports torch); the scorers it calls, and the
 log-prob kernels they use, in `lleval.engine.kernels`.
 """
@@ -35,8 +35,8 @@ import torch
 
 from lleval.plan.batching import Batching, make_batches
 from lleval.engine.kernels import TokenScorer
-from lleval.engine.stream import EngineItem, EngineStats, EngineTick, ScoredBlock, TokenScores, Unit
-from lleval.plan.windows import Span
+from lleval.stream import EngineItem, EngineStats, EngineTick, ScoredBlock, TokenScores, Unit
+from lleval.windows import Span
 
 
 class WindowTooLarge(Exception):

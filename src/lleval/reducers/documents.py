@@ -10,7 +10,7 @@ from typing import Any
 from lleval.metrics import Totals
 from lleval.reducers.base import row_sums
 from lleval.report.score import DocumentResult
-from lleval.engine.stream import ScoredBlock
+from lleval.stream import ScoredBlock
 
 
 def chain_hash(previous: str, text_sha: str) -> str:

@@ -41,7 +41,7 @@ import numpy as np
 
 from lleval.errors import OutputError, write_failure
 from lleval.files import pid_alive, remove_quietly
-from lleval.engine.stream import ScoredBlock, TokenScores
+from lleval.stream import ScoredBlock, TokenScores
 
 COLUMNS = ("document", "position", "context", "token_id", "token", "start", "end", "logprob")
 ROW_GROUP = 65_536

@@ -25,7 +25,7 @@ from lleval.plan.batching import Batching, auto_batching
 from lleval.plan.protocols import Plan, plan
 from lleval.report.score import model_block, tokenizer_block
 from lleval.runner.checkpoint import Checkpoint
-from lleval.runner.loop import Progress
+from lleval.runner.progress import Progress
 
 
 @dataclass(frozen=True)

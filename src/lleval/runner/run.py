@@ -17,7 +17,8 @@ from lleval.errors import OutputError
 from lleval.reducers.base import Reducer
 from lleval.reducers.documents import DocumentSums
 from lleval.reducers.samples import DocumentSamples
-from lleval.runner.loop import Progress, ScoringRun, run_loop
+from lleval.runner.loop import ScoringRun, run_loop
+from lleval.runner.progress import Progress
 from lleval.runner.prepare import Job
 
 

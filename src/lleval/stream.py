@@ -19,7 +19,7 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from lleval.plan.windows import Span
+from lleval.windows import Span
 
 
 @dataclass(frozen=True)
