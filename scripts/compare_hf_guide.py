@@ -23,7 +23,8 @@ import torch
 
 from lleval.commands.score import evaluate, load
 from lleval.config import EvalConfig
-from lleval.data.sources import DataSpec, DataStats, iter_documents
+from lleval.data.sources import DataStats, iter_documents
+from lleval.data.spec import DataSpec
 
 
 def guide_perplexity(model, tokenizer, texts, max_length, stride):  # type: ignore[no-untyped-def]

@@ -25,7 +25,8 @@ import sys
 
 from lleval.commands.score import evaluate, load
 from lleval.config import EvalConfig
-from lleval.data.sources import DataSpec, DataStats, iter_documents
+from lleval.data.sources import DataStats, iter_documents
+from lleval.data.spec import DataSpec
 from lleval.plan.protocols import lm_eval_words, split_words
 
 

@@ -330,7 +330,9 @@ def test_a_null_text_in_a_parquet_file_is_refused_before_the_model_loads(tmp_pat
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from lleval.data.sources import DataSpec, check_file
+    from lleval.data.checks import check_file
+
+    from lleval.data.spec import DataSpec
 
     path = tmp_path / "n.parquet"
     pq.write_table(pa.table({"text": ["a"] * 2000 + [None]}), path, row_group_size=700)

@@ -108,7 +108,7 @@ def test_values_from_a_config_file_are_named_as_its_keys() -> None:
 
 
 def test_split_from_a_config_file_is_not_blamed_on_a_flag(tmp_path: Path) -> None:
-    from lleval.data.sources import check_spec, data_spec
+    from lleval.data.spec import check_spec, data_spec
 
     data = tmp_path / "d.jsonl"
     data.write_text('{"text": "a"}\n')

@@ -19,7 +19,7 @@ from helpers import rel_close, write_jsonl
 from lleval.commands.score import evaluate
 from lleval.cli import main
 from lleval.config import EvalConfig
-from lleval.data.sources import builtin_sample_path
+from lleval.data.spec import builtin_sample_path
 from lleval.engine.kernels import scorer_from_logits
 from lleval.report.tokens import COLUMNS, read_token_file
 

@@ -178,8 +178,8 @@ def tokenizer_block(tokenizer: Any, name: str) -> dict[str, Any]:
 
 
 def dataset_block(spec: Any, stats: Any, documents: int) -> dict[str, Any]:
-    """The report's ``dataset`` block, from a `lleval.data.sources.DataSpec` and its `DataStats`."""
-    from lleval.data.sources import BUILTIN_DATASET, describe_split
+    """The report's ``dataset`` block, from a `lleval.data.spec.DataSpec` and its `DataStats`."""
+    from lleval.data.spec import BUILTIN_DATASET, describe_split
 
     return {
         "spec": spec.dataset or BUILTIN_DATASET,

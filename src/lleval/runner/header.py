@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from lleval import __version__
-from lleval.data.sources import data_spec
+from lleval.data.spec import data_spec
 from lleval.metrics import Totals
 from lleval.reducers.documents import StreamCounts
 from lleval.report.score import dataset_block, environment, model_block, now, timing_block, tokenizer_block

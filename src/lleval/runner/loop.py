@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from lleval.data.sources import BUILTIN_DATASET
+from lleval.data.spec import BUILTIN_DATASET
 from lleval.stream import EngineStats, EngineTick
 from lleval.errors import DataError, ScoringError
 from lleval.reducers.base import NonFiniteLogProb, Reducer, finite_only

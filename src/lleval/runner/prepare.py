@@ -18,7 +18,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 from lleval.backends.base import LoadedModel, ModelSpec, OpenedModel, with_token_stats
 from lleval.config import EvalConfig
-from lleval.data.sources import BUILTIN_DATASET, DataStats, Document, data_spec, iter_documents
+from lleval.data.sources import DataStats, Document, iter_documents
+from lleval.data.spec import BUILTIN_DATASET, data_spec
 from lleval.engine.distributed import DistContext
 from lleval.errors import ConfigError, DataError
 from lleval.plan.batching import Batching, auto_batching
