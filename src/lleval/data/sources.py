@@ -42,7 +42,8 @@ def row_id(row: Any) -> str | int | None:
 
 @dataclass
 class DataStats:
-    """Filled in while the stream is read: rows seen, empty rows skipped, texts hash."""
+    """What reading a source found so far: rows seen, empty rows skipped, texts hash. Kept
+    by the `DocumentStream` that reads them; everyone else only reads it."""
 
     rows: int = 0
     skipped_empty: int = 0
@@ -175,25 +176,45 @@ def _missing_field(spec: DataSpec, columns: list[str]) -> str:
     )
 
 
-def iter_documents(spec: DataSpec, stats: DataStats) -> Iterator[Document]:
-    """Yield the non-empty documents of the source, in order, up to ``spec.limit`` rows.
+class DocumentStream:
+    """The non-empty documents of a source, in order, up to ``spec.limit`` rows, and in
+    `stats` what reading them found so far.
 
-    Empty texts are skipped and counted in ``stats``;
-    ``--limit N`` counts rows, so skipped rows count towards it.
+    Empty texts are skipped and counted; ``--limit N`` counts rows, so skipped
+    rows count towards it. The source is opened at the first ``next``.
     """
-    check_spec(spec)
-    for index, row in enumerate(_rows(spec, stats)):
-        if spec.limit is not None and index >= spec.limit:
-            return
-        if spec.text_field not in row:
-            raise DataError(_missing_field(spec, list(row)))
-        check_text(row, spec, f"row {index} of {spec.dataset or BUILTIN_DATASET}")
-        text = row[spec.text_field]
-        stats.rows += 1
-        if not text:
-            stats.skipped_empty += 1
-            continue
-        encoded = text.encode("utf-8")
-        stats._hash.update(len(encoded).to_bytes(8, "little"))
-        stats._hash.update(encoded)
-        yield Document(index, text, row_id(row))
+
+    def __init__(self, spec: DataSpec) -> None:
+        check_spec(spec)
+        self.spec = spec
+        self._stats = DataStats()
+        self._documents = self._read()
+
+    @property
+    def stats(self) -> DataStats:
+        """Rows read, empty rows skipped and the hash of the texts, so far."""
+        return self._stats
+
+    def __iter__(self) -> DocumentStream:
+        return self
+
+    def __next__(self) -> Document:
+        return next(self._documents)
+
+    def _read(self) -> Iterator[Document]:
+        spec, stats = self.spec, self._stats
+        for index, row in enumerate(_rows(spec, stats)):
+            if spec.limit is not None and index >= spec.limit:
+                return
+            if spec.text_field not in row:
+                raise DataError(_missing_field(spec, list(row)))
+            check_text(row, spec, f"row {index} of {spec.dataset or BUILTIN_DATASET}")
+            text = row[spec.text_field]
+            stats.rows += 1
+            if not text:
+                stats.skipped_empty += 1
+                continue
+            encoded = text.encode("utf-8")
+            stats._hash.update(len(encoded).to_bytes(8, "little"))
+            stats._hash.update(encoded)
+            yield Document(index, text, row_id(row))

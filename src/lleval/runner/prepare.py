@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from lleval.backends.base import LoadedModel, ModelSpec, OpenedModel, with_token_stats
 from lleval.config import EvalConfig
-from lleval.data.sources import DataStats, Document, iter_documents
+from lleval.data.sources import DataStats, Document, DocumentStream
 from lleval.data.spec import BUILTIN_DATASET, data_spec
 from lleval.engine.distributed import DistContext
 from lleval.errors import ConfigError, DataError
@@ -75,8 +75,8 @@ def open_inputs(config: EvalConfig) -> Inputs:
     started = time.perf_counter()
     check_config(config)
     dist = from_env()
-    stats = DataStats()
-    docs = iter_documents(data_spec(config), stats)
+    docs = DocumentStream(data_spec(config))
+    stats = docs.stats
     first = next(docs, None)
     if first is None:
         rows = f"{stats.rows} row{'' if stats.rows == 1 else 's'}"
