@@ -55,11 +55,6 @@ def _check_early(config: EvalConfig) -> None:
 @click.version_option(__version__, "--version", "-V", prog_name="lleval")
 def main() -> None:
     """Exact, fast log-likelihood and perplexity of causal LMs on text datasets."""
-    # Before torch is imported (it imports tqdm, which reads these once): no foreign
-    # progress bars, such as transformers' GGUF conversion bar, on lleval's stderr.
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 @main.command(context_settings=CONTEXT_SETTINGS)
@@ -75,8 +70,7 @@ def score(**flags: Any) -> None:
     """
     config = config_from_flags(flags)
     _check_early(config)
-    with _warnings_shown(config.quiet), _Interrupts() as interrupts:
-        _quiet_libraries()
+    with _command_scope(config.quiet), _Interrupts() as interrupts:
         from lleval.commands.score import evaluate
 
         report = _with_progress(config.quiet, evaluate, config, should_stop=interrupts.should_stop)
@@ -119,8 +113,7 @@ def kld(base_model: str | None, base_dtype: str | None, dataset_argument: str | 
 
     _call(check_kld, config, base_dtype)
     _check_early(config)
-    with _warnings_shown(config.quiet):
-        _quiet_libraries()
+    with _command_scope(config.quiet):
         from lleval.commands.kld import kl_divergence
 
         result = _with_progress(config.quiet, kl_divergence, config, base_model or config.model,
@@ -302,12 +295,42 @@ def stdout_console() -> Any:
     return console if console.is_terminal else Console(width=LOG_WIDTH, markup=False)
 
 
+# Read by tqdm, transformers and huggingface_hub when torch first imports them: no foreign
+# progress bars, such as transformers' GGUF conversion bar, on lleval's stderr.
+QUIET_ENVIRONMENT = {"TQDM_DISABLE": "1", "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+
+
+@contextlib.contextmanager
+def _command_scope(quiet: bool) -> Iterator[None]:
+    """What a scoring command changes in its process, for its run only: the environment
+    libraries read on import, warnings, the libraries' logs and progress bars, all put back
+    when the command returns (a caller that runs the CLI in its own process, tests and
+    notebooks, keeps its settings). And torch's threads, capped at the CPUs this process may
+    use (`lleval.threads`), which the entry point decides, not the library."""
+    from lleval.threads import cap_torch_threads
+
+    with _environment(QUIET_ENVIRONMENT), _warnings_shown(quiet), _quiet_libraries():
+        cap_torch_threads()
+        yield
+
+
+@contextlib.contextmanager
+def _environment(defaults: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``defaults`` for the variables it does not set, restored afterwards."""
+    added = [name for name in defaults if name not in os.environ]
+    os.environ.update({name: defaults[name] for name in added})
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
+
+
 @contextlib.contextmanager
 def _warnings_shown(quiet: bool) -> Iterator[None]:
     """For one command: warnings as one ``warning:`` line on stderr, or not at all with
     ``--quiet`` (the report's ``notes`` keep what matters). Restored when the command
-    returns, so a caller that runs the CLI in its own process (tests, notebooks) keeps
-    its warning settings."""
+    returns."""
     with warnings.catch_warnings():
         if quiet:
             warnings.simplefilter("ignore")
@@ -316,16 +339,30 @@ def _warnings_shown(quiet: bool) -> Iterator[None]:
         yield
 
 
-def _quiet_libraries() -> None:
-    """Silence third-party progress bars and logs: lleval draws its own progress and turns
-    library errors into one line (warnings: `_warnings_shown`)."""
+@contextlib.contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """Silence third-party progress bars and logs while a command runs: lleval draws its own
+    progress and turns library errors into one line (warnings: `_warnings_shown`). Each
+    library's verbosity and progress bars are put back afterwards."""
     import datasets
     import transformers
 
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    hf_log, data_log = transformers.utils.logging, datasets.utils.logging
+    verbosity, data_verbosity = hf_log.get_verbosity(), data_log.get_verbosity()
+    bars, data_bars = hf_log.is_progress_bar_enabled(), datasets.is_progress_bar_enabled()
+    hf_log.set_verbosity_error()
+    hf_log.disable_progress_bar()
     datasets.disable_progress_bars()
-    datasets.utils.logging.set_verbosity(datasets.utils.logging.CRITICAL)
+    data_log.set_verbosity(data_log.CRITICAL)
+    try:
+        yield
+    finally:
+        hf_log.set_verbosity(verbosity)
+        data_log.set_verbosity(data_verbosity)
+        if bars:
+            hf_log.enable_progress_bar()
+        if data_bars:
+            datasets.enable_progress_bars()
 
 
 def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
