@@ -52,8 +52,7 @@ class DataSpec:
 
 def data_spec(config: EvalConfig) -> DataSpec:
     """The data part of a config (with the origins of its values, for messages)."""
-    return DataSpec(config.dataset, config.dataset_config, config.split, config.text_field, config.sample_by,
-                    config.limit, config.streaming, config.encoding, config.errors, config.origins)
+    return DataSpec(**config.section("data"), origins=config.origins)
 
 
 def builtin_sample_path() -> Path:

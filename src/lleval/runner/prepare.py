@@ -60,8 +60,7 @@ class Job:
 
 def model_spec(config: EvalConfig) -> ModelSpec:
     """The model part of a config."""
-    return ModelSpec(config.model, config.revision, config.trust_remote_code, config.dtype, config.device,
-                     config.device_map, config.model_cache, config.float32_head)
+    return ModelSpec(**config.section("model"))
 
 
 def open_inputs(config: EvalConfig) -> Inputs:
