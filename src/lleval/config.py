@@ -235,7 +235,7 @@ class EvalConfig:
         report's own blocks (protocol, model, dataset) show where it is derived.
         """
         found: dict[str, dict[str, Any]] = {}
-        for f, _setting_of in settings():
+        for f, _how in settings():
             value, origin = getattr(self, f.name), self.origins.get(f.name)
             if origin is None and value == f.default:
                 continue
