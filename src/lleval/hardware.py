@@ -100,14 +100,12 @@ def half_matmul_speedup(dtype_name: str) -> float:
 
     Measured rather than read off ``/proc/cpuinfo``, because the flags do not
     say how slow the fallback is (see the module docstring: 1.6x end to end
-    on a Zen 3, 6 to 9x for a float16 matmul on a Zen 4). torch's threads are capped first (`lleval.threads`), as
-    for the run the figure describes.
+    on a Zen 3, 6 to 9x for a float16 matmul on a Zen 4). It runs on the threads torch has
+    then: the CLI caps them (`lleval.threads`) before any command runs, as for the run the
+    figure describes.
     """
     import torch
 
-    from lleval.threads import cap_torch_threads
-
-    cap_torch_threads()
     half = torch.bfloat16 if dtype_name == "bfloat16" else torch.float16
     float32 = _matmul_seconds(torch.float32)
     return float32 / max(_matmul_seconds(half), 1e-9)
