@@ -133,22 +133,31 @@ def test_token_files_are_parquet_or_jsonl(name: str, ok: bool) -> None:
     assert name in str(info.value) and "use .parquet or .jsonl" in str(info.value)
 
 
-def test_config_files_are_held_to_the_flags_choices_and_ranges() -> None:
-    """`load_config_file` refuses what click refuses on the command line (so the message names
-    the file's key, not a flag): the same choices and the same minimums."""
-    import click
+@pytest.mark.parametrize("key,flag,value", [
+    ("dtype", "--dtype", "float64"),
+    ("protocol", "--protocol", "perplexity"),
+    ("sample_by", "--sample-by", "word"),
+    ("format", "--format", "xml"),
+    ("max_length", "--max-length", 0),
+    ("stride", "--stride", 0),
+    ("block_tokens", "--block-tokens", 0),
+])
+def test_config_files_are_held_to_the_flags_choices_and_ranges(tmp_path: Path, key: str, flag: str,
+                                                                value: object) -> None:
+    """A value click refuses on the command line is refused in a config file too, by a
+    message that names the file's key (values outside each flag's choices or below its
+    minimum, written out here rather than read from the metadata both derive from)."""
+    from click.testing import CliRunner
 
-    from lleval.cli import score
-    from lleval.config import CHOICES, MINIMUMS
+    from lleval.cli import main
+    from lleval.config import load_config_file
 
-    choices, minimums = {}, {}
-    for param in score.params:
-        if isinstance(param.type, click.Choice):
-            choices[param.name] = tuple(param.type.choices)
-        elif isinstance(param.type, (click.IntRange, click.FloatRange)):
-            minimums[param.name] = param.type.min
-    assert choices == CHOICES
-    assert minimums == {k: v for k, v in MINIMUMS.items() if k != "batch_size"}  # batch_size: N or auto
+    path = tmp_path / "c.yaml"
+    path.write_text(f"{key}: {value}\n")
+    with pytest.raises(ConfigError, match=key):
+        load_config_file(path)
+    typed = CliRunner().invoke(main, ["score", flag, str(value)])
+    assert typed.exit_code == 2 and flag in typed.output
 
 
 def test_provenance_gives_each_set_value_and_its_origin() -> None:
