@@ -13,7 +13,6 @@ through the engine like any other, and one more reducer, `KLStats`.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -35,7 +34,7 @@ from lleval.commands.score import (
 )
 from lleval.config import EvalConfig
 from lleval.errors import ConfigError, ModelLoadError
-from lleval.metrics import bootstrap_sums, percentile_interval
+from lleval.metrics import bootstrap_sums, percentile_interval, perplexity
 from lleval.backends.hf import LOGITS_SLICE_BYTES, LoadedModel, slice_positions
 from lleval.plan.protocols import Plan, plan
 from lleval.reducers.documents import DocumentSums, StreamCounts
@@ -203,8 +202,8 @@ def kl_report(
         top_token_agreement=float(per_token[:, 1].mean()),
         delta_p={**summary(per_token[:, 2]), "definition": "p_model(correct) - p_base(correct)"},
         perplexity={
-            "base": math.exp(nll_base / n),
-            "model": math.exp(nll_model / n),
+            "base": perplexity(nll_base / n),
+            "model": perplexity(nll_model / n),
             "ln_ratio": (nll_model - nll_base) / n,
             "ln_ratio_ci": _ln_ratio_interval(config, sums, base_lls),
         },

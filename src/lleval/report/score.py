@@ -23,7 +23,7 @@ from typing import Any, Iterable
 
 from lleval.errors import OutputError, write_failure
 from lleval.files import file_mode, remove_quietly
-from lleval.metrics import Totals, derive_metrics, llamacpp_perplexity_stderr
+from lleval.metrics import DocumentResult, Totals, derive_metrics, llamacpp_perplexity_stderr
 
 SCHEMA_VERSION = 1
 
@@ -36,29 +36,6 @@ METRIC_LABELS = {
     "word_perplexity": "word perplexity",
     "perplexity_stderr_llamacpp": "perplexity std. error (llama.cpp)",
 }
-
-
-@dataclass(frozen=True)
-class DocumentResult:
-    """Float64 sums for one document; ``index`` is its row in the source."""
-
-    index: int
-    log_likelihood: float  # nats, <= 0
-    tokens: int
-    bytes: int
-    words: int
-    logprob_sq_sum: float = 0.0  # sum of squared token log-probs (nats^2), for variance estimates
-    nonfinite: int = 0  # tokens left out because their log-prob was NaN or infinite
-    id: str | int | None = None  # the source row's ``id`` field, when it has one
-
-    def to_dict(self) -> dict[str, Any]:
-        """The document's row in the JSON export (``id`` only when the data has one, so
-        reports of data without ids keep their exact bytes)."""
-        row: dict[str, Any] = {"index": self.index}
-        if self.id is not None:
-            row["id"] = self.id
-        row.update(log_likelihood=self.log_likelihood, tokens=self.tokens, bytes=self.bytes, words=self.words)
-        return row
 
 
 @dataclass(frozen=True)
