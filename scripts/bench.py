@@ -184,7 +184,7 @@ def required_flops(model: Any, sequences: list[list[int]], max_length: int) -> f
     token, and causal attention (QK^T and AV: 2 x hidden per key, per layer)."""
     import torch
 
-    from lleval.plan.windows import rolling_spans
+    from lleval.windows import rolling_spans
 
     config = model.config
     head = model.get_output_embeddings().weight.numel()

@@ -23,7 +23,8 @@ import torch
 
 from lleval.commands.score import evaluate, load
 from lleval.config import EvalConfig
-from lleval.data.sources import DataSpec, DataStats, iter_documents
+from lleval.data.sources import DocumentStream
+from lleval.data.spec import DataSpec
 
 
 def guide_perplexity(model, tokenizer, texts, max_length, stride):  # type: ignore[no-untyped-def]
@@ -63,7 +64,7 @@ def main() -> int:
     )
     loaded = load(config)
     report = evaluate(config, loaded=loaded)
-    texts = [d.text for d in iter_documents(DataSpec(dataset=args.data, sample_by=args.sample_by), DataStats())]
+    texts = [d.text for d in DocumentStream(DataSpec(dataset=args.data, sample_by=args.sample_by))]
     ppl, n = guide_perplexity(loaded.model, loaded.tokenizer, texts, args.max_length, args.stride)
     ours = report.metrics["perplexity"] or math.nan
     same = f"{ours:.4g}" == f"{ppl:.4g}"

@@ -25,7 +25,8 @@ import sys
 
 from lleval.commands.score import evaluate, load
 from lleval.config import EvalConfig
-from lleval.data.sources import DataSpec, DataStats, iter_documents
+from lleval.data.sources import DocumentStream
+from lleval.data.spec import DataSpec
 from lleval.plan.protocols import lm_eval_words, split_words
 
 
@@ -54,9 +55,8 @@ def main() -> int:
     )
     loaded = load(config)
     report = evaluate(config, loaded=loaded)
-    texts = [d.text for d in iter_documents(
-        DataSpec(dataset=args.data, sample_by=args.sample_by, text_field=args.text_field, limit=args.limit),
-        DataStats(),
+    texts = [d.text for d in DocumentStream(
+        DataSpec(dataset=args.data, sample_by=args.sample_by, text_field=args.text_field, limit=args.limit)
     )]
 
     lm = HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=1, max_length=args.max_length)

@@ -65,7 +65,7 @@ def environment() -> dict[str, str]:
 
 
 def texts() -> list[str]:
-    from lleval.data.sources import builtin_sample_path
+    from lleval.data.spec import builtin_sample_path
 
     essays = [json.loads(line)["text"] for line in builtin_sample_path().read_text().splitlines()]
     return [essay[: 120 + 35 * i] for i, essay in enumerate(essays[:8])] + ["", "Short.", " lead space\n"]

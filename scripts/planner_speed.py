@@ -55,7 +55,7 @@ def measure(free_gib: float, repeats: int, stepwise: bool) -> dict[str, Any]:
 
     per_token = bytes_per_token(SimpleNamespace(hidden_size=2048, intermediate_size=8192), 2)
     available, source = free_bytes(free_gib)
-    batching = auto_batching(per_token, "cuda", available=available, max_length=2048)
+    batching = auto_batching(per_token, True, available=available, max_length=2048)
     rng = random.Random(0)
     cases = {"20-token windows": [20] * 50_000, "1-20 token windows": []}
     while sum(cases["1-20 token windows"]) < 1_000_000:

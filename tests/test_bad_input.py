@@ -1,5 +1,5 @@
-"""The bad-input table: each case gives its exit code and one line naming the file, no traceback,
-no output file left behind."""
+"""The bad-input table: every case is input the user must fix, so it exits 2 with one line (or
+click's usage message) naming what to fix, no traceback, no output file left behind."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def _report(tmp: Path, model: Path) -> Path:
 
 
 # Each case: (name, setup(tmp, model) -> argv, the typed error the library raises (None: click's
-# own usage error), fragments the one-line message must hold)
+# own usage error), fragments the one-line message must hold); every case exits 2
 Case = tuple[str, Callable[[Path, Path], list[str]], "type[LlevalError] | None", list[str]]
 
 
@@ -43,6 +43,12 @@ def _data(tmp: Path, model: Path, name: str, content: bytes, *extra: str) -> lis
     path = tmp / name
     path.write_bytes(content)
     return _score(tmp, model, "-d", str(path), *extra)
+
+
+def _bodies(tmp: Path, model: Path, *args: str) -> list[str]:
+    """Score a JSON lines file whose text is in a column 'body' (read with --text-field body)."""
+    data = _jsonl(tmp / "bodies.jsonl", [{"body": row["text"]} for row in GOOD])
+    return _score(tmp, model, "-d", str(data), "--text-field", "body", *args)
 
 
 def _model_copy(tmp: Path, model: Path, drop: list[str]) -> Path:
@@ -72,7 +78,8 @@ CASES: list[Case] = [
      ["broken.jsonl", "line 2", "not valid JSON"]),
     ("jsonl line not an object", lambda t, m: _data(t, m, "list.jsonl", b'{"text": "a"}\n[1, 2]\n'), DataError,
      ["list.jsonl", "line 2", "not an object"]),
-    ("missing text field", lambda t, m: _data(t, m, "f.jsonl", b'{"body": "a"}\n'), DataError, ["f.jsonl", "'text'", "body"]),
+    ("missing text field", lambda t, m: _data(t, m, "f.jsonl", b'{"body": "a"}\n'), DataError,
+     ["f.jsonl", "'text'", "its columns are body"]),
     ("null text", lambda t, m: _data(t, m, "null.jsonl", b'{"text": "a"}\n{"text": null}\n'), DataError,
      ["null.jsonl", "row 1", "null"]),
     ("number text", lambda t, m: _data(t, m, "num.jsonl", b'{"text": 5}\n'), DataError, ["num.jsonl", "row 0", "int"]),
@@ -84,7 +91,7 @@ CASES: list[Case] = [
     ("corrupt parquet", lambda t, m: _data(t, m, "c.parquet", b"PAR1" + b"garbage" * 9 + b"PAR1"), DataError,
      ["c.parquet", "cannot read data file"]),
     ("split of a local file", lambda t, m: _data(t, m, "s.jsonl", b'{"text": "a"}\n', "--split", "validation"),
-     ConfigError, ["s.jsonl", "one split, 'train'"]),
+     ConfigError, ["s.jsonl", "has one split, 'train'"]),
     ("unknown encoding", lambda t, m: _data(t, m, "a.txt", b"abc", "--encoding", "klingon"), DataError, ["klingon"]),
     ("truncated gguf", lambda t, m: _score(t, m, "-m", _gguf(t, b"GGUF\x03\x00\x00\x00" + b"\x00" * 5)), ModelLoadError,
      ["broken.gguf", "truncated or corrupted"]),
@@ -95,9 +102,11 @@ CASES: list[Case] = [
      ["model-copy", "tokenizer"]),
     ("model folder without config", lambda t, m: _score(t, m, "-m", str(_model_copy(t, m, ["config.json"]))), ModelLoadError,
      ["model-copy", "config.json"]),
-    ("max length over positions", lambda t, m: _score(t, m, "-L", "4096"), ConfigError, ["4096", "64 positions"]),
+    ("max length over positions", lambda t, m: _score(t, m, "-L", "4096"), ConfigError,
+     ["4096", "larger than the model's 64 positions"]),
     ("negative limit", lambda t, m: _score(t, m, "--limit", "-3"), None, ["--limit"]),
-    ("stride over max length", lambda t, m: _score(t, m, "-L", "8", "-S", "9"), ConfigError, ["stride (9)"]),
+    ("stride over max length", lambda t, m: _score(t, m, "-L", "8", "-S", "9"), ConfigError, ["stride (9) is larger"]),
+    ("stride 0", lambda t, m: _score(t, m, "--stride", "0"), None, ["--stride"]),
     ("unwritable output", lambda t, m: ["score", "-q", "-m", str(m), "-o", str(t / "missing-dir" / "r.json")], OutputError,
      ["missing-dir", "does not exist"]),
     ("output is a folder", lambda t, m: ["score", "-q", "-m", str(m), "-o", str(t)], None, ["is a directory"]),
@@ -107,8 +116,8 @@ CASES: list[Case] = [
      ["other.json", "schema version 99"]),
     ("config type error", lambda t, m: ["score", "--config", _config(t, "batch_size: lots\n"), "-m", str(m)], ConfigError,
      ["cfg.yaml", "'batch_size' must be int"]),
-    ("config unknown key", lambda t, m: ["score", "--config", _config(t, "protocoll: lm-eval\n"), "-m", str(m)], ConfigError,
-     ["cfg.yaml", "did you mean 'protocol'"]),
+    ("config unknown keys", lambda t, m: ["score", "--config", _config(t, "protocoll: lm-eval\nstrid: 3\n"), "-m", str(m)],
+     ConfigError, ["cfg.yaml", "did you mean 'protocol'", "did you mean 'stride'"]),
     ("unknown protocol", lambda t, m: _score(t, m, "--protocol", "perplexity-2000"), None, ["--protocol"]),
     ("unknown protocol in config", lambda t, m: ["score", "--config", _config(t, "protocol: nope\n"), "-m", str(m)],
      ConfigError, ["cfg.yaml", "'protocol' must be one of", "nope"]),
@@ -145,6 +154,44 @@ CASES: list[Case] = [
      ConfigError, ["s.jsonl", "drop split: test (from config file", "cfg.yaml"]),
     ("bad checkpoint file", lambda t, m: _score(t, m, "--checkpoint", str(_data(t, m, "c.ckpt", b"garbage")[5])), ConfigError,
      ["c.ckpt", "cannot be read"]),
+    ("checkpoint in a missing folder", lambda t, m: _score(t, m, "--checkpoint", str(t / "no" / "such" / "ck")),
+     OutputError, ["pick another --checkpoint"]),
+    ("missing model", lambda t, m: _score(t, m, "-m", str(t / "missing-model")), ModelLoadError,
+     ["missing-model", "does not exist"]),
+    ("empty model folder", lambda t, m: (t / "empty-model").mkdir() or _score(t, m, "-m", str(t / "empty-model")),
+     ModelLoadError, ["empty-model", "no config.json"]),
+    ("hub model not cached", lambda t, m: _score(t, m, "-m", "no-such-org/no-such-model"), ModelLoadError,
+     ["no-such-org/no-such-model", "not in the local cache"]),
+    ("hub dataset not cached", lambda t, m: _score(t, m, "-d", "no-such-org/no-such-dataset"), DataError,
+     ["no-such-org/no-such-dataset", "not in the local cache"]),
+    ("one empty row", lambda t, m: _data(t, m, "one-empty.jsonl", b'{"text": ""}\n'), DataError,
+     ["one-empty.jsonl", "1 row read, 1 empty"]),
+    ("prefix token not in the vocabulary", lambda t, m: _bodies(t, m, "--prefix-token", "99999"), ConfigError,
+     ["--prefix-token 99999", "not in the tokenizer"]),
+    ("unknown dtype", lambda t, m: _score(t, m, "--dtype", "fp8"), None, ["--dtype"]),
+    # flags that would be accepted and then ignored
+    ("dataset config of a local file", lambda t, m: _bodies(t, m, "--dataset-config", "foo"), ConfigError,
+     ["bodies.jsonl", "--dataset-config names a configuration"]),
+    ("sample-by of rows", lambda t, m: _bodies(t, m, "--sample-by", "paragraph"), ConfigError,
+     ["bodies.jsonl", "each row is already a document"]),
+    ("checkpoint-every alone", lambda t, m: _score(t, m, "--checkpoint-every", "5"), ConfigError,
+     ["--checkpoint-every needs --checkpoint"]),
+    ("seed without bootstrap", lambda t, m: _score(t, m, "--bootstrap", "0", "--seed", "3"), ConfigError,
+     ["--seed seeds the bootstrap"]),
+    ("device map and device", lambda t, m: _score(t, m, "--device-map", "auto", "--device", "cpu"), ConfigError,
+     ["drop --device"]),
+    ("revision of a local model", lambda t, m: _score(t, m, "--revision", "main"), ConfigError, ["drop --revision"]),
+    ("no model cache of a model folder", lambda t, m: _score(t, m, "--no-model-cache"), ConfigError,
+     ["--no-model-cache bypasses the cache of converted .gguf files"]),
+    # flag conflicts found before the model loads
+    ("concat with lm-eval", lambda t, m: _score(t, m, "--concat", "--protocol", "lm-eval"), ConfigError,
+     ["drop --concat"]),
+    ("prefix token not an id", lambda t, m: _score(t, m, "--prefix-token", "abc"), ConfigError,
+     ["prefix_token must be auto, none or a token id"]),
+    ("prefix token of hf-guide", lambda t, m: _score(t, m, "--protocol", "hf-guide", "--prefix-token", "none"),
+     ConfigError, ["fixes the prefix token"]),
+    ("concat and no-concat", lambda t, m: _score(t, m, "--concat", "--no-concat"), None,
+     ["--concat and --no-concat both given"]),
 ]
 
 
@@ -330,7 +377,9 @@ def test_a_null_text_in_a_parquet_file_is_refused_before_the_model_loads(tmp_pat
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from lleval.data.sources import DataSpec, check_file
+    from lleval.data.checks import check_file
+
+    from lleval.data.spec import DataSpec
 
     path = tmp_path / "n.parquet"
     pq.write_table(pa.table({"text": ["a"] * 2000 + [None]}), path, row_group_size=700)

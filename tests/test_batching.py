@@ -15,14 +15,13 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import document_sums, rel_close, stepwise_cheapest_runs, units_of, write_jsonl
+from helpers import document_sums, document_sums_and_stats, rel_close, stepwise_cheapest_runs, units_of, write_jsonl
 from lleval.plan.batching import (
     AUTO_MAX_ROWS,
     CPU_BATCH_TOKENS,
     CPU_FORWARD_OVERHEAD_TOKENS,
     GPU_FORWARD_OVERHEAD_TOKENS,
     Batching,
-    GPU_BUDGET_SHARE,
     auto_batching,
     available_memory_bytes,
     bytes_per_token,
@@ -33,8 +32,8 @@ from lleval.cli import main
 from lleval.config import EvalConfig
 from lleval.errors import ConfigError
 from lleval.engine.kernels import scorer_from_logits
-from lleval.engine.scoring import EngineOptions, EngineStats, WindowTooLarge, score_units
-from lleval.engine.stream import Unit
+from lleval.engine.scoring import EngineOptions, WindowTooLarge, score_units
+from lleval.stream import Unit
 
 VOCAB = 40
 
@@ -99,6 +98,10 @@ def test_bytes_per_token_bounds_the_measured_activations() -> None:
 
 def test_bytes_per_token_adds_held_logits_and_halves_for_bf16() -> None:
     config = SimpleNamespace(hidden_size=512, intermediate_size=1536)
+    # the docstring's count: 2 x (4 x 512 + 3 x 1536) = 2 x 6,656 = 13,312 values, 4 bytes each
+    assert bytes_per_token(config, 4) == 53_248
+    # no width in the config: hidden 1,024, MLP 4 x 1,024: 2 x (4,096 + 12,288) x 4 = 131,072
+    assert bytes_per_token(SimpleNamespace(), 4) == 131_072
     assert bytes_per_token(config, 2) * 2 == bytes_per_token(config, 4)
     assert bytes_per_token(config, 4, logits_held=1000) - bytes_per_token(config, 4) == 4 * 1000  # float32 logits
     gpt2 = SimpleNamespace(n_embd=512, n_inner=None)  # GPT-2 configs leave the MLP width to 4 x hidden
@@ -107,20 +110,40 @@ def test_bytes_per_token_adds_held_logits_and_halves_for_bf16() -> None:
 
 def test_auto_batching_on_cpu_caps_tokens() -> None:
     per_token = 10_000  # bytes of activations per token: 40 MB of memory, a quarter of it, is 1,000 tokens
-    small = auto_batching(per_token, "cpu", available=40_000_000)
+    small = auto_batching(per_token, False, available=40_000_000)
     assert small.max_batch_tokens == 1000
     assert small.batch_size == AUTO_MAX_ROWS and small.auto and small.overhead_tokens == CPU_FORWARD_OVERHEAD_TOKENS
-    assert auto_batching(per_token, "cpu", available=1 << 40).max_batch_tokens == CPU_BATCH_TOKENS
-    assert auto_batching(None, "cpu").max_batch_tokens == CPU_BATCH_TOKENS  # a fake model: no memory estimate
-    tight = auto_batching(per_token, "cpu", available=1_000_000, max_length=512)
-    assert tight.max_batch_tokens == 512  # one full window always fits
+    assert auto_batching(per_token, False, available=1 << 40).max_batch_tokens == CPU_BATCH_TOKENS
+    assert auto_batching(None, False).max_batch_tokens == CPU_BATCH_TOKENS  # a fake model: no memory estimate
+    assert small.budget_bytes == 10_000_000
+    tight = auto_batching(per_token, False, available=1_000_000, max_length=512)
+    assert tight.max_batch_tokens == 512  # 250,000 bytes hold 25 tokens, but one full window always fits
 
 
 def test_auto_batching_on_gpu_uses_free_memory() -> None:
-    plan = auto_batching(50_000, "cuda:1", available=8 << 30)
-    assert plan.max_batch_tokens == int((8 << 30) * GPU_BUDGET_SHARE) // 50_000
-    assert plan.budget_bytes == int((8 << 30) * GPU_BUDGET_SHARE)
-    assert plan.overhead_tokens == GPU_FORWARD_OVERHEAD_TOKENS
+    plan = auto_batching(50_000, True, available=8 << 30)
+    # 70% of 8 GiB free: 0.7 x 8,589,934,592 = 6,012,954,214.4 bytes, floored;
+    # at 50,000 bytes a token, 6,012,954,214 / 50,000 = 120,259.08: 120,259 tokens
+    assert plan.budget_bytes == 6_012_954_214
+    assert plan.max_batch_tokens == 120_259
+    assert plan.batch_size == AUTO_MAX_ROWS and plan.auto
+    assert plan.overhead_tokens == GPU_FORWARD_OVERHEAD_TOKENS  # the GPU's cost of a pass, not the CPU's
+    # a model that needs 1 GB a token: 6 tokens fit, but one full window always does
+    assert auto_batching(10**9, True, available=8 << 30, max_length=2048).max_batch_tokens == 2048
+
+
+def _greedy_sizes(widths: list[int], max_rows: int, budget: int) -> list[int]:
+    """Batch sizes of greedy filling, longest first: a window joins the open batch while the
+    batch stays within max_rows rows and budget padded tokens (its first window's width)."""
+    sizes: list[int] = []
+    first_width = 0
+    for width in widths:
+        if sizes and sizes[-1] < max_rows and (sizes[-1] + 1) * first_width <= budget:
+            sizes[-1] += 1
+        else:
+            sizes.append(1)
+            first_width = width
+    return sizes
 
 
 def _all_cuts(n: int) -> list[list[tuple[int, int]]]:
@@ -153,6 +176,9 @@ def test_batches_minimise_padding_plus_passes(lengths: list[int], max_rows: int,
     got = sum(len(b) * max(lengths[j] for j in b) + overhead for b in batches)
     if overhead:
         assert got == best
+    else:  # no cost of a pass: filled greedily, longest first
+        assert [len(b) for b in batches] == _greedy_sizes(widths, max_rows, budget)
+        assert [lengths[j] for b in batches for j in b] == widths
     for b in batches:
         assert len(b) == 1 or (len(b) <= max_rows and len(b) * max(lengths[j] for j in b) <= budget)
 
@@ -190,11 +216,13 @@ def test_greedy_batches_fill_longest_first() -> None:
 
 def test_a_long_window_runs_alone_and_short_ones_share() -> None:
     lengths = [2000, 480, 470] + [30] * 40
-    batches = make_batches(lengths, auto_batching(None, "cpu"))
+    batching = auto_batching(None, False)
+    assert (batching.max_batch_tokens, batching.overhead_tokens) == (1024, 32)  # what the figures below assume
+    batches = make_batches(lengths, batching)
     assert batches[0] == [0]  # longer than the budget: alone, as at batch size 1
     assert [1, 2] in batches  # 2 x 480 <= 1,024, and 10 tokens of padding cost less than a pass
     small = [b for b in batches if lengths[b[0]] == 30]
-    assert len(small) == -(-40 // (CPU_BATCH_TOKENS // 30))  # as few passes as the budget allows
+    assert len(small) == 2  # as few passes as the budget allows: 1,024 // 30 = 34 a pass, 40 need 2
     assert sum(len(b) for b in small) == 40
 
 
@@ -213,10 +241,9 @@ def test_available_memory_reads_meminfo_and_cgroup(tmp_path: Path) -> None:
 
 
 def test_out_of_memory_splits_once_and_changes_no_number() -> None:
-    expected = document_sums(scorer_from_logits(_logits), _units(), EngineOptions(batch_size=1))
+    expected = document_sums(scorer_from_logits(_logits), _units(), EngineOptions(Batching(1)))
     calls: list[int] = []
-    stats = EngineStats()
-    got = document_sums(_failing_above(3, calls), _units(), EngineOptions(batch_size=12), stats)
+    got, stats = document_sums_and_stats(_failing_above(3, calls), _units(), EngineOptions(Batching(12)))
     assert [(r.index, r.tokens) for r in got] == [(r.index, r.tokens) for r in expected]
     for a, b in zip(got, expected):
         assert rel_close(a.log_likelihood, b.log_likelihood, 1e-6)
@@ -227,7 +254,7 @@ def test_out_of_memory_splits_once_and_changes_no_number() -> None:
 
 def test_a_single_window_out_of_memory_is_a_typed_error() -> None:
     with pytest.raises(WindowTooLarge) as info:
-        list(score_units(_failing_above(0, []), _units(), EngineOptions(batch_size=4)))
+        list(score_units(_failing_above(0, []), _units(), EngineOptions(Batching(4))))
     assert info.value.tokens == 8
 
 
@@ -250,7 +277,9 @@ def test_cli_batch_size_auto_matches_fixed(tiny_model_dir: Path, tmp_path: Path)
         reports[size] = json.loads(result.stdout)
     auto, one = reports["AUTO"], reports["1"]
     assert auto["timing"]["batching"]["auto"] is True
-    assert auto["timing"]["batching"]["max_batch_tokens"] >= auto["protocol"]["max_length"]
+    # the tiny GPT-2 needs 2 x (4 x 16 + 3 x 64) x 4 = 2,048 bytes a token: the CPU cap's 1,024
+    # tokens are 2 MiB, within a quarter of any machine's free memory, so the cap holds
+    assert auto["timing"]["batching"]["max_batch_tokens"] == CPU_BATCH_TOKENS
     assert auto["timing"]["batches"] < one["timing"]["batches"]
     assert auto["totals"]["tokens"] == one["totals"]["tokens"]
     assert rel_close(auto["totals"]["log_likelihood"], one["totals"]["log_likelihood"], 1e-6)

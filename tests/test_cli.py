@@ -1,4 +1,5 @@
-"""End-to-end CLI runs on the tiny model: every data format, the JSON read back, bad input."""
+"""End-to-end CLI runs on the tiny model: every data format, the JSON read back, flags into the config
+(bad input: test_bad_input.py)."""
 
 from __future__ import annotations
 
@@ -147,72 +148,6 @@ def test_version_and_help(command: str) -> None:
     assert options and not missing, missing
 
 
-def _bad_data(tmp_path: Path) -> dict[str, Path]:
-    data = tmp_path / "docs.jsonl"
-    data.write_text("".join(json.dumps({"body": t}) + "\n" for t in TEXTS))
-    empty = tmp_path / "empty.jsonl"
-    empty.write_text(json.dumps({"text": ""}) + "\n")
-    odd = tmp_path / "docs.xyz"
-    odd.write_text("hello")
-    (tmp_path / "plain-folder").mkdir()
-    (tmp_path / "bad.yaml").write_text("strid: 3\n")
-    (tmp_path / "no-config-model").mkdir()
-    return {"data": data, "empty": empty, "odd": odd, "folder": tmp_path / "plain-folder",
-            "config": tmp_path / "bad.yaml", "no-config": tmp_path / "no-config-model"}
-
-
-# (argv after "score -q", {placeholders} filled in; exit code; a fragment of the one-line message)
-BAD_CASES = [
-    (["--model", "{tmp}/missing-model"], 2, "does not exist"),
-    (["--model", "{no-config}", "-d", "{data}", "--text-field", "body"], 2, "no config.json"),
-    (["-d", "{tmp}/missing.jsonl"], 2, "does not exist"),
-    (["-d", "{odd}"], 2, "unknown kind"),
-    (["-d", "{folder}"], 2, "not a saved dataset"),
-    (["-d", "{data}"], 2, "its columns are body"),
-    (["-d", "{data}", "--text-field", "body", "-L", "8", "-S", "9"], 2, "stride (9) is larger"),
-    (["-d", "{data}", "--stride", "0"], 2, "--stride"),
-    (["-d", "{data}", "--text-field", "body", "-L", "4096"], 2, "larger than the model's 64 positions"),
-    (["-d", "{empty}"], 2, "1 row read, 1 empty"),
-    (["-d", "{data}", "--text-field", "body", "--limit", "0"], 2, "--limit 0 scores no row"),
-    (["-d", "{data}", "--text-field", "body", "-o", "{tmp}/no/r.json"], 2, "does not exist"),
-    (["-d", "{data}", "--text-field", "body", "--prefix-token", "99999"], 2, "not in the tokenizer"),
-    (["--config", "{config}"], 2, "did you mean 'stride'"),
-    (["--dtype", "fp8"], 2, "--dtype"),
-    (["--model", "no-such-org/no-such-model"], 2, "not in the local cache"),
-    (["-d", "no-such-org/no-such-dataset"], 2, "not in the local cache"),
-    # flags that would be accepted and then ignored
-    (["-d", "{data}", "--text-field", "body", "--split", "validation"], 2, "has one split, 'train'"),
-    (["-d", "{data}", "--text-field", "body", "--dataset-config", "foo"], 2, "--dataset-config names a configuration"),
-    (["-d", "{data}", "--text-field", "body", "--sample-by", "paragraph"], 2, "each row is already a document"),
-    (["--checkpoint-every", "5"], 2, "--checkpoint-every needs --checkpoint"),
-    (["--bootstrap", "0", "--seed", "3"], 2, "--seed seeds the bootstrap"),
-    (["--device-map", "auto", "--device", "cpu"], 2, "drop --device"),
-    (["--revision", "main"], 2, "--revision"),
-    (["--no-model-cache"], 2, "--no-model-cache bypasses the cache of converted .gguf files"),
-    # flag conflicts found before the model loads
-    (["--concat", "--protocol", "lm-eval"], 2, "drop --concat"),
-    (["--prefix-token", "abc"], 2, "prefix_token must be auto, none or a token id"),
-    (["--protocol", "hf-guide", "--prefix-token", "none"], 2, "fixes the prefix token"),
-    (["--checkpoint", "{tmp}/no/such/ck"], 2, "pick another --checkpoint"),
-]
-
-
-@pytest.mark.parametrize("args,code,fragment", BAD_CASES, ids=[" ".join(c[0]) for c in BAD_CASES])
-def test_bad_input_gives_one_line_and_exit_code(
-    tiny_model_dir: Path, tmp_path: Path, args: list[str], code: int, fragment: str
-) -> None:
-    paths = {"tmp": str(tmp_path), "model": str(tiny_model_dir), **{k: str(v) for k, v in _bad_data(tmp_path).items()}}
-    argv = [a.format(**paths) for a in args]
-    if "--model" not in argv:
-        argv = ["--model", str(tiny_model_dir), *argv]
-    result = run(["score", "-q", *argv])
-    assert result.exit_code == code, (argv, result.output)
-    assert fragment in result.stderr, (argv, result.stderr)
-    assert len(result.stderr.strip().splitlines()) == 1 or result.stderr.startswith("Usage:"), result.stderr
-    assert "Traceback" not in result.output
-    assert result.stdout == ""
-
-
 def test_not_a_causal_lm(tmp_path: Path) -> None:
     from transformers import T5Config, T5ForConditionalGeneration
 
@@ -245,19 +180,115 @@ def test_device_map_records_placement(tiny_model_dir: Path, tmp_path: Path) -> N
     assert data["documents"] == plain["documents"]
 
 
-def test_score_and_kld_share_every_flag() -> None:
-    """Every flag of score is a flag of kld with the same names, default and help text."""
-    def params(command: str) -> dict[str, Any]:
-        return {p.name: p for p in main.commands[command].params if isinstance(p, click.Option)}
+# Every flag as users type it, with the value it gives its field: kept by hand, since the options
+# are derived from EvalConfig's fields (comparing one with the other would restate the code).
+TYPED: list[tuple[list[str], str, Any]] = [
+    (["-m", "org/name"], "model", "org/name"),
+    (["--model", "m.gguf"], "model", "m.gguf"),
+    (["--revision", "v2"], "revision", "v2"),
+    (["--trust-remote-code"], "trust_remote_code", True),
+    (["--dtype", "bfloat16"], "dtype", "bfloat16"),
+    (["--device", "cpu"], "device", "cpu"),
+    (["--device-map", "balanced"], "device_map", "balanced"),
+    (["--no-float32-head"], "float32_head", False),
+    (["--no-model-cache"], "model_cache", False),
+    (["-d", "d.jsonl"], "dataset", "d.jsonl"),
+    (["--dataset", "-"], "dataset", "-"),
+    (["--dataset-config", "wikitext-2-raw-v1"], "dataset_config", "wikitext-2-raw-v1"),
+    (["--split", "validation"], "split", "validation"),
+    (["--text-field", "body"], "text_field", "body"),
+    (["--sample-by", "line"], "sample_by", "line"),
+    (["--limit", "3"], "limit", 3),
+    (["--streaming"], "streaming", True),
+    (["--encoding", "latin-1"], "encoding", "latin-1"),
+    (["--errors", "replace"], "errors", "replace"),
+    (["--protocol", "lm-eval"], "protocol", "lm-eval"),
+    (["-L", "128"], "max_length", 128),
+    (["--max-length", "64"], "max_length", 64),
+    (["-S", "32"], "stride", 32),
+    (["--stride", "16"], "stride", 16),
+    (["--prefix-token", "none"], "prefix_token", "none"),
+    (["--concat"], "concat", "\n\n"),
+    (["--concat", " | "], "concat", " | "),
+    (["-b", "4"], "batch_size", 4),
+    (["--batch-size", "AUTO"], "batch_size", "auto"),
+    (["--max-batch-tokens", "4096"], "max_batch_tokens", 4096),
+    (["--block-tokens", "1000"], "block_tokens", 1000),
+    (["--allow-nonfinite"], "allow_nonfinite", True),
+    (["--checkpoint", "c.ckpt"], "checkpoint", "c.ckpt"),
+    (["--checkpoint-every", "2.5"], "checkpoint_every", 2.5),
+    (["--bootstrap", "0"], "bootstrap", 0),
+    (["--seed", "7"], "seed", 7),
+    (["-o", "r.json"], "output", "r.json"),
+    (["--output", "s.json"], "output", "s.json"),
+    (["--format", "json"], "format", "json"),
+    (["-q"], "quiet", True),
+    (["--quiet"], "quiet", True),
+    (["--tokens", "t.parquet"], "tokens", "t.parquet"),
+    (["--token-stats"], "token_stats", True),
+    (["--html", "r.html"], "html", "r.html"),
+    (["--html-docs", "5"], "html_docs", 5),
+]
+SCORE_ONLY = {"token_stats", "html", "html_docs"}  # what score alone shows of its tokens
+COMMANDS = {"score": ["score"], "kld": ["kld", "--base-dtype", "float32"]}
 
-    score, kld = params("score"), params("kld")
-    assert set(kld) - set(score) == {"base_model", "base_dtype"}
-    assert set(score) - set(kld) == {"token_stats", "html", "html_docs"}  # what score alone shows of tokens
-    for name in set(score) & set(kld):
-        option = score[name]
-        other = kld[name]
-        assert (option.opts, option.secondary_opts, option.default, option.help) == (
-            other.opts, other.secondary_opts, other.default, other.help), name
+
+@pytest.fixture
+def parse(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``parse(argv)``: the `EvalConfig` a command builds from its flags (the command stops there),
+    or the click result when it stops before (a usage error)."""
+    import lleval.cli as cli
+
+    seen: list[Any] = []
+    real = cli.config_from_flags
+
+    def record(*args: Any, **kwargs: Any) -> Any:
+        seen.append(real(*args, **kwargs))
+        raise SystemExit(0)
+
+    monkeypatch.setattr(cli, "config_from_flags", record)
+
+    def parse(argv: list[str]) -> Any:
+        result = run(argv)
+        return seen.pop() if result.exit_code == 0 and seen else result
+
+    return parse
+
+
+def test_the_typed_table_has_every_setting() -> None:
+    from dataclasses import fields
+
+    from lleval.config import EvalConfig
+
+    assert {field for _, field, _ in TYPED} == {f.name for f in fields(EvalConfig)} - {"origins"}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("args,field,value", TYPED, ids=[" ".join(t[0]) for t in TYPED])
+def test_each_flag_sets_its_field_alone(parse: Any, command: str, args: list[str], field: str, value: Any) -> None:
+    """score and kld take the same flags (kld all but what score alone shows), each setting its
+    own field and nothing else, recorded as typed."""
+    from lleval.config import EvalConfig
+
+    config = parse([*COMMANDS[command], *args])
+    if command == "kld" and field in SCORE_ONLY:
+        assert config.exit_code == 2 and "No such option" in config.stderr
+        return
+    assert config == EvalConfig(**{field: value}) and getattr(config, field) == value
+    assert dict(config.origins) == {field: "flag"}
+
+
+def test_provenance_names_each_values_origin(parse: Any, tmp_path: Path) -> None:
+    """Typed, from the config file, or (absent) the default: even a flag typed with its default value."""
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("stride: 4\nseed: 3\nmax-length: 16\n")
+    config = parse(["score", "--config", str(config_file), "-L", "8", "--protocol", "rolling"])
+    from_file = {"origin": "config file", "file": str(config_file)}
+    assert config.provenance() == {
+        "max_length": {"value": 8, "origin": "flag"}, "protocol": {"value": "rolling", "origin": "flag"},
+        "stride": {"value": 4, **from_file}, "seed": {"value": 3, **from_file}}
+    config = parse(["kld", "--base-dtype", "float32", "d.jsonl"])  # kld's DATASET is typed as --dataset is
+    assert config.provenance()["dataset"] == {"value": "d.jsonl", "origin": "flag"}
 
 
 @pytest.mark.parametrize("how", [["-d", "{data}"], ["--dataset", "{data}"], ["{data}"]])
@@ -276,39 +307,71 @@ def test_kld_refuses_two_different_datasets(tiny_model_dir: Path, tmp_path: Path
     assert result.exit_code == 2 and "two datasets given" in result.stderr
 
 
-def test_a_command_leaves_the_callers_warning_settings_alone(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """The CLI shows warnings as one line (or none with --quiet) for its own run only: an
-    in-process caller's warning hook and filters are as they were afterwards."""
+def test_a_command_leaves_the_callers_process_as_it_was(tiny_model_dir: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI shows warnings as one line (or none with --quiet), quiets the libraries' logs and
+    progress bars and sets the environment they read, for its own run: after ``main([...])``
+    returns, an in-process caller's warning hook and filters, the libraries' verbosity and bars
+    and the environment are as they were. Torch's threads are capped by the CLI, once a command."""
+    import os
     import warnings
+
+    import datasets
+    import transformers
+
+    import sys
+
+    import lleval.threads as threads
+
+    capped_by: list[str] = []  # the module of each caller
+    real_cap = threads.cap_torch_threads
+
+    def cap() -> int:
+        capped_by.append(sys._getframe(1).f_globals["__name__"])
+        return real_cap()
+
+    monkeypatch.setattr(threads, "cap_torch_threads", cap)
+    for name in ("TQDM_DISABLE", "TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS"):
+        monkeypatch.delenv(name, raising=False)
+
+    def state() -> tuple[Any, ...]:
+        hf_log, data_log = transformers.utils.logging, datasets.utils.logging
+        return (warnings.showwarning, list(warnings.filters), hf_log.get_verbosity(), data_log.get_verbosity(),
+                hf_log.is_progress_bar_enabled(), datasets.is_progress_bar_enabled(), dict(os.environ))
 
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
-    before_hook, before_filters = warnings.showwarning, list(warnings.filters)
+    before = state()
     for extra in ([], ["--quiet"]):
-        result = run(["score", "--model", str(tiny_model_dir), "-d", str(data), "--format", "json", *extra])
-        assert result.exit_code == 0, result.output
-        assert warnings.showwarning is before_hook and warnings.filters == before_filters
+        main(["score", "--model", str(tiny_model_dir), "-d", str(data), "--format", "json", "-o",
+              str(tmp_path / "r.json"), *extra], standalone_mode=False)
+        assert state() == before
+    assert capped_by == ["lleval.cli", "lleval.cli"]  # by the CLI, once a command; never by the library
 
 
-@pytest.mark.parametrize("key,flag", [("quiet", "--no-quiet"), ("allow_nonfinite", "--no-allow-nonfinite"),
-                                      ("token_stats", "--no-token-stats")])
-def test_a_config_files_true_can_be_undone_on_the_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                key: str, flag: str) -> None:
-    """Every boolean has its --no- form: a config file's `true` is not the last word."""
-    import lleval.cli as cli
+def _undoable() -> list[tuple[str, str]]:
+    """(command, field) for every field a config file can switch on and a flag off: each boolean,
+    and each flag with an optional value (--concat), from the fields' own declarations."""
+    from lleval.config import settings
 
-    seen: list[Any] = []
+    return [(command, f.name) for f, how in settings() if isinstance(f.default, bool) or how.flag_value is not None
+            for command in how.commands]
 
-    def record(config: Any) -> None:  # stop right after the flags are parsed into the config
-        seen.append(config)
-        raise SystemExit(0)
 
-    monkeypatch.setattr(cli, "_check_early", record)
+@pytest.mark.parametrize("command,key", _undoable(), ids=[" ".join(u) for u in _undoable()])
+def test_a_config_files_true_can_be_undone_on_the_command_line(parse: Any, tmp_path: Path, command: str,
+                                                                key: str) -> None:
+    """Every boolean has its --no- form, and so has --concat: a config file's `true` is not the
+    last word (the --no- flag is spelled here from the field's name, not read from the options)."""
+    from lleval.config import DEFAULT_SEPARATOR
+
     config_file = tmp_path / "c.yaml"
     config_file.write_text(f"{key}: true\n")
-    run(["score", "--config", str(config_file)])
-    run(["score", "--config", str(config_file), flag])
-    assert [getattr(c, key) for c in seen] == [True, False]
+    on = parse([*COMMANDS[command], "--config", str(config_file)])
+    off = parse([*COMMANDS[command], "--config", str(config_file), "--no-" + key.replace("_", "-")])
+    assert getattr(on, key) == (DEFAULT_SEPARATOR if key == "concat" else True)
+    assert getattr(off, key) == (None if key == "concat" else False)
+    assert on.origins[key] == f"config file {config_file}" and off.origins[key] == "flag"
 
 
 def test_the_progress_line_fits_an_80_column_terminal() -> None:
@@ -317,7 +380,7 @@ def test_the_progress_line_fits_an_80_column_terminal() -> None:
 
     from rich.console import Console
 
-    from lleval.commands.score import ScoringProgress
+    from lleval.runner.progress import ScoringProgress
     from lleval.cli import _StderrProgress
 
     progress = _StderrProgress(Console(file=io.StringIO(), width=80))

@@ -108,7 +108,7 @@ def test_values_from_a_config_file_are_named_as_its_keys() -> None:
 
 
 def test_split_from_a_config_file_is_not_blamed_on_a_flag(tmp_path: Path) -> None:
-    from lleval.data.sources import check_spec, data_spec
+    from lleval.data.spec import check_spec, data_spec
 
     data = tmp_path / "d.jsonl"
     data.write_text('{"text": "a"}\n')
@@ -149,3 +149,50 @@ def test_config_files_are_held_to_the_flags_choices_and_ranges() -> None:
             minimums[param.name] = param.type.min
     assert choices == CHOICES
     assert minimums == {k: v for k, v in MINIMUMS.items() if k != "batch_size"}  # batch_size: N or auto
+
+
+def test_provenance_gives_each_set_value_and_its_origin() -> None:
+    """Typed, from a config file, or passed through the API (a value other than the default that no
+    flag or file set); a value simply left at its default is not listed."""
+    import json
+
+    config = EvalConfig(model="m", max_length=512, stride=256, protocol="rolling", seed=3, origins={
+        "max_length": "flag", "stride": "config file runs/c.yaml", "protocol": "flag"})
+    expected = {
+        "model": {"value": "m", "origin": "api"},
+        "max_length": {"value": 512, "origin": "flag"},
+        "stride": {"value": 256, "origin": "config file", "file": "runs/c.yaml"},
+        "protocol": {"value": "rolling", "origin": "flag"},  # typed, though it is the default
+        "seed": {"value": 3, "origin": "api"},
+    }
+    assert config.provenance() == expected
+    assert json.loads(json.dumps(config.provenance())) == expected  # plain JSON, for the report header
+    assert EvalConfig().provenance() == {}
+    from_file = EvalConfig(concat=None, origins={"concat": "config file c.yaml"})  # `concat: false` in the file
+    assert from_file.provenance() == {"concat": {"value": None, "origin": "config file", "file": "c.yaml"}}
+
+
+def test_each_setting_is_in_one_section_named_as_its_spec_names_it() -> None:
+    from lleval.backends.hf import ModelSpec
+    from lleval.config import SECTIONS
+    from lleval.data.spec import DataSpec
+
+    config = EvalConfig(model="m", model_cache=False, dtype="float16", dataset="d.jsonl", limit=3)
+    assert ModelSpec(**config.section("model")) == ModelSpec(name="m", cache=False, dtype="float16")
+    assert DataSpec(**config.section("data")) == DataSpec(dataset="d.jsonl", limit=3)
+    assert set(config.section("model")) == {f.name for f in dataclasses.fields(ModelSpec)}
+    assert set(config.section("data")) == {f.name for f in dataclasses.fields(DataSpec)} - {"origins"}
+    settings = {f.name for f in dataclasses.fields(EvalConfig)} - {"origins"}
+    assert sum(len(config.section(name)) for name in SECTIONS) == len(settings)
+    assert config.section("protocol") == {"protocol": "rolling", "max_length": None, "stride": None,
+                                          "prefix_token": "auto", "concat": None}
+    with pytest.raises(ValueError, match="no section 'modle'"):
+        config.section("modle")
+
+
+def test_a_typed_value_is_named_by_its_flag() -> None:
+    """Origin ``flag`` (what the CLI records for a typed value) reads as no origin in a message."""
+    config = EvalConfig(protocol="lm-eval", concat="\n\n", origins={"concat": "flag", "protocol": "flag"})
+    with pytest.raises(ConfigError) as info:
+        config.validate()
+    assert "--protocol lm-eval scores each document on its own: drop --concat" in str(info.value)

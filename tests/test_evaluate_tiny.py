@@ -13,7 +13,7 @@ import torch
 from helpers import naive_rolling_logprobs, rel_close, write_jsonl
 from lleval.commands.score import evaluate
 from lleval.config import EvalConfig
-from lleval.data.sources import builtin_sample_path
+from lleval.data.spec import builtin_sample_path
 
 TEXTS = [json.loads(line)["text"] for line in builtin_sample_path().read_text().splitlines()]
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import platform
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Iterator
 
 import pytest
 import torch
@@ -18,46 +21,115 @@ SAPPHIRE = "model name\t: Intel(R) Xeon(R) Platinum 8481C\nflags\t\t: avx512f av
 GRAVITON = "processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n"
 
 
-@pytest.mark.parametrize("text,name,bf16,fp16", [
-    (ZEN1, "AMD EPYC 7551", None, None),
-    (ZEN5, "AMD EPYC 9B45", "avx512_bf16", None),
-    (SAPPHIRE, "Intel(R) Xeon(R) Platinum 8481C", "amx_bf16", "avx512_fp16"),
-    (GRAVITON, None, "bf16", None),
+@pytest.fixture
+def fresh_caches() -> Iterator[None]:
+    """`cpu_features` and `half_matmul_speedup` are cached per process: a test that feeds
+    them stand-ins starts and ends with empty caches, so no other test sees its figures."""
+    hardware.cpu_features.cache_clear()
+    hardware.half_matmul_speedup.cache_clear()
+    yield
+    hardware.cpu_features.cache_clear()
+    hardware.half_matmul_speedup.cache_clear()
+
+
+# expected flags written out from each text; a half-precision unit is named by its fastest
+# flag (AMX before AVX512), None where the CPU has none
+@pytest.mark.parametrize("text,name,flags,bf16,fp16", [
+    (ZEN1, "AMD EPYC 7551", {"fpu", "sse", "sse2", "avx", "avx2", "fma"}, None, None),
+    (ZEN5, "AMD EPYC 9B45", {"fpu", "avx2", "avx512f", "avx512_bf16", "avx512_vnni"}, "avx512_bf16", None),
+    (SAPPHIRE, "Intel(R) Xeon(R) Platinum 8481C", {"avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile"},
+     "amx_bf16", "avx512_fp16"),
+    (GRAVITON, "aarch64", {"fp", "asimd", "bf16", "i8mm"}, "bf16", None),  # no model name line: the machine
 ])
-def test_cpu_flags_name_the_half_precision_units(tmp_path: Path, text: str, name: str | None, bf16: str | None,
+def test_cpu_flags_name_the_half_precision_units(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_caches: None,
+                                                 text: str, name: str, flags: set[str], bf16: str | None,
                                                  fp16: str | None) -> None:
     (tmp_path / "cpuinfo").write_text(text)
-    model, flags = hardware.cpu_flags(tmp_path / "cpuinfo")
-    if name is not None:
-        assert model == name
-    assert next((f for f in hardware.BF16_FLAGS if f in flags), None) == bf16
-    assert next((f for f in hardware.FP16_FLAGS if f in flags), None) == fp16
+    monkeypatch.setattr(platform, "processor", lambda: "")  # as on Linux, where it is usually empty
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert hardware.cpu_flags(tmp_path / "cpuinfo") == (name, frozenset(flags))
+    read = hardware.cpu_flags
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: read(tmp_path / "cpuinfo"))
+    features = hardware.cpu_features()
+    assert (features["model"], features["bf16_matmul"], features["fp16_matmul"]) == (name, bf16, fp16)
+    assert hardware.has_fast_half("bfloat16") == (bf16 is not None)
+    assert hardware.has_fast_half("float16") == (fp16 is not None)
 
 
-def test_no_cpuinfo_means_no_flags(tmp_path: Path) -> None:
-    assert hardware.cpu_flags(tmp_path / "missing")[1] == frozenset()
+def test_the_first_flags_line_is_read(tmp_path: Path) -> None:
+    """/proc/cpuinfo repeats a block per core: the first block's flags are the CPU's."""
+    (tmp_path / "cpuinfo").write_text(ZEN5 + "\n" + ZEN1)
+    assert hardware.cpu_flags(tmp_path / "cpuinfo")[1] == {"fpu", "avx2", "avx512f", "avx512_bf16", "avx512_vnni"}
 
 
-@pytest.mark.parametrize("dtype,speedup,warns", [
-    ("bfloat16", 1 / 1.6, True), ("bfloat16", 4.3, False), ("bfloat16", 1 / 1.1, False),  # within the margin
-    ("float16", 1 / 9.0, True), ("float32", 1 / 100, False),
+def test_no_cpuinfo_means_no_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(platform, "processor", lambda: "x86_64")
+    assert hardware.cpu_flags(tmp_path / "missing") == ("x86_64", frozenset())
+
+
+@pytest.mark.parametrize("dtype,speedup,message", [
+    ("bfloat16", 1 / 1.6, "bf16 matmul 1.6x slower than float32"),
+    ("bfloat16", 1 / 1.3, "bf16 matmul 1.3x slower than float32"),  # past the 1.2x margin
+    ("bfloat16", 4.3, None), ("bfloat16", 1 / 1.1, None),  # faster; slower, but within the margin
+    ("float16", 1 / 9.0, "fp16 matmul 9.0x slower than float32"), ("float32", 1 / 100, None),  # float32 is never timed
 ])
 def test_half_precision_warns_only_where_it_measured_slower(monkeypatch: pytest.MonkeyPatch, dtype: str,
-                                                            speedup: float, warns: bool) -> None:
+                                                            speedup: float, message: str | None) -> None:
     monkeypatch.setattr(hardware, "half_matmul_speedup", lambda name: speedup)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert resolve_dtype(dtype, "cpu") == getattr(torch, dtype)
-    assert bool(caught) == warns, [str(w.message) for w in caught]
-    if warns:  # the figure is the measured one
-        assert f"matmul {1 / speedup:.1f}x slower than float32" in str(caught[0].message)
+    messages = [str(w.message) for w in caught]
+    if message is None:
+        assert messages == []
+    else:  # one warning, with the measured figure
+        assert len(messages) == 1 and message in messages[0], messages
 
 
-def test_the_matmul_is_timed_once_per_process() -> None:
-    hardware.half_matmul_speedup.cache_clear()
-    first = hardware.half_matmul_speedup("bfloat16")
-    assert 0 < first < float("inf") and hardware.half_matmul_speedup("bfloat16") == first
-    assert hardware.half_matmul_speedup.cache_info().misses == 1
+def test_a_faster_half_precision_is_said_to_be_faster(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hardware, "half_matmul_speedup", lambda name: 4.3)
+    assert hardware.half_speed_sentence("bfloat16") == "measured here: bf16 matmul 4.3x faster than float32"
+    assert not hardware.half_is_slow("bfloat16")
+
+
+def test_the_speedup_is_float32_time_over_half_time_measured_once(monkeypatch: pytest.MonkeyPatch,
+                                                                  fresh_caches: None) -> None:
+    timed: list[Any] = []
+    seconds = {torch.float32: 0.5, torch.bfloat16: 0.125, torch.float16: 2.0}  # stand-in times
+
+    def fake_seconds(dtype: Any) -> float:
+        timed.append(dtype)
+        return seconds[dtype]
+
+    monkeypatch.setattr(hardware, "_matmul_seconds", fake_seconds)
+    assert hardware.half_matmul_speedup("bfloat16") == 4.0  # 0.5 s / 0.125 s: bf16 4x faster
+    assert hardware.half_matmul_speedup("bfloat16") == 4.0
+    assert timed == [torch.float32, torch.bfloat16]  # the second call was not timed again
+    assert hardware.half_matmul_speedup("float16") == 0.25  # 0.5 s / 2 s: fp16 4x slower
+    assert timed == [torch.float32, torch.bfloat16, torch.float32, torch.float16]
+    assert hardware.half_is_slow("float16") and not hardware.half_is_slow("bfloat16")
+
+
+@pytest.mark.parametrize("tick,runs", [
+    (2**-10, 1 + 3),  # ~1 ms a matmul: the warm-up, then all 3 timed runs (warm-up + 2 runs ~2.9 ms < 20 ms)
+    (2**-6, 1 + 1),  # ~16 ms: the warm-up and one timed run reach ~31 ms > the 20 ms budget: no second run
+])
+def test_the_matmul_timing_stops_at_its_budget(monkeypatch: pytest.MonkeyPatch, tick: float, runs: int) -> None:
+    """A clock that advances ``tick`` seconds (a power of two: exact sums) per matmul and
+    not otherwise: every timed run takes ``tick``, the best of them too."""
+    clock = [0.0]
+    calls: list[torch.Tensor] = []
+
+    def fake_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        calls.append(a)
+        clock[0] += tick
+        return a
+
+    monkeypatch.setattr(torch, "mm", fake_mm)
+    monkeypatch.setattr(hardware, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    assert hardware._matmul_seconds(torch.float32) == tick
+    assert len(calls) == runs
+    assert calls[0].shape == (hardware.MATMUL_SIZE, hardware.MATMUL_SIZE) and calls[0].dtype == torch.float32
 
 
 @pytest.mark.parametrize("dtype,key", [("bfloat16", "bf16_matmul_speedup"), ("float16", "fp16_matmul_speedup")])

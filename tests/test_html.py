@@ -15,7 +15,7 @@ import pytest
 from helpers import score_report_json, write_jsonl
 from lleval.commands.score import evaluate
 from lleval.config import EvalConfig
-from lleval.data.sources import builtin_sample_path
+from lleval.data.spec import builtin_sample_path
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 TEXTS = [json.loads(line)["text"][: 120 + 40 * i] for i, line in enumerate(builtin_sample_path().read_text().splitlines())]

@@ -18,7 +18,9 @@ import pytest
 from click.testing import CliRunner
 
 from helpers import rel_close, write_jsonl
-from lleval.commands.score import evaluate, make_job, open_inputs, score
+from lleval.commands.score import evaluate
+from lleval.runner.loop import run_loop
+from lleval.runner.prepare import make_job, open_inputs
 from lleval.cli import main
 from lleval.config import EvalConfig
 from lleval.errors import OutputError
@@ -180,7 +182,7 @@ def _blocks(loaded: Any, data: str) -> tuple[list[Any], list[Any]]:
     config = EvalConfig(dataset=data, tokens="unused.parquet", max_length=16, batch_size=1, block_tokens=8)
     job = make_job(open_inputs(config), loaded, plan(config, loaded.tokenizer, loaded.info.max_positions))
     keep, sums = Keep(), DocumentSums()
-    score(job, sums, {"keep": keep})
+    run_loop(job, sums, {"keep": keep})
     return keep.blocks, sums.documents
 
 

@@ -17,7 +17,8 @@ from conftest import TINY_TOKENIZER
 from helpers import naive_hf_guide, naive_llama_cpp, naive_rolling_logprobs, rel_close, write_jsonl
 from lleval.commands.score import evaluate
 from lleval.config import EvalConfig
-from lleval.data.sources import Document, builtin_sample_path
+from lleval.data.sources import Document
+from lleval.data.spec import builtin_sample_path
 from lleval.errors import ConfigError, DataError
 from lleval.plan.protocols import lm_eval_words, plan
 

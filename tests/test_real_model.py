@@ -13,7 +13,7 @@ import pytest
 from helpers import naive_hf_guide, naive_rolling_logprobs, rel_close, write_jsonl
 from lleval.commands.score import evaluate, load
 from lleval.config import EvalConfig
-from lleval.data.sources import builtin_sample_path
+from lleval.data.spec import builtin_sample_path
 from lleval.errors import ModelLoadError
 
 TEXTS = [json.loads(line)["text"] for line in builtin_sample_path().read_text().splitlines()]

@@ -14,9 +14,10 @@ import torch
 
 from lleval.reducers.base import NonFiniteLogProb, finite_only
 from lleval.reducers.documents import DocumentSums, StreamCounts
+from lleval.plan.batching import Batching
 from lleval.engine.scoring import EngineOptions, score_units
-from lleval.engine.stream import Row, Unit
-from lleval.plan.windows import rolling_spans
+from lleval.stream import Row, Unit
+from lleval.windows import rolling_spans
 
 
 def value(token: int, context: int) -> float:
@@ -60,7 +61,7 @@ def _naive(units: list[Unit]) -> dict[int, list[float]]:
 
 
 def _blocks(units: list[Unit], batch_size: int = 3) -> list:
-    return list(score_units(synthetic_scorer, units, EngineOptions(batch_size=batch_size, block_tokens=40)))
+    return list(score_units(synthetic_scorer, units, EngineOptions(Batching(batch_size), block_tokens=40)))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -168,7 +169,7 @@ def test_kl_stats_equal_a_naive_loop() -> None:
 
     units, _ = _units(7)
     stats = KLStats()
-    for block in score_units(_PairLike(), units, EngineOptions(batch_size=4, block_tokens=30)):
+    for block in score_units(_PairLike(), units, EngineOptions(Batching(4), block_tokens=30)):
         stats.update(block)
     expected_tokens, expected_base = [], []
     for unit in units:
@@ -194,7 +195,7 @@ def test_ids_and_snippets_survive_a_checkpoint() -> None:
     units = [Unit([rng.randrange(50) for _ in range(12)], rolling_spans(12, 9, 4),
                   (Row(i, 12, 3, hashlib.sha256(bytes([i])).hexdigest(), texts[i], f"id-{i}" if i % 2 else None),),
                   i, np.zeros(1, dtype=np.int64)) for i in range(6)]
-    blocks = list(score_units(synthetic_scorer, units, EngineOptions(batch_size=2, block_tokens=30)))
+    blocks = list(score_units(synthetic_scorer, units, EngineOptions(Batching(2), block_tokens=30)))
     assert len(blocks) > 1
     sums, samples = DocumentSums(), DocumentSamples(0)  # snippets even with no document shown
     for reducer in (sums, samples):

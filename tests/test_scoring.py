@@ -12,11 +12,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import document_sums, units_of
+from helpers import document_sums, document_sums_and_stats, units_of
 from lleval.engine.kernels import scorer_from_logits
-from lleval.engine.scoring import EngineOptions, EngineStats, engine_stream, score_units
-from lleval.engine.stream import EngineTick, Row, ScoredBlock, Unit
-from lleval.plan.windows import rolling_spans
+from lleval.plan.batching import Batching
+from lleval.engine.scoring import EngineOptions, engine_stream, score_units
+from lleval.stream import EngineTick, Row, ScoredBlock, Unit
+from lleval.windows import rolling_spans
 
 VOCAB = 50
 
@@ -58,7 +59,7 @@ def expected_document(doc: list[int], max_length: int, stride: int) -> float:
 
 def test_uniform_logits_give_perplexity_equal_to_vocab() -> None:
     docs = random_docs(0)
-    rows = document_sums(scorer_from_logits(uniform_logits), units_of(docs, 16, 8), EngineOptions(batch_size=4))
+    rows = document_sums(scorer_from_logits(uniform_logits), units_of(docs, 16, 8), EngineOptions(Batching(4)))
     ll = sum(r.log_likelihood for r in rows)
     n = sum(r.tokens for r in rows)
     assert n == sum(len(d) - 1 for d in docs)
@@ -69,9 +70,8 @@ def test_uniform_logits_give_perplexity_equal_to_vocab() -> None:
 @pytest.mark.parametrize("max_length,stride", [(16, 16), (16, 5), (1, 1)])
 def test_totals_match_reference_for_any_batching(batch_size: int, max_length: int, stride: int) -> None:
     docs = random_docs(1)
-    stats = EngineStats()
-    rows = document_sums(scorer_from_logits(content_logits), units_of(docs, max_length, stride),
-                         EngineOptions(batch_size=batch_size, block_tokens=200), stats)
+    rows, stats = document_sums_and_stats(scorer_from_logits(content_logits), units_of(docs, max_length, stride),
+                                          EngineOptions(Batching(batch_size), block_tokens=200))
     assert [r.index for r in rows] == list(range(len(docs)))
     for row, doc in zip(rows, docs):
         assert math.isclose(row.log_likelihood, expected_document(doc, max_length, stride), rel_tol=1e-6, abs_tol=1e-9)
@@ -83,16 +83,15 @@ def test_owners_split_a_stream_into_rows() -> None:
     owners = np.array([0] * 10 + [1] * 5 + [2] * 14)
     rows = tuple(Row(i, 1, 1, f"{i:064x}") for i in range(3))
     unit = Unit(tokens, rolling_spans(len(tokens), 8, 3), rows, 0, np.array([0, 10, 15]), owners)
-    got = document_sums(scorer_from_logits(uniform_logits), [unit], EngineOptions(batch_size=2))
+    got = document_sums(scorer_from_logits(uniform_logits), [unit], EngineOptions(Batching(2)))
     assert [r.tokens for r in got] == [9, 5, 14]  # position 0 is never scored
     for r in got:
         assert math.isclose(r.log_likelihood, -r.tokens * math.log(VOCAB), rel_tol=1e-6)
 
 
 def test_padding_share_is_counted() -> None:
-    stats = EngineStats()
-    document_sums(scorer_from_logits(uniform_logits), units_of([[1] * 9, [1] * 3], 16, 16),
-                  EngineOptions(batch_size=2), stats)
+    _, stats = document_sums_and_stats(scorer_from_logits(uniform_logits), units_of([[1] * 9, [1] * 3], 16, 16),
+                                       EngineOptions(Batching(2)))
     assert stats.computed_tokens == 2 * 8 and stats.padding_tokens == 8 - 2
 
 
@@ -104,7 +103,7 @@ def test_padding_share_is_counted() -> None:
 )
 def test_aggregation_matches_reference_for_random_shapes(docs: list[list[int]], max_length: int, data: st.DataObject) -> None:
     stride = data.draw(st.integers(1, max_length))
-    options = EngineOptions(batch_size=data.draw(st.integers(1, 9)), block_tokens=data.draw(st.integers(1, 400)))
+    options = EngineOptions(Batching(data.draw(st.integers(1, 9))), block_tokens=data.draw(st.integers(1, 400)))
     rows = document_sums(scorer_from_logits(content_logits), units_of(docs, max_length, stride), options)
     assert [r.index for r in rows] == list(range(len(docs)))
     for doc, row in zip(docs, rows):
@@ -130,7 +129,7 @@ def test_each_scored_token_says_where_it_is(lengths: list[int], max_length: int,
         for span in unit.spans:
             for p in range(span.end - span.n_scored, span.end):
                 expected.append((unit.first_row, p - int(prefix), p - span.start, unit.tokens[p]))
-    options = EngineOptions(batch_size=data.draw(st.integers(1, 6)), block_tokens=data.draw(st.integers(1, 200)))
+    options = EngineOptions(Batching(data.draw(st.integers(1, 6))), block_tokens=data.draw(st.integers(1, 200)))
     got = []
     for block in score_units(scorer_from_logits(uniform_logits), units, options):
         for scores in block.units:
@@ -149,9 +148,9 @@ def test_the_engine_ticks_between_batches(lengths: list[int], max_length: int, b
     last tick has scored exactly its tokens, and the plan ends at every token of the run."""
     docs = [[(5 * d + i) % VOCAB for i in range(n)] for d, n in enumerate(lengths)]
     expected_total = sum(n - 1 for n in lengths)  # position 0 of a document is never scored
-    stats = EngineStats()
-    items = list(engine_stream(scorer_from_logits(uniform_logits), units_of(docs, max_length, min(3, max_length)), EngineOptions(
-        batch_size=batch_size, block_tokens=block_tokens), stats=stats))
+    items = list(engine_stream(scorer_from_logits(uniform_logits), units_of(docs, max_length, min(3, max_length)),
+                               EngineOptions(Batching(batch_size), block_tokens=block_tokens)))
+    stats = items[-1].stats
     ticks = [item for item in items if isinstance(item, EngineTick)]
     blocks = [item for item in items if isinstance(item, ScoredBlock)]
     assert len(ticks) == stats.batches + len(blocks)
@@ -168,5 +167,5 @@ def test_the_engine_ticks_between_batches(lengths: list[int], max_length: int, b
             assert last.scored == scored and last.last_block == (item is blocks[-1])
     assert ticks[-1].scored == ticks[-1].planned == expected_total == scored
     assert [b.tokens for b in score_units(scorer_from_logits(uniform_logits), units_of(docs, max_length, min(3, max_length)),
-                                          EngineOptions(batch_size=batch_size, block_tokens=block_tokens))] == [
+                                          EngineOptions(Batching(batch_size), block_tokens=block_tokens))] == [
         b.tokens for b in blocks]

@@ -19,7 +19,7 @@ from helpers import rel_close, write_jsonl
 from lleval.commands.score import evaluate
 from lleval.cli import main
 from lleval.config import EvalConfig
-from lleval.data.sources import builtin_sample_path
+from lleval.data.spec import builtin_sample_path
 from lleval.engine.kernels import scorer_from_logits
 from lleval.report.tokens import COLUMNS, read_token_file
 
@@ -84,7 +84,7 @@ def test_a_parquet_header_reads_as_the_reports_blocks(tiny_loaded: Any, tmp_path
 
 def test_token_ids_and_contexts_follow_the_windows(tiny_loaded: Any, tmp_path: Path) -> None:
     """Naive: the rolling windows of one document, enumerated here, give each token's context."""
-    from lleval.plan.windows import rolling_spans
+    from lleval.windows import rolling_spans
 
     data = write_jsonl(tmp_path / "d.jsonl", TEXTS[:1])
     path = tmp_path / "t.jsonl"
@@ -215,7 +215,7 @@ def test_uniform_logits_give_the_vocabulary_size_in_every_bin(tmp_path: Path) ->
 def test_a_scorer_that_learns_from_context_draws_its_curve(tmp_path: Path) -> None:
     """log P = -1 / context (context: the row's column + 1): bin [a, b] must hold the mean of
     1 / c over the tokens whose context c falls in it, counted here from the windows."""
-    from lleval.plan.windows import rolling_spans
+    from lleval.windows import rolling_spans
 
     def logits(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # uniform logits over VOCAB plus a target-independent shift cannot do it; score directly instead

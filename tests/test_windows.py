@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from helpers import hf_guide_targets
 from lleval.errors import ConfigError
-from lleval.plan.windows import Span, chunk_spans, rolling_spans, scored_positions, strided_spans
+from lleval.windows import Span, chunk_spans, rolling_spans, scored_positions, strided_spans
 
 
 @st.composite
@@ -26,15 +26,29 @@ def test_rolling_scores_every_position_once(shape: tuple[int, int, int]) -> None
     assert list(scored_positions(spans)) == list(range(1, seq_len))
 
 
+def _naive_rolling(seq_len: int, max_length: int, stride: int) -> list[Span]:
+    """The rolling protocol from its description, on lists of positions: the targets
+    1..seq_len-1 cut into a first piece of L and then pieces of S; each piece's window
+    reads the (at most) L positions just before its last target."""
+    targets = list(range(1, seq_len))
+    pieces = [targets[:max_length]] + [targets[i : i + stride] for i in range(max_length, len(targets), stride)]
+    spans = []
+    for piece in (p for p in pieces if p):
+        inputs = list(range(0, piece[-1]))[-max_length:]  # the positions read: seq[inputs[0] : piece[-1]]
+        spans.append(Span(inputs[0], piece[-1] + 1, len(piece)))
+    return spans
+
+
 @given(shapes())
 def test_rolling_windows_fit_and_take_longest_context(shape: tuple[int, int, int]) -> None:
     seq_len, max_length, stride = shape
-    for k, span in enumerate(rolling_spans(seq_len, max_length, stride)):
+    spans = rolling_spans(seq_len, max_length, stride)
+    assert spans == _naive_rolling(seq_len, max_length, stride)
+    for span in spans:
         assert 1 <= span.input_length <= max_length
         assert span.end <= seq_len and span.start >= 0
-        # the input is the longest span ending just before the last target that fits in L
-        assert span.start == max(0, span.end - 1 - max_length)
-        assert 1 <= span.n_scored <= (max_length if k == 0 else stride)
+        # the longest context that fits: a full L tokens, unless it already reaches position 0
+        assert span.input_length == max_length or span.start == 0
         assert span.n_scored <= span.input_length
 
 
@@ -64,9 +78,21 @@ def test_strided_matches_guide_loop(shape: tuple[int, int, int]) -> None:
 
 @given(st.integers(0, 500), st.integers(4, 40))
 def test_chunks_score_half_minus_one(seq_len: int, chunk: int) -> None:
+    """Position by position (llama.cpp's rule): p is scored when the whole chunk holding it
+    fits in the sequence and p sits at chunk offset chunk//2 + 1 or later."""
     spans = chunk_spans(seq_len, chunk, chunk // 2 + 1)
-    assert len(spans) == seq_len // chunk
-    assert sum(s.n_scored for s in spans) == len(spans) * (chunk - chunk // 2 - 1)
+    expected = [p for p in range(seq_len) if (p // chunk + 1) * chunk <= seq_len and p % chunk > chunk // 2]
+    assert list(scored_positions(spans)) == expected
+    for span in spans:  # each window reads its own chunk, and only it
+        assert span.start % chunk == 0 and span.end == span.start + chunk
+
+
+def test_chunks_by_hand() -> None:
+    # 10 tokens in chunks of 4: chunks [0, 4) and [4, 8), the tail 8, 9 dropped; the first
+    # scored offset 4 // 2 + 1 = 3 leaves one target per chunk (positions 3 and 7)
+    assert chunk_spans(10, 4, 3) == [Span(0, 4, 1), Span(4, 8, 1)]
+    # llama-perplexity -c 512 on 1,100 tokens: 2 chunks, each scoring offsets 257..511 (255 tokens)
+    assert chunk_spans(1100, 512, 257) == [Span(0, 512, 255), Span(512, 1024, 255)]
 
 
 @pytest.mark.parametrize("max_length,stride", [(0, 1), (4, 0), (4, 5)])

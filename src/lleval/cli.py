@@ -20,25 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 import click
-from click.core import ParameterSource
 
 from lleval import __version__
-from lleval.config import (
-    DECODE_ERRORS,
-    DEFAULT_CHECKPOINT_EVERY,
-    DEFAULT_HTML_DOCS,
-    DEFAULT_SEPARATOR,
-    DEVICE_MAPS,
-    DEVICES,
-    DTYPES,
-    FORMATS,
-    PROTOCOLS,
-    SAMPLE_BY,
-    EvalConfig,
-)
+from lleval.config import DEFAULT_HTML_DOCS, DTYPES, FORMATS, EvalConfig
+from lleval.options import config_from_flags, config_options
 
 if TYPE_CHECKING:
-    from lleval.commands.score import ScoringProgress
+    from lleval.runner.progress import ScoringProgress
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -55,54 +43,6 @@ class RunFailure(click.ClickException):
     exit_code = 1
 
 
-class _BatchSize(click.ParamType):
-    """A positive number of windows, or ``auto``."""
-
-    name = "N|auto"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
-        if isinstance(value, int):
-            return value
-        if str(value).strip().lower() == "auto":
-            return "auto"
-        try:
-            number = int(value)
-        except (TypeError, ValueError):
-            self.fail(f"{value!r} is neither a number of windows nor 'auto'.", param, ctx)
-        if number < 1:
-            self.fail(f"{number} is not at least 1.", param, ctx)
-        return number
-
-
-def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    """Eager ``--config`` callback: the YAML file becomes click's ``default_map``."""
-    if value is None:
-        return None
-    from lleval.config import FIELD_TYPES, load_config_file
-    from lleval.errors import ConfigError
-
-    # the command's own options (kld's --base, --base-dtype) are keys of its config file too
-    own = {opt[2:].replace("-", "_"): p.name for p in ctx.command.params if p.name and p.name not in FIELD_TYPES
-           for opt in p.opts if opt.startswith("--") and opt != "--config"}
-    try:
-        values = load_config_file(value, own)
-    except ConfigError as exc:
-        raise click.BadParameter(str(exc), ctx=ctx, param=_param) from None
-    ctx.default_map = {**(ctx.default_map or {}), **values}
-    ctx.meta["lleval.config_file"] = value
-    return value
-
-
-def _config(**fields: Any) -> EvalConfig:
-    """The command's `EvalConfig`, knowing which values came from the ``--config`` file (click
-    reports them as ``DEFAULT_MAP``), so that a refusal names the file rather than a flag."""
-    ctx = click.get_current_context()
-    path = ctx.meta.get("lleval.config_file")
-    origins = {name: f"config file {path}" for name in fields
-               if path is not None and ctx.get_parameter_source(name) is ParameterSource.DEFAULT_MAP}
-    return EvalConfig(**fields, origins=origins)
-
-
 def _check_early(config: EvalConfig) -> None:
     """Every check that needs neither the model nor the data's contents, before torch,
     transformers and datasets are imported (seconds)."""
@@ -111,117 +51,14 @@ def _check_early(config: EvalConfig) -> None:
     _call(check_config, config)
 
 
-def _options(*options: Any) -> Any:
-    """Apply a list of click options in the order they are listed."""
-
-    def decorate(func: Any) -> Any:
-        for option in reversed(options):
-            func = option(func)
-        return func
-
-    return decorate
-
-
-# Every flag of `score` and `kld`, defined once: the same name, default and help on both.
-SCORING_OPTIONS = _options(
-    click.option("--config", type=click.Path(dir_okay=False), callback=_load_config, is_eager=True,
-                 expose_value=False, help="YAML file of defaults for any flag below (keys: flag names, each "
-                 "once); flags win."),
-    click.option("--model", "-m", default=None,
-                 help="Hub id, local model folder or .gguf file. Default: built-in SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to float32)."),
-    click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of a hub model."),
-    click.option("--trust-remote-code/--no-trust-remote-code", default=False, show_default=True,
-                 help="Allow model code from the hub repository to run."),
-    click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
-                 help="auto: bfloat16 on CUDA GPUs that support it, float32 elsewhere. bfloat16/float16 on a CPU "
-                 "time a small matmul against float32 and warn where it measured slower (e.g. --dtype bfloat16)."),
-    click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
-                 help="auto: CUDA, else MPS, else CPU."),
-    click.option("--device-map", type=click.Choice(DEVICE_MAPS), default=None,
-                 help="Spread a model too large for one device over all visible devices (accelerate)."),
-    click.option("--float32-head/--no-float32-head", default=True, show_default=True,
-                 help="With --dtype bfloat16/float16: project to logits and log-softmax in float32 (most of "
-                 "bf16's error is in rounding the logits; costs little on large models)."),
-    click.option("--model-cache/--no-model-cache", default=True, show_default=True,
-                 help="Keep a .gguf model converted after its first load, so later runs load in a second "
-                 "(in $LLEVAL_MODEL_CACHE, else under $HF_HOME; LLEVAL_MODEL_CACHE=off turns it off)."),
-    click.option("--dataset", "-d", default=None,
-                 help="Hub dataset, .txt/.jsonl/.json/.csv/.parquet file, saved dataset folder, or - "
-                 "for stdin. Default: built-in sample prose."),
-    click.option("--dataset-config", default=None, help="Hub dataset configuration name."),
-    click.option("--split", default=None, help="Split to score. Default: test (hub), train (local files)."),
-    click.option("--text-field", default="text", show_default=True, help="Column holding the text."),
-    click.option("--sample-by", type=click.Choice(SAMPLE_BY), default="document", show_default=True,
-                 help="How a .txt file or stdin is cut into documents."),
-    click.option("--limit", type=click.IntRange(min=0), default=None, help="Score only the first N rows."),
-    click.option("--streaming/--no-streaming", default=False, show_default=True,
-                 help="Stream the dataset instead of loading it into memory."),
-    click.option("--encoding", default="utf-8", show_default=True,
-                 help="Encoding of .txt/.jsonl/.json/.csv files and stdin (a Python codec name)."),
-    click.option("--errors", type=click.Choice(DECODE_ERRORS), default="strict", show_default=True,
-                 help="Bytes that do not decode: stop (strict), or replace/ignore them."),
-    click.option("--protocol", type=click.Choice(PROTOCOLS), default="rolling", show_default=True,
-                 help="Scoring protocol: rolling (lleval's), lm-eval, hf-guide or llama-cpp."),
-    click.option("--max-length", "-L", type=click.IntRange(min=1), default=None,
-                 help="Input tokens per window. Default: min(model positions, 2048)."),
-    click.option("--stride", "-S", type=click.IntRange(min=1), default=None,
-                 help="New tokens scored per window after the first. Default: max length."),
-    click.option("--prefix-token", default="auto", show_default=True,
-                 help="Token that predicts each document's first token: auto (BOS, else EOS), an id, or none."),
-    click.option("--concat", is_flag=False, flag_value=DEFAULT_SEPARATOR, default=None, metavar="[SEP]",
-                 help="Join all documents with SEP (default: two newlines) into one stream."),
-    click.option("--batch-size", "-b", type=_BatchSize(), default="auto", show_default=True, metavar="N|auto",
-                 help="auto: a token budget per forward pass sized for the device, batches cut to waste "
-                 "least; or N windows per pass, filled greedily."),
-    click.option("--max-batch-tokens", type=click.IntRange(min=1), default=None,
-                 help="Also cap a batch at this many padded tokens (rows x width)."),
-    click.option("--block-tokens", type=click.IntRange(min=1), default=1 << 20, show_default=True,
-                 help="Sequence tokens read, sorted and batched together (memory bound of the sort)."),
-    click.option("--allow-nonfinite/--no-allow-nonfinite", default=False, show_default=True,
-                 help="Count NaN/inf token log-probs and leave them out, instead of stopping."),
-    click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
-                 help="Save progress here; rerunning the same command resumes from it."),
-    click.option("--checkpoint-every", type=click.FloatRange(min=0), default=DEFAULT_CHECKPOINT_EVERY,
-                 show_default=True, help="Seconds between checkpoint saves (needs --checkpoint)."),
-    click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True,
-                 help="Bootstrap resamples over documents for 95% intervals (0: none)."),
-    click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap."),
-    click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
-                 help="Write the JSON report here (atomically). An output that cannot be written (a full "
-                 "disk) is one line on stderr and exit 1; the others are still written."),
-    click.option("--format", type=click.Choice(FORMATS), default="table", show_default=True,
-                 help="What stdout gets: a table, the JSON report, or markdown."),
-    click.option("--quiet/--no-quiet", "-q", default=False, show_default=True,
-                 help="Nothing on stderr but errors: no progress, no warnings."),
-    click.option("--tokens", type=click.Path(dir_okay=False), default=None,
-                 help="Write every scored token (document, position, context, id, text, log-prob) here: "
-                 "t.parquet for Parquet, t.jsonl for JSON lines (other extensions are refused)."),
-)
-# Flags of `score` alone: what it shows of its tokens besides the export.
-SHOW_OPTIONS = _options(
-    click.option("--token-stats/--no-token-stats", default=False, show_default=True,
-                 help="Also the rank of each true token and the entropy of each prediction (for --tokens, --html)."),
-    click.option("--html", type=click.Path(dir_okay=False), default=None,
-                 help="Write a self-contained HTML report here: curve, documents, coloured tokens."),
-    click.option("--html-docs", type=click.IntRange(min=0), default=DEFAULT_HTML_DOCS, show_default=True,
-                 help="How many of the most (and of the least) surprising documents --html shows token by token."),
-)
-
-
 @click.group(context_settings=CONTEXT_SETTINGS)
 @click.version_option(__version__, "--version", "-V", prog_name="lleval")
 def main() -> None:
     """Exact, fast log-likelihood and perplexity of causal LMs on text datasets."""
-    # Before torch is imported (it imports tqdm, which reads these once): no foreign
-    # progress bars, such as transformers' GGUF conversion bar, on lleval's stderr.
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 @main.command(context_settings=CONTEXT_SETTINGS)
-@SCORING_OPTIONS
-@SHOW_OPTIONS
+@config_options("score")
 def score(**flags: Any) -> None:
     """Score a dataset with a causal LM: log-likelihood, perplexity, bits per byte.
 
@@ -231,10 +68,9 @@ def score(**flags: Any) -> None:
       lleval score -m ./my-model -d notes.txt --sample-by paragraph -o report.json
       lleval score --config configs/wikitext2.yaml -m gpt2
     """
-    config = _config(**flags)
+    config = config_from_flags(flags)
     _check_early(config)
-    with _warnings_shown(config.quiet), _Interrupts() as interrupts:
-        _quiet_libraries()
+    with _command_scope(config.quiet), _Interrupts() as interrupts:
         from lleval.commands.score import evaluate
 
         report = _with_progress(config.quiet, evaluate, config, should_stop=interrupts.should_stop)
@@ -253,7 +89,7 @@ def score(**flags: Any) -> None:
 @click.option("--base-dtype", type=click.Choice(DTYPES), default=None,
               help="dtype of the base model. Default: --dtype. With no --base: the same model in two dtypes.")
 @click.argument("dataset_argument", metavar="[DATASET]", required=False, default=None)
-@SCORING_OPTIONS
+@config_options("kld")
 def kld(base_model: str | None, base_dtype: str | None, dataset_argument: str | None, **flags: Any) -> None:
     """KL divergence KL(P_base || P_model) per scored token, over the full vocabulary.
 
@@ -271,13 +107,13 @@ def kld(base_model: str | None, base_dtype: str | None, dataset_argument: str | 
         raise click.UsageError(f"two datasets given ({dataset_argument} and --dataset {flags['dataset']}): pick one.")
     if base_model is None and base_dtype in (None, flags["dtype"]):
         raise click.UsageError("give --base (another model), or --base-dtype (the same model in another dtype).")
-    config = _config(**{**flags, "dataset": flags["dataset"] or dataset_argument})
+    config = config_from_flags({**flags, "dataset": flags["dataset"] or dataset_argument},
+                               typed=["dataset"] if dataset_argument is not None else [])
     from lleval.preflight import check_kld
 
     _call(check_kld, config, base_dtype)
     _check_early(config)
-    with _warnings_shown(config.quiet):
-        _quiet_libraries()
+    with _command_scope(config.quiet):
         from lleval.commands.kld import kl_divergence
 
         result = _with_progress(config.quiet, kl_divergence, config, base_model or config.model,
@@ -459,12 +295,42 @@ def stdout_console() -> Any:
     return console if console.is_terminal else Console(width=LOG_WIDTH, markup=False)
 
 
+# Read by tqdm, transformers and huggingface_hub when torch first imports them: no foreign
+# progress bars, such as transformers' GGUF conversion bar, on lleval's stderr.
+QUIET_ENVIRONMENT = {"TQDM_DISABLE": "1", "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+
+
+@contextlib.contextmanager
+def _command_scope(quiet: bool) -> Iterator[None]:
+    """What a scoring command changes in its process, for its run only: the environment
+    libraries read on import, warnings, the libraries' logs and progress bars, all put back
+    when the command returns (a caller that runs the CLI in its own process, tests and
+    notebooks, keeps its settings). And torch's threads, capped at the CPUs this process may
+    use (`lleval.threads`), which the entry point decides, not the library."""
+    from lleval.threads import cap_torch_threads
+
+    with _environment(QUIET_ENVIRONMENT), _warnings_shown(quiet), _quiet_libraries():
+        cap_torch_threads()
+        yield
+
+
+@contextlib.contextmanager
+def _environment(defaults: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``defaults`` for the variables it does not set, restored afterwards."""
+    added = [name for name in defaults if name not in os.environ]
+    os.environ.update({name: defaults[name] for name in added})
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
+
+
 @contextlib.contextmanager
 def _warnings_shown(quiet: bool) -> Iterator[None]:
     """For one command: warnings as one ``warning:`` line on stderr, or not at all with
     ``--quiet`` (the report's ``notes`` keep what matters). Restored when the command
-    returns, so a caller that runs the CLI in its own process (tests, notebooks) keeps
-    its warning settings."""
+    returns."""
     with warnings.catch_warnings():
         if quiet:
             warnings.simplefilter("ignore")
@@ -473,16 +339,30 @@ def _warnings_shown(quiet: bool) -> Iterator[None]:
         yield
 
 
-def _quiet_libraries() -> None:
-    """Silence third-party progress bars and logs: lleval draws its own progress and turns
-    library errors into one line (warnings: `_warnings_shown`)."""
+@contextlib.contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """Silence third-party progress bars and logs while a command runs: lleval draws its own
+    progress and turns library errors into one line (warnings: `_warnings_shown`). Each
+    library's verbosity and progress bars are put back afterwards."""
     import datasets
     import transformers
 
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    hf_log, data_log = transformers.utils.logging, datasets.utils.logging
+    verbosity, data_verbosity = hf_log.get_verbosity(), data_log.get_verbosity()
+    bars, data_bars = hf_log.is_progress_bar_enabled(), datasets.is_progress_bar_enabled()
+    hf_log.set_verbosity_error()
+    hf_log.disable_progress_bar()
     datasets.disable_progress_bars()
-    datasets.utils.logging.set_verbosity(datasets.utils.logging.CRITICAL)
+    data_log.set_verbosity(data_log.CRITICAL)
+    try:
+        yield
+    finally:
+        hf_log.set_verbosity(verbosity)
+        data_log.set_verbosity(data_verbosity)
+        if bars:
+            hf_log.enable_progress_bar()
+        if data_bars:
+            datasets.enable_progress_bars()
 
 
 def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
@@ -492,7 +372,7 @@ def _show_warning(message: Any, category: Any, filename: str, lineno: int, file:
 class _StderrProgress:
     """lleval's one status line on stderr: the stage (``loading model``), then, batch by
     batch, a bar of tokens scored out of those planned, documents, tokens/s and the time
-    left (`lleval.commands.score.ScoringProgress`)."""
+    left (`lleval.runner.progress.ScoringProgress`)."""
 
     def __init__(self, console: Any) -> None:
         from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn

@@ -1,5 +1,9 @@
 """`EvalConfig`: every choice a score run makes, validated in one place.
 
+Each field declares itself once, in its `Setting`: its section (model, data,
+protocol, engine, outputs), flag, help and allowed values. The CLI's options
+(`lleval.options`) and the config-file reader are derived from those.
+
 Config files are YAML mappings whose keys are the long flag names
 (``max_length`` or ``max-length``). The CLI loads them into click's
 ``default_map``, so flags on the command line win over the file, which wins
@@ -17,7 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from lleval.errors import ConfigError, read_text_file
-from lleval.plan.windows import window_problem
+from lleval.windows import window_problem
 
 # Allowed values, defined here once; the CLI, the config-file reader and the library use these.
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -31,20 +35,22 @@ DEFAULT_SEPARATOR = "\n\n"
 DEFAULT_MAX_LENGTH_CAP = 2048
 DEFAULT_CHECKPOINT_EVERY = 60.0
 DEFAULT_HTML_DOCS = 20
-CHOICES: dict[str, tuple[str, ...]] = {  # fields with a fixed set of values
-    "dtype": DTYPES,
-    "device": DEVICES,
-    "format": FORMATS,
-    "protocol": PROTOCOLS,
-    "sample_by": SAMPLE_BY,
-    "device_map": DEVICE_MAPS,
-    "errors": DECODE_ERRORS,
-}
-MINIMUMS: dict[str, int] = {  # the least value of each numeric field (the CLI's IntRange/FloatRange)
-    "max_length": 1, "stride": 1, "batch_size": 1, "max_batch_tokens": 1, "block_tokens": 1,
-    "limit": 0, "bootstrap": 0, "html_docs": 0, "checkpoint_every": 0,
-}
+SECTIONS = ("model", "data", "protocol", "engine", "outputs")  # the parts of a run, as `EvalConfig.section` gives them
 TOKEN_SUFFIXES = (".parquet", ".jsonl")  # what --tokens writes: Parquet, or JSON lines (lleval.report.tokens)
+
+
+#: ``EvalConfig.origins`` values: ``FLAG`` for a value typed on the command line, ``CONFIG_FILE``
+#: followed by the file's path for a value read from a config file; a field absent from
+#: ``origins`` was left at its default, or set by a caller of the Python API.
+FLAG = "flag"
+CONFIG_FILE = "config file "
+
+
+def config_file_of(origins: Mapping[str, str], name: str) -> str | None:
+    """``"config file c.yaml"`` when a config file set ``name``, else None (typed, defaulted or
+    set through the API: a message names those by their flag)."""
+    origin = origins.get(name)
+    return origin if origin is not None and origin.startswith(CONFIG_FILE) else None
 
 
 def setting(origins: Mapping[str, str], name: str, value: object = None, typed: str | None = None) -> str:
@@ -56,10 +62,12 @@ def setting(origins: Mapping[str, str], name: str, value: object = None, typed: 
     key and the file: ``split: test (from config file c.yaml)``.
     """
     shown = "" if value is None else f" {value}"
-    origin = origins.get(name)
+    origin = config_file_of(origins, name)
     if origin is None:
         return typed or f"--{name.replace('_', '-')}{shown}"
     return f"{name}:{shown} (from {origin})" if shown else f"{name} (from {origin})"
+
+
 #: Fewest bootstrap resamples that give a 95% interval. Its ends are the 2.5th and 97.5th
 #: percentiles of the resamples: with 100, 2.5 resamples lie beyond each end; with fewer
 #: the "interval" is a resample or two (``--bootstrap 1`` gave one value twice).
@@ -79,54 +87,163 @@ def resamples_problem(n: int, shown: str | None = None) -> str | None:
 
 
 @dataclass(frozen=True)
-class EvalConfig:
-    """Inputs of one ``lleval score`` run. ``None`` means "derive a default"."""
+class Setting:
+    """How one `EvalConfig` field is set, declared once beside the field: the CLI's options
+    (`lleval.options`) and the config-file reader (`FIELD_TYPES`, `CHOICES`, `MINIMUMS`) are
+    derived from it.
 
-    # model
-    model: str | None = None
-    revision: str | None = None
-    trust_remote_code: bool = False
-    dtype: str = "auto"
-    device: str = "auto"
-    device_map: str | None = None
-    model_cache: bool = True  # keep a converted .gguf for later runs (lleval.backends.model_cache)
-    float32_head: bool = True  # bf16/fp16 models: output projection and log-softmax in float32
-    # data
-    dataset: str | None = None
-    dataset_config: str | None = None
-    split: str | None = None
-    text_field: str = "text"
-    sample_by: str = "document"
-    limit: int | None = None
-    streaming: bool = False
-    encoding: str = "utf-8"
-    errors: str = "strict"
-    # protocol
-    protocol: str = "rolling"
-    max_length: int | None = None
-    stride: int | None = None
-    prefix_token: str = "auto"
-    concat: str | None = None
-    # engine and output
-    batch_size: int | str = "auto"  # a token budget per device (see lleval.plan.batching), or windows per pass
-    max_batch_tokens: int | None = None
-    block_tokens: int = 1 << 20
-    allow_nonfinite: bool = False
-    checkpoint: str | None = None
-    checkpoint_every: float = DEFAULT_CHECKPOINT_EVERY
-    bootstrap: int = 1000
-    seed: int = 0
-    output: str | None = None
-    format: str = "table"
-    quiet: bool = False
-    # what the run shows of its tokens
-    tokens: str | None = None  # the per-token export: .parquet, or .jsonl (lleval.report.tokens)
-    token_stats: bool = False  # rank and entropy of every token (in the export and the HTML)
-    html: str | None = None  # the HTML report (lleval.report.html)
-    html_docs: int = DEFAULT_HTML_DOCS  # documents shown token by token, most and least surprising each
-    # where values came from, for messages only: field -> "config file PATH" (the CLI fills it);
-    # not a setting, so it takes no part in equality, hashing or checkpoints
+    Its flag is ``--`` and the field's name with dashes (``max_length``: ``--max-length``);
+    a boolean gets ``--x/--no-x``, so a config file's ``true`` can be undone on the command
+    line, and a flag whose value is optional (``flag_value``) gets ``--no-x``, which sets the
+    field back to its default.
+    """
+
+    section: str  # one of SECTIONS
+    help: str  # the flag's help text
+    types: tuple[type, ...] = ()  # what a config file may give; () means the default's type, else str
+    short: str | None = None  # a one-letter form, "-m"
+    choices: tuple[str, ...] | None = None  # the only values allowed
+    minimum: int | float | None = None  # the least value allowed
+    path: bool = False  # a file the run writes (no folder)
+    metavar: str | None = None  # the flag's value in --help, where the type's name does not say it
+    flag_value: str | None = None  # the value of the flag given with no value (--concat)
+    commands: tuple[str, ...] = ("score", "kld")  # the commands that take the flag
+    spec: str | None = None  # its name in its section's spec, where that differs (ModelSpec.cache)
+
+
+def _setting(default: Any, section: str, help: str, **how: Any) -> Any:
+    """An `EvalConfig` field with its `Setting` (keyword arguments: `Setting`'s)."""
+    return dataclasses.field(default=default, metadata={"setting": Setting(section, help, **how)})
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Inputs of one ``lleval score`` run. ``None`` means "derive a default".
+
+    Each field declares its section, flag, help and allowed values once, in its `Setting`.
+    """
+
+    model: str | None = _setting(
+        None, "model", "Hub id, local model folder or .gguf file. Default: built-in SmolLM2-135M-Instruct "
+        "(Q4_1 GGUF, dequantized to float32).", short="-m", spec="name")
+    revision: str | None = _setting(None, "model", "Hub revision (branch, tag or commit) of a hub model.")
+    trust_remote_code: bool = _setting(False, "model", "Allow model code from the hub repository to run.")
+    dtype: str = _setting(
+        "auto", "model", "auto: bfloat16 on CUDA GPUs that support it, float32 elsewhere. bfloat16/float16 on a CPU "
+        "time a small matmul against float32 and warn where it measured slower (e.g. --dtype bfloat16).",
+        choices=DTYPES)
+    device: str = _setting("auto", "model", "auto: CUDA, else MPS, else CPU.", choices=DEVICES)
+    device_map: str | None = _setting(
+        None, "model", "Spread a model too large for one device over all visible devices (accelerate).",
+        choices=DEVICE_MAPS)
+    # bf16/fp16 models: output projection and log-softmax in float32
+    float32_head: bool = _setting(
+        True, "model", "With --dtype bfloat16/float16: project to logits and log-softmax in float32 (most of "
+        "bf16's error is in rounding the logits; costs little on large models).")
+    # keep a converted .gguf for later runs (lleval.backends.model_cache)
+    model_cache: bool = _setting(
+        True, "model", "Keep a .gguf model converted after its first load, so later runs load in a second "
+        "(in $LLEVAL_MODEL_CACHE, else under $HF_HOME; LLEVAL_MODEL_CACHE=off turns it off).", spec="cache")
+    dataset: str | None = _setting(
+        None, "data", "Hub dataset, .txt/.jsonl/.json/.csv/.parquet file, saved dataset folder, or - "
+        "for stdin. Default: built-in sample prose.", short="-d")
+    dataset_config: str | None = _setting(None, "data", "Hub dataset configuration name.")
+    split: str | None = _setting(None, "data", "Split to score. Default: test (hub), train (local files).")
+    text_field: str = _setting("text", "data", "Column holding the text.")
+    sample_by: str = _setting("document", "data", "How a .txt file or stdin is cut into documents.",
+                              choices=SAMPLE_BY)
+    limit: int | None = _setting(None, "data", "Score only the first N rows.", types=(int,), minimum=0)
+    streaming: bool = _setting(False, "data", "Stream the dataset instead of loading it into memory.")
+    encoding: str = _setting(
+        "utf-8", "data", "Encoding of .txt/.jsonl/.json/.csv files and stdin (a Python codec name).")
+    errors: str = _setting("strict", "data", "Bytes that do not decode: stop (strict), or replace/ignore them.",
+                           choices=DECODE_ERRORS)
+    protocol: str = _setting(
+        "rolling", "protocol", "Scoring protocol: rolling (lleval's), lm-eval, hf-guide or llama-cpp.",
+        choices=PROTOCOLS)
+    max_length: int | None = _setting(
+        None, "protocol", "Input tokens per window. Default: min(model positions, 2048).", types=(int,),
+        short="-L", minimum=1)
+    stride: int | None = _setting(
+        None, "protocol", "New tokens scored per window after the first. Default: max length.", types=(int,),
+        short="-S", minimum=1)
+    prefix_token: str = _setting(
+        "auto", "protocol", "Token that predicts each document's first token: auto (BOS, else EOS), an id, or none.",
+        types=(str, int))
+    concat: str | None = _setting(
+        None, "protocol", "Join all documents with SEP (default: two newlines) into one stream.", types=(str, bool),
+        flag_value=DEFAULT_SEPARATOR, metavar="[SEP]")
+    # a token budget per device (see lleval.plan.batching), or windows per pass
+    batch_size: int | str = _setting(
+        "auto", "engine", "auto: a token budget per forward pass sized for the device, batches cut to waste "
+        "least; or N windows per pass, filled greedily.", types=(int, str), short="-b", minimum=1, metavar="N|auto")
+    max_batch_tokens: int | None = _setting(
+        None, "engine", "Also cap a batch at this many padded tokens (rows x width).", types=(int,), minimum=1)
+    block_tokens: int = _setting(
+        1 << 20, "engine", "Sequence tokens read, sorted and batched together (memory bound of the sort).", minimum=1)
+    allow_nonfinite: bool = _setting(
+        False, "engine", "Count NaN/inf token log-probs and leave them out, instead of stopping.")
+    checkpoint: str | None = _setting(
+        None, "engine", "Save progress here; rerunning the same command resumes from it.", path=True)
+    checkpoint_every: float = _setting(
+        DEFAULT_CHECKPOINT_EVERY, "engine", "Seconds between checkpoint saves (needs --checkpoint).",
+        types=(int, float), minimum=0)
+    bootstrap: int = _setting(
+        1000, "outputs", "Bootstrap resamples over documents for 95% intervals (0: none).", minimum=0)
+    seed: int = _setting(0, "outputs", "Seed of the bootstrap.")
+    output: str | None = _setting(
+        None, "outputs", "Write the JSON report here (atomically). An output that cannot be written (a full "
+        "disk) is one line on stderr and exit 1; the others are still written.", short="-o", path=True)
+    format: str = _setting("table", "outputs", "What stdout gets: a table, the JSON report, or markdown.",
+                           choices=FORMATS)
+    quiet: bool = _setting(False, "outputs", "Nothing on stderr but errors: no progress, no warnings.", short="-q")
+    # what the run shows of its tokens: the per-token export, .parquet or .jsonl (lleval.report.tokens)
+    tokens: str | None = _setting(
+        None, "outputs", "Write every scored token (document, position, context, id, text, log-prob) here: "
+        "t.parquet for Parquet, t.jsonl for JSON lines (other extensions are refused).", path=True)
+    # rank and entropy of every token (in the export and the HTML)
+    token_stats: bool = _setting(
+        False, "outputs", "Also the rank of each true token and the entropy of each prediction (for --tokens, --html).",
+        commands=("score",))
+    html: str | None = _setting(  # the HTML report (lleval.report.html)
+        None, "outputs", "Write a self-contained HTML report here: curve, documents, coloured tokens.", path=True,
+        commands=("score",))
+    html_docs: int = _setting(  # documents shown token by token, most and least surprising each
+        DEFAULT_HTML_DOCS, "outputs", "How many of the most (and of the least) surprising documents --html shows "
+        "token by token.", minimum=0, commands=("score",))
+    # where values came from: field -> FLAG, or "config file PATH" (the CLI fills it; a field
+    # absent was left at its default or set through the API); for messages and `provenance`.
+    # Not a setting, so it takes no part in equality, hashing or checkpoints
     origins: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    def section(self, name: str) -> dict[str, Any]:
+        """The values of one section (`SECTIONS`), keyed as the section's spec names them: the
+        model section is ``ModelSpec(**config.section("model"))`` (``model`` is its ``name``,
+        ``model_cache`` its ``cache``), the data section ``DataSpec``'s fields."""
+        if name not in SECTIONS:
+            raise ValueError(f"no section {name!r} of a config: pick one of {', '.join(SECTIONS)}")
+        return {s.spec or f.name: getattr(self, f.name) for f, s in settings() if s.section == name}
+
+    def provenance(self) -> dict[str, dict[str, Any]]:
+        """Every setting not simply left at its built-in default, with where it came from:
+        ``{"max_length": {"value": 512, "origin": "flag"}, "stride": {"value": 256, "origin":
+        "config file", "file": "c.yaml"}, "seed": {"value": 3, "origin": "api"}}``.
+
+        ``flag``: typed on the command line (even when it equals the default); ``config file``:
+        read from ``file``; ``api``: a value other than the default that no flag or file set (a
+        caller of the Python API passed it). A setting absent here has its default, which the
+        report's own blocks (protocol, model, dataset) show where it is derived.
+        """
+        found: dict[str, dict[str, Any]] = {}
+        for f, _how in settings():
+            value, origin = getattr(self, f.name), self.origins.get(f.name)
+            if origin is None and value == f.default:
+                continue
+            if origin is not None and origin.startswith(CONFIG_FILE):
+                found[f.name] = {"value": value, "origin": CONFIG_FILE.strip(), "file": origin[len(CONFIG_FILE):]}
+            else:
+                found[f.name] = {"value": value, "origin": origin or "api"}
+        return found
 
     def flag(self, name: str, value: object = None, typed: str | None = None) -> str:
         """This config's name for a setting in a message (see `setting`)."""
@@ -134,7 +251,7 @@ class EvalConfig:
 
     def _field(self, name: str) -> str:
         """A field's name in a range or choice message, with its config file if it came from one."""
-        origin = self.origins.get(name)
+        origin = config_file_of(self.origins, name)
         return name if origin is None else f"{name} (from {origin})"
 
     def validate(self) -> None:
@@ -216,51 +333,26 @@ class EvalConfig:
             problems.append(f"{self.flag('html_docs')} sets how many documents --html shows: give --html")
         return problems
 
+
 def _not_a_batch_size(value: object) -> bool:
     """A string other than ``auto`` (numbers are checked for range separately)."""
     return isinstance(value, str) and value != "auto"
 
 
-FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    "model": (str,),
-    "revision": (str,),
-    "trust_remote_code": (bool,),
-    "dtype": (str,),
-    "device": (str,),
-    "device_map": (str,),
-    "model_cache": (bool,),
-    "float32_head": (bool,),
-    "dataset": (str,),
-    "dataset_config": (str,),
-    "split": (str,),
-    "text_field": (str,),
-    "sample_by": (str,),
-    "limit": (int,),
-    "streaming": (bool,),
-    "encoding": (str,),
-    "errors": (str,),
-    "protocol": (str,),
-    "max_length": (int,),
-    "stride": (int,),
-    "prefix_token": (str, int),
-    "concat": (str, bool),
-    "batch_size": (int, str),
-    "max_batch_tokens": (int,),
-    "block_tokens": (int,),
-    "allow_nonfinite": (bool,),
-    "checkpoint": (str,),
-    "checkpoint_every": (int, float),
-    "bootstrap": (int,),
-    "seed": (int,),
-    "output": (str,),
-    "format": (str,),
-    "quiet": (bool,),
-    "tokens": (str,),
-    "token_stats": (bool,),
-    "html": (str,),
-    "html_docs": (int,),
-}
-assert set(FIELD_TYPES) == {f.name for f in dataclasses.fields(EvalConfig)} - {"origins"}
+def settings() -> list[tuple[dataclasses.Field[Any], Setting]]:
+    """Every field of `EvalConfig` that is a setting (all but ``origins``), in order, with its `Setting`."""
+    return [(f, f.metadata["setting"]) for f in dataclasses.fields(EvalConfig) if "setting" in f.metadata]
+
+
+def _types(f: dataclasses.Field[Any], how: Setting) -> tuple[type, ...]:
+    """What a config file may give a field: its `Setting`'s types, else its default's type (str for None)."""
+    return how.types or ((str,) if f.default is None else (type(f.default),))
+
+
+# Derived from the `Setting` of each field: what the config-file reader and `validate` hold values to.
+FIELD_TYPES: dict[str, tuple[type, ...]] = {f.name: _types(f, how) for f, how in settings()}
+CHOICES: dict[str, tuple[str, ...]] = {f.name: how.choices for f, how in settings() if how.choices is not None}
+MINIMUMS: dict[str, int | float] = {f.name: how.minimum for f, how in settings() if how.minimum is not None}
 
 
 def load_config_file(path: str | os.PathLike[str], extra: Mapping[str, str] | None = None) -> dict[str, Any]:

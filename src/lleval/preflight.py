@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from lleval.config import DTYPES, EvalConfig
-from lleval.data.sources import check_spec, data_spec
+from lleval.data.spec import check_spec, data_spec
 from lleval.errors import ConfigError, OutputError
 
 OUTPUT_FLAGS = ("output", "checkpoint", "tokens", "html")  # the files a run writes
@@ -22,7 +22,7 @@ OUTPUT_FLAGS = ("output", "checkpoint", "tokens", "html")  # the files a run wri
 def check_config(config: EvalConfig) -> None:
     """Raise the first typed error a config earns before any loading: `EvalConfig.validate`
     (every flag problem at once), then an output file that cannot be written, then a data
-    source that does not exist or would ignore a flag (`lleval.data.sources.check_spec`)."""
+    source that does not exist or would ignore a flag (`lleval.data.spec.check_spec`)."""
     config.validate()
     outputs = [(config.flag(name), path) for name in OUTPUT_FLAGS if (path := getattr(config, name))]
     for flag, path in outputs:

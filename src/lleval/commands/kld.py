@@ -6,43 +6,34 @@ the same batch and the divergence is computed slice by slice in memory:
 ``KL(P_base || P_model) = sum_v p_base(v) (log p_base(v) - log p_model(v))``
 over the full vocabulary at every scored position.
 
-It is a score run (`lleval.commands.score`) with a paired scorer, whose further
+It is a run of the shared orchestrator (`lleval.runner`) with a paired scorer, whose further
 columns (the base's log-prob, the KL, top-token agreement, delta p) go
 through the engine like any other, and one more reducer, `KLStats`.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import replace
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from lleval.commands.score import (
-    Job,
-    Progress,
-    ScoringRun,
-    dtype_notes,
-    header_fields,
-    make_job,
-    model_notes,
-    model_spec,
-    open_inputs,
-    score_with_files,
-)
+from lleval.backends.base import FULL_VOCABULARY, LOGITS_SLICE_BYTES, LoadedModel, slice_positions
 from lleval.config import EvalConfig
-from lleval.errors import ConfigError, ModelLoadError
+from lleval.engine.kernels import target_logprobs
+from lleval.errors import ConfigError
 from lleval.metrics import bootstrap_sums, percentile_interval, perplexity
-from lleval.backends.hf import LOGITS_SLICE_BYTES, LoadedModel, slice_positions
-from lleval.plan.protocols import Plan, plan
+from lleval.plan.tokenization import tokenizer_fingerprint
 from lleval.reducers.documents import DocumentSums, StreamCounts
 from lleval.reducers.kl import KLStats
 from lleval.report.kld import KLReport, summary
 from lleval.report.score import model_block
-from lleval.engine.kernels import target_logprobs
-from lleval.plan.tokenization import tokenizer_fingerprint
+from lleval.runner.header import dtype_notes, header_fields, model_notes
+from lleval.runner.loop import ScoringRun
+from lleval.runner.progress import Progress
+from lleval.runner.prepare import Job, load_and_plan, make_job, open_inputs
+from lleval.runner.run import run_job
 
 
 class PairScorer:
@@ -126,45 +117,29 @@ def kl_divergence(
     check_kld(config, base_dtype)
     inputs = open_inputs(config)
     base_config = replace(config, model=base_model, dtype=base_dtype or config.dtype)
-    base, model, protocol = load_pair(config, base_config, base, model, progress)
-    job = make_job(inputs, pair(base, model), protocol)
+    (model, base), protocol = load_and_plan([config, base_config], [model, base], progress, same_tokenizer)
+    job = make_job(inputs, pair(base, model), protocol, others=(base,))
     sums, counts, stats = DocumentSums(), StreamCounts(), KLStats()
     # --tokens writes both models' log-probs and the KL of every token
-    return score_with_files(job, sums, {"stream": counts, "kl": stats},
-                            lambda run: kl_report(job, run, sums, counts, stats, base), progress)
+    return run_job(job, sums, {"stream": counts, "kl": stats},
+                   lambda run: kl_report(job, run, sums, counts, stats, base), progress)
 
 
-def load_pair(
-    config: EvalConfig, base_config: EvalConfig, base: LoadedModel | None, model: LoadedModel | None,
-    progress: Progress | None,
-) -> tuple[LoadedModel, LoadedModel, Plan]:
-    """Both models (loaded unless given): tokenizers compared and the protocol planned
-    before either model's weights load."""
-    from lleval.backends.hf import ModelSource, load_weights, open_model
-
-    if progress is not None:
-        progress.stage("loading models")
-    started = time.perf_counter()
-    opened_model = model or open_model(model_spec(config))
-    opened_base = base or open_model(model_spec(base_config))
-    if tokenizer_fingerprint(opened_base.tokenizer) != tokenizer_fingerprint(opened_model.tokenizer):
+def same_tokenizer(opened: Sequence[Any]) -> None:
+    """Refuse two models whose tokenizers differ, before their weights load."""
+    model, base = opened
+    if tokenizer_fingerprint(base.tokenizer) != tokenizer_fingerprint(model.tokenizer):
         raise ConfigError(
-            f"the tokenizers of {opened_base.name} and {opened_model.name} differ: the same token ids mean "
+            f"the tokenizers of {base.name} and {model.name} differ: the same token ids mean "
             "different text, so their distributions cannot be compared. Use lleval compare on "
             "bits per byte instead."
         )
-    protocol = plan(config, opened_model.tokenizer, opened_model.max_positions)
-    if isinstance(opened_base, ModelSource):
-        opened_base = load_weights(opened_base)
-    if isinstance(opened_model, ModelSource):
-        opened_model = replace(load_weights(opened_model), load_seconds=time.perf_counter() - started)
-    return opened_base, opened_model, protocol
 
 
 def pair(base: LoadedModel, model: LoadedModel) -> LoadedModel:
     """``model`` with a `PairScorer` that also runs ``base`` on every batch."""
-    if base.slices is None or model.slices is None:
-        raise ModelLoadError("KL divergence needs models that expose logits slices.")
+    for loaded in (base, model):
+        loaded.require(FULL_VOCABULARY, "KL divergence")
     if base.vocab != model.vocab:
         raise ConfigError(
             f"{base.info.name} predicts over {base.vocab} tokens and {model.info.name} over {model.vocab}: "
@@ -195,7 +170,7 @@ def kl_report(
         base_ll += ll
     nll_base = -base_ll
     return KLReport(
-        **header_fields(job, run, counts, totals, kld_notes(job.loaded.info, base.info), (base.info,)),
+        **header_fields(job, run, counts, totals, kld_notes(job.loaded.info, base.info)),
         base=model_block(base.info),
         tokens=n,
         kl_divergence={**summary(per_token[:, 0]), "unit": "nats", "direction": "KL(P_base || P_model)"},

@@ -15,29 +15,28 @@ Memory stays bounded for any corpus: units are gathered into blocks of about
 ``block_tokens`` tokens, each block is sorted, scored and yielded, and only
 then is the next block read. Between batches `engine_stream` also yields an
 `EngineTick` (how many tokens are scored and planned), so a progress display
-learns how far a block of a million tokens is without the engine calling it.
+learns how far a block of a million tokens is without the engine calling it,
+and a consumer that wants to stop early simply stops reading. Every item
+carries the engine's counts (`EngineStats`) as they stand.
 
-The types it reads and yields are in `lleval.engine.stream` (numpy only, so what only
+The types it reads and yields are in `lleval.stream` (numpy only, so what only
 folds scored tokens never imports torch); the scorers it calls, and the
 log-prob kernels they use, in `lleval.engine.kernels`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Protocol, Sequence
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Generator, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
 
 from lleval.plan.batching import Batching, make_batches
 from lleval.engine.kernels import TokenScorer
-from lleval.engine.stream import EngineItem, EngineTick, ScoredBlock, TokenScores, Unit
-from lleval.plan.windows import Span
-
-
-class Stopped(Exception):
-    """Scoring stopped between batches because ``should_stop`` said so."""
+from lleval.stream import EngineItem, EngineStats, EngineTick, ScoredBlock, TokenScores, Unit
+from lleval.windows import Span
 
 
 class WindowTooLarge(Exception):
@@ -50,36 +49,19 @@ class WindowTooLarge(Exception):
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """How the engine batches."""
+    """How the engine batches: the `Batching` (rows, padded tokens and the cost of a pass),
+    the pad id, how many tokens a block holds, and the rows a resumed run skips."""
 
-    batch_size: int = 8
-    max_batch_tokens: int | None = None  # also cap batch rows x padded width
-    overhead_tokens: int = 0  # cost of a forward pass in tokens; 0: fill batches greedily (lleval.plan.batching)
+    batching: Batching = field(default_factory=lambda: Batching(8))
     pad_id: int = 0
     block_tokens: int = 1 << 20
     skip_rows: int = 0  # rows already done (resume): their units are read but not scored
-    should_stop: Callable[[], bool] | None = None  # checked between batches
 
 
-@dataclass
-class EngineStats:
-    """Counts the engine keeps for the report's timing block."""
-
-    windows: int = 0
-    batches: int = 0
-    computed_tokens: int = 0  # tokens fed to the model, padding included
-    padding_tokens: int = 0
-    scored_tokens: int = 0
-    oom_splits: int = 0  # times a batch ran out of memory and was split
-    planned_tokens: int = 0  # tokens to score in the blocks planned so far
-    batch_tokens: int = 0  # tokens scored in the batches run so far (every rank's share)
-
-
-@dataclass
+@dataclass(frozen=True)
 class _Job:
     unit: int
     span: Span
-    result: np.ndarray | None = None
 
 
 class Shard(Protocol):
@@ -108,7 +90,8 @@ def assign_batches(costs: Sequence[int], world_size: int) -> list[int]:
     return owner
 
 
-def _run_batch(scorer: TokenScorer, units: list[Unit], jobs: list[_Job], pad_id: int) -> None:
+def _run_batch(scorer: TokenScorer, units: list[Unit], jobs: list[_Job], pad_id: int) -> list[np.ndarray]:
+    """One forward pass over ``jobs``' windows, right-padded: each window's scored values."""
     width = max(job.span.input_length for job in jobs)
     batch = len(jobs)
     input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
@@ -131,10 +114,29 @@ def _run_batch(scorer: TokenScorer, units: list[Unit], jobs: list[_Job], pad_id:
     expected = int(score_mask.sum())
     if flat.shape[:1] != (expected,) or flat.ndim > 2:
         raise ValueError(f"scorer returned shape {flat.shape}, expected ({expected},) or ({expected}, k)")
-    offset = 0
-    for job in jobs:
-        job.result = flat[offset : offset + job.span.n_scored]
-        offset += job.span.n_scored
+    ends = np.cumsum([job.span.n_scored for job in jobs])
+    return np.split(flat, ends[:-1])
+
+
+@dataclass
+class _Tally:
+    """The engine's running counts (private: what leaves the engine is an `EngineStats`)."""
+
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
+        (f.name for f in dataclasses.fields(EngineStats)), 0))
+
+    def add(self, **counts: int) -> None:
+        for name, n in counts.items():
+            self.counts[name] += n
+
+    def __getattr__(self, name: str) -> int:
+        try:
+            return self.__dict__["counts"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def snapshot(self) -> EngineStats:
+        return EngineStats(**self.counts)
 
 
 class _Backoff:
@@ -149,20 +151,22 @@ class _Backoff:
     def __init__(self) -> None:
         self.rows: int | None = None
 
-    def run(self, scorer: TokenScorer, units: list[Unit], jobs: list[_Job], pad_id: int, stats: EngineStats) -> None:
-        start = 0
+    def run(self, scorer: TokenScorer, units: list[Unit], jobs: list[_Job], pad_id: int,
+            tally: _Tally) -> list[np.ndarray]:
+        start, results = 0, []
         while start < len(jobs):
             part = jobs[start : start + (self.rows or len(jobs))]
             try:
-                _run_batch(scorer, units, part, pad_id)
+                results += _run_batch(scorer, units, part, pad_id)
             except torch.OutOfMemoryError:
                 if len(part) == 1:
                     raise WindowTooLarge(part[0].span.input_length) from None
                 self.rows = len(part) // 2
-                stats.oom_splits += 1
+                tally.add(oom_splits=1)
                 _release_cached_memory()
                 continue
             start += len(part)
+        return results
 
 
 def _release_cached_memory() -> None:
@@ -173,13 +177,8 @@ def _release_cached_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _tick(stats: EngineStats, block_start: int, last_block: bool, rows_done: int) -> EngineTick:
-    return EngineTick(stats.batch_tokens, stats.planned_tokens, stats.batch_tokens - block_start, stats.batches,
-                      last_block, rows_done)
-
-
 def _score_block(
-    scorer: TokenScorer, units: list[Unit], options: EngineOptions, stats: EngineStats, shard: Shard | None,
+    scorer: TokenScorer, units: list[Unit], options: EngineOptions, tally: _Tally, shard: Shard | None,
     backoff: _Backoff, last_block: bool,
 ) -> Iterator[EngineItem]:
     """Score one block: a tick once it is planned and after each batch, then the block."""
@@ -187,55 +186,53 @@ def _score_block(
     # Longest first: similar lengths share a batch, so little is padded, and an
     # out-of-memory error shows up on the first batch rather than the last.
     lengths = [job.span.input_length for job in jobs]
-    batches = make_batches(lengths, Batching(options.batch_size, options.max_batch_tokens,
-                                             overhead_tokens=options.overhead_tokens))
+    batches = make_batches(lengths, options.batching)
     widths = [max(lengths[j] for j in batch) for batch in batches]
     # Every rank forms the same batches a single process would, and runs its
     # share: each window meets the same batch-mates, so numbers are identical.
     owners = assign_batches([len(b) * w for b, w in zip(batches, widths)], shard.world_size) if shard else None
-    block_start = stats.batch_tokens
-    stats.planned_tokens += sum(job.span.n_scored for job in jobs)
+    block_start = tally.batch_tokens
+    tally.add(planned_tokens=sum(job.span.n_scored for job in jobs))
     # a document is done once its unit's last window is scored (batches are sorted by length,
     # so within a block documents finish out of order)
     windows_left = [len(unit.spans) for unit in units]
     rows_done = sum(len(unit.rows) for unit in units if not unit.spans)
-    yield _tick(stats, block_start, last_block, rows_done)
+    results: dict[int, np.ndarray] = {}
+
+    def tick(k: int) -> EngineTick:
+        return EngineTick(tally.snapshot(), tally.batch_tokens - block_start, last_block, rows_done, len(batches) - k)
+
+    yield tick(0)
     for k, batch in enumerate(batches):
-        if options.should_stop is not None and options.should_stop():
-            raise Stopped()
         if owners is None or owners[k] == shard.rank:  # type: ignore[union-attr]
-            backoff.run(scorer, units, [jobs[j] for j in batch], options.pad_id, stats)
-        stats.batches += 1
-        stats.computed_tokens += len(batch) * widths[k]
-        stats.padding_tokens += sum(widths[k] - lengths[j] for j in batch)
-        stats.batch_tokens += sum(jobs[j].span.n_scored for j in batch)
+            results.update(zip(batch, backoff.run(scorer, units, [jobs[j] for j in batch], options.pad_id, tally)))
+        tally.add(batches=1, computed_tokens=len(batch) * widths[k],
+                  padding_tokens=sum(widths[k] - lengths[j] for j in batch),
+                  batch_tokens=sum(jobs[j].span.n_scored for j in batch))
         for j in batch:
             windows_left[jobs[j].unit] -= 1
             rows_done += len(units[jobs[j].unit].rows) if windows_left[jobs[j].unit] == 0 else 0
-        yield _tick(stats, block_start, last_block, rows_done)
-    if shard is not None and owners is not None:
-        mine = {j: jobs[j].result for k, batch in enumerate(batches) if owners[k] == shard.rank for j in batch}
-        for j, result in shard.exchange(mine).items():  # type: ignore[arg-type]
-            jobs[j].result = result
-    stats.windows += len(jobs)
-    by_unit: list[list[_Job]] = [[] for _ in units]
-    for job in jobs:
-        by_unit[job.unit].append(job)
+        yield tick(k + 1)
+    if shard is not None:
+        results = shard.exchange(results)
+    by_unit: list[list[tuple[Span, np.ndarray]]] = [[] for _ in units]
+    for j, job in enumerate(jobs):
+        by_unit[job.unit].append((job.span, results[j]))
     columns = tuple(getattr(scorer, "columns", ()))
-    scored = [_token_scores(unit, unit_jobs, columns) for unit, unit_jobs in zip(units, by_unit)]
-    stats.scored_tokens += sum(len(s) for s in scored)
-    yield ScoredBlock(scored)
+    scored = [_token_scores(unit, windows, columns) for unit, windows in zip(units, by_unit)]
+    tally.add(windows=len(jobs), scored_tokens=sum(len(s) for s in scored))
+    yield ScoredBlock(scored, tally.snapshot())
 
 
-def _token_scores(unit: Unit, jobs: list[_Job], columns: tuple[str, ...]) -> TokenScores:
+def _token_scores(unit: Unit, windows: list[tuple[Span, np.ndarray]], columns: tuple[str, ...]) -> TokenScores:
     """Lay one unit's window results out as per-token arrays, in window order."""
+    spans = [span for span, _ in windows]
     positions = np.concatenate(
-        [np.arange(job.span.end - job.span.n_scored, job.span.end, dtype=np.int64) for job in jobs]
-    ) if jobs else np.zeros(0, dtype=np.int64)
-    starts = np.repeat(np.asarray([job.span.start for job in jobs], dtype=np.int64),
-                       [job.span.n_scored for job in jobs])
+        [np.arange(span.end - span.n_scored, span.end, dtype=np.int64) for span in spans]
+    ) if spans else np.zeros(0, dtype=np.int64)
+    starts = np.repeat(np.asarray([span.start for span in spans], dtype=np.int64), [span.n_scored for span in spans])
     width = 1 + len(columns)
-    values = np.concatenate([job.result for job in jobs if job.result is not None]) if jobs else np.zeros(
+    values = np.concatenate([result for _, result in windows]) if windows else np.zeros(
         (0, width) if columns else 0, np.float32)
     local = np.zeros(len(positions), dtype=np.int64) if unit.owners is None else unit.owners[positions]
     tokens = np.asarray(unit.tokens, dtype=np.int64)[positions] if len(positions) else positions
@@ -243,7 +240,7 @@ def _token_scores(unit: Unit, jobs: list[_Job], columns: tuple[str, ...]) -> Tok
     extra = {name: values[:, 1 + c] for c, name in enumerate(columns)} if values.ndim == 2 else {}
     return TokenScores(
         unit=unit,
-        windows=np.concatenate([[0], np.cumsum([job.span.n_scored for job in jobs], dtype=np.int64)]),
+        windows=np.concatenate([[0], np.cumsum([span.n_scored for span in spans], dtype=np.int64)]),
         row=unit.first_row + local,
         position=positions - unit.starts[local],
         context=positions - starts,
@@ -254,27 +251,16 @@ def _token_scores(unit: Unit, jobs: list[_Job], columns: tuple[str, ...]) -> Tok
 
 
 def score_units(
-    scorer: TokenScorer,
-    units: Iterable[Unit],
-    options: EngineOptions,
-    *,
-    stats: EngineStats | None = None,
-    shard: Shard | None = None,
+    scorer: TokenScorer, units: Iterable[Unit], options: EngineOptions, *, shard: Shard | None = None
 ) -> Iterator[ScoredBlock]:
     """The blocks of `engine_stream`, without its ticks: for consumers that show no progress
     (tests, scripts), which then need not tell the two kinds of item apart."""
-    return (item for item in engine_stream(scorer, units, options, stats=stats, shard=shard)
-            if isinstance(item, ScoredBlock))
+    return (item for item in engine_stream(scorer, units, options, shard=shard) if isinstance(item, ScoredBlock))
 
 
 def engine_stream(
-    scorer: TokenScorer,
-    units: Iterable[Unit],
-    options: EngineOptions,
-    *,
-    stats: EngineStats | None = None,
-    shard: Shard | None = None,
-) -> Iterator[EngineItem]:
+    scorer: TokenScorer, units: Iterable[Unit], options: EngineOptions, *, shard: Shard | None = None
+) -> Generator[EngineItem, None, None]:
     """Score every window of every unit; yield a `ScoredBlock` per block, in input order,
     and between batches an `EngineTick` saying how far scoring is.
 
@@ -285,14 +271,13 @@ def engine_stream(
     all lie below ``skip_rows`` are read but not scored or yielded. A batch
     that runs out of memory (``torch.OutOfMemoryError``) is run in smaller
     pieces (see `_Backoff`); a single window that does raises
-    `WindowTooLarge`. When ``should_stop`` turns true, `Stopped` is raised
-    between batches. Ticks come once a block is planned and after each of its
-    batches; the block's `ScoredBlock` follows its last tick.
+    `WindowTooLarge`. Ticks come once a block is planned and after each of its
+    batches; the block's `ScoredBlock` follows its last tick. To stop early,
+    stop reading (close the generator) at a tick.
     """
-    if options.batch_size < 1:
+    if options.batching.batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    stats = stats if stats is not None else EngineStats()
-    backoff = _Backoff()
+    tally, backoff = _Tally(), _Backoff()
     block: list[Unit] = []
     held = 0
     ahead = iter(units)
@@ -303,5 +288,5 @@ def engine_stream(
         unit = next(ahead, None)  # read one unit ahead, to know whether this block is the last
         if held >= options.block_tokens or unit is None:
             if block[-1].last_row >= options.skip_rows:
-                yield from _score_block(scorer, block, options, stats, shard, backoff, last_block=unit is None)
+                yield from _score_block(scorer, block, options, tally, shard, backoff, last_block=unit is None)
             block, held = [], 0

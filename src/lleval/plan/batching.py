@@ -57,7 +57,7 @@ class Batching:
     zero) the cost of a pass, which makes batches minimise padding plus passes."""
 
     batch_size: int
-    max_batch_tokens: int | None
+    max_batch_tokens: int | None = None
     auto: bool = False
     budget_bytes: int | None = None  # the memory budget "auto" sized the batch for
     overhead_tokens: int = 0  # 0: fill batches greedily, longest first
@@ -102,21 +102,18 @@ def bytes_per_token(config: Any, element_bytes: int, logits_held: int = 0) -> in
 
 
 def auto_batching(
-    per_token: int | None, device: str, available: int | None = None, max_length: int | None = None
+    per_token: int | None, accelerator: bool, available: int | None = None, max_length: int | None = None
 ) -> Batching:
-    """The default `Batching` for ``device``: a token budget and the cost of a pass.
+    """The default `Batching` for a model's device: a token budget and the cost of a pass.
 
     ``per_token`` is the activation estimate (`bytes_per_token`; None for
     fakes, which then get the CPU rule without a memory cap); ``available``
-    overrides the measured free memory (for tests). The token budget is never
-    below ``max_length``: one full window always fits a batch.
+    is the free memory of the device (an accelerator's, as its backend
+    measured it; on a CPU, None measures this machine's). The token budget is
+    never below ``max_length``: one full window always fits a batch.
     """
-    if device.startswith("cuda"):
-        if available is None:
-            import torch
-
-            available, _total = torch.cuda.mem_get_info(torch.device(device))
-        budget = int(available * GPU_BUDGET_SHARE)
+    if accelerator:
+        budget = int((available or 0) * GPU_BUDGET_SHARE)
         tokens = budget // max(1, per_token or 1)
         overhead = GPU_FORWARD_OVERHEAD_TOKENS
     else:

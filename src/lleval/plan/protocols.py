@@ -29,9 +29,9 @@ import numpy as np
 from lleval.config import DEFAULT_MAX_LENGTH_CAP, DEFAULT_SEPARATOR, EvalConfig
 from lleval.data.sources import Document
 from lleval.errors import ConfigError, DataError
-from lleval.engine.stream import Row, Unit
+from lleval.stream import Row, Unit
 from lleval.plan.tokenization import encode, encode_with_owners, encode_with_starts, resolve_prefix_token
-from lleval.plan.windows import Span, check_window_params, chunk_spans, rolling_spans, strided_spans
+from lleval.windows import Span, check_window_params, chunk_spans, rolling_spans, strided_spans
 
 TOKENIZE_GROUP = 64  # documents tokenized per batched tokenizer call
 _WHITESPACE = re.compile(r"\s+")

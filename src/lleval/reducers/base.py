@@ -13,7 +13,7 @@ import dataclasses
 import numpy as np
 from typing import Any, Protocol
 
-from lleval.engine.stream import ScoredBlock, TokenScores
+from lleval.stream import ScoredBlock, TokenScores
 
 
 class Reducer(Protocol):

@@ -7,7 +7,7 @@ import numpy as np
 from typing import Any
 
 from lleval.reducers.base import row_slices
-from lleval.engine.stream import ScoredBlock
+from lleval.stream import ScoredBlock
 
 
 def context_bin(context: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ from typing import Any
 
 from lleval.metrics import DocumentResult, Totals
 from lleval.reducers.base import row_sums
-from lleval.engine.stream import ScoredBlock
+from lleval.stream import ScoredBlock
 
 
 def chain_hash(previous: str, text_sha: str) -> str:

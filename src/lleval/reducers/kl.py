@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lleval.engine.stream import ScoredBlock
+from lleval.stream import ScoredBlock
 from lleval.reducers.base import row_sums
 
 

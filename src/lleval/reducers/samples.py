@@ -8,7 +8,7 @@ from typing import Any
 
 from lleval.metrics import perplexities
 from lleval.reducers.base import row_slices
-from lleval.engine.stream import ScoredBlock
+from lleval.stream import ScoredBlock
 
 
 class DocumentSamples:

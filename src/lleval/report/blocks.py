@@ -258,8 +258,8 @@ def tokenizer_block(tokenizer: Any, name: str) -> TokenizerBlock:
 
 
 def dataset_block(spec: Any, stats: Any, documents: int) -> DatasetBlock:
-    """The report's ``dataset`` block, from a `lleval.data.sources.DataSpec` and its `DataStats`."""
-    from lleval.data.sources import BUILTIN_DATASET, describe_split
+    """The report's ``dataset`` block, from a `lleval.data.spec.DataSpec` and its `DataStats`."""
+    from lleval.data.spec import BUILTIN_DATASET, describe_split
 
     return DatasetBlock(spec=spec.dataset or BUILTIN_DATASET, config=spec.dataset_config, split=describe_split(spec),
                         text_field=spec.text_field, sample_by=spec.sample_by, limit=spec.limit,

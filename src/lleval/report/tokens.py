@@ -42,7 +42,7 @@ import numpy as np
 
 from lleval.errors import OutputError, ReportError, write_failure
 from lleval.files import pid_alive, remove_quietly
-from lleval.engine.stream import ScoredBlock, TokenScores
+from lleval.stream import ScoredBlock, TokenScores
 from lleval.report.blocks import DatasetBlock, ModelBlock, ProtocolBlock, TokenizerBlock
 from lleval.report.schema import compile_check, load_schema
 

@@ -28,7 +28,7 @@ from lleval.errors import ConfigError, OutputError
 from lleval.reducers.base import Resumable
 from lleval.reducers.documents import EMPTY_CHAIN, chain_hash
 from lleval.report.score import write_text_atomic
-from lleval.engine.stream import Unit
+from lleval.stream import Unit
 
 CHECKPOINT_VERSION = 2
 FINGERPRINT_PARTS = ("model", "tokenizer", "protocol", "columns")

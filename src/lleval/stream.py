@@ -9,6 +9,7 @@ loading a deep-learning framework (about a second and a few hundred MB).
 - `TokenScores`: every token one unit's windows scored, window by window.
 - `ScoredBlock`: what the engine yields per block of units, in input order.
 - `EngineTick`: where scoring stands, yielded between batches.
+- `EngineStats`: what the engine has done, carried by both.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from lleval.plan.windows import Span
+from lleval.windows import Span
 
 
 @dataclass(frozen=True)
@@ -88,10 +89,27 @@ class TokenScores:
 
 
 @dataclass(frozen=True)
+class EngineStats:
+    """What the engine has done so far, for the report's ``timing`` block and the progress
+    display: every `EngineTick` and `ScoredBlock` carries the counts as they stand."""
+
+    windows: int = 0
+    batches: int = 0
+    computed_tokens: int = 0  # tokens fed to the model, padding included
+    padding_tokens: int = 0
+    scored_tokens: int = 0  # tokens of the blocks yielded so far
+    oom_splits: int = 0  # times a batch ran out of memory and was split
+    planned_tokens: int = 0  # tokens to score in the blocks planned so far
+    batch_tokens: int = 0  # tokens scored in the batches run so far (every rank's share)
+
+
+@dataclass(frozen=True)
 class ScoredBlock:
-    """What the engine yields: the scored tokens of a run of consecutive units, in order."""
+    """What the engine yields: the scored tokens of a run of consecutive units, in order,
+    and the engine's counts once they are scored."""
 
     units: list[TokenScores]
+    stats: EngineStats = EngineStats()
 
     @property
     def rows(self) -> list[Row]:
@@ -111,14 +129,26 @@ class EngineTick:
     A block holds up to ``block_tokens`` (a million) tokens, so a run on most
     corpora is one block: counting blocks alone, a progress display would show
     nothing until the end. Counts are of scored tokens, since this call began.
+    A consumer that wants to stop early stops reading at a tick with
+    ``batches_left`` (no batch is cut in two, and a block whose batches all ran
+    is still yielded).
     """
 
-    scored: int  # tokens of the batches run so far
-    planned: int  # tokens of the blocks planned so far, this one included: grows block by block
+    stats: EngineStats
     block_scored: int  # tokens of this block's batches run so far
-    batches: int  # batches run so far
     last_block: bool  # no unit is left to read: ``planned`` is every token this call scores
     block_rows_done: int = 0  # rows (documents) of this block whose every window is scored
+    batches_left: int = 0  # batches of this block still to run
+
+    @property
+    def scored(self) -> int:
+        """Tokens of the batches run so far."""
+        return self.stats.batch_tokens
+
+    @property
+    def planned(self) -> int:
+        """Tokens of the blocks planned so far, this one included: grows block by block."""
+        return self.stats.planned_tokens
 
 
 EngineItem = Union[ScoredBlock, EngineTick]

@@ -1,0 +1,143 @@
+"""The click options of ``score`` and ``kld``, derived from `EvalConfig`'s fields.
+
+Each field declares its flag once, in its `lleval.config.Setting`; `config_options`
+turns those into click options (the same names, defaults and help on both commands),
+and `config_from_flags` turns what click parsed back into an `EvalConfig` that knows
+where each value came from: typed (``flag``), the ``--config`` file, or the default.
+Imports click and `lleval.config` only, so ``lleval --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Iterable
+
+import click
+from click.core import ParameterSource
+
+from lleval.config import CONFIG_FILE, FIELD_TYPES, FLAG, EvalConfig, Setting, settings
+
+CONFIG_FILE_KEY = "lleval.config_file"  # ctx.meta: the --config file's path
+UNDONE_KEY = "lleval.undone"  # ctx.meta: the fields a --no-x set back to their default (--no-concat)
+
+
+class BatchSize(click.ParamType):
+    """A positive number of windows, or ``auto``."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
+        if isinstance(value, int):
+            return value
+        if str(value).strip().lower() == "auto":
+            return "auto"
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is neither a number of windows nor 'auto'.", param, ctx)
+        if number < 1:
+            self.fail(f"{number} is not at least 1.", param, ctx)
+        return number
+
+
+# Flags whose values no click type of `Setting` describes.
+CUSTOM_TYPES: dict[str, click.ParamType] = {"batch_size": BatchSize()}
+
+
+def load_config(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Eager ``--config`` callback: the YAML file becomes click's ``default_map``."""
+    if value is None:
+        return None
+    from lleval.config import load_config_file
+    from lleval.errors import ConfigError
+
+    # the command's own options (kld's --base, --base-dtype) are keys of its config file too
+    own = {opt[2:].replace("-", "_"): p.name for p in ctx.command.params
+           if p.name and p.name not in FIELD_TYPES and p.expose_value
+           for opt in p.opts if opt.startswith("--")}
+    try:
+        values = load_config_file(value, own)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+    ctx.default_map = {**(ctx.default_map or {}), **values}
+    ctx.meta[CONFIG_FILE_KEY] = value
+    return value
+
+
+def _undo(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """``--no-x`` of a flag with an optional value: remembered, applied by `config_from_flags`."""
+    if value and param.name:
+        ctx.meta.setdefault(UNDONE_KEY, set()).add(param.name.removeprefix("no_"))
+
+
+def _click_type(name: str, how: Setting, types: tuple[type, ...]) -> Any:
+    """The click type of a flag: its choices, its range, a path, an int, or text."""
+    if name in CUSTOM_TYPES:
+        return CUSTOM_TYPES[name]
+    if how.choices is not None:
+        return click.Choice(how.choices)
+    if how.minimum is not None:
+        return click.FloatRange(min=how.minimum) if float in types else click.IntRange(min=int(how.minimum))
+    if how.path:
+        return click.Path(dir_okay=False)
+    return int if types == (int,) else None
+
+
+def field_options(field: dataclasses.Field[Any], how: Setting) -> list[Callable[[Any], Any]]:
+    """The click option(s) of one field: ``--x/--no-x`` for a boolean, ``--x VALUE`` else, and
+    ``--no-x`` beside a flag with an optional value."""
+    flag = "--" + field.name.replace("_", "-")
+    short = [how.short] if how.short else []
+    shown: dict[str, Any] = {"show_default": True} if field.default is not None else {}
+    if isinstance(field.default, bool):
+        return [click.option(f"{flag}/--no-{flag[2:]}", *short, default=field.default, help=how.help, **shown)]
+    kwargs: dict[str, Any] = {"type": _click_type(field.name, how, FIELD_TYPES[field.name]), "metavar": how.metavar}
+    if how.flag_value is not None:
+        kwargs.update(is_flag=False, flag_value=how.flag_value)
+    options = [click.option(flag, *short, default=field.default, help=how.help, **shown, **kwargs)]
+    if how.flag_value is not None:
+        options.append(click.option(f"--no-{flag[2:]}", is_flag=True, default=False, expose_value=False,
+                                    callback=_undo, help=f"Turn {flag} off (a config file's {field.name} too)."))
+    return options
+
+
+def config_options(command: str) -> Callable[[Any], Any]:
+    """Decorate a command with ``--config`` and the flag of every `EvalConfig` field it takes,
+    in the order the fields are declared."""
+    options: list[Callable[[Any], Any]] = [click.option(
+        "--config", type=click.Path(dir_okay=False), callback=load_config, is_eager=True, expose_value=False,
+        help="YAML file of defaults for any flag below (keys: flag names, each once); flags win.")]
+    for field, how in settings():
+        if command in how.commands:
+            options += field_options(field, how)
+
+    def decorate(func: Any) -> Any:
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+def config_from_flags(fields: dict[str, Any], typed: Iterable[str] = ()) -> EvalConfig:
+    """The command's `EvalConfig`, with the origin of each value: ``flag`` for one typed on the
+    command line (and for ``typed``, set from a command's argument), ``config file PATH`` for
+    one click took from the ``--config`` file (``DEFAULT_MAP``); a default has none."""
+    ctx = click.get_current_context()
+    path = ctx.meta.get(CONFIG_FILE_KEY)
+    origins: dict[str, str] = {}
+    for name in fields:
+        source = ctx.get_parameter_source(name)
+        if source is ParameterSource.COMMANDLINE:
+            origins[name] = FLAG
+        elif source is ParameterSource.DEFAULT_MAP and path is not None:
+            origins[name] = f"{CONFIG_FILE}{path}"
+    origins.update((name, FLAG) for name in typed)
+    defaults = {f.name: f.default for f, _how in settings()}
+    for name in sorted(ctx.meta.get(UNDONE_KEY, ())):
+        if origins.get(name) == FLAG:
+            flag = name.replace("_", "-")
+            raise click.UsageError(f"--{flag} and --no-{flag} both given: pick one.")
+        fields = {**fields, name: defaults[name]}
+        origins[name] = FLAG
+    return EvalConfig(**fields, origins=origins)

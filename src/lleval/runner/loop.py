@@ -1,0 +1,115 @@
+"""The one scoring loop every command runs, and what it tells a progress display.
+
+`run_loop` reads what the engine yields: each scored block goes to the
+reducers (restored first from a resumed checkpoint) and then the checkpointer
+is asked whether a save is due; each tick between batches goes to the
+progress display, and the loop asks ``should_stop`` whether to stop reading
+(a batch is never cut in two). The engine's counts come with what it yields.
+A command is then a scorer (in its `Job`), a set of reducers and a report
+builder (`lleval.runner.run.run_job`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from lleval.data.spec import BUILTIN_DATASET
+from lleval.stream import EngineStats, EngineTick
+from lleval.errors import DataError, ScoringError
+from lleval.reducers.base import NonFiniteLogProb, Reducer, finite_only
+from lleval.reducers.documents import DocumentSums
+from lleval.runner.checkpoint import Checkpointer, verify_resumed
+from lleval.runner.prepare import Job
+from lleval.runner.progress import Progress, ProgressMeter
+
+
+@dataclass(frozen=True)
+class ScoringRun:
+    """How the scoring loop went."""
+
+    engine: EngineStats
+    seconds: float
+    complete: bool  # False when stopped early (``should_stop``)
+    checkpoint_problem: str | None = None  # why a checkpoint save failed (the run went on)
+
+
+def run_loop(
+    job: Job,
+    sums: DocumentSums,
+    others: Mapping[str, Reducer] | None = None,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> ScoringRun:
+    """The scoring loop: every scored block goes to the reducers (``sums`` and ``others``,
+    restored first from a resumed checkpoint), then to the progress display, then the
+    checkpointer is asked whether a save is due; every tick between batches goes to the
+    progress display. Stops early (``complete`` false) when ``should_stop`` turns true at
+    a tick before a batch; a checkpoint is saved whenever the run ends."""
+    from lleval.engine.scoring import EngineOptions, WindowTooLarge, engine_stream
+
+    config, dist = job.config, job.inputs.dist
+    reducers: dict[str, Any] = {"documents": sums, **(others or {})}
+    checkpointer = Checkpointer(config.checkpoint if dist is None or dist.is_main else None,
+                                config.checkpoint_every, job.fingerprint)
+    units = job.protocol.units(job.inputs.documents, job.loaded.tokenizer, keep_text=bool(config.tokens or config.html))
+    if job.resumed is not None:
+        Checkpointer.restore(job.resumed, reducers, config.checkpoint or "")
+        units = verify_resumed(units, job.resumed, config.checkpoint or "")
+    options = EngineOptions(job.batching, pad_id=job.loaded.pad_id, block_tokens=config.block_tokens,
+                            skip_rows=len(sums.documents))
+    engine, started, complete = EngineStats(), time.perf_counter(), True
+    done_tokens = sum(d.tokens for d in sums.documents)
+    if progress is not None:
+        progress.stage("scoring")
+    meter = ProgressMeter(progress, job.inputs.stats.expected_rows, len(sums.documents), done_tokens)
+    stream = engine_stream(job.loaded.scorer, units, options, shard=dist)
+    try:
+        for item in stream:
+            engine = item.stats
+            if isinstance(item, EngineTick):
+                meter.show(item, len(sums.documents) + item.block_rows_done, done_tokens + item.block_scored)
+                if item.batches_left and should_stop is not None and should_stop():
+                    complete = False
+                    break
+                continue
+            block = finite_only(item, config.allow_nonfinite)
+            for reducer in reducers.values():
+                reducer.update(block)
+            done_tokens += block.tokens
+            meter.show(None, len(sums.documents), done_tokens)
+            if checkpointer.due():
+                checkpointer.save(len(sums.documents), sums.data_hash, reducers)
+    except (WindowTooLarge, NonFiniteLogProb) as exc:
+        checkpointer.save(len(sums.documents), sums.data_hash, reducers)
+        raise _scoring_error(job, exc) from None
+    finally:
+        stream.close()
+    if complete or sums.documents:
+        checkpointer.save(len(sums.documents), sums.data_hash, reducers, complete=complete)
+    if complete and not any(d.tokens for d in sums.documents):
+        raise _nothing_scored(job, sums)
+    return ScoringRun(engine, time.perf_counter() - started, complete, checkpointer.problem)
+
+
+def _nothing_scored(job: Job, sums: DocumentSums) -> DataError:
+    stats = job.inputs.stats
+    return DataError(
+        f"nothing left to score in {job.config.dataset or BUILTIN_DATASET}: {stats.rows} rows read, "
+        f"{stats.skipped_empty} empty, {len(sums.documents)} documents with no token to predict. "
+        "Check --limit, --text-field and --prefix-token."
+    )
+
+
+def _scoring_error(job: Job, exc: Exception) -> ScoringError:
+    if isinstance(exc, NonFiniteLogProb):
+        return ScoringError(
+            f"non-finite log-prob ({exc.value}) in document {exc.index} of {job.config.dataset or BUILTIN_DATASET}, "
+            f"at token position {exc.position} of the document: the model produced NaN or infinity. Try --dtype "
+            "float32, or --allow-nonfinite to count such tokens and leave them out."
+        )
+    return ScoringError(
+        f"out of memory on {job.loaded.info.device} for a single window of {getattr(exc, 'tokens', '?')} tokens: "
+        "lower --max-length, or use --dtype bfloat16 or --device-map auto on GPUs."
+    )

@@ -1,0 +1,95 @@
+"""`run_job`: the one function that runs every job, score and kld alike.
+
+A command prepares a `Job` (`lleval.runner.prepare`), names its reducers and
+how to build its report from them; `run_job` adds the reducers behind the
+file outputs (``--tokens``, ``--html``), runs the scoring loop
+(`lleval.runner.loop.run_loop`), builds the report and writes the files, and
+on failure or Ctrl-C cleans up what a rerun cannot resume from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from lleval.config import EvalConfig
+from lleval.errors import OutputError
+from lleval.reducers.base import Reducer
+from lleval.reducers.documents import DocumentSums
+from lleval.reducers.samples import DocumentSamples
+from lleval.runner.loop import ScoringRun, run_loop
+from lleval.runner.progress import Progress
+from lleval.runner.prepare import Job
+
+
+def run_job(
+    job: Job,
+    sums: DocumentSums,
+    others: Mapping[str, Reducer],
+    build_report: Callable[[ScoringRun], Any],
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Any:
+    """`run_loop` with the run's file outputs (``--tokens``, ``--html``) as further reducers, then
+    the report ``build_report`` makes of the run, with every file written: a run that fails
+    or is interrupted removes its token parts (unless its checkpoint will resume from them),
+    and a file that cannot be written is in ``report.failed_outputs``, not raised."""
+    files = file_reducers(job)
+    try:
+        run = run_loop(job, sums, {**others, **files}, progress, should_stop)
+    except BaseException:
+        abandon_files(job, files)
+        raise
+    report = build_report(run)
+    report.failed_outputs = write_files(job, run, report, files)
+    return report
+
+
+def file_reducers(job: Job) -> dict[str, Any]:
+    """The reducers behind ``--tokens`` and ``--html`` (rank 0 alone writes files)."""
+    config, dist = job.config, job.inputs.dist
+    if dist is not None and not dist.is_main:
+        return {}
+    files: dict[str, Any] = {}
+    if config.tokens:
+        from lleval.report.tokens import TokenWriter
+
+        files["tokens"] = TokenWriter(config.tokens, config.checkpoint)
+    if config.html:
+        files["samples"] = DocumentSamples(config.html_docs)
+    return files
+
+
+def write_files(job: Job, run: ScoringRun, report: Any, files: Mapping[str, Any]) -> list[OutputError]:
+    """Write the token file and the HTML report a run was asked for, once its report exists.
+
+    Each output that cannot be written (a full disk) is returned, not raised: the
+    run is finished and one failed file must not cost the others, nor the report.
+    """
+    failed: list[OutputError] = []
+    if "tokens" in files:
+        header = {k: v for k, v in report.header_dict("tokens").items() if k not in ("timing", "notes")}
+        try:
+            files["tokens"].finish(header, keep_parts=not run.complete and _resumable(job.config))
+        except OutputError as exc:
+            failed.append(exc)
+    if "samples" in files and job.config.html:
+        from lleval.report.html import write_score_html
+
+        try:
+            write_score_html(report, files["samples"].samples(), job.config.html, files["samples"].snippets)
+        except OutputError as exc:
+            failed.append(exc)
+    return failed
+
+
+def abandon_files(job: Job, files: Mapping[str, Any]) -> None:
+    """A run that failed or was killed by Ctrl-C: remove the token parts, unless the
+    run's checkpoint will resume from them."""
+    if "tokens" in files:
+        files["tokens"].abandon(keep_parts=_resumable(job.config))
+
+
+def _resumable(config: EvalConfig) -> bool:
+    """Whether a checkpoint file exists that a rerun will resume from."""
+    return bool(config.checkpoint) and Path(config.checkpoint or "").is_file()
