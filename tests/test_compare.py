@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from helpers import write_jsonl
+from helpers import score_report_json, write_jsonl
 from lleval.cli import main
 from lleval.commands.compare import compare_reports
 from lleval.metrics import ratio_intervals
+from lleval.report.score import Report
 
 
 def test_bootstrap_interval_covers_true_ratio() -> None:
@@ -40,22 +41,19 @@ def test_single_document_has_no_interval() -> None:
 
 
 def make_report(seed: int = 0, n_docs: int = 40, scale: float = 1.0, tokenizer: str = "tok-a") -> dict[str, Any]:
+    """The JSON of a complete score report of ``n_docs`` random documents."""
     rng = np.random.default_rng(seed)
     docs = []
     for i in range(n_docs):
         tokens = int(rng.integers(50, 300))
         ll = -tokens * float(rng.uniform(2.0, 3.5))
         docs.append({"index": i, "log_likelihood": ll * scale, "tokens": tokens, "bytes": tokens * 4, "words": tokens // 2})
-    return {
-        "schema_version": 1,
-        "complete": True,
-        "model": {"name": "m"},
-        "tokenizer": {"fingerprint": tokenizer},
-        "dataset": {"spec": "d", "split": "test", "documents": n_docs, "fingerprint": "fp"},
-        "protocol": {"name": "rolling"},
-        "totals": {},
-        "documents": docs,
-    }
+    return score_report_json(docs, tokenizer)
+
+
+def paired(*reports: dict[str, Any]) -> list[Report]:
+    """Reports' JSON read back as `lleval compare` reads a file's."""
+    return [Report.from_dict(r) for r in reports]
 
 
 def write(tmp_path: Path, name: str, data: Any) -> str:
@@ -99,23 +97,29 @@ def test_require_significant_forgives_noise(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
     for d in noisy["documents"]:
         d["log_likelihood"] *= 1 + rng.normal(0.0, 0.05)
-    comparison = compare_reports(base_data, noisy, max_regression_pct=0.0, require_significant=True)
+    comparison = compare_reports(*paired(base_data, noisy), max_regression_pct=0.0, require_significant=True)
     assert comparison.interval is not None
     assert comparison.regressed == (comparison.change > 0 and comparison.interval[0] > 0)
     assert comparison.interval[0] < 0 < comparison.interval[1]  # noise: the interval straddles zero
 
 
 def test_different_tokenizers_compare_bits_per_byte() -> None:
+    # Every document of a costs 1.5 bits a byte. b scored the same texts (bytes) with another
+    # tokenizer: 30% more tokens, and 3% fewer nats on every document, so 1.455 bits a byte:
+    # a change of -3% in bits per byte, whatever the token counts.
     a = make_report(tokenizer="x")
-    b = copy.deepcopy(a)  # same texts (bytes), another tokenizer: other token counts and sums
+    for d in a["documents"]:
+        d["log_likelihood"] = -1.5 * math.log(2) * d["bytes"]
+    b = copy.deepcopy(a)
     b["tokenizer"]["fingerprint"] = "y"
     for d in b["documents"]:
         d["tokens"] = int(d["tokens"] * 1.3)
         d["log_likelihood"] *= 0.97
-    comparison = compare_reports(a, b)
+    comparison = compare_reports(*paired(a, b))
     assert comparison.metric == "bits_per_byte" and "tokenizers differ" in comparison.why
-    bpb = lambda r: -sum(d["log_likelihood"] for d in r["documents"]) / math.log(2) / sum(d["bytes"] for d in r["documents"])  # noqa: E731
-    assert math.isclose(comparison.change, bpb(b) / bpb(a) - 1, rel_tol=1e-12)
+    assert math.isclose(comparison.base_value, 1.5, rel_tol=1e-12)
+    assert math.isclose(comparison.candidate_value, 1.455, rel_tol=1e-12)
+    assert math.isclose(comparison.change, -0.03, rel_tol=1e-9)
 
 
 @pytest.mark.parametrize(
@@ -159,10 +163,18 @@ def test_score_report_carries_intervals(tiny_loaded: Any, tmp_path: Path) -> Non
 
     path = write_jsonl(tmp_path / "d.jsonl", [f"document number {i} " * (i + 1) for i in range(6)])
     data = evaluate(EvalConfig(dataset=path, bootstrap=200), loaded=tiny_loaded).to_dict()
-    low, high = data["metrics"]["perplexity_ci"]
-    assert low <= data["metrics"]["perplexity"] <= high
-    low, high = data["metrics"]["bits_per_byte_ci"]
-    assert low <= data["metrics"]["bits_per_byte"] <= high
+    docs = data["documents"]
+    nll = np.array([-d["log_likelihood"] for d in docs])
+    tokens = np.array([d["tokens"] for d in docs], dtype=np.float64)
+    n_bytes = np.array([d["bytes"] for d in docs], dtype=np.float64)
+    # The bootstrap done naively: 200 resamples of the documents with the run's seed (0),
+    # drawn as one (200, documents) array of row numbers, each resample summed and divided.
+    picks = np.random.default_rng(0).integers(0, len(docs), size=(200, len(docs)))
+    ppl = [math.exp(nll[p].sum() / tokens[p].sum()) for p in picks]
+    bpb = [nll[p].sum() / (math.log(2) * n_bytes[p].sum()) for p in picks]
+    assert data["metrics"]["perplexity_ci"] == pytest.approx(list(np.percentile(ppl, [2.5, 97.5])), rel=1e-9)
+    assert data["metrics"]["bits_per_byte_ci"] == pytest.approx(list(np.percentile(bpb, [2.5, 97.5])), rel=1e-9)
+    assert data["metrics"]["perplexity"] == pytest.approx(math.exp(nll.sum() / tokens.sum()), rel=1e-12)
     one = evaluate(EvalConfig(dataset=path, limit=1), loaded=tiny_loaded).to_dict()
     assert one["metrics"]["perplexity_ci"] is None and any("single document" in n for n in one["notes"])
 
@@ -198,7 +210,7 @@ def test_the_documents_that_changed_most(tmp_path: Path) -> None:
     cand = copy.deepcopy(base)
     for index, delta in ((3, 12.0), (7, 5.0), (1, -9.0)):
         cand["documents"][index]["log_likelihood"] -= delta  # lower log-likelihood: more nats
-    comparison = compare_reports(base, cand, top_documents=5)
+    comparison = compare_reports(*paired(base, cand), top_documents=5)
     assert [(d["index"], round(d["delta_nats"], 9)) for d in comparison.worst_documents] == [(3, 12.0), (7, 5.0)]
     assert [(d["index"], round(d["delta_nats"], 9)) for d in comparison.best_documents] == [(1, -9.0)]
     worst = comparison.worst_documents[0]
@@ -212,7 +224,7 @@ def test_the_documents_that_changed_most(tmp_path: Path) -> None:
 
 def test_reports_of_other_windows_are_compared_with_a_warning(tmp_path: Path) -> None:
     base_data = make_report()
-    base_data["protocol"] = {"name": "rolling", "max_length": 16, "stride": 16, "prefix_token": 0}
+    base_data["protocol"].update(max_length=16, stride=16, prefix_token=0)
     other = copy.deepcopy(base_data)
     other["protocol"].update(max_length=2048, stride=2048)
     base, cand = write(tmp_path, "a.json", base_data), write(tmp_path, "b.json", other)
@@ -228,10 +240,10 @@ def test_reports_of_other_windows_are_compared_with_a_warning(tmp_path: Path) ->
 
 def test_another_tokenizer_does_not_count_its_prefix_id_as_a_protocol_change(tmp_path: Path) -> None:
     a = make_report(tokenizer="x")
-    a["protocol"] = {"name": "rolling", "max_length": 16, "prefix_token": 0}
+    a["protocol"].update(max_length=16, prefix_token=0)
     b = copy.deepcopy(a)
     b["tokenizer"]["fingerprint"], b["protocol"]["prefix_token"] = "y", 7
-    assert compare_reports(a, b).protocol_differences == []
+    assert compare_reports(*paired(a, b)).protocol_differences == []
 
 
 @pytest.mark.parametrize("resamples", ["1", "99"])

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from helpers import write_jsonl
+from helpers import score_report_json, write_jsonl
 from lleval.commands.score import evaluate
 from lleval.config import EvalConfig
 from lleval.data.spec import builtin_sample_path
@@ -213,9 +213,7 @@ def test_compare_chart_has_y_axis_values(tmp_path: Path) -> None:
 
     docs = [{"index": i, "log_likelihood": -100.0 - 3 * i, "tokens": 40 + i, "bytes": 160 + 4 * i, "words": 20}
             for i in range(12)]
-    base = {"schema_version": 1, "complete": True, "model": {"name": "m"}, "tokenizer": {"fingerprint": "t"},
-            "dataset": {"spec": "d", "fingerprint": "fp"}, "protocol": {"name": "rolling"}, "totals": {},
-            "documents": docs}
+    base = score_report_json(docs)
     worse = json.loads(json.dumps(base))
     for d in worse["documents"]:
         d["log_likelihood"] *= 1.0 + 0.01 * (d["index"] % 3)

@@ -61,6 +61,27 @@ def test_token_rows_add_up_to_the_report(tiny_loaded: Any, tmp_path: Path, suffi
         assert all(1 <= r["context"] <= report.protocol["max_length"] for r in mine)
 
 
+def test_a_parquet_header_reads_as_the_reports_blocks(tiny_loaded: Any, tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from lleval.errors import ReportError
+    from lleval.report.tokens import token_header
+
+    path = tmp_path / "t.parquet"
+    report = evaluate(EvalConfig(dataset=write_jsonl(tmp_path / "d.jsonl", TEXTS), tokens=str(path), bootstrap=0,
+                                 max_length=16), loaded=tiny_loaded)
+    header = token_header(read_token_file(str(path))[0], str(path))
+    assert header is not None
+    assert (header.model, header.tokenizer, header.dataset, header.protocol) == (
+        report.model, report.tokenizer, report.dataset, report.protocol)
+    assert token_header({}, "t.jsonl") is None  # JSON lines files have no header
+    broken = json.loads(pq.read_schema(path).metadata[b"lleval"])
+    broken["protocol"]["max_length"] = "16"
+    with pytest.raises(ReportError, match=r"^token file t.parquet: the header's protocol.max_length is '16', not "
+                                          r"integer\.$"):
+        token_header(broken, "t.parquet")
+
+
 def test_token_ids_and_contexts_follow_the_windows(tiny_loaded: Any, tmp_path: Path) -> None:
     """Naive: the rolling windows of one document, enumerated here, give each token's context."""
     from lleval.windows import rolling_spans

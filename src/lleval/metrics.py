@@ -11,6 +11,10 @@ those sums over the whole corpus, never averages of per-document ratios:
 - ``byte_perplexity = exp(-log_likelihood / bytes) = 2 ** bits_per_byte``
 - ``word_perplexity = exp(-log_likelihood / words)``
 
+Each formula is written here once (`perplexity`, with `perplexities` for NumPy
+arrays; `to_bits`; `bits_per_byte`; `LN2`) and called wherever a number is
+derived.
+
 The log-likelihood is in nats, so ``2 ** (-LL / N)`` would be wrong (it
 treats nats as bits: for SmolLM2 on English prose that understates a
 perplexity of about 20 as about 8).
@@ -20,15 +24,53 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, TypeVar, overload
 
 import numpy as np
 
 LN2 = math.log(2.0)
+#: nats per unit above which a perplexity is taken as infinite (exp(709.78) overflows float64)
+OVERFLOW_NATS = 709.0
+
+NumPyValues = TypeVar("NumPyValues", np.ndarray, np.floating[Any])
+
+
+def perplexity(nats_per_unit: float) -> float:
+    """``exp(nats per token)`` (per byte, per word: byte and word perplexity); infinite from
+    `OVERFLOW_NATS` on, where float64 cannot hold it."""
+    return math.exp(nats_per_unit) if nats_per_unit < OVERFLOW_NATS else math.inf
+
+
+def perplexities(nats_per_unit: NumPyValues) -> NumPyValues:
+    """`perplexity` of NumPy values (bootstrap resamples), with NumPy's ``exp``: it rounds the
+    last bit otherwise than ``math.exp`` for about 1 value in 20, so a number computed with
+    one of them keeps that one. Overflow gives infinity."""
+    return np.exp(nats_per_unit)
+
+
+def to_bits(nats: float) -> float:
+    """Nats in bits (a surprisal, a cross-entropy per token or per byte)."""
+    return nats / LN2
+
+
+@overload
+def bits_per_byte(nll_sum_nats: float, n_bytes: float) -> float: ...
+@overload
+def bits_per_byte(nll_sum_nats: np.ndarray, n_bytes: np.ndarray) -> np.ndarray: ...
+def bits_per_byte(nll_sum_nats: Any, n_bytes: Any) -> Any:
+    """``nll_sum_nats / (ln 2 * n_bytes)``, for numbers and arrays alike.
+
+    The report's own ``bits_per_byte`` is ``to_bits(nll_sum_nats / n_bytes)``
+    (`derive_metrics`): the same quantity, with the operations in another order, so the two
+    may differ in the last bit; each keeps its order, so no number already written changes.
+    """
+    return nll_sum_nats / (LN2 * n_bytes)
 
 
 @dataclass
 class Totals:
-    """Running float64 sums for one document or a whole corpus."""
+    """Float64 sums of a whole corpus or of one document (a `DocumentResult` is a `Totals`):
+    every metric is derived from these."""
 
     log_likelihood: float = 0.0  # nats, <= 0
     tokens: int = 0
@@ -48,15 +90,65 @@ class Totals:
         self.words += other.words
         self.documents += other.documents
 
+    def to_dict(self) -> dict[str, Any]:
+        """The report's ``totals`` block."""
+        return {
+            "log_likelihood": self.log_likelihood,
+            "log_likelihood_unit": "nats",
+            "tokens": self.tokens,
+            "bytes": self.bytes,
+            "words": self.words,
+            "documents": self.documents,
+            "logprob_sq_sum": self.logprob_sq_sum,
+            "nonfinite_tokens": self.nonfinite,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Totals":
+        """Read a ``totals`` block back (checked against the schema by the report's reader)."""
+        return cls(data["log_likelihood"], int(data["tokens"]), int(data["bytes"]), int(data["words"]),
+                   int(data["documents"]), data["logprob_sq_sum"], int(data["nonfinite_tokens"]))
+
+
+@dataclass(init=False)
+class DocumentResult(Totals):
+    """One document's sums (a `Totals` with ``documents`` 1), its row in the source
+    (``index``) and the row's ``id`` field, when it has one.
+
+    Built as ``DocumentResult(index, log_likelihood, tokens, bytes, words, logprob_sq_sum,
+    nonfinite, id)``: the order `lleval.reducers.documents.DocumentSums` makes and
+    checkpoints documents in.
+    """
+
+    index: int = 0
+    id: str | int | None = None  # the source row's ``id`` field, when it has one
+
+    def __init__(self, index: int, log_likelihood: float, tokens: int, bytes: int, words: int,
+                 logprob_sq_sum: float = 0.0, nonfinite: int = 0, id: str | int | None = None) -> None:
+        super().__init__(log_likelihood, tokens, bytes, words, 1, logprob_sq_sum, nonfinite)
+        self.index = index
+        self.id = id
+
+    def to_dict(self) -> dict[str, Any]:
+        """The document's row in the JSON export (``id`` only when the data has one, so
+        reports of data without ids keep their exact bytes). Its squared log-prob sum and
+        non-finite count are not written: only the report's totals carry them."""
+        row: dict[str, Any] = {"index": self.index}
+        if self.id is not None:
+            row["id"] = self.id
+        row.update(log_likelihood=self.log_likelihood, tokens=self.tokens, bytes=self.bytes, words=self.words)
+        return row
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DocumentResult":
+        """Read a row of ``documents`` back (its squared log-prob sum and non-finite count,
+        which the row does not hold, as 0)."""
+        return cls(int(data["index"]), data["log_likelihood"], int(data["tokens"]), int(data["bytes"]),
+                   int(data["words"]), id=data.get("id"))
+
 
 def _ratio(numerator: float, denominator: int) -> float | None:
     return numerator / denominator if denominator > 0 else None
-
-
-def _exp(x: float | None) -> float | None:
-    if x is None:
-        return None
-    return math.exp(x) if x < 709.0 else math.inf
 
 
 def llamacpp_perplexity_stderr(totals: Totals) -> float | None:
@@ -66,8 +158,8 @@ def llamacpp_perplexity_stderr(totals: Totals) -> float | None:
         return None
     mean = -totals.log_likelihood / n
     variance = totals.logprob_sq_sum / n - mean * mean
-    ppl = _exp(mean)
-    if ppl is None or variance <= 0:
+    ppl = perplexity(mean)
+    if variance <= 0:
         return 0.0
     return ppl * math.sqrt(variance / (n - 1))
 
@@ -80,11 +172,11 @@ def derive_metrics(totals: Totals) -> dict[str, float | None]:
     nats_per_word = _ratio(nll_sum_nats, totals.words)
     return {
         "nll": nll,
-        "cross_entropy_bits": None if nll is None else nll / LN2,
-        "perplexity": _exp(nll),
-        "bits_per_byte": None if nats_per_byte is None else nats_per_byte / LN2,
-        "byte_perplexity": _exp(nats_per_byte),
-        "word_perplexity": _exp(nats_per_word),
+        "cross_entropy_bits": None if nll is None else to_bits(nll),
+        "perplexity": None if nll is None else perplexity(nll),
+        "bits_per_byte": None if nats_per_byte is None else to_bits(nats_per_byte),
+        "byte_perplexity": None if nats_per_byte is None else perplexity(nats_per_byte),
+        "word_perplexity": None if nats_per_word is None else perplexity(nats_per_word),
     }
 
 
@@ -151,7 +243,7 @@ def binned_intervals(
             out.append(None)
             continue
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            out.append(percentile_interval(np.exp(-sums[:, 2 * b] / sums[:, 2 * b + 1]), level))
+            out.append(percentile_interval(perplexities(-sums[:, 2 * b] / sums[:, 2 * b + 1]), level))
     return out
 
 
@@ -174,8 +266,8 @@ def ratio_intervals(
         return {"perplexity": None, "bits_per_byte": None}
     sums = bootstrap_sums(np.column_stack([nll_sum_nats, tokens, n_bytes]), n_resamples, seed)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        ppl = np.exp(sums[:, 0] / sums[:, 1])
-        bpb = sums[:, 0] / (LN2 * sums[:, 2])
+        ppl = perplexities(sums[:, 0] / sums[:, 1])
+        bpb = bits_per_byte(sums[:, 0], sums[:, 2])
     return {
         "perplexity": percentile_interval(ppl, level),
         "bits_per_byte": percentile_interval(bpb, level) if np.all(sums[:, 2] > 0) else None,

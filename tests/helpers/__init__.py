@@ -18,6 +18,41 @@ def write_jsonl(path: Path, texts: Sequence[Any], field: str = "text") -> str:
     return str(path)
 
 
+def score_report_json(documents: Sequence[dict[str, Any]], tokenizer: str = "tok-a") -> dict[str, Any]:
+    """The JSON of a complete score report (it fits the shipped schema, so ``lleval compare``
+    reads it) around hand-made ``documents`` rows (index, log_likelihood, tokens, bytes,
+    words); the totals are their sums, the tokenizer's fingerprint is ``tokenizer``."""
+    from lleval.metrics import DocumentResult, Totals
+    from lleval.report.blocks import DatasetBlock, ModelBlock, ProtocolBlock, TimingBlock, TokenizerBlock
+    from lleval.report.score import Report
+
+    docs = [DocumentResult.from_dict(d) for d in documents]
+    totals = Totals()
+    for doc in docs:
+        totals.add(doc)
+    return Report(
+        lleval_version="0.1.0", created="2026-12-02T00:00:00+00:00", complete=True,
+        model=ModelBlock(name="m", source="local", revision=None, sha256=None, dtype="float32", device="cpu",
+                         parameters=1000, max_positions=64, device_map=None, cache="off", head_dtype="float32"),
+        tokenizer=TokenizerBlock(name="m", vocab_size=320, fingerprint=tokenizer, bos_token_id=0, eos_token_id=0),
+        dataset=DatasetBlock(spec="d", config=None, split="train", text_field="text", sample_by="document", limit=None,
+                             streaming=False, rows=len(docs), documents=len(docs), skipped_empty=0, fingerprint="fp"),
+        protocol=ProtocolBlock(name="rolling", max_length=16, stride=16, prefix_token=0, prefix_token_text="<s>",
+                               concat=None, special_tokens=False, first_token_scored=True,
+                               word_count="len(text.split())", scores_every_token=True, windows="rolling",
+                               stream_tokens=totals.tokens, unscored_tokens=0),
+        timing=TimingBlock(seconds=1.0, load_seconds=0.5, scoring_seconds=0.5, tokens_per_second=2.0 * totals.tokens,
+                           windows=len(docs), batches=len(docs), padding_share=0.0, batching=None,
+                           out_of_memory_splits=0),
+        environment={"python": "3.11", "platform": "linux", "torch": "2", "transformers": "5", "datasets": "3",
+                     "lleval": "0.1.0", "cpu": {"model": "cpu", "capability": "avx2", "bf16_matmul": None,
+                                                "fp16_matmul": None}},
+        distributed=None, notes=[], totals=totals, documents=docs,
+        intervals={"perplexity": None, "bits_per_byte": None},
+        bootstrap={"resamples": 0, "seed": 0, "level": 0.95, "unit": "document"},
+    ).to_dict()
+
+
 def rel_close(a: float, b: float, tol: float) -> bool:
     """|a - b| <= tol * max(|a|, |b|)."""
     return math.isclose(a, b, rel_tol=tol, abs_tol=0.0)

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from lleval.errors import ReportError
+from lleval.metrics import perplexity, to_bits
 from lleval.reducers.samples import SNIPPET_CHARS, document_sample, document_snippet
-from lleval.report.tokens import open_parquet, read_token_file
+from lleval.report.tokens import open_parquet, read_token_file, token_header
 
-LN2 = math.log(2.0)
 NUMERIC = ("document", "position", "context", "token_id", "start", "end", "logprob")
 
 
@@ -207,7 +206,7 @@ def _rgb(value: float, difference: bool) -> str:
         level = min(abs(value) / 4.0, 1.0)
         fade = int(255 - 150 * level)
         return f"rgb(255,{fade},{fade})" if value > 0 else f"rgb({fade},255,{fade})"
-    level = min(max(value / LN2, 0.0) / 16.0, 1.0)
+    level = min(max(to_bits(value), 0.0) / 16.0, 1.0)
     fade = int(255 - 190 * level)
     return f"rgb(255,{fade},{fade})"
 
@@ -257,18 +256,19 @@ def _check_same_tokens(base: TokenTable, other: TokenTable) -> None:
 def write_tokens_html(path: str, html_path: str, html_docs: int = 20, bootstrap: int = 1000, seed: int = 0) -> None:
     """The HTML page of a token file: summary, loss by context length, documents, samples."""
     from lleval.report.html import Page, render
-    from lleval.report.score import bins_of_table, protocol_summary, write_text_atomic
+    from lleval.report.output import write_text_atomic
+    from lleval.report.score import bins_of_table
 
     table = load_tokens(path)
     documents = document_table(table)
     tokens = len(table)
     ll = float(table.columns["logprob"].sum())
-    header = table.header
     summary = [("token file", path), ("documents / tokens", f"{len(documents)} / {tokens}"),
-               ("NLL (nats/token)", f"{-ll / tokens:.4f}"), ("perplexity", f"{math.exp(-ll / tokens):.4f}")]
-    if header.get("model"):
-        summary = [("model", f"{header['model']['name']} ({header['model']['dtype']})"),
-                   ("dataset", str(header["dataset"]["spec"])), ("protocol", protocol_summary(header["protocol"]))] + summary
+               ("NLL (nats/token)", f"{-ll / tokens:.4f}"), ("perplexity", f"{perplexity(-ll / tokens):.4f}")]
+    header = token_header(table.header, path)
+    if header is not None:
+        summary = [("model", f"{header.model.name} ({header.model.dtype})"), ("dataset", header.dataset.spec),
+                   ("protocol", header.protocol.summary())] + summary
     bins = bins_of_table(context_table(table, documents), bootstrap, seed)
     page = Page(title=f"lleval inspect — {path}", summary=summary, bins=[b.to_dict() for b in bins],
                 documents=documents, snippets=document_snippets(table), samples=samples(table, documents, html_docs))

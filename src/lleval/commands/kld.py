@@ -13,7 +13,6 @@ through the engine like any other, and one more reducer, `KLStats`.
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from typing import Any, Sequence
 
@@ -24,7 +23,7 @@ from lleval.backends.base import FULL_VOCABULARY, LOGITS_SLICE_BYTES, LoadedMode
 from lleval.config import EvalConfig
 from lleval.engine.kernels import target_logprobs
 from lleval.errors import ConfigError
-from lleval.metrics import bootstrap_sums, percentile_interval
+from lleval.metrics import bootstrap_sums, percentile_interval, perplexity
 from lleval.plan.tokenization import tokenizer_fingerprint
 from lleval.reducers.documents import DocumentSums, StreamCounts
 from lleval.reducers.kl import KLStats
@@ -178,8 +177,8 @@ def kl_report(
         top_token_agreement=float(per_token[:, 1].mean()),
         delta_p={**summary(per_token[:, 2]), "definition": "p_model(correct) - p_base(correct)"},
         perplexity={
-            "base": math.exp(nll_base / n),
-            "model": math.exp(nll_model / n),
+            "base": perplexity(nll_base / n),
+            "model": perplexity(nll_model / n),
             "ln_ratio": (nll_model - nll_base) / n,
             "ln_ratio_ci": _ln_ratio_interval(config, sums, base_lls),
         },

@@ -7,9 +7,8 @@ import hashlib
 import numpy as np
 from typing import Any
 
-from lleval.metrics import Totals
+from lleval.metrics import DocumentResult, Totals
 from lleval.reducers.base import row_sums
-from lleval.report.score import DocumentResult
 from lleval.stream import ScoredBlock
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 from typing import Any
 
+from lleval.metrics import perplexities
 from lleval.reducers.base import row_slices
 from lleval.stream import ScoredBlock
 
@@ -85,7 +86,7 @@ def document_sample(
     values = logprob.astype(np.float64)
     sample = {
         "index": index, "bytes": n_bytes, "tokens": len(text), "log_likelihood": float(values.sum()),
-        "perplexity": float(np.exp(-values.mean())), "text": text, "logprob": values.round(5).tolist(),
+        "perplexity": float(perplexities(-values.mean())), "text": text, "logprob": values.round(5).tolist(),
     }
     for name, column in stats.items():
         sample[name] = column.astype(np.float64).round(4).tolist()

@@ -28,9 +28,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from lleval.report.score import write_text_atomic
+from lleval.metrics import LN2, bits_per_byte, perplexity, to_bits
+from lleval.report.output import write_text_atomic
 
-LN2 = math.log(2.0)
 SURPRISAL_SCALE_BITS = 16.0  # a token this surprising (or more) gets the darkest colour
 
 
@@ -55,7 +55,7 @@ def esc(text: Any) -> str:
 
 def token_colour(logprob: float) -> str:
     """Background of a token: white when certain, deep red at 16 bits of surprisal or more."""
-    bits = min(max(-logprob / LN2, 0.0), SURPRISAL_SCALE_BITS) if math.isfinite(logprob) else SURPRISAL_SCALE_BITS
+    bits = min(max(to_bits(-logprob), 0.0), SURPRISAL_SCALE_BITS) if math.isfinite(logprob) else SURPRISAL_SCALE_BITS
     return f"hsl(4, 85%, {100 - 58 * bits / SURPRISAL_SCALE_BITS:.1f}%)"
 
 
@@ -172,8 +172,8 @@ def _documents(page: Page) -> str:
     rows = []
     for d in page.documents:
         nll = -d["log_likelihood"] / d["tokens"] if d["tokens"] else None
-        ppl = math.exp(min(nll, 709.0)) if nll is not None else None
-        bpb = -d["log_likelihood"] / (LN2 * d["bytes"]) if d["bytes"] else None
+        ppl = perplexity(nll) if nll is not None else None
+        bpb = bits_per_byte(-d["log_likelihood"], d["bytes"]) if d["bytes"] else None
         name = f'<a href="#doc-{d["index"]}">{d["index"]}</a>' if d["index"] in shown else str(d["index"])
         cells = [(d["index"], name)] + ([(d.get("id", ""), esc(d.get("id", "")))] if with_id else [])
         cells += [(d["tokens"], d["tokens"]), (d["bytes"], d["bytes"])]
@@ -203,7 +203,7 @@ def _samples(samples: list[dict[str, Any]]) -> str:
 def _sample(sample: dict[str, Any]) -> str:
     spans = []
     for k, (text, logprob) in enumerate(zip(sample["text"], sample["logprob"])):
-        tip = f"{text!r} · log-prob {logprob:.4f} nats ({-logprob / LN2:.2f} bits)"
+        tip = f"{text!r} · log-prob {logprob:.4f} nats ({to_bits(-logprob):.2f} bits)"
         if "rank" in sample:
             tip += f" · rank {int(sample['rank'][k])}"
         if "entropy" in sample:
@@ -219,7 +219,7 @@ def score_page(report: Any, samples: list[dict[str, Any]], snippets: dict[int, s
     from lleval.report.score import summary_rows
 
     return Page(
-        title=f"lleval score — {report.protocol['name']} protocol",
+        title=f"lleval score — {report.protocol.name} protocol",
         summary=summary_rows(report),
         notes=list(report.notes),
         bins=[b.to_dict() for b in report.by_context_length],

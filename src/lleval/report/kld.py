@@ -1,5 +1,5 @@
 """``lleval kld``'s report (``kind: "kld"``): the shared header, the base model, and the
-divergence statistics, with its JSON, table and markdown."""
+divergence statistics, with its JSON (read back by `KLReport.from_dict`), table and markdown."""
 
 from __future__ import annotations
 
@@ -9,14 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from lleval.report.score import (
-    ReportHeader,
-    fmt,
-    protocol_summary,
-    render_pairs_markdown,
-    render_pairs_table,
-    to_json,
-)
+from lleval.report.blocks import ModelBlock, ReportHeader
+from lleval.report.output import to_json
+from lleval.report.render import fmt, render_pairs_markdown, render_pairs_table
+from lleval.report.schema import check
 
 PERCENTILES = (99.9, 99.0, 95.0, 90.0, 10.0, 5.0, 1.0, 0.1)
 
@@ -39,7 +35,7 @@ class KLReport(ReportHeader):
     """``lleval kld``'s result (``kind: "kld"``): the shared header (``model`` is the
     compared model), the base model, and the divergence statistics."""
 
-    base: dict[str, Any]
+    base: ModelBlock
     tokens: int
     kl_divergence: dict[str, Any]
     top_token_agreement: float
@@ -47,11 +43,16 @@ class KLReport(ReportHeader):
     perplexity: dict[str, Any]
     bootstrap: dict[str, Any]
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.base, ModelBlock):
+            self.base = ModelBlock.from_dict(self.base)
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON export (see README, "KL divergence between two models")."""
         return {
             **self.header_dict("kld"),
-            "base": dict(self.base),
+            "base": self.base.to_dict(),
             "tokens": self.tokens,
             "kl_divergence": dict(self.kl_divergence),
             "top_token_agreement": self.top_token_agreement,
@@ -59,6 +60,16 @@ class KLReport(ReportHeader):
             "perplexity": dict(self.perplexity),
             "bootstrap": dict(self.bootstrap),
         }
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "(a dict)") -> "KLReport":
+        """Read a kld report's JSON back, checked against the shipped schema: one that does
+        not fit is a `ReportError` naming ``source`` (its file) and the first problem."""
+        check(data, "kld", source)
+        return cls(**ReportHeader.fields_from_dict(data), base=ModelBlock.from_dict(data["base"]),
+                   tokens=int(data["tokens"]), kl_divergence=dict(data["kl_divergence"]),
+                   top_token_agreement=data["top_token_agreement"], delta_p=dict(data["delta_p"]),
+                   perplexity=dict(data["perplexity"]), bootstrap=dict(data["bootstrap"]))
 
     def to_json(self) -> str:
         """The JSON export as text."""
@@ -69,8 +80,8 @@ class KLReport(ReportHeader):
         kl, dp, ppl = self.kl_divergence, self.delta_p, self.perplexity
         ci = ppl["ln_ratio_ci"]
         return [
-            ("base / model", f"{self.base['name']} ({self.base['dtype']}) / {self.model['name']} ({self.model['dtype']})"),
-            ("protocol", protocol_summary(self.protocol)),
+            ("base / model", f"{self.base.name} ({self.base.dtype}) / {self.model.name} ({self.model.dtype})"),
+            ("protocol", self.protocol.summary()),
             ("tokens", str(self.tokens)),
             ("mean KL (nats)", f"{kl['mean']:.6f} ± {kl['stderr'] or 0:.6f}"),
             ("median KL", f"{kl['median']:.6f}"),
@@ -84,9 +95,9 @@ class KLReport(ReportHeader):
 
     def render_table(self, console: Any) -> None:
         """Print as a rich table on ``console``."""
-        render_pairs_table(f"lleval kld — {self.protocol['name']} protocol", self.summary_rows(), self.notes, console)
+        render_pairs_table(f"lleval kld — {self.protocol.name} protocol", self.summary_rows(), self.notes, console)
 
     def render_markdown(self) -> str:
         """A two-column markdown table."""
-        title = f"lleval kld — {self.protocol['name']} protocol"
+        title = f"lleval kld — {self.protocol.name} protocol"
         return render_pairs_markdown(title, self.summary_rows(), self.notes)

@@ -1,31 +1,38 @@
-"""Report results: the header every report kind shares, the score `Report`, its JSON
-contract, and its rendering.
+"""The score `Report` (``kind: "score"``): the shared header, the sums, the metrics derived
+from them, loss by context length; its JSON contract, read back by `Report.from_dict`,
+and its table and markdown renderings.
 
-``to_dict()`` of every report is a versioned contract (``schema_version`` and
-``kind``) that later tools and users' scripts read. Every field is written
-explicitly; metrics are derived from the float64 sums at serialisation time,
-never stored twice. The blocks that say who scored what, how, when and on
-what machine (model, tokenizer, dataset, protocol, timing, environment) are
-built here once, for ``score`` and ``kld`` alike.
+``to_dict()`` is a versioned contract (``schema_version`` and ``kind``) that later
+tools and users' scripts read. Every field is written explicitly; metrics are
+derived from the float64 sums at serialisation time, never stored twice, and
+``from_dict`` reads the sums back and derives them again.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
-import math
-import os
-import platform
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from lleval.errors import OutputError, write_failure
-from lleval.files import file_mode, remove_quietly
-from lleval.metrics import Totals, derive_metrics, llamacpp_perplexity_stderr
-
-SCHEMA_VERSION = 1
+from lleval.metrics import DocumentResult, Totals, derive_metrics, llamacpp_perplexity_stderr, perplexity
+from lleval.report.blocks import (  # noqa: F401  (also imported from here by commands/score.py and kld.py)
+    ReportHeader,
+    dataset_block,
+    environment,
+    model_block,
+    now,
+    timing_block,
+    tokenizer_block,
+)
+from lleval.report.output import (  # noqa: F401  (write_* also imported from here by cli.py, runner/)
+    json_float,
+    json_interval,
+    read_interval,
+    to_json,
+    write_report,
+    write_text_atomic,
+)
+from lleval.report.render import fmt, render_pairs_markdown, render_pairs_table
+from lleval.report.schema import SCHEMA_VERSION, check  # noqa: F401
 
 METRIC_LABELS = {
     "nll": "NLL (nats/token)",
@@ -36,29 +43,8 @@ METRIC_LABELS = {
     "word_perplexity": "word perplexity",
     "perplexity_stderr_llamacpp": "perplexity std. error (llama.cpp)",
 }
-
-
-@dataclass(frozen=True)
-class DocumentResult:
-    """Float64 sums for one document; ``index`` is its row in the source."""
-
-    index: int
-    log_likelihood: float  # nats, <= 0
-    tokens: int
-    bytes: int
-    words: int
-    logprob_sq_sum: float = 0.0  # sum of squared token log-probs (nats^2), for variance estimates
-    nonfinite: int = 0  # tokens left out because their log-prob was NaN or infinite
-    id: str | int | None = None  # the source row's ``id`` field, when it has one
-
-    def to_dict(self) -> dict[str, Any]:
-        """The document's row in the JSON export (``id`` only when the data has one, so
-        reports of data without ids keep their exact bytes)."""
-        row: dict[str, Any] = {"index": self.index}
-        if self.id is not None:
-            row["id"] = self.id
-        row.update(log_likelihood=self.log_likelihood, tokens=self.tokens, bytes=self.bytes, words=self.words)
-        return row
+#: the metrics a score report gives a bootstrap interval (``metrics.<name>_ci``)
+INTERVAL_METRICS = ("perplexity", "bits_per_byte")
 
 
 @dataclass(frozen=True)
@@ -86,9 +72,15 @@ class ContextBin:
             "tokens": self.tokens,
             "log_likelihood": self.log_likelihood,
             "nll": nll,
-            "perplexity": None if nll is None else json_float(math.exp(min(nll, 709.0))),
+            "perplexity": None if nll is None else json_float(perplexity(nll)),
             "perplexity_ci": json_interval(self.perplexity_ci),
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ContextBin":
+        """Read an entry of ``by_context_length`` back (its NLL and perplexity are derived)."""
+        return cls(int(data["context_min"]), int(data["context_max"]), int(data["tokens"]), data["log_likelihood"],
+                   read_interval(data["perplexity_ci"]))
 
 
 def bins_of_table(table: Any, n_resamples: int, seed: int) -> list[ContextBin]:
@@ -101,146 +93,6 @@ def bins_of_table(table: Any, n_resamples: int, seed: int) -> list[ContextBin]:
         ContextBin(2**b, 2 ** (b + 1) - 1, int(table[:, b, 1].sum()), float(table[:, b, 0].sum()), intervals[b])
         for b in range(table.shape[1])
     ]
-
-
-@dataclass
-class ReportHeader:
-    """What every report of a scoring run says besides its numbers: who scored what, how,
-    when and on what machine. `Report` (``score``) and ``kld``'s report extend it."""
-
-    lleval_version: str
-    created: str
-    complete: bool
-    model: dict[str, Any]
-    tokenizer: dict[str, Any]
-    dataset: dict[str, Any]
-    protocol: dict[str, Any]
-    timing: dict[str, Any]
-    environment: dict[str, Any]
-    distributed: dict[str, Any] | None  # world size and backend of a data-parallel run
-    notes: list[str]
-    #: outputs the library owns (``--tokens``, ``--html``) that could not be written; the
-    #: caller still writes its own (``-o``) and reports these. Not part of the JSON.
-    failed_outputs: list[OutputError] = field(default_factory=list, kw_only=True, repr=False, compare=False)
-
-    def header_dict(self, kind: str) -> dict[str, Any]:
-        """The shared part of ``to_dict()``, opening with ``schema_version`` and ``kind``."""
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "kind": kind,
-            "lleval_version": self.lleval_version,
-            "created": self.created,
-            "complete": self.complete,
-            "model": dict(self.model),
-            "tokenizer": dict(self.tokenizer),
-            "dataset": dict(self.dataset),
-            "protocol": dict(self.protocol),
-            "timing": dict(self.timing),
-            "environment": dict(self.environment),
-            "distributed": None if self.distributed is None else dict(self.distributed),
-            "notes": list(self.notes),
-        }
-
-
-def now() -> str:
-    """The ``created`` time stamp: UTC, to the second."""
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def model_block(info: Any) -> dict[str, Any]:
-    """The report's ``model`` block, from a `lleval.backends.hf.ModelInfo`."""
-    return {
-        "name": info.name,
-        "source": info.source,
-        "revision": info.revision,
-        "sha256": info.sha256,
-        "dtype": info.dtype,
-        "device": info.device,
-        "parameters": info.parameters,
-        "max_positions": info.max_positions,
-        "device_map": info.device_map,
-        "cache": info.cache,
-        "head_dtype": info.head_dtype or info.dtype,
-    }
-
-
-def tokenizer_block(tokenizer: Any, name: str) -> dict[str, Any]:
-    """The report's ``tokenizer`` block."""
-    from lleval.plan.tokenization import tokenizer_fingerprint
-
-    return {
-        "name": name,
-        "vocab_size": len(tokenizer),
-        "fingerprint": tokenizer_fingerprint(tokenizer),
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-    }
-
-
-def dataset_block(spec: Any, stats: Any, documents: int) -> dict[str, Any]:
-    """The report's ``dataset`` block, from a `lleval.data.spec.DataSpec` and its `DataStats`."""
-    from lleval.data.spec import BUILTIN_DATASET, describe_split
-
-    return {
-        "spec": spec.dataset or BUILTIN_DATASET,
-        "config": spec.dataset_config,
-        "split": describe_split(spec),
-        "text_field": spec.text_field,
-        "sample_by": spec.sample_by,
-        "limit": spec.limit,
-        "streaming": spec.streaming,
-        "rows": stats.rows,
-        "documents": documents,
-        "skipped_empty": stats.skipped_empty,
-        "fingerprint": stats.fingerprint(),
-    }
-
-
-def timing_block(total_seconds: float, load_seconds: float, scoring_seconds: float, tokens: int,
-                 engine: Any, batching: Any) -> dict[str, Any]:
-    """The report's ``timing`` block, from the engine's `EngineStats` and the `Batching` used."""
-    return {
-        "seconds": total_seconds,
-        "load_seconds": load_seconds,
-        "scoring_seconds": scoring_seconds,
-        "tokens_per_second": tokens / scoring_seconds if scoring_seconds > 0 else 0.0,
-        "windows": engine.windows,
-        "batches": engine.batches,
-        "padding_share": engine.padding_tokens / engine.computed_tokens if engine.computed_tokens else 0.0,
-        "batching": None if batching is None else batching.describe(),
-        "out_of_memory_splits": engine.oom_splits,
-    }
-
-
-def environment(cpu_half_dtypes: Iterable[str] = ()) -> dict[str, Any]:
-    """The report's ``environment`` block: versions, the CPU and what it can do fast.
-
-    ``cpu_half_dtypes``: the half precisions (``bfloat16``, ``float16``) the run's
-    models ran in on the CPU; for each, ``cpu`` adds ``bf16_matmul_speedup`` /
-    ``fp16_matmul_speedup``, the matmul speed against float32 measured in this
-    process (`lleval.hardware.half_matmul_speedup`). Runs in float32 have neither.
-    """
-    import datasets
-    import torch
-    import transformers
-
-    from lleval import __version__
-    from lleval.hardware import cpu_features, half_matmul_speedup
-
-    cpu = dict(cpu_features())
-    for dtype in sorted(set(cpu_half_dtypes)):
-        cpu[f"{'bf16' if dtype == 'bfloat16' else 'fp16'}_matmul_speedup"] = half_matmul_speedup(dtype)
-
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "datasets": datasets.__version__,
-        "lleval": __version__,
-        "cpu": cpu,
-        "torch_threads": torch.get_num_threads(),
-    }
 
 
 @dataclass
@@ -257,17 +109,13 @@ class Report(ReportHeader):
 
     @property
     def metrics(self) -> dict[str, float | None]:
-        """Metrics derived from the totals (see `lleval.metrics`).
-
-        A protocol that leaves tokens unscored (llama-cpp, hf-guide with
-        S = L) has no per-byte or per-word metrics: its log-likelihood covers
-        only part of the text. llama-cpp adds llama.cpp's error estimate.
-        """
+        """Metrics derived from the totals (see `lleval.metrics`); which exist is the
+        protocol's to say (`ProtocolBlock.has_per_byte_metrics`, `has_llamacpp_error`)."""
         metrics = derive_metrics(self.totals)
-        if not self.protocol.get("scores_every_token", True):
+        if not self.protocol.has_per_byte_metrics:
             for key in ("bits_per_byte", "byte_perplexity", "word_perplexity"):
                 metrics[key] = None
-        if self.protocol.get("name") == "llama-cpp":
+        if self.protocol.has_llamacpp_error:
             metrics["perplexity_stderr_llamacpp"] = llamacpp_perplexity_stderr(self.totals)
         return metrics
 
@@ -275,16 +123,7 @@ class Report(ReportHeader):
         """The JSON export, schema version 1 (see README, "The JSON report")."""
         return {
             **self.header_dict("score"),
-            "totals": {
-                "log_likelihood": self.totals.log_likelihood,
-                "log_likelihood_unit": "nats",
-                "tokens": self.totals.tokens,
-                "bytes": self.totals.bytes,
-                "words": self.totals.words,
-                "documents": self.totals.documents,
-                "logprob_sq_sum": self.totals.logprob_sq_sum,
-                "nonfinite_tokens": self.totals.nonfinite,
-            },
+            "totals": self.totals.to_dict(),
             "metrics": {
                 **{key: json_float(value) for key, value in self.metrics.items()},
                 **{f"{key}_ci": json_interval(value) for key, value in self.intervals.items()},
@@ -293,6 +132,19 @@ class Report(ReportHeader):
             "by_context_length": [b.to_dict() for b in self.by_context_length],
             "documents": [doc.to_dict() for doc in self.documents],
         }
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "(a dict)") -> "Report":
+        """Read a score report's JSON back, checked against the shipped schema: one that
+        does not fit is a `ReportError` naming ``source`` (its file) and the first problem.
+        ``metrics`` are derived from the sums again; the documents' squared log-prob sums
+        and non-finite counts, which the JSON does not hold, are 0."""
+        check(data, "score", source)
+        return cls(**ReportHeader.fields_from_dict(data), totals=Totals.from_dict(data["totals"]),
+                   documents=[DocumentResult.from_dict(d) for d in data["documents"]],
+                   intervals={key: read_interval(data["metrics"][f"{key}_ci"]) for key in INTERVAL_METRICS},
+                   bootstrap=dict(data["bootstrap"]),
+                   by_context_length=[ContextBin.from_dict(b) for b in data["by_context_length"]])
 
     def to_json(self) -> str:
         """The JSON export as text (UTF-8, two-space indent, trailing newline)."""
@@ -307,76 +159,14 @@ class Report(ReportHeader):
         return render_markdown(self)
 
 
-def to_json(data: dict[str, Any]) -> str:
-    """A report's JSON text: UTF-8, two-space indent, no NaN, trailing newline."""
-    return json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-
-
-def json_float(value: float | None) -> float | None:
-    """JSON has no infinity: an overflowing perplexity is written as null."""
-    if value is None or not math.isfinite(value):
-        return None
-    return value
-
-
-def json_interval(value: tuple[float, float] | None) -> list[float | None] | None:
-    """An interval for JSON: a pair, with infinities as null; None stays None."""
-    return None if value is None else [json_float(value[0]), json_float(value[1])]
-
-
-def write_text_atomic(path: str, text: str, flag: str = "--output") -> None:
-    """Write ``text`` to ``path`` via a temp file in the same folder, fsync, rename.
-
-    A crash leaves either the old file or the new one, never half of one; a failed
-    write (a full disk) is an `OutputError` naming ``flag`` and the file, and leaves
-    no temp file behind. The file gets the mode of any file the user creates.
-    """
-    target = Path(path).expanduser()
-    tmp: str | None = None
-    try:
-        handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            os.fchmod(out.fileno(), file_mode())
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
-        tmp = None
-    except OSError as exc:
-        raise write_failure(flag, path, exc) from None
-    finally:
-        if tmp is not None:
-            remove_quietly(Path(tmp))
-
-
-def write_report(report: Any, path: str, flag: str = "--output") -> None:
-    """Write the JSON export of any report (anything with ``to_json()``) to ``path`` atomically."""
-    write_text_atomic(path, report.to_json(), flag)
-
-
-def fmt(value: float | None, digits: int = 4) -> str:
-    """A number for a rendered table: fixed digits, ``n/a`` for none, ``inf`` for overflow."""
-    if value is None:
-        return "n/a"
-    if not math.isfinite(value):
-        return "inf"
-    return f"{value:.{digits}f}"
-
-
-def protocol_summary(protocol: dict[str, Any]) -> str:
-    """One line naming a protocol block's choices, for rendered tables."""
-    window = f"L={protocol['max_length']}" + (f", S={protocol['stride']}" if protocol.get("stride") else "")
-    return f"{protocol['name']}: {window}, prefix={protocol['prefix_token']}, concat={protocol['concat'] is not None}"
-
-
 def summary_rows(report: Report) -> list[tuple[str, str]]:
     """(label, value) pairs shown by the table and markdown renderings of a score report."""
     t = report.totals
     rows = [
-        ("model", f"{report.model['name']} ({report.model['dtype']}, {report.model['device']})"),
-        ("dataset", f"{report.dataset['spec']} [{report.dataset['split']}]"),
-        ("protocol", protocol_summary(report.protocol)),
-        ("documents", f"{t.documents} scored, {report.dataset['skipped_empty']} empty skipped"),
+        ("model", f"{report.model.name} ({report.model.dtype}, {report.model.device})"),
+        ("dataset", f"{report.dataset.spec} [{report.dataset.split}]"),
+        ("protocol", report.protocol.summary()),
+        ("documents", f"{t.documents} scored, {report.dataset.skipped_empty} empty skipped"),
         ("tokens / bytes / words", f"{t.tokens} / {t.bytes} / {t.words}"),
         ("log-likelihood (nats)", fmt(t.log_likelihood, 2)),
     ]
@@ -386,30 +176,8 @@ def summary_rows(report: Report) -> list[tuple[str, str]]:
         if interval is not None:
             shown += f"  [{fmt(interval[0])}, {fmt(interval[1])}] 95% CI"
         rows.append((METRIC_LABELS[key], shown))
-    rows.append(("throughput", f"{report.timing.get('tokens_per_second', 0.0):.0f} tokens/s"))
+    rows.append(("throughput", f"{report.timing.tokens_per_second:.0f} tokens/s"))
     return rows
-
-
-def render_pairs_table(title: str, rows: list[tuple[str, str]], notes: list[str], console: Any) -> None:
-    """A two-column rich table of (label, value) rows, then the notes."""
-    from rich.table import Table
-
-    table = Table(title=title, show_header=False)
-    table.add_column("what", style="bold")
-    table.add_column("value")
-    for label, value in rows:
-        table.add_row(label, value)
-    console.print(table)
-    for note in notes:
-        console.print(f"note: {note}")
-
-
-def render_pairs_markdown(title: str, rows: list[tuple[str, str]], notes: list[str]) -> str:
-    """A two-column markdown table of (label, value) rows (for CI job summaries), then the notes."""
-    lines = [f"### {title}", "", "| what | value |", "| --- | --- |"]
-    lines += [f"| {label} | {value.replace('|', '/')} |" for label, value in rows]
-    lines += [f"\n> note: {note}" for note in notes]
-    return "\n".join(lines) + "\n"
 
 
 CONTEXT_COLUMNS = ("context", "tokens", "NLL (nats/token)", "perplexity [95% CI]", "")
@@ -433,7 +201,7 @@ def context_rows(report: Report) -> list[tuple[str, ...]]:
         nll = b.nll or 0.0
         span = str(b.context_min) if b.context_min == b.context_max else f"{b.context_min}-{b.context_max}"
         ci = "" if b.perplexity_ci is None else f"  [{fmt(b.perplexity_ci[0], 3)}, {fmt(b.perplexity_ci[1], 3)}]"
-        rows.append((span, str(b.tokens), fmt(nll), fmt(math.exp(min(nll, 709.0)), 3) + ci, "█" * round(20 * nll / top)))
+        rows.append((span, str(b.tokens), fmt(nll), fmt(perplexity(nll), 3) + ci, "█" * round(20 * nll / top)))
     return rows
 
 
@@ -442,8 +210,7 @@ def render_table(report: Report, console: Any) -> None:
     then loss by context length."""
     from rich.table import Table
 
-    render_pairs_table(f"lleval score — {report.protocol['name']} protocol", summary_rows(report), report.notes,
-                       console)
+    render_pairs_table(f"lleval score — {report.protocol.name} protocol", summary_rows(report), report.notes, console)
     rows = context_rows(report)
     if rows:
         table = Table(title="loss by context length (tokens read before the scored one)")
@@ -456,7 +223,7 @@ def render_table(report: Report, console: Any) -> None:
 
 def render_markdown(report: Report) -> str:
     """A score report as markdown (for CI job summaries): the summary, then loss by context length."""
-    text = render_pairs_markdown(f"lleval score — {report.protocol['name']} protocol", summary_rows(report),
+    text = render_pairs_markdown(f"lleval score — {report.protocol.name} protocol", summary_rows(report),
                                  report.notes)
     rows = context_rows(report)
     if rows:

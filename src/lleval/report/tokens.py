@@ -34,14 +34,17 @@ import os
 import re
 import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
-from lleval.errors import OutputError, write_failure
+from lleval.errors import OutputError, ReportError, write_failure
 from lleval.files import pid_alive, remove_quietly
 from lleval.stream import ScoredBlock, TokenScores
+from lleval.report.blocks import DatasetBlock, ModelBlock, ProtocolBlock, TokenizerBlock
+from lleval.report.schema import compile_check, load_schema
 
 COLUMNS = ("document", "position", "context", "token_id", "token", "start", "end", "logprob")
 ROW_GROUP = 65_536
@@ -304,8 +307,6 @@ def _merge_parquet(parts: list[Path], target: Path, header: dict[str, Any]) -> N
 
 def read_token_file(path: str) -> tuple[dict[str, Any], Iterator[dict[str, Any]]]:
     """A token file's header (empty for JSON lines) and its rows, as dicts, in file order."""
-    from lleval.errors import ReportError
-
     file = Path(path)
     if not file.is_file():
         raise ReportError(f"token file {path} does not exist.")
@@ -319,8 +320,6 @@ def open_parquet(file: Path) -> tuple[Any, dict[str, Any]]:
     """A Parquet token file, checked to hold the export's columns, and its header."""
     import pyarrow.parquet as pq
 
-    from lleval.errors import ReportError
-
     try:
         parquet = pq.ParquetFile(file)
     except Exception as exc:  # pyarrow raises several kinds
@@ -333,8 +332,6 @@ def open_parquet(file: Path) -> tuple[Any, dict[str, Any]]:
 
 
 def _jsonl_rows(file: Path) -> Iterator[dict[str, Any]]:
-    from lleval.errors import ReportError
-
     with file.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             try:
@@ -344,3 +341,29 @@ def _jsonl_rows(file: Path) -> Iterator[dict[str, Any]]:
             if not isinstance(row, dict) or any(c not in row for c in COLUMNS):
                 raise ReportError(f"token file {file}, line {number}: not a token row of lleval --tokens.")
             yield row
+
+
+@dataclass(frozen=True)
+class TokenHeader:
+    """What a Parquet token file's header says of its run, as the report's typed blocks
+    (the header is the score report's, less ``timing`` and ``notes``)."""
+
+    model: ModelBlock
+    tokenizer: TokenizerBlock
+    dataset: DatasetBlock
+    protocol: ProtocolBlock
+
+
+def token_header(header: dict[str, Any], path: str) -> TokenHeader | None:
+    """The typed blocks of a token file's ``header`` (`read_token_file`'s), each checked
+    against the score schema's; None for a file without one (JSON lines). A broken block
+    is a `ReportError` naming the file and the first problem."""
+    if not header.get("model"):
+        return None
+    schema = load_schema("score")["properties"]
+    for name in ("model", "tokenizer", "dataset", "protocol"):
+        problem = compile_check(schema[name])(header.get(name))
+        if problem is not None:
+            raise ReportError(f"token file {path}: the header's {problem.inside(name).where} {problem.what}.")
+    return TokenHeader(ModelBlock.from_dict(header["model"]), TokenizerBlock.from_dict(header["tokenizer"]),
+                       DatasetBlock.from_dict(header["dataset"]), ProtocolBlock.from_dict(header["protocol"]))
