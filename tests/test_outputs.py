@@ -268,7 +268,7 @@ def test_a_run_that_fails_removes_its_parts(tiny_loaded: Any, tmp_path: Path) ->
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640)], ids=["022", "027"])
 def test_every_file_gets_the_mode_of_the_umask(tiny_loaded: Any, tmp_path: Path, data: str, umask: int,
                                                mode: int) -> None:
-    from lleval.report.score import write_report
+    from lleval.report.output import write_report
 
     before = os.umask(umask)
     try:

@@ -21,7 +21,7 @@ _EXPORTS = {
     "kl_divergence": "lleval.commands.kld",
     "KLReport": "lleval.report.kld",
     "compare_files": "lleval.commands.compare",
-    "ComparisonReport": "lleval.commands.compare",
+    "ComparisonReport": "lleval.report.compare",
 }
 __all__ = [*_EXPORTS, "__version__"]
 

@@ -260,7 +260,7 @@ def _deliver(result: Any, output: str | None, format: str, earlier: list[str] | 
     one line on stderr after the result, and returned so the command exits 1."""
     if not _is_main_rank():
         return []
-    from lleval.report.score import write_report
+    from lleval.report.output import write_report
 
     failures = list(earlier or []) + [str(exc) for exc in getattr(result, "failed_outputs", [])]
     if output:

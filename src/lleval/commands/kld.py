@@ -28,7 +28,7 @@ from lleval.plan.tokenization import tokenizer_fingerprint
 from lleval.reducers.documents import DocumentSums, StreamCounts
 from lleval.reducers.kl import KLStats
 from lleval.report.kld import KLReport, summary
-from lleval.report.score import model_block
+from lleval.report.blocks import model_block
 from lleval.runner.header import dtype_notes, header_fields, model_notes
 from lleval.runner.loop import ScoringRun
 from lleval.runner.progress import Progress

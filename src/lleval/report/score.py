@@ -14,25 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lleval.metrics import DocumentResult, Totals, derive_metrics, llamacpp_perplexity_stderr, perplexity
-from lleval.report.blocks import (  # noqa: F401  (also imported from here by commands/score.py and kld.py)
-    ReportHeader,
-    dataset_block,
-    environment,
-    model_block,
-    now,
-    timing_block,
-    tokenizer_block,
-)
-from lleval.report.output import (  # noqa: F401  (write_* also imported from here by cli.py, runner/)
-    json_float,
-    json_interval,
-    read_interval,
-    to_json,
-    write_report,
-    write_text_atomic,
-)
+from lleval.report.blocks import ReportHeader
+from lleval.report.output import json_float, json_interval, read_interval, to_json
 from lleval.report.render import fmt, render_pairs_markdown, render_pairs_table
-from lleval.report.schema import SCHEMA_VERSION, check  # noqa: F401
+from lleval.report.schema import check
 
 METRIC_LABELS = {
     "nll": "NLL (nats/token)",

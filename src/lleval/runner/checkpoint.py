@@ -27,7 +27,7 @@ from typing import Any, Iterator, Mapping
 from lleval.errors import ConfigError, OutputError
 from lleval.reducers.base import Resumable
 from lleval.reducers.documents import EMPTY_CHAIN, chain_hash
-from lleval.report.score import write_text_atomic
+from lleval.report.output import write_text_atomic
 from lleval.stream import Unit
 
 CHECKPOINT_VERSION = 2

@@ -10,7 +10,7 @@ from lleval import __version__
 from lleval.data.spec import data_spec
 from lleval.metrics import Totals
 from lleval.reducers.documents import StreamCounts
-from lleval.report.score import dataset_block, environment, model_block, now, timing_block, tokenizer_block
+from lleval.report.blocks import dataset_block, environment, model_block, now, timing_block, tokenizer_block
 from lleval.runner.loop import ScoringRun
 from lleval.runner.prepare import Job
 

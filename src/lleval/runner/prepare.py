@@ -24,7 +24,7 @@ from lleval.engine.distributed import DistContext
 from lleval.errors import ConfigError, DataError
 from lleval.plan.batching import Batching, auto_batching
 from lleval.plan.protocols import Plan, plan
-from lleval.report.score import model_block, tokenizer_block
+from lleval.report.blocks import model_block, tokenizer_block
 from lleval.runner.checkpoint import Checkpoint
 from lleval.runner.progress import Progress
 
