@@ -280,3 +280,20 @@ def test_every_file_gets_the_mode_of_the_umask(tiny_loaded: Any, tmp_path: Path,
         os.umask(before)
     written = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir() if p.name != "d.jsonl"}
     assert written == dict.fromkeys(["t.parquet", "r.html", "run.ckpt", "report.json"], mode)
+
+
+def test_the_report_says_where_each_setting_came_from(tiny_model_dir: Path, tmp_path: Path, data: str) -> None:
+    """``settings``: a typed flag, a config file's value (with the file) and a value the
+    command line left at its default (absent), in the JSON a CLI run writes."""
+    config = tmp_path / "c.yaml"
+    config.write_text("stride: 8\nbootstrap: 100\n")
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(main, ["score", "-q", "-m", str(tiny_model_dir), "-d", data, "--max-length", "16",
+                                       "--config", str(config), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    settings = json.loads(out.read_text())["settings"]
+    assert settings["max_length"] == {"value": 16, "origin": "flag"}
+    assert settings["stride"] == {"value": 8, "origin": "config file", "file": str(config)}
+    assert settings["bootstrap"] == {"value": 100, "origin": "config file", "file": str(config)}
+    assert settings["model"] == {"value": str(tiny_model_dir), "origin": "flag"}
+    assert "seed" not in settings and "protocol" not in settings  # left at their defaults

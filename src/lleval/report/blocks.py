@@ -199,6 +199,8 @@ class ReportHeader:
     environment: dict[str, Any]
     distributed: dict[str, Any] | None  # world size and backend of a data-parallel run
     notes: list[str]
+    #: every setting not left at its default, with its origin (`EvalConfig.provenance`)
+    settings: dict[str, Any] = field(default_factory=dict, kw_only=True)
     #: outputs the library owns (``--tokens``, ``--html``) that could not be written; the
     #: caller still writes its own (``-o``) and reports these. Not part of the JSON.
     failed_outputs: list[OutputError] = field(default_factory=list, kw_only=True, repr=False, compare=False)
@@ -224,6 +226,7 @@ class ReportHeader:
             "environment": dict(self.environment),
             "distributed": None if self.distributed is None else dict(self.distributed),
             "notes": list(self.notes),
+            "settings": {name: dict(value) for name, value in self.settings.items()},
         }
 
     @staticmethod
@@ -233,7 +236,7 @@ class ReportHeader:
         return {"lleval_version": data["lleval_version"], "created": data["created"], "complete": data["complete"],
                 **blocks, "environment": dict(data["environment"]),
                 "distributed": None if data["distributed"] is None else dict(data["distributed"]),
-                "notes": list(data["notes"])}
+                "notes": list(data["notes"]), "settings": dict(data.get("settings", {}))}
 
 
 def now() -> str:

@@ -36,6 +36,7 @@ def header_fields(
         "environment": environment(half_on_cpu),
         "distributed": None if job.inputs.dist is None else job.inputs.dist.describe(),
         "notes": notes,
+        "settings": job.config.provenance(),
     }
 
 
