@@ -221,3 +221,66 @@ def test_a_snippet_is_the_opening_of_the_text_with_its_whitespace_collapsed() ->
     assert document_snippet("a " * 40) == "a " * 29 + "a…"  # 79 characters collapsed, cut at 59 and marked
     assert document_snippet("x" * 60) == "x" * 60 and document_snippet("x" * 61) == "x" * 59 + "…"
     assert document_snippet("") == ""
+
+
+# ---------------------------------------------------------------- a statistic plugged into the score report
+
+
+class _SurprisingTokens:
+    """A statistic as the README's walk-through adds one: tokens whose log-prob is below a
+    threshold, and the sum of their log-probs."""
+
+    key = "surprising_tokens"
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold, self.count, self.logprob_sum = threshold, 0, 0.0
+
+    def update(self, block: Any) -> None:
+        for scores in block.units:
+            low = scores.logprob[scores.logprob < self.threshold].astype(np.float64)
+            self.count += int(low.size)
+            self.logprob_sum += float(low.sum())
+
+    def state(self) -> dict[str, Any]:
+        return {"count": self.count, "logprob_sum": self.logprob_sum}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.count, self.logprob_sum = int(state["count"]), float(state["logprob_sum"])
+
+    def result(self) -> dict[str, Any]:
+        return {"threshold": self.threshold, "tokens": self.count, "logprob_sum": self.logprob_sum}
+
+
+def test_a_registered_statistic_is_folded_resumed_and_reported(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Uniform log-probs over a 320-token vocabulary: every token costs ln 320 = 5.77 nats, so
+    a threshold of -5 catches every scored token, and their sum is -tokens * ln 320; a run
+    stopped early and resumed from its checkpoint reports the same block."""
+    import lleval.commands.score as score_command
+    from lleval.backends.base import LoadedModel, ModelInfo
+    from lleval.commands.score import evaluate
+    from lleval.config import EvalConfig
+    from lleval.engine.kernels import scorer_from_logits
+    from lleval.report.score import Report
+    from transformers import AutoTokenizer
+
+    from conftest import TINY_TOKENIZER
+    from helpers import write_jsonl
+
+    monkeypatch.setattr(score_command, "STATISTICS", (lambda config: _SurprisingTokens(-5.0),))
+    info = ModelInfo("uniform", "local", None, None, "float32", "cpu", 0, 512)
+    loaded = LoadedModel(scorer_from_logits(lambda ids, mask: torch.zeros(*ids.shape, 320)),
+                         AutoTokenizer.from_pretrained(TINY_TOKENIZER), info)
+    data = write_jsonl(tmp_path / "d.jsonl", [f"document {i} has some words in it, {i * 'more '}" for i in range(12)])
+    config = EvalConfig(dataset=data, max_length=16, batch_size=2, block_tokens=40, bootstrap=0,
+                        checkpoint=str(tmp_path / "c.json"), checkpoint_every=0)
+    calls = iter(range(10_000))
+    partial = evaluate(config, loaded=loaded, should_stop=lambda: next(calls) > 3)
+    assert not partial.complete
+    assert partial.statistics["surprising_tokens"]["tokens"] == partial.totals.tokens
+    report = evaluate(config, loaded=loaded)
+    assert any(note.startswith("resumed from") for note in report.notes)
+    assert report.totals.tokens > partial.totals.tokens
+    block = report.to_dict()["statistics"]["surprising_tokens"]
+    assert block["tokens"] == report.totals.tokens > 0
+    assert math.isclose(block["logprob_sum"], -report.totals.tokens * math.log(320), rel_tol=1e-6)
+    assert Report.from_dict(report.to_dict()).statistics == {"surprising_tokens": block}

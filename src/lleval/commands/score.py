@@ -18,11 +18,12 @@ whole path with fakes and tiny models.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from lleval.backends.base import LoadedModel
 from lleval.config import EvalConfig
 from lleval.metrics import ratio_intervals
+from lleval.reducers.base import Statistic
 from lleval.reducers.context import ContextCurve
 from lleval.reducers.documents import DocumentSums, StreamCounts
 from lleval.report.score import ContextBin, Report, bins_of_table
@@ -32,7 +33,12 @@ from lleval.runner.progress import Progress, ScoringProgress
 from lleval.runner.prepare import Job, load_and_plan, make_job, model_spec, open_inputs
 from lleval.runner.run import run_job
 
-__all__ = ["evaluate", "load", "LoadedModel", "Progress", "ScoringProgress"]
+__all__ = ["evaluate", "load", "LoadedModel", "Progress", "ScoringProgress", "STATISTICS"]
+
+#: Further statistics a score run folds and reports (``statistics.<key>`` in its JSON):
+#: each entry makes the `Statistic` for a config, or None where the run does not ask for it.
+#: A new statistic is its reducer's module plus one entry here.
+STATISTICS: tuple[Callable[[EvalConfig], Statistic | None], ...] = ()
 
 
 def load(config: EvalConfig) -> LoadedModel:
@@ -58,12 +64,14 @@ def evaluate(
     (model,), protocol = load_and_plan([config], [loaded], progress)
     job = make_job(inputs, model, protocol)
     sums, counts, curve = DocumentSums(), StreamCounts(), ContextCurve()
-    return run_job(job, sums, {"stream": counts, "curve": curve},
-                   lambda run: score_report(job, run, sums, counts, curve), progress, should_stop)
+    statistics = [s for s in (make(config) for make in STATISTICS) if s is not None]
+    return run_job(job, sums, {"stream": counts, "curve": curve, **{s.key: s for s in statistics}},
+                   lambda run: score_report(job, run, sums, counts, curve, statistics), progress, should_stop)
 
 
 def score_report(
-    job: Job, run: ScoringRun, sums: DocumentSums, counts: StreamCounts, curve: ContextCurve | None = None
+    job: Job, run: ScoringRun, sums: DocumentSums, counts: StreamCounts, curve: ContextCurve | None = None,
+    statistics: Sequence[Statistic] = (),
 ) -> Report:
     """The `Report` of a score run: every block of it derived from the reducers' state."""
     totals = sums.totals()
@@ -71,7 +79,8 @@ def score_report(
     notes = score_notes(job, run, sums, counts) + ([str(bootstrap["skipped"])] if "skipped" in bootstrap else [])
     bins = [] if curve is None else context_bins(job.config, curve, job.protocol.max_length)
     return Report(**header_fields(job, run, counts, totals, notes), totals=totals, documents=sums.documents,
-                  intervals=intervals, bootstrap=bootstrap, by_context_length=bins)
+                  intervals=intervals, bootstrap=bootstrap, by_context_length=bins,
+                  statistics={s.key: s.result() for s in statistics})
 
 
 def context_bins(config: EvalConfig, curve: ContextCurve, max_length: int) -> list[ContextBin]:

@@ -10,8 +10,9 @@ statistic is a new reducer, never a new path through the engine."""
 from __future__ import annotations
 
 import dataclasses
-import numpy as np
 from typing import Any, Protocol
+
+import numpy as np
 
 from lleval.stream import ScoredBlock, TokenScores
 
@@ -33,6 +34,17 @@ class Resumable(Reducer, Protocol):
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a saved state."""
+        ...
+
+
+class Statistic(Resumable, Protocol):
+    """A reducer whose result is a block of the score report: ``statistics.<key>`` in its
+    JSON. Resumable, so a checkpointed run resumes it with the documents' sums."""
+
+    key: str
+
+    def result(self) -> dict[str, Any]:
+        """The block (JSON values), read once the run is over."""
         ...
 
 

@@ -91,6 +91,8 @@ class Report(ReportHeader):
     bootstrap: dict[str, Any] = field(default_factory=dict)
     #: loss by context length: power-of-two bins of tokens read before the scored one
     by_context_length: list[ContextBin] = field(default_factory=list)
+    #: the blocks of further statistics (`lleval.reducers.base.Statistic`), by key
+    statistics: dict[str, Any] = field(default_factory=dict)
 
     @property
     def metrics(self) -> dict[str, float | None]:
@@ -115,6 +117,7 @@ class Report(ReportHeader):
             },
             "bootstrap": dict(self.bootstrap),
             "by_context_length": [b.to_dict() for b in self.by_context_length],
+            **({"statistics": dict(self.statistics)} if self.statistics else {}),
             "documents": [doc.to_dict() for doc in self.documents],
         }
 
@@ -129,7 +132,8 @@ class Report(ReportHeader):
                    documents=[DocumentResult.from_dict(d) for d in data["documents"]],
                    intervals={key: read_interval(data["metrics"][f"{key}_ci"]) for key in INTERVAL_METRICS},
                    bootstrap=dict(data["bootstrap"]),
-                   by_context_length=[ContextBin.from_dict(b) for b in data["by_context_length"]])
+                   by_context_length=[ContextBin.from_dict(b) for b in data["by_context_length"]],
+                   statistics=dict(data.get("statistics", {})))
 
     def to_json(self) -> str:
         """The JSON export as text (UTF-8, two-space indent, trailing newline)."""
