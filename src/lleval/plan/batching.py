@@ -8,17 +8,11 @@ is paid only where it saves more than a forward pass costs, so a long window
 runs alone, exactly as at batch size 1, and many short ones share a pass.
 
 - **CPU**: at most `CPU_BATCH_TOKENS` padded tokens per pass, and one pass
-  costs `CPU_FORWARD_OVERHEAD_TOKENS` tokens' worth of time. Measured with
-  `scripts/bench_batch_shapes.py` (SmolLM2-135M, float32, 2 threads): on an
-  AMD EPYC Zen 5, tokens/s by rows x width, 1x16: 284, 64x16: 717, 1x64: 540,
-  8x64: 692, 1x128: 516, 8x128: 668, 1x512: 571, 2x512: 593, 4x512: 548,
-  1x1024: 572, 2x1024: 552, 1x2048: 498: throughput peaks once a pass holds
-  512 to 1,024 tokens and falls past that (the activations leave the cache);
-  a single pass of w tokens takes about (w + 17) times the per-token time, so
-  a pass is worth about 17 to 30 tokens. On an AMD EPYC Zen 1 (an earlier
-  session) 2 windows of 400 were best and 8 no faster; on an Intel Sapphire
-  Rapids a 2,048-token budget with greedy filling lost 11% to batch 1 through
-  9.9% padding, which this rule avoids.
+  costs `CPU_FORWARD_OVERHEAD_TOKENS` tokens' worth of time: throughput peaks
+  once a pass holds 512 to 1,024 tokens and falls past that (the activations
+  leave the cache), and a pass of w tokens takes about w + 17 tokens' time
+  (`scripts/bench_batch_shapes.py`; the figures, per CPU, are in the README's
+  "Performance").
 - **GPU**: 70% of the memory free once the model is loaded, in tokens of
   activations (`bytes_per_token`), and a pass costs `GPU_FORWARD_OVERHEAD_TOKENS`
   (a forward pass of a small batch is bound by kernel launches: about 3 ms for
