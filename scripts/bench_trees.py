@@ -29,8 +29,8 @@ from bench import stdlib_docstrings  # noqa: E402
 
 def write_corpora(folder: Path) -> dict[str, Path]:
     modules = stdlib_docstrings()
-    short = [" ".join(docs)[:6000] for _, docs in modules[:40]]
-    long = [" ".join(" ".join(docs) for _, docs in modules[40:120])[i * 16000:(i + 1) * 16000] for i in range(3)]
+    short = [" ".join(docs)[:1200] for _, docs in modules[:40]]  # about 300 tokens each
+    long = [" ".join(" ".join(docs) for _, docs in modules[40:120])[i * 12000:(i + 1) * 12000] for i in range(2)]
     paths = {}
     for name, texts in (("short", short), ("long", long)):
         paths[name] = folder / f"{name}.jsonl"
@@ -65,8 +65,10 @@ def main() -> None:
                     old = best.get(key, (float("inf"), 0.0))
                     best[key] = (min(old[0], seconds), max(old[1], report["timing"]["tokens_per_second"]))
                     totals[key] = report["totals"]
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), "unknown CPU")
+        info = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
+                    if ":" in line)
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        cpu = f"{info.get('model name', 'unknown CPU')} (family {info.get('cpu family')}, model {info.get('model')})"
         print(f"{cpu}, {os.cpu_count()} CPUs, best of {args.rounds} alternated rounds")
         for name in corpora:
             a, b = (best[(str(t), name)] for t in args.trees)
