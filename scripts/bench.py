@@ -595,6 +595,9 @@ def main() -> None:
                         help="the GPU comparison (implied by a device other than cpu); with --device cpu "
                         "--model-config small, a quick check that it runs")
     args = parser.parse_args()
+    from lleval.threads import cap_torch_threads
+
+    cap_torch_threads()  # as the CLI does: the library leaves torch's threads alone
     os.environ.update({k: v for k, v in ENV.items() if k not in os.environ})
     if args.device == "cpu" and not args.in_process:
         results = run_cpu(args)

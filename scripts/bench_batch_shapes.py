@@ -71,6 +71,9 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=4096, help="largest rows x width to try")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    from lleval.threads import cap_torch_threads
+
+    cap_torch_threads()  # as the CLI does: the library leaves torch's threads alone
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")
     from lleval.commands.score import load

@@ -58,6 +58,9 @@ def main() -> int:
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--stride", type=int, default=512)
     args = parser.parse_args()
+    from lleval.threads import cap_torch_threads
+
+    cap_torch_threads()  # as the CLI does: the library leaves torch's threads alone
     config = EvalConfig(
         model=args.model, dataset=args.data, sample_by=args.sample_by, protocol="hf-guide",
         max_length=args.max_length, stride=args.stride,

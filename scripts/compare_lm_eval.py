@@ -45,6 +45,9 @@ def main() -> int:
     parser.add_argument("--tolerance", type=float, default=1e-4)
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args()
+    from lleval.threads import cap_torch_threads
+
+    cap_torch_threads()  # as the CLI does: the library leaves torch's threads alone
 
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM

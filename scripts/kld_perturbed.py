@@ -31,6 +31,9 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.05)
     parser.add_argument("--max-length", type=int, default=512)
     args = parser.parse_args()
+    from lleval.threads import cap_torch_threads
+
+    cap_torch_threads()  # as the CLI does: the library leaves torch's threads alone
     config = EvalConfig(dataset=args.data, limit=args.limit, max_length=args.max_length)
     base = load(config)
     noisy = copy.deepcopy(base.model)

@@ -320,3 +320,10 @@ def test_dtype_auto_is_bf16_only_on_gpus_that_support_it(monkeypatch: pytest.Mon
     assert resolve_dtype("auto", "mps") is torch.float32
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert resolve_dtype("auto", "cuda") is torch.float32
+
+
+def test_an_accelerator_whose_free_memory_is_unknown_gets_the_cpu_rule() -> None:
+    """A backend that says it runs on a GPU but cannot say how much memory is free: the CPU
+    rule (a 1,024-token budget for a fake without an estimate), not a zero budget."""
+    assert auto_batching(None, True, None) == auto_batching(None, False, None)
+    assert auto_batching(None, True, None).max_batch_tokens == CPU_BATCH_TOKENS

@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "evaluate": "lleval.commands.score",
-    "LoadedModel": "lleval.backends.hf",
+    "LoadedModel": "lleval.backends.base",
     "EvalConfig": "lleval.config",
     "Report": "lleval.report.score",
     "kl_divergence": "lleval.commands.kld",

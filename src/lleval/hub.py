@@ -6,7 +6,8 @@ the answer is a value (`HubAccess`) that the loaders are given
 (``local_files_only`` for transformers, an offline scope around a
 ``datasets`` call): cached models and datasets still load and anything else
 fails at once with a clear message. Nothing here changes the process's
-environment.
+environment; the offline flags of ``datasets`` and ``huggingface_hub`` are set
+only inside the scope of a ``datasets`` call, and put back after it.
 """
 
 from __future__ import annotations
@@ -44,10 +45,11 @@ def offline_by_env() -> bool:
 @dataclass(frozen=True)
 class HubAccess:
     """Whether loaders may use the network: ``offline`` with its cause (``env``: the user
-    set HF_HUB_OFFLINE; ``unreachable``: the host did not answer), else online."""
+    set HF_HUB_OFFLINE; ``unreachable``: the host did not answer; ``local``: a local model,
+    which needs none), else online."""
 
     offline: bool
-    cause: str = "online"  # online | env | unreachable
+    cause: str = "online"  # online | env | unreachable | local
 
     def hint(self) -> str:
         """The sentence that explains why a hub id did not load."""

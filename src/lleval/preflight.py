@@ -3,7 +3,7 @@
 None of them needs the model, the tokenizer or the data's contents, and this
 module imports neither torch, transformers nor datasets, so the CLI runs
 `check_config` first and a wrong flag costs a fraction of a second, not the
-seconds those imports take. `lleval.commands.score.open_inputs` runs it again (it is
+seconds those imports take. `lleval.runner.prepare.open_inputs` runs it again (it is
 cheap) for callers of the Python API.
 """
 

@@ -10,12 +10,14 @@ loading a deep-learning framework (about a second and a few hundred MB).
 - `ScoredBlock`: what the engine yields per block of units, in input order.
 - `EngineTick`: where scoring stands, yielded between batches.
 - `EngineStats`: what the engine has done, carried by both.
+- `token_columns`: one unit's scored tokens as the columns of the ``--tokens`` file and the
+  HTML report (document, position, context, token id, its text and span, log-prob).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence, Union
+from typing import Any, Sequence, Union
 
 import numpy as np
 
@@ -152,3 +154,45 @@ class EngineTick:
 
 
 EngineItem = Union[ScoredBlock, EngineTick]
+
+
+def token_columns(scores: TokenScores) -> dict[str, Any]:
+    """The export's columns for one unit's scored tokens (its rows must hold their text)."""
+    unit = scores.unit
+    local = scores.row - unit.first_row
+    sequence = scores.position + unit.starts[local]  # (N,) positions in the unit's token sequence
+    starts, ends = _token_spans(unit)
+    texts = [row.text or "" for row in unit.rows]
+    begin, finish = starts[sequence], ends[sequence]
+    columns: dict[str, Any] = {
+        "document": np.asarray([unit.rows[k].index for k in local], dtype=np.int64),
+        "position": scores.position,
+        "context": scores.context,
+        "token_id": scores.token,
+        "token": [texts[k][b:e] for k, b, e in zip(local.tolist(), begin.tolist(), finish.tolist())],
+        "start": begin,
+        "end": finish,
+        "logprob": scores.logprob,
+    }
+    columns.update(scores.columns)
+    return columns
+
+
+def _token_spans(unit: Unit) -> tuple[np.ndarray, np.ndarray]:
+    """Character span in its row's text of every position of a unit's sequence: from where
+    the token starts to where the next token of the same row starts (the first token of a
+    row from 0, the last to the end of the text)."""
+    if unit.char_starts is None or any(row.text is None for row in unit.rows):
+        raise ValueError("the per-token export needs units made with keep_text=True")
+    n = len(unit.tokens)
+    starts = np.maximum(unit.char_starts, 0)
+    begin, finish = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+    bounds = list(unit.starts) + [n]
+    for k, row in enumerate(unit.rows):
+        own = slice(int(bounds[k]), int(bounds[k + 1]))
+        edges = np.maximum.accumulate(starts[own]) if bounds[k + 1] > bounds[k] else starts[own]
+        if len(edges):
+            edges[0] = 0
+        begin[own] = edges
+        finish[own] = np.append(edges[1:], len(row.text or ""))
+    return begin, finish

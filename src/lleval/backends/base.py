@@ -82,7 +82,7 @@ class LoadedModel:
     bytes_per_token: int | None = None  # activation working set per batch token, for --batch-size auto
     load_seconds: float = 0.0  # reading the tokenizer, config and weights (0 for a model handed in)
     accelerator: bool = False  # it runs on a GPU: batches are sized by that device's memory
-    free_memory: Callable[[], int] | None = None  # bytes free on that device, asked when batches are sized
+    free_memory: Callable[[], int] | None = None  # bytes free on that device (None: unknown, the CPU rule)
 
     @property
     def name(self) -> str:
@@ -154,5 +154,7 @@ def with_token_stats(loaded: LoadedModel) -> LoadedModel:
     from lleval.engine.kernels import scorer_from_slices
 
     loaded.require(FULL_VOCABULARY, "--token-stats")
-    per_slice = slice_positions(loaded.vocab or 1, LOGITS_SLICE_BYTES // 2)
+    if loaded.vocab is None:
+        raise ConfigError(f"--token-stats needs the vocabulary size of {loaded.name}, which its backend did not give.")
+    per_slice = slice_positions(loaded.vocab, LOGITS_SLICE_BYTES // 2)
     return dataclasses.replace(loaded, scorer=scorer_from_slices(loaded.slices, per_slice, stats=True))

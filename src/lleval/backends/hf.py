@@ -166,7 +166,9 @@ def _from_pretrained(
 ) -> Any:
     """``loader.from_pretrained`` with the spec's revision and remote-code choice; any failure
     (loaders raise many kinds: struct.error on a truncated GGUF) becomes one `ModelLoadError` line."""
-    access = hub_access() if source == "hub" else HubAccess(True, "local")  # a path needs no network
+    # a local model needs no network, unless its remote code names another hub repository
+    local = HubAccess(True, "local") if not spec.trust_remote_code else hub_access()
+    access = hub_access() if source == "hub" else local
     try:
         return loader.from_pretrained(
             location, revision=spec.revision, trust_remote_code=spec.trust_remote_code, gguf_file=gguf_file,
@@ -324,7 +326,7 @@ def load_weights(found: ModelSource) -> LoadedModel:
     if spec.device_map:
         # accelerate's placement; transformers leaves hf_device_map unset when one device holds it all
         placement = getattr(model, "hf_device_map", None) or {"": str(next(model.parameters()).device)}
-        device = ",".join(sorted({str(d) for d in placement.values()}))
+        device = ",".join(sorted({_device_name(d) for d in placement.values()}))
     else:
         model.to(device)
     model.eval()
@@ -351,6 +353,11 @@ def load_weights(found: ModelSource) -> LoadedModel:
     return LoadedModel(scorer_from_slices(slices, slice_positions(vocab)), tokenizer, info, int(pad or 0), model,
                        slices, vocab, activation_bytes_per_token(model), accelerator=device.startswith("cuda"),
                        free_memory=_free_memory(device) if device.startswith("cuda") else None)
+
+
+def _device_name(placed: Any) -> str:
+    """A device of accelerate's placement by name: it gives a GPU as its index (``0``)."""
+    return f"cuda:{placed}" if isinstance(placed, int) or str(placed).isdigit() else str(placed)
 
 
 def _free_memory(device: str) -> Any:

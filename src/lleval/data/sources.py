@@ -166,7 +166,12 @@ def _rows(spec: DataSpec, stats: DataStats) -> Iterator[Any]:
     columns = dataset.column_names
     if columns is not None and spec.text_field not in columns:
         raise DataError(_missing_field(spec, columns))
-    yield from dataset
+    if source_kind(spec.dataset)[0] == "hub":
+        # a streamed hub dataset reads its files while it is iterated: offline then too
+        with datasets_offline(hub_access()):
+            yield from dataset
+    else:
+        yield from dataset
 
 
 def _missing_field(spec: DataSpec, columns: list[str]) -> str:

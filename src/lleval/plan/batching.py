@@ -103,11 +103,12 @@ def auto_batching(
     ``per_token`` is the activation estimate (`bytes_per_token`; None for
     fakes, which then get the CPU rule without a memory cap); ``available``
     is the free memory of the device (an accelerator's, as its backend
-    measured it; on a CPU, None measures this machine's). The token budget is
+    measured it; None, unknown, gets the CPU rule, which measures this machine's
+    memory). The token budget is
     never below ``max_length``: one full window always fits a batch.
     """
-    if accelerator:
-        budget = int((available or 0) * GPU_BUDGET_SHARE)
+    if accelerator and available is not None:
+        budget = int(available * GPU_BUDGET_SHARE)
         tokens = budget // max(1, per_token or 1)
         overhead = GPU_FORWARD_OVERHEAD_TOKENS
     else:

@@ -8,7 +8,7 @@ from typing import Any
 
 from lleval.metrics import perplexities
 from lleval.reducers.base import row_slices
-from lleval.stream import ScoredBlock
+from lleval.stream import ScoredBlock, token_columns
 
 
 class DocumentSamples:
@@ -27,7 +27,6 @@ class DocumentSamples:
     def update(self, block: ScoredBlock) -> None:
         import heapq
 
-        from lleval.report.tokens import token_columns
 
         for scores in block.units:
             self.snippets.update((row.index, document_snippet(row.text)) for row in scores.unit.rows

@@ -245,7 +245,7 @@ def now() -> str:
 
 
 def model_block(info: Any) -> ModelBlock:
-    """The report's ``model`` block, from a `lleval.backends.hf.ModelInfo`."""
+    """The report's ``model`` block, from a `lleval.backends.base.ModelInfo`."""
     return ModelBlock(name=info.name, source=info.source, revision=info.revision, sha256=info.sha256,
                       dtype=info.dtype, device=info.device, parameters=info.parameters,
                       max_positions=info.max_positions, device_map=info.device_map, cache=info.cache,
