@@ -1,6 +1,6 @@
 """The backend seam: a model source registered in `lleval.backends.registry` serves
-`evaluate` and `kl_divergence` without any other change, and what it cannot compute is
-refused in one line."""
+`evaluate` and `kl_divergence` without any other change, what it cannot compute is refused
+in one line, and each name goes to the backend that serves it."""
 
 from __future__ import annotations
 
@@ -86,8 +86,8 @@ def test_what_a_backend_cannot_compute_is_refused(tmp_path: Path, fake_backend: 
         kl_divergence(EvalConfig(model="fake://a", dataset=data, max_length=16), "fake://b")
 
 
-def test_a_url_no_backend_serves_is_one_clear_error() -> None:
-    with pytest.raises(ConfigError) as info:
-        registry.open_model(ModelSpec("http://127.0.0.1:8000/v1"))
-    message = str(info.value)
-    assert "\n" not in message and "http://127.0.0.1:8000/v1" in message and "not supported" in message
+def test_a_url_is_a_served_model_and_a_path_or_hub_id_a_transformers_model() -> None:
+    assert registry.backend_for(ModelSpec("http://127.0.0.1:8000/v1")).name == "server"
+    assert registry.backend_for(ModelSpec("https://models.example/v1")).name == "server"
+    for name in (None, "gpt2", "org/model", "./folder", "model.gguf"):
+        assert registry.backend_for(ModelSpec(name)).name == "transformers"

@@ -111,6 +111,16 @@ class Setting:
     spec: str | None = None  # its name in its section's spec, where that differs (ModelSpec.cache)
 
 
+def without_credentials(value: Any) -> Any:
+    """``value`` with the user name and password of a URL taken out (``http://u:key@host``
+    becomes ``http://host``): what a report or a message may show of a served model's URL."""
+    if not isinstance(value, str) or "://" not in value or "@" not in value.split("://", 1)[1].split("/", 1)[0]:
+        return value
+    scheme, rest = value.split("://", 1)
+    netloc, _, path = rest.partition("/")
+    return f"{scheme}://{netloc.rsplit('@', 1)[1]}" + (f"/{path}" if path else "")
+
+
 def _setting(default: Any, section: str, help: str, **how: Any) -> Any:
     """An `EvalConfig` field with its `Setting` (keyword arguments: `Setting`'s)."""
     return dataclasses.field(default=default, metadata={"setting": Setting(section, help, **how)})
@@ -124,8 +134,9 @@ class EvalConfig:
     """
 
     model: str | None = _setting(
-        None, "model", "Hub id, local model folder or .gguf file. Default: built-in SmolLM2-135M-Instruct "
-        "(Q4_1 GGUF, dequantized to float32).", short="-m", spec="name")
+        None, "model", "Hub id, local model folder, .gguf file, or the URL of an OpenAI-compatible server "
+        "(http://127.0.0.1:8000/v1, e.g. vLLM). Default: built-in SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized "
+        "to float32).", short="-m", spec="name")
     revision: str | None = _setting(None, "model", "Hub revision (branch, tag or commit) of a hub model.")
     trust_remote_code: bool = _setting(False, "model", "Allow model code from the hub repository to run.")
     dtype: str = _setting(
@@ -144,6 +155,14 @@ class EvalConfig:
     model_cache: bool = _setting(
         True, "model", "Keep a .gguf model converted after its first load, so later runs load in a second "
         "(in $LLEVAL_MODEL_CACHE, else under $HF_HOME; LLEVAL_MODEL_CACHE=off turns it off).", spec="cache")
+    tokenizer: str | None = _setting(
+        None, "model", "With a server --model: the served model's tokenizer (hub id, folder or .gguf file). "
+        "Default: the served model's own folder, when the server names one on this machine.")
+    served_model: str | None = _setting(
+        None, "model", "With a server --model: which of its models to score (default: the one it serves).")
+    api_key_env: str = _setting(
+        "OPENAI_API_KEY", "model", "With a server --model: the environment variable holding its API key, sent "
+        "as a bearer token (never written anywhere).", metavar="NAME")
     dataset: str | None = _setting(
         None, "data", "Hub dataset, .txt/.jsonl/.json/.csv/.parquet file, saved dataset folder, or - "
         "for stdin. Default: built-in sample prose.", short="-d")
@@ -236,7 +255,7 @@ class EvalConfig:
         """
         found: dict[str, dict[str, Any]] = {}
         for f, _how in settings():
-            value, origin = getattr(self, f.name), self.origins.get(f.name)
+            value, origin = without_credentials(getattr(self, f.name)), self.origins.get(f.name)
             if origin is None and value == f.default:
                 continue
             if origin is not None and origin.startswith(CONFIG_FILE):
@@ -331,6 +350,15 @@ class EvalConfig:
             problems.append(f"{self.flag('token_stats')} adds rank and entropy to --tokens and --html: give one of them")
         if self.html is None and self.html_docs != DEFAULT_HTML_DOCS:
             problems.append(f"{self.flag('html_docs')} sets how many documents --html shows: give --html")
+        served = self.model is not None and self.model.split("://")[0] in ("http", "https")
+        for name in ("tokenizer", "served_model", "api_key_env"):
+            changed = getattr(self, name) != EvalConfig.__dataclass_fields__[name].default
+            if changed and not served:
+                problems.append(f"{self.flag(name)} applies to a --model that is a server URL (http://...)")
+        if served:
+            for name in ("revision", "device_map"):
+                if getattr(self, name) is not None:
+                    problems.append(f"{self.flag(name)} applies to a model lleval loads itself, not to a server")
         return problems
 
 

@@ -47,6 +47,9 @@ class ModelSpec:
     device_map: str | None = None  # auto | balanced | sequential: spread over visible devices
     cache: bool = True  # keep a converted .gguf for later runs (lleval.backends.model_cache)
     float32_head: bool = True  # a bf16/fp16 model projects to logits in float32 (see make_logits_slices)
+    tokenizer: str | None = None  # a server's model: the tokenizer to load here
+    served_model: str | None = None  # a server's model: which of those it serves
+    api_key_env: str = "OPENAI_API_KEY"  # a server's model: the variable holding its API key
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class ModelInfo:
     cache: str | None = None  # .gguf only: hit | stored | miss (not stored) | off
     head_dtype: str | None = None  # dtype of the output projection and log-softmax, when not the model's
     notes: tuple[str, ...] = ()  # what loading met that the report must say (a model cache problem)
+    server: dict[str, Any] | None = None  # a served model: url (no credentials), model, version, request style
 
 
 @dataclass

@@ -161,6 +161,13 @@ def _load_tokenizer(location: str, gguf_file: str | None, source: str, spec: Mod
     return tokenizer
 
 
+def load_tokenizer(name: str) -> Any:
+    """The tokenizer alone of a hub id, model folder or ``.gguf`` file (a served model's)."""
+    spec = ModelSpec(name)
+    location, gguf_file, source, _display = _locate(spec)
+    return _load_tokenizer(location, gguf_file, source, spec)
+
+
 def _from_pretrained(
     loader: Any, what: str, location: str, gguf_file: str | None, source: str, spec: ModelSpec, **extra: Any
 ) -> Any:

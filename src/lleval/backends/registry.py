@@ -8,11 +8,11 @@ id, comes last.
 
 from __future__ import annotations
 
-from lleval.backends import hf
+from lleval.backends import hf, served
 from lleval.backends.base import Backend, LoadedModel, ModelSpec, OpenedModel
 from lleval.errors import ConfigError
 
-BACKENDS: tuple[Backend, ...] = (hf.BACKEND,)
+BACKENDS: tuple[Backend, ...] = (served.BACKEND, hf.BACKEND)
 
 
 def backend_for(spec: ModelSpec) -> Backend:
@@ -21,8 +21,8 @@ def backend_for(spec: ModelSpec) -> Backend:
         if backend.claims(spec):
             return backend
     raise ConfigError(
-        f"no backend serves {spec.name}: lleval loads a model folder, a .gguf file or a hub id "
-        f"({', '.join(b.name for b in BACKENDS)}); a URL of a served model is not supported yet."
+        f"no backend serves {spec.name}: lleval loads a model folder, a .gguf file, a hub id or the URL of an "
+        f"OpenAI-compatible server ({', '.join(b.name for b in BACKENDS)})."
     )
 
 

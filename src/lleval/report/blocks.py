@@ -249,7 +249,8 @@ def model_block(info: Any) -> ModelBlock:
     return ModelBlock(name=info.name, source=info.source, revision=info.revision, sha256=info.sha256,
                       dtype=info.dtype, device=info.device, parameters=info.parameters,
                       max_positions=info.max_positions, device_map=info.device_map, cache=info.cache,
-                      head_dtype=info.head_dtype or info.dtype)
+                      head_dtype=info.head_dtype or info.dtype,
+                      extra={"server": dict(info.server)} if getattr(info, "server", None) else {})
 
 
 def tokenizer_block(tokenizer: Any, name: str) -> TokenizerBlock:

@@ -1,0 +1,247 @@
+"""The served backend (`lleval.backends.served`) against a small OpenAI-compatible server of
+the test's own: it answers with the tiny GPT-2's log-probs computed here in float64, so a run
+through the URL must give a local run's numbers; and with the broken answers real servers
+give (shifted, generated tokens only, uniform, refused key), each of which must be one line.
+The same comparison against a real vLLM is in `tests/test_vllm.py`."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from helpers import rel_close, write_jsonl
+from lleval.commands.kld import kl_divergence
+from lleval.commands.score import evaluate
+from lleval.config import EvalConfig
+from lleval.errors import ConfigError, ModelLoadError, ScoringError
+
+TEXTS = [f"Document {i}. " + "The river begins as a spring in a boggy hollow high on the moor. " * (1 + i % 4)
+         for i in range(8)]
+KEY = "sk-test-secret-4711"
+
+
+class FakeServer:
+    """``/v1/models``, ``/v1/completions`` (prompt_logprobs or echo) and ``/version``; ``mode``
+    picks a broken behaviour."""
+
+    def __init__(self, model_dir: Path, max_model_len: int = 60) -> None:
+        from transformers import AutoModelForCausalLM
+
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        self.vocab = self.model.config.vocab_size
+        self.root, self.max_model_len = str(model_dir), max_model_len
+        self.mode, self.key, self.lock, self.requests = "ok", None, threading.Lock(), 0
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http.server_address[1]}/v1"
+
+    def logprobs(self, prompt: list[int]) -> list[float]:
+        """log P(prompt[i] | prompt[:i]) for i >= 1, from full logits in float64."""
+        if self.mode == "uniform":
+            return [-math.log(self.vocab)] * (len(prompt) - 1)
+        with self.lock, torch.inference_mode():
+            logits = self.model(torch.tensor([prompt])).logits[0].double()
+        table = torch.log_softmax(logits, dim=-1)
+        return [float(table[i - 1, prompt[i]]) for i in range(1, len(prompt))]
+
+    def completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        prompt = list(body["prompt"])
+        values = self.logprobs(prompt)
+        if self.mode == "shifted":  # one position off: each value filed under the next token
+            entries: list[Any] = [None] + [{str(prompt[min(i + 1, len(prompt) - 1)]): {"logprob": v}}
+                                           for i, v in enumerate(values, start=1)]
+        else:
+            entries = [None] + [{str(t): {"logprob": v, "rank": 1}} for t, v in zip(prompt[1:], values)]
+        choice: dict[str, Any] = {"index": 0, "text": "x", "prompt_logprobs": None, "logprobs": None}
+        if self.mode == "generated_only":  # ignores prompt_logprobs and echo: only the generated token
+            choice["logprobs"] = {"tokens": ["x"], "token_logprobs": [-1.0]}
+        elif "prompt_logprobs" in body and self.mode != "echo_only":
+            choice["prompt_logprobs"] = entries
+        elif body.get("echo"):
+            choice["logprobs"] = {"tokens": [str(t) for t in prompt] + ["x"], "token_logprobs": [None, *values, -1.0]}
+        return {"choices": [choice]}
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _send(self, status: int, body: Any) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _authorised(self) -> bool:
+                if server.key is None or self.headers.get("Authorization") == f"Bearer {server.key}":
+                    return True
+                self._send(401, {"error": {"message": "invalid API key"}})
+                return False
+
+            def do_GET(self) -> None:
+                if self.path == "/version":
+                    self._send(200, {"version": "fake-1"})
+                elif self.path == "/v1/models" and self._authorised():
+                    self._send(200, {"data": [{"id": "tiny", "root": server.root, "max_model_len": server.max_model_len}]})
+                elif self.path != "/v1/models":
+                    self._send(404, {"error": "not found"})
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if not self._authorised():
+                    return
+                server.requests += 1
+                if len(body["prompt"]) >= server.max_model_len:
+                    self._send(400, {"error": {"message": "prompt too long"}})
+                    return
+                self._send(200, server.completion(body))
+
+        return Handler
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir: Path) -> Iterator[FakeServer]:
+    fake = FakeServer(tiny_model_dir)
+    yield fake
+    fake.http.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _reset(server: FakeServer) -> None:
+    server.mode, server.key = "ok", None
+
+
+@pytest.mark.parametrize("protocol,extra", [
+    ("rolling", {"max_length": 32, "stride": 16}),
+    ("rolling", {"max_length": 32, "concat": "\n\n"}),
+    ("lm-eval", {"max_length": 32}),
+    ("hf-guide", {"max_length": 32, "stride": 8}),
+    ("llama-cpp", {"max_length": 32}),
+])
+def test_a_served_model_gives_the_local_numbers(server: FakeServer, tiny_model_dir: Path, tmp_path: Path,
+                                                protocol: str, extra: dict[str, Any]) -> None:
+    data = write_jsonl(tmp_path / "d.jsonl", TEXTS)
+    common = dict(dataset=data, protocol=protocol, bootstrap=0, **extra)
+    local = evaluate(EvalConfig(model=str(tiny_model_dir), **common))
+    served = evaluate(EvalConfig(model=server.url, batch_size=3, **common))
+    assert [d.tokens for d in served.documents] == [d.tokens for d in local.documents]
+    for a, b in zip(served.documents, local.documents):
+        assert rel_close(a.log_likelihood, b.log_likelihood, 1e-5)
+    model = served.to_dict()["model"]
+    assert model["source"] == "server" and model["server"] == {
+        "url": server.url, "model": "tiny", "version": "fake-1", "request": "prompt_logprobs"}
+
+
+def test_echo_is_used_where_prompt_logprobs_are_not_returned(server: FakeServer, tmp_path: Path) -> None:
+    server.mode = "echo_only"
+    data = write_jsonl(tmp_path / "d.jsonl", TEXTS[:2])
+    report = evaluate(EvalConfig(model=server.url, dataset=data, max_length=32, bootstrap=0))
+    assert report.to_dict()["model"]["server"]["request"] == "echo"
+    assert report.totals.tokens > 0
+
+
+@pytest.mark.parametrize("mode,says", [
+    ("shifted", "not aligned with the prompt"),
+    ("generated_only", "scored only what it generated"),
+    ("uniform", "uniform distribution"),
+])
+def test_an_answer_that_cannot_be_trusted_is_refused_before_scoring(server: FakeServer, tmp_path: Path, mode: str,
+                                                                    says: str) -> None:
+    server.mode = mode
+    data = write_jsonl(tmp_path / "d.jsonl", TEXTS[:2])
+    with pytest.raises(ModelLoadError) as info:
+        evaluate(EvalConfig(model=server.url, dataset=data, max_length=32, bootstrap=0))
+    assert says in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_api_key_is_sent_and_never_written(server: FakeServer, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    server.key = KEY
+    data = write_jsonl(tmp_path / "d.jsonl", TEXTS[:3])
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(ModelLoadError) as refused:
+        evaluate(EvalConfig(model=server.url, dataset=data, max_length=32, bootstrap=0))
+    assert "refused the API key (401)" in str(refused.value) and KEY not in str(refused.value)
+    monkeypatch.setenv("LLEVAL_TEST_KEY", KEY)
+    config = EvalConfig(model=server.url, dataset=data, max_length=32, bootstrap=0, api_key_env="LLEVAL_TEST_KEY",
+                        checkpoint=str(tmp_path / "c.json"), tokens=str(tmp_path / "t.jsonl"))
+    report = evaluate(config)
+    assert report.totals.tokens > 0
+    for text in (report.to_json(), (tmp_path / "c.json").read_text(), (tmp_path / "t.jsonl").read_text()):
+        assert KEY not in text
+    in_url = server.url.replace("http://", f"http://user:{KEY}@")  # a key in the URL is used, and not shown
+    shown = evaluate(EvalConfig(model=in_url, dataset=data, max_length=32, bootstrap=0)).to_json()
+    assert KEY not in shown and "user" not in shown
+
+
+def test_a_window_longer_than_the_server_takes_is_refused_before_it_is_sent(server: FakeServer,
+                                                                            tmp_path: Path) -> None:
+    """The server takes prompts below 60 tokens and must generate one: windows of at most
+    58 inputs (the target is sent too); --max-length 59 is refused when planned."""
+    data = write_jsonl(tmp_path / "d.jsonl", [TEXTS[7] * 2])
+    with pytest.raises(ConfigError, match="58"):
+        evaluate(EvalConfig(model=server.url, dataset=data, max_length=59, bootstrap=0))
+    before = server.requests
+    report = evaluate(EvalConfig(model=server.url, dataset=data, max_length=58, bootstrap=0))
+    assert report.protocol["max_length"] == 58 and server.requests > before
+
+
+def test_a_server_that_fails_mid_run_stops_it_with_one_line(server: FakeServer, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    data = write_jsonl(tmp_path / "d.jsonl", TEXTS)
+    import lleval.backends.served as served
+
+    real = served.ServedScorer.window_logprobs
+    calls = {"n": 0}
+
+    def flaky(self: Any, prompt: list[int]) -> list[float]:
+        calls["n"] += 1
+        if calls["n"] > 3:
+            server.mode = "shifted"
+        return real(self, prompt)
+
+    monkeypatch.setattr(served.ServedScorer, "window_logprobs", flaky)
+    with pytest.raises(ScoringError) as info:
+        evaluate(EvalConfig(model=server.url, dataset=data, max_length=32, bootstrap=0, batch_size=1))
+    assert "not aligned" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_what_a_server_cannot_compute_or_find_is_one_line(server: FakeServer, tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "d.jsonl", TEXTS[:2])
+    refusals = [
+        (lambda: kl_divergence(EvalConfig(model=server.url, dataset=data, max_length=32), server.url),
+         ConfigError, "needs every log-prob of the vocabulary"),
+        (lambda: evaluate(EvalConfig(model=server.url, dataset=data, served_model="other")),
+         ModelLoadError, "does not serve 'other'; it serves tiny"),
+        (lambda: evaluate(EvalConfig(model="http://127.0.0.1:9/v1", dataset=data)),
+         ModelLoadError, "is the server running?"),
+        (lambda: evaluate(EvalConfig(model=server.url.replace("/v1", "/nope"), dataset=data)),
+         ModelLoadError, "not a list of models"),
+    ]
+    for run, kind, says in refusals:
+        with pytest.raises(kind) as info:
+            run()
+        assert says in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+def test_server_flags_are_refused_without_a_server(tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "d.jsonl", TEXTS[:2])
+    with pytest.raises(ConfigError, match="--tokenizer applies to a --model that is a server URL"):
+        EvalConfig(dataset=data, tokenizer="gpt2").validate()
