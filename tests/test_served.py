@@ -35,7 +35,10 @@ class FakeServer:
     def __init__(self, model_dir: Path, max_model_len: int = 60) -> None:
         from transformers import AutoModelForCausalLM
 
+        from transformers import AutoTokenizer
+
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.vocab = self.model.config.vocab_size
         self.root, self.max_model_len = str(model_dir), max_model_len
         self.mode, self.key, self.lock, self.requests = "ok", None, threading.Lock(), 0
@@ -105,6 +108,10 @@ class FakeServer:
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path == "/tokenize":
+                    ids = server.tokenizer(body["prompt"])["input_ids"]
+                    self._send(200, {"tokens": ids[1:] if server.mode == "other_tokenizer" else ids})
+                    return
                 if not self._authorised():
                     return
                 server.requests += 1
@@ -161,6 +168,7 @@ def test_echo_is_used_where_prompt_logprobs_are_not_returned(server: FakeServer,
     ("shifted", "not aligned with the prompt"),
     ("generated_only", "scored only what it generated"),
     ("uniform", "uniform distribution"),
+    ("other_tokenizer", "is not the server's"),
 ])
 def test_an_answer_that_cannot_be_trusted_is_refused_before_scoring(server: FakeServer, tmp_path: Path, mode: str,
                                                                     says: str) -> None:

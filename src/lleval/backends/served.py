@@ -241,6 +241,7 @@ class OpenedServer:
 
     def load(self) -> LoadedModel:
         started = time.perf_counter()
+        self._check_tokenizer()
         style = self._probe()
         limit = (self.max_model_len or 1 << 30) - 1
         scorer = ServedScorer(self.client, self.model, style, limit)
@@ -250,6 +251,24 @@ class OpenedServer:
                                  "request": style})
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         return LoadedModel(scorer, self.tokenizer, info, int(pad or 0), load_seconds=time.perf_counter() - started)
+
+    def _check_tokenizer(self) -> None:
+        """Where the server tokenizes (vLLM's ``/tokenize``), its tokens of a probe text must
+        be lleval's: else the same ids would mean other text to the served model."""
+        bare = Client(Endpoint(self.endpoint.scheme, self.endpoint.host, self.endpoint.port, "", self.endpoint.key),
+                      30.0, 0)
+        try:
+            status, answer = bare.request("POST", "/tokenize", {"model": self.model, "prompt": PROBE_TEXT})
+        except ServerProblem:
+            return
+        if status != 200 or not isinstance(answer, dict) or not isinstance(answer.get("tokens"), list):
+            return  # the server does not tokenize: nothing to compare
+        ours = list(self.tokenizer(PROBE_TEXT)["input_ids"])
+        if answer["tokens"] != ours:
+            raise ModelLoadError(
+                f"the tokenizer given for {self.name} is not the server's: a probe text of {len(PROBE_TEXT)} "
+                f"characters is {len(ours)} tokens here and {len(answer['tokens'])} there (or other ids). Pass "
+                "--tokenizer with the served model's own tokenizer.")
 
     def _probe(self) -> str:
         """The request style the server does (``prompt_logprobs``, else ``echo``), checked on a
