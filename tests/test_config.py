@@ -205,3 +205,12 @@ def test_a_typed_value_is_named_by_its_flag() -> None:
     with pytest.raises(ConfigError) as info:
         config.validate()
     assert "--protocol lm-eval scores each document on its own: drop --concat" in str(info.value)
+
+
+def test_a_repeatable_setting_is_a_list_in_a_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("replicas: [http://b:8000/v1, http://c:8000/v1]\n")
+    assert load_config_file(path)["replicas"] == ("http://b:8000/v1", "http://c:8000/v1")
+    path.write_text("replicas: [http://b:8000/v1, 3]\n")
+    with pytest.raises(ConfigError, match="'replicas' must be a list of strings"):
+        load_config_file(path)

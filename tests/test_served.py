@@ -219,11 +219,11 @@ def test_a_server_that_fails_mid_run_stops_it_with_one_line(server: FakeServer, 
     real = served.ServedScorer.window_logprobs
     calls = {"n": 0}
 
-    def flaky(self: Any, prompt: list[int]) -> list[float]:
+    def flaky(self: Any, prompt: list[int], client: Any = None) -> list[float]:
         calls["n"] += 1
         if calls["n"] > 3:
             server.mode = "shifted"
-        return real(self, prompt)
+        return real(self, prompt, client)
 
     monkeypatch.setattr(served.ServedScorer, "window_logprobs", flaky)
     with pytest.raises(ScoringError) as info:
@@ -253,3 +253,22 @@ def test_server_flags_are_refused_without_a_server(tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "d.jsonl", TEXTS[:2])
     with pytest.raises(ConfigError, match="--tokenizer applies to a --model that is a server URL"):
         EvalConfig(dataset=data, tokenizer="gpt2").validate()
+
+
+def test_replicas_share_the_windows_and_change_no_number(server: FakeServer, tiny_model_dir: Path,
+                                                         tmp_path: Path) -> None:
+    replica = FakeServer(tiny_model_dir)
+    try:
+        data = write_jsonl(tmp_path / "d.jsonl", TEXTS)
+        common = dict(dataset=data, max_length=32, stride=16, bootstrap=0)
+        alone = evaluate(EvalConfig(model=server.url, **common))
+        first, second = server.requests, replica.requests
+        shared = evaluate(EvalConfig(model=server.url, replicas=(replica.url,), **common))
+        assert [d.to_dict() for d in shared.documents] == [d.to_dict() for d in alone.documents]
+        assert server.requests - first > 1 and replica.requests - second > 1  # both scored windows
+        assert shared.to_dict()["model"]["server"]["replicas"] == [replica.url]
+        replica.max_model_len = 40
+        with pytest.raises(ModelLoadError, match="replicas must serve the same model alike"):
+            evaluate(EvalConfig(model=server.url, replicas=(replica.url,), **common))
+    finally:
+        replica.http.shutdown()

@@ -109,6 +109,7 @@ class Setting:
     flag_value: str | None = None  # the value of the flag given with no value (--concat)
     commands: tuple[str, ...] = ("score", "kld")  # the commands that take the flag
     spec: str | None = None  # its name in its section's spec, where that differs (ModelSpec.cache)
+    multiple: bool = False  # the flag may be given several times; the field is a tuple (a config file: a list)
 
 
 def without_credentials(value: Any) -> Any:
@@ -160,6 +161,9 @@ class EvalConfig:
         "Default: the served model's own folder, when the server names one on this machine.")
     served_model: str | None = _setting(
         None, "model", "With a server --model: which of its models to score (default: the one it serves).")
+    replicas: tuple[str, ...] = _setting(
+        (), "model", "With a server --model: another server of the same model (repeatable); the run's windows "
+        "are shared among them all.", multiple=True, types=(list,), metavar="URL")
     api_key_env: str = _setting(
         "OPENAI_API_KEY", "model", "With a server --model: the environment variable holding its API key, sent "
         "as a bearer token (never written anywhere).", metavar="NAME")
@@ -351,7 +355,7 @@ class EvalConfig:
         if self.html is None and self.html_docs != DEFAULT_HTML_DOCS:
             problems.append(f"{self.flag('html_docs')} sets how many documents --html shows: give --html")
         served = self.model is not None and self.model.split("://")[0] in ("http", "https")
-        for name in ("tokenizer", "served_model", "api_key_env"):
+        for name in ("tokenizer", "served_model", "api_key_env", "replicas"):
             changed = getattr(self, name) != EvalConfig.__dataclass_fields__[name].default
             if changed and not served:
                 problems.append(f"{self.flag(name)} applies to a --model that is a server URL (http://...)")
@@ -380,6 +384,7 @@ def _types(f: dataclasses.Field[Any], how: Setting) -> tuple[type, ...]:
 # Derived from the `Setting` of each field: what the config-file reader and `validate` hold values to.
 FIELD_TYPES: dict[str, tuple[type, ...]] = {f.name: _types(f, how) for f, how in settings()}
 CHOICES: dict[str, tuple[str, ...]] = {f.name: how.choices for f, how in settings() if how.choices is not None}
+MULTIPLE: frozenset[str] = frozenset(f.name for f, how in settings() if how.multiple)
 MINIMUMS: dict[str, int | float] = {f.name: how.minimum for f, how in settings() if how.minimum is not None}
 
 
@@ -431,6 +436,11 @@ def load_config_file(path: str | os.PathLike[str], extra: Mapping[str, str] | No
         if problem := _out_of_range(key, name, value):
             problems.append(problem)
             continue
+        if name in MULTIPLE:
+            if not all(isinstance(item, str) for item in value):
+                problems.append(f"{key!r} must be a list of strings, got {value!r}")
+                continue
+            value = tuple(value)
         if name == "concat" and isinstance(value, bool):
             value = DEFAULT_SEPARATOR if value else None
         if name == "prefix_token":

@@ -88,10 +88,12 @@ def field_options(field: dataclasses.Field[Any], how: Setting) -> list[Callable[
     ``--no-x`` beside a flag with an optional value."""
     flag = "--" + field.name.replace("_", "-")
     short = [how.short] if how.short else []
-    shown: dict[str, Any] = {"show_default": True} if field.default is not None else {}
+    shown: dict[str, Any] = {"show_default": True} if field.default not in (None, ()) else {}
     if isinstance(field.default, bool):
         return [click.option(f"{flag}/--no-{flag[2:]}", *short, default=field.default, help=how.help, **shown)]
-    kwargs: dict[str, Any] = {"type": _click_type(field.name, how, FIELD_TYPES[field.name]), "metavar": how.metavar}
+    types = (str,) if how.multiple else FIELD_TYPES[field.name]
+    kwargs: dict[str, Any] = {"type": _click_type(field.name, how, types), "metavar": how.metavar,
+                              "multiple": how.multiple}
     if how.flag_value is not None:
         kwargs.update(is_flag=False, flag_value=how.flag_value)
     options = [click.option(flag, *short, default=field.default, help=how.help, **shown, **kwargs)]

@@ -50,6 +50,7 @@ class ModelSpec:
     tokenizer: str | None = None  # a server's model: the tokenizer to load here
     served_model: str | None = None  # a server's model: which of those it serves
     api_key_env: str = "OPENAI_API_KEY"  # a server's model: the variable holding its API key
+    replicas: tuple[str, ...] = ()  # a server's model: more servers of it, sharing the windows
 
 
 @dataclass(frozen=True)

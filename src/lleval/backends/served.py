@@ -14,7 +14,8 @@ vocabulary (weights that did not load: every token would cost ln V). A server gi
 the true tokens' log-probs, so `kld` and ``--token-stats`` refuse it
 (`lleval.backends.base.LoadedModel.require`).
 
-Requests go out concurrently (`CONCURRENCY` in flight; the server batches them itself)
+Requests go out concurrently (`CONCURRENCY` in flight per server; the server batches them
+itself; ``--replicas`` adds servers of the same model, which take the windows in turn)
 over the standard library's ``http.client``, one kept-alive connection per worker
 thread: requests are small JSON posts to one host, which needs no further dependency.
 Connection errors, 429 and 5xx are retried with backoff. The API key (from the variable
@@ -177,23 +178,27 @@ def _entry_logprob(entry: Any, token: int, position: int) -> float:
 
 @dataclass
 class ServedScorer:
-    """A `TokenScorer` that asks the server: one request per window of the batch, in flight
-    together; returns the float32 log-prob of each label at the scored positions."""
+    """A `TokenScorer` that asks the server (or its replicas, in turn): one request per window
+    of the batch, in flight together; returns the float32 log-prob of each label at the
+    scored positions."""
 
     client: Client
     model: str
     style: str
     max_prompt: int  # longest prompt the server takes (its maximum length, less the one token generated)
     concurrency: int = CONCURRENCY
+    replicas: tuple[Client, ...] = ()  # further servers of the same model
 
-    def window_logprobs(self, prompt: list[int]) -> list[float]:
-        """The checked log-probs of ``prompt``'s tokens after the first."""
+    def window_logprobs(self, prompt: list[int], client: Client | None = None) -> list[float]:
+        """The checked log-probs of ``prompt``'s tokens after the first (asked of ``client``,
+        by default the first server)."""
+        client = client or self.client
         if len(prompt) > self.max_prompt:
             raise ServerProblem(f"a window of {len(prompt)} tokens is longer than the server takes "
                                 f"({self.max_prompt}): lower --max-length")
         body: dict[str, Any] = {"model": self.model, "prompt": prompt, "max_tokens": 1, "temperature": 0.0}
         body.update({"prompt_logprobs": 0} if self.style == "prompt_logprobs" else {"echo": True, "logprobs": 0})
-        status, answer = self.client.request("POST", "/completions", body)
+        status, answer = client.request("POST", "/completions", body)
         if status == 400 and self.style == "prompt_logprobs" and "prompt_logprobs" in _error_text(answer):
             raise Unsupported(f"the server refuses prompt_logprobs: {_error_text(answer)}")
         if status != 200:
@@ -205,9 +210,11 @@ class ServedScorer:
 
         lengths = attention_mask.sum(dim=1).tolist()
         prompts = [input_ids[b, :n].tolist() + [int(labels[b, n - 1])] for b, n in enumerate(lengths)]
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(prompts))) as pool:
+        clients = (self.client, *self.replicas)
+        chosen = [clients[i % len(clients)] for i in range(len(prompts))]
+        with ThreadPoolExecutor(max_workers=min(self.concurrency * len(clients), len(prompts))) as pool:
             try:
-                answers = list(pool.map(self.window_logprobs, prompts))
+                answers = list(pool.map(self.window_logprobs, prompts, chosen))
             except ServerProblem as exc:
                 raise ScoringError(f"served model {self.client.endpoint.url}: {exc}.") from None
         rows = [torch.tensor(values, dtype=torch.float32) for values in answers]
@@ -228,6 +235,7 @@ class OpenedServer:
     max_model_len: int | None
     tokenizer: Any
     version: str | None
+    replicas: tuple[Client, ...] = ()  # further servers of the same model, checked alike
 
     @property
     def name(self) -> str:
@@ -243,12 +251,18 @@ class OpenedServer:
         started = time.perf_counter()
         self._check_tokenizer()
         style = self._probe()
+        for replica in self.replicas:  # each answers as the first does, or the run is refused
+            if self._probe(replica) != style:
+                raise ModelLoadError(f"replica {replica.endpoint.url} answers in another request style than "
+                                     f"{self.endpoint.url}: serve the same model with the same server.")
         limit = (self.max_model_len or 1 << 30) - 1
-        scorer = ServedScorer(self.client, self.model, style, limit)
+        scorer = ServedScorer(self.client, self.model, style, limit, replicas=self.replicas)
+        server: dict[str, Any] = {"url": self.endpoint.url, "model": self.model, "version": self.version,
+                                  "request": style}
+        if self.replicas:
+            server["replicas"] = [replica.endpoint.url for replica in self.replicas]
         info = ModelInfo(name=self.name, source="server", revision=None, sha256=None, dtype="served",
-                         device="server", parameters=0, max_positions=self.max_positions,
-                         server={"url": self.endpoint.url, "model": self.model, "version": self.version,
-                                 "request": style})
+                         device="server", parameters=0, max_positions=self.max_positions, server=server)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         return LoadedModel(scorer, self.tokenizer, info, int(pad or 0), load_seconds=time.perf_counter() - started)
 
@@ -270,15 +284,15 @@ class OpenedServer:
                 f"characters is {len(ours)} tokens here and {len(answer['tokens'])} there (or other ids). Pass "
                 "--tokenizer with the served model's own tokenizer.")
 
-    def _probe(self) -> str:
-        """The request style the server does (``prompt_logprobs``, else ``echo``), checked on a
+    def _probe(self, client: Client | None = None) -> str:
+        """The request style the server (or a replica) does (``prompt_logprobs``, else ``echo``), checked on a
         probe text; refuse a server whose answers fail a check or are uniform over the
         vocabulary (a wrong answer is refused, not retried in the other style)."""
         prompt = list(self.tokenizer(PROBE_TEXT)["input_ids"])[:64]
         problems = []
         for style in ("prompt_logprobs", "echo"):
             try:
-                values = ServedScorer(self.client, self.model, style, 1 << 30).window_logprobs(prompt)
+                values = ServedScorer(self.client, self.model, style, 1 << 30).window_logprobs(prompt, client)
             except Unsupported as exc:
                 problems.append(f"{style}: {exc}")
                 continue
@@ -306,22 +320,35 @@ class ServedBackend:
 
     def open(self, spec: ModelSpec) -> OpenedServer:
         endpoint = Endpoint.parse(str(spec.name), spec.api_key_env)
-        client = Client(endpoint, timeout=30.0, retries=1)
-        try:
-            status, answer = client.request("GET", "/models")
-        except ServerProblem as exc:
-            raise ModelLoadError(f"{exc}: is the server running? Start it, or check --model.") from None
-        if status in (401, 403):
-            raise ModelLoadError(f"the server at {endpoint.url} refused the API key ({status}): set "
-                                 f"{spec.api_key_env} to a key it accepts (or --api-key-env to the variable).")
-        if status != 200 or not isinstance(answer, dict) or not isinstance(answer.get("data"), list):
-            raise ModelLoadError(f"{endpoint.url}/models answered {status}, not a list of models: is this the "
-                                 "base URL of an OpenAI-compatible server (ending in /v1)?")
-        served = _pick_model(answer["data"], spec.served_model, endpoint.url)
+        served = _served_model(endpoint, spec.served_model, spec.api_key_env)
+        replicas = []
+        for url in spec.replicas:
+            other = Endpoint.parse(url, spec.api_key_env)
+            twin = _served_model(other, str(served["id"]), spec.api_key_env)
+            if twin.get("max_model_len") != served.get("max_model_len"):
+                raise ModelLoadError(f"replica {other.url} takes {twin.get('max_model_len')} tokens and "
+                                     f"{endpoint.url} {served.get('max_model_len')}: replicas must serve the same "
+                                     "model alike.")
+            replicas.append(Client(other))
         tokenizer = _tokenizer(spec, served)
-        version = _version(endpoint)
         return OpenedServer(spec, endpoint, Client(endpoint), str(served["id"]), served.get("max_model_len"),
-                            tokenizer, version)
+                            tokenizer, _version(endpoint), tuple(replicas))
+
+
+def _served_model(endpoint: Endpoint, wanted: str | None, key_env: str) -> dict[str, Any]:
+    """The model a server serves (``wanted``, else its only one), from its ``/models``."""
+    client = Client(endpoint, timeout=30.0, retries=1)
+    try:
+        status, answer = client.request("GET", "/models")
+    except ServerProblem as exc:
+        raise ModelLoadError(f"{exc}: is the server running? Start it, or check --model.") from None
+    if status in (401, 403):
+        raise ModelLoadError(f"the server at {endpoint.url} refused the API key ({status}): set "
+                             f"{key_env} to a key it accepts (or --api-key-env to the variable).")
+    if status != 200 or not isinstance(answer, dict) or not isinstance(answer.get("data"), list):
+        raise ModelLoadError(f"{endpoint.url}/models answered {status}, not a list of models: is this the "
+                             "base URL of an OpenAI-compatible server (ending in /v1)?")
+    return _pick_model(answer["data"], wanted, endpoint.url)
 
 
 def _pick_model(models: list[Any], wanted: str | None, url: str) -> dict[str, Any]:
