@@ -421,34 +421,37 @@ def load_config_file(path: str | os.PathLike[str], extra: Mapping[str, str] | No
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             problems.append(f"unknown key {key!r}{hint}")
             continue
-        if value is None:
-            values[name] = None
-            continue
-        types = FIELD_TYPES[name]
-        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
-        if name == "batch_size" and _not_a_batch_size(value):
-            problems.append(f"{key!r} must be int or 'auto', got str {value!r}")
-            continue
-        if not ok:
-            wanted = " or ".join(t.__name__ for t in types)
-            problems.append(f"{key!r} must be {wanted}, got {type(value).__name__} {value!r}")
-            continue
-        if problem := _out_of_range(key, name, value):
+        problem, value = (None, None) if value is None else _file_value(key, name, value)
+        if problem:
             problems.append(problem)
-            continue
-        if name in MULTIPLE:
-            if not all(isinstance(item, str) for item in value):
-                problems.append(f"{key!r} must be a list of strings, got {value!r}")
-                continue
-            value = tuple(value)
-        if name == "concat" and isinstance(value, bool):
-            value = DEFAULT_SEPARATOR if value else None
-        if name == "prefix_token":
-            value = str(value)
-        values[name] = value
+        else:
+            values[name] = value
     if problems:
         raise ConfigError(f"config file {file}: " + "; ".join(problems) + ".")
     return values
+
+
+def _file_value(key: Any, name: str, value: Any) -> tuple[str | None, Any]:
+    """What is wrong with a config file's value for field ``name`` (None), and the value as
+    the field holds it: of the field's types and in its range; a list for a repeatable
+    setting; ``concat: true`` the default separator; an integer ``prefix_token`` as text."""
+    types = FIELD_TYPES[name]
+    if name == "batch_size" and _not_a_batch_size(value):
+        return f"{key!r} must be int or 'auto', got str {value!r}", None
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+        wanted = " or ".join(t.__name__ for t in types)
+        return f"{key!r} must be {wanted}, got {type(value).__name__} {value!r}", None
+    if problem := _out_of_range(key, name, value):
+        return problem, None
+    if name in MULTIPLE and isinstance(value, list):
+        if not all(isinstance(item, str) for item in value):
+            return f"{key!r} must be a list of strings, got {value!r}", None
+        value = tuple(value)
+    if name == "concat" and isinstance(value, bool):
+        value = DEFAULT_SEPARATOR if value else None
+    if name == "prefix_token":
+        value = str(value)
+    return None, value
 
 
 def _out_of_range(key: str, name: str, value: Any) -> str | None:
