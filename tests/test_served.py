@@ -272,3 +272,23 @@ def test_replicas_share_the_windows_and_change_no_number(server: FakeServer, tin
             evaluate(EvalConfig(model=server.url, replicas=(replica.url,), **common))
     finally:
         replica.http.shutdown()
+
+
+def test_a_served_run_stopped_early_resumes_from_its_checkpoint(server: FakeServer, tmp_path: Path) -> None:
+    """As for a local model: stopped between batches, then resumed, the documents equal an
+    uninterrupted run's, and the resumed run asks the server only for what was left."""
+    data = write_jsonl(tmp_path / "d.jsonl", TEXTS)
+    common = dict(model=server.url, dataset=data, max_length=32, stride=16, batch_size=2, block_tokens=64,
+                  bootstrap=0)
+    whole = evaluate(EvalConfig(**common))
+    config = EvalConfig(**common, checkpoint=str(tmp_path / "c.json"), checkpoint_every=0)
+    calls = iter(range(10_000))
+    partial = evaluate(config, should_stop=lambda: next(calls) > 4)
+    assert not partial.complete and 0 < len(partial.documents) < len(TEXTS)
+    before = server.requests
+    resumed = evaluate(config)
+    assert [d.to_dict() for d in resumed.documents] == [d.to_dict() for d in whole.documents]
+    assert any(note.startswith("resumed from") for note in resumed.notes)
+    # one probe, then one request per window the resumed process scored: fewer than a whole run's
+    assert server.requests - before == 1 + resumed.timing["windows"]
+    assert 0 < resumed.timing["windows"] < whole.timing["windows"]
