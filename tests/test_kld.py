@@ -176,6 +176,21 @@ def test_kld_cli_end_to_end(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert data["kind"] == "kld" and data["kl_divergence"]["mean"] == 0.0 and data["top_token_agreement"] == 1.0
     assert set(data["kl_divergence"]["percentiles"]) == {"p99.9", "p99", "p95", "p90", "p10", "p5", "p1", "p0.1"}
     assert set(data["kl_divergence"]["percentiles"].values()) == {0.0}  # a model against itself, at every token
+    assert data["settings"]["base"] == {"value": str(tiny_model_dir), "origin": "flag"}
+    assert "base_dtype" not in data["settings"]  # left unset
+
+
+def test_kld_settings_name_a_base_from_a_config_file(tiny_model_dir: Path, tmp_path: Path) -> None:
+    config = tmp_path / "k.yaml"
+    config.write_text(f"base: {tiny_model_dir}\nmax_length: 16\n")
+    out = tmp_path / "kld.json"
+    result = CliRunner().invoke(main, ["kld", "--config", str(config), "-m", str(tiny_model_dir), _data(tmp_path),
+                                       "--base-dtype", "float32", "-q", "-o", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    settings = json.loads(out.read_text())["settings"]
+    assert settings["base"] == {"value": str(tiny_model_dir), "origin": "config file", "file": str(config)}
+    assert settings["base_dtype"] == {"value": "float32", "origin": "flag"}
+    assert settings["max_length"] == {"value": 16, "origin": "config file", "file": str(config)}
 
 
 def test_document_with_nothing_to_score_is_kept(tiny_loaded: Any, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ checked every flag, so ``lleval --help`` and a refused flag are fast.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 import traceback
@@ -23,7 +24,7 @@ import click
 
 from lleval import __version__
 from lleval.config import DEFAULT_HTML_DOCS, DTYPES, FORMATS, EvalConfig
-from lleval.options import config_from_flags, config_options
+from lleval.options import config_from_flags, config_options, origin_of
 
 if TYPE_CHECKING:
     from lleval.runner.progress import ScoringProgress
@@ -109,6 +110,7 @@ def kld(base_model: str | None, base_dtype: str | None, dataset_argument: str | 
         raise click.UsageError("give --base (another model), or --base-dtype (the same model in another dtype).")
     config = config_from_flags({**flags, "dataset": flags["dataset"] or dataset_argument},
                                typed=["dataset"] if dataset_argument is not None else [])
+    config = dataclasses.replace(config, origins={**config.origins, **base_origins()})
     from lleval.preflight import check_kld
 
     _call(check_kld, config, base_dtype)
@@ -219,6 +221,14 @@ def inspect(tokens: str, candidate: str | None, document: int | None, worst: int
     if html:
         _call(write_tokens_html, tokens, html, html_docs)
     _deliver(result, None, format)
+
+
+def base_origins() -> dict[str, str]:
+    """Where kld's --base and --base-dtype came from (``base``, ``base_dtype``), for the
+    report's ``settings``: typed, or from the config file; absent when left unset."""
+    ctx = click.get_current_context()
+    pairs = (("base_model", "base"), ("base_dtype", "base_dtype"))
+    return {name: origin for param, name in pairs if (origin := origin_of(ctx, param)) is not None}
 
 
 def _try_output(write: Any, *args: Any) -> list[str]:

@@ -122,6 +122,15 @@ def without_credentials(value: Any) -> Any:
     return f"{scheme}://{netloc.rsplit('@', 1)[1]}" + (f"/{path}" if path else "")
 
 
+def origin_entry(value: Any, origin: str | None) -> dict[str, Any]:
+    """A setting's entry in a report's ``settings``: its value (a URL without credentials)
+    and where it came from (``origin``: ``flag``, ``config file PATH``, or None: the API)."""
+    shown = without_credentials(value)
+    if origin is not None and origin.startswith(CONFIG_FILE):
+        return {"value": shown, "origin": CONFIG_FILE.strip(), "file": origin[len(CONFIG_FILE):]}
+    return {"value": shown, "origin": origin or "api"}
+
+
 def _setting(default: Any, section: str, help: str, **how: Any) -> Any:
     """An `EvalConfig` field with its `Setting` (keyword arguments: `Setting`'s)."""
     return dataclasses.field(default=default, metadata={"setting": Setting(section, help, **how)})
@@ -259,13 +268,10 @@ class EvalConfig:
         """
         found: dict[str, dict[str, Any]] = {}
         for f, _how in settings():
-            value, origin = without_credentials(getattr(self, f.name)), self.origins.get(f.name)
+            value, origin = getattr(self, f.name), self.origins.get(f.name)
             if origin is None and value == f.default:
                 continue
-            if origin is not None and origin.startswith(CONFIG_FILE):
-                found[f.name] = {"value": value, "origin": CONFIG_FILE.strip(), "file": origin[len(CONFIG_FILE):]}
-            else:
-                found[f.name] = {"value": value, "origin": origin or "api"}
+            found[f.name] = origin_entry(value, origin)
         return found
 
     def flag(self, name: str, value: object = None, typed: str | None = None) -> str:

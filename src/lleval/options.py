@@ -121,19 +121,24 @@ def config_options(command: str) -> Callable[[Any], Any]:
     return decorate
 
 
+def origin_of(ctx: click.Context, param: str) -> str | None:
+    """Where a parameter's value came from: ``flag`` (typed), ``config file PATH`` (the
+    ``--config`` file), or None (its default)."""
+    source = ctx.get_parameter_source(param)
+    if source is ParameterSource.COMMANDLINE:
+        return FLAG
+    path = ctx.meta.get(CONFIG_FILE_KEY)
+    if source is ParameterSource.DEFAULT_MAP and path is not None:
+        return f"{CONFIG_FILE}{path}"
+    return None
+
+
 def config_from_flags(fields: dict[str, Any], typed: Iterable[str] = ()) -> EvalConfig:
     """The command's `EvalConfig`, with the origin of each value: ``flag`` for one typed on the
     command line (and for ``typed``, set from a command's argument), ``config file PATH`` for
     one click took from the ``--config`` file (``DEFAULT_MAP``); a default has none."""
     ctx = click.get_current_context()
-    path = ctx.meta.get(CONFIG_FILE_KEY)
-    origins: dict[str, str] = {}
-    for name in fields:
-        source = ctx.get_parameter_source(name)
-        if source is ParameterSource.COMMANDLINE:
-            origins[name] = FLAG
-        elif source is ParameterSource.DEFAULT_MAP and path is not None:
-            origins[name] = f"{CONFIG_FILE}{path}"
+    origins = {name: origin for name in fields if (origin := origin_of(ctx, name)) is not None}
     origins.update((name, FLAG) for name in typed)
     defaults = {f.name: f.default for f, _how in settings()}
     for name in sorted(ctx.meta.get(UNDONE_KEY, ())):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from lleval.backends.base import FULL_VOCABULARY, LOGITS_SLICE_BYTES, LoadedModel, slice_positions
-from lleval.config import EvalConfig
+from lleval.config import EvalConfig, origin_entry
 from lleval.engine.kernels import target_logprobs
 from lleval.errors import ConfigError
 from lleval.metrics import bootstrap_sums, percentile_interval, perplexity
@@ -120,9 +120,21 @@ def kl_divergence(
     (model, base), protocol = load_and_plan([config, base_config], [model, base], progress, same_tokenizer)
     job = make_job(inputs, pair(base, model), protocol, others=(base,))
     sums, counts, stats = DocumentSums(), StreamCounts(), KLStats()
+    settings = base_settings(config, base_model, base_dtype)
     # --tokens writes both models' log-probs and the KL of every token
     return run_job(job, sums, {"stream": counts, "kl": stats},
-                   lambda run: kl_report(job, run, sums, counts, stats, base), progress)
+                   lambda run: kl_report(job, run, sums, counts, stats, base, settings), progress)
+
+
+def base_settings(config: EvalConfig, base_model: str | None, base_dtype: str | None) -> dict[str, Any]:
+    """The report's ``settings`` of the base: ``base`` and ``base_dtype`` where they were set
+    (their origins, ``base`` and ``base_dtype`` in ``config.origins``, come from the CLI)."""
+    found = {}
+    for name, value, default in (("base", base_model, config.model), ("base_dtype", base_dtype, None)):
+        origin = config.origins.get(name)
+        if origin is not None or (value is not None and value != default):
+            found[name] = origin_entry(value, origin)
+    return found
 
 
 def same_tokenizer(opened: Sequence[Any]) -> None:
@@ -156,9 +168,11 @@ def pair(base: LoadedModel, model: LoadedModel) -> LoadedModel:
 
 
 def kl_report(
-    job: Job, run: ScoringRun, sums: DocumentSums, counts: StreamCounts, stats: KLStats, base: LoadedModel
+    job: Job, run: ScoringRun, sums: DocumentSums, counts: StreamCounts, stats: KLStats, base: LoadedModel,
+    settings: dict[str, Any] | None = None,
 ) -> KLReport:
-    """The `KLReport`: the shared header, then the divergence statistics."""
+    """The `KLReport`: the shared header (``settings``: the base's, added to the config's),
+    then the divergence statistics."""
     config = job.config
     per_token = stats.values()
     totals = sums.totals()
@@ -169,8 +183,10 @@ def kl_report(
     for ll in stats.base_log_likelihood:  # document by document, as `DocumentSums.totals` adds a score run's
         base_ll += ll
     nll_base = -base_ll
+    header = header_fields(job, run, counts, totals, kld_notes(job.loaded.info, base.info))
+    header["settings"] = {**header["settings"], **(settings or {})}
     return KLReport(
-        **header_fields(job, run, counts, totals, kld_notes(job.loaded.info, base.info)),
+        **header,
         base=model_block(base.info),
         tokens=n,
         kl_divergence={**summary(per_token[:, 0]), "unit": "nats", "direction": "KL(P_base || P_model)"},
