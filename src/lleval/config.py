@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from lleval.errors import ConfigError, read_text_file
+from lleval.hub import is_url
 from lleval.windows import window_problem
 
 # Allowed values, defined here once; the CLI, the config-file reader and the library use these.
@@ -360,7 +361,7 @@ class EvalConfig:
             problems.append(f"{self.flag('token_stats')} adds rank and entropy to --tokens and --html: give one of them")
         if self.html is None and self.html_docs != DEFAULT_HTML_DOCS:
             problems.append(f"{self.flag('html_docs')} sets how many documents --html shows: give --html")
-        served = self.model is not None and self.model.split("://")[0] in ("http", "https")
+        served = self.model is not None and is_url(self.model)
         for name in ("tokenizer", "served_model", "api_key_env", "replicas"):
             changed = getattr(self, name) != EvalConfig.__dataclass_fields__[name].default
             if changed and not served:

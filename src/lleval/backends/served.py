@@ -80,6 +80,11 @@ class Endpoint:
         """The base URL without credentials, as reports and messages show it."""
         return f"{self.scheme}://{self.host}:{self.port}{self.path}"
 
+    @property
+    def root(self) -> Endpoint:
+        """The server's root, beside the base path: where vLLM has ``/version`` and ``/tokenize``."""
+        return Endpoint(self.scheme, self.host, self.port, "", self.key)
+
 
 def display_url(url: str) -> str:
     """``url`` with any user name and password taken out (`lleval.config.without_credentials`)."""
@@ -269,8 +274,7 @@ class OpenedServer:
     def _check_tokenizer(self) -> None:
         """Where the server tokenizes (vLLM's ``/tokenize``), its tokens of a probe text must
         be lleval's: else the same ids would mean other text to the served model."""
-        bare = Client(Endpoint(self.endpoint.scheme, self.endpoint.host, self.endpoint.port, "", self.endpoint.key),
-                      30.0, 0)
+        bare = Client(self.endpoint.root, 30.0, 0)
         try:
             status, answer = bare.request("POST", "/tokenize", {"model": self.model, "prompt": PROBE_TEXT})
         except ServerProblem:
@@ -379,7 +383,7 @@ def _tokenizer(spec: ModelSpec, served: dict[str, Any]) -> Any:
 
 def _version(endpoint: Endpoint) -> str | None:
     """The server's version where it says (vLLM's ``/version``, beside the base path)."""
-    bare = Client(Endpoint(endpoint.scheme, endpoint.host, endpoint.port, "", endpoint.key), 10.0, 0)
+    bare = Client(endpoint.root, 10.0, 0)
     try:
         status, answer = bare.request("GET", "/version")
     except ServerProblem:

@@ -118,25 +118,15 @@ def _run_batch(scorer: TokenScorer, units: list[Unit], jobs: list[_Job], pad_id:
     return np.split(flat, ends[:-1])
 
 
-@dataclass
 class _Tally:
-    """The engine's running counts (private: what leaves the engine is an `EngineStats`)."""
+    """The engine's running counts: an `EngineStats` replaced as they grow, so what a tick or
+    a block carries is the value itself, never a view of counts that change later."""
 
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
-        (f.name for f in dataclasses.fields(EngineStats)), 0))
+    def __init__(self) -> None:
+        self.stats = EngineStats()
 
     def add(self, **counts: int) -> None:
-        for name, n in counts.items():
-            self.counts[name] += n
-
-    def __getattr__(self, name: str) -> int:
-        try:
-            return self.__dict__["counts"][name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def snapshot(self) -> EngineStats:
-        return EngineStats(**self.counts)
+        self.stats = dataclasses.replace(self.stats, **{k: getattr(self.stats, k) + n for k, n in counts.items()})
 
 
 class _Backoff:
@@ -191,7 +181,7 @@ def _score_block(
     # Every rank forms the same batches a single process would, and runs its
     # share: each window meets the same batch-mates, so numbers are identical.
     owners = assign_batches([len(b) * w for b, w in zip(batches, widths)], shard.world_size) if shard else None
-    block_start = tally.batch_tokens
+    block_start = tally.stats.batch_tokens
     tally.add(planned_tokens=sum(job.span.n_scored for job in jobs))
     # a document is done once its unit's last window is scored (batches are sorted by length,
     # so within a block documents finish out of order)
@@ -200,7 +190,8 @@ def _score_block(
     results: dict[int, np.ndarray] = {}
 
     def tick(k: int) -> EngineTick:
-        return EngineTick(tally.snapshot(), tally.batch_tokens - block_start, last_block, rows_done, len(batches) - k)
+        return EngineTick(tally.stats, tally.stats.batch_tokens - block_start, last_block, rows_done,
+                          len(batches) - k)
 
     yield tick(0)
     for k, batch in enumerate(batches):
@@ -221,7 +212,7 @@ def _score_block(
     columns = tuple(getattr(scorer, "columns", ()))
     scored = [_token_scores(unit, windows, columns) for unit, windows in zip(units, by_unit)]
     tally.add(windows=len(jobs), scored_tokens=sum(len(s) for s in scored))
-    yield ScoredBlock(scored, tally.snapshot())
+    yield ScoredBlock(scored, tally.stats)
 
 
 def _token_scores(unit: Unit, windows: list[tuple[Span, np.ndarray]], columns: tuple[str, ...]) -> TokenScores:
