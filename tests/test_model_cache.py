@@ -3,6 +3,7 @@ corruption, safe when two runs convert at once."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -261,3 +262,93 @@ def test_the_source_hash_is_remembered_until_the_file_changes(tmp_path: Path) ->
     source.write_bytes(b"GGUF" + b"b" * 1000)  # same size, new content, new mtime
     os.utime(source, ns=(saved["mtime_ns"] + 10**9, saved["mtime_ns"] + 10**9))
     assert source_sha256(source, root) == file_sha256(source)
+
+
+def _entry_check(tiny_gguf: Path, cache: Path, tmp_path: Path) -> tuple[Any, Path]:
+    """A stored entry of the tiny model, and the Verification of it a warm run makes."""
+    from lleval.backends.model_cache import CacheEntry
+
+    _score(tiny_gguf, write_jsonl(tmp_path / "d.jsonl", TEXTS))
+    (entry,) = _entries(cache)
+    return CacheEntry(cache, entry.name.rsplit("-", 1)[0], "float32"), entry
+
+
+def _hashed(folder: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Names of the files of ``folder`` that `file_sha256` reads from now on."""
+    import lleval.backends.model_cache as model_cache
+
+    read: list[str] = []
+    real = model_cache.file_sha256
+
+    def spy(path: Path) -> str:
+        read.append(path.name)
+        return real(path)
+
+    monkeypatch.setattr(model_cache, "file_sha256", spy)
+    return read
+
+
+def test_a_warm_load_does_not_hash_an_unchanged_entry(tiny_gguf: Path, cache: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    check, entry = _entry_check(tiny_gguf, cache, tmp_path)
+    read = _hashed(entry, monkeypatch)
+    verification = check.verify()
+    assert verification.passed() and verification.remembered and read == []
+    manifest = json.loads((entry / MANIFEST).read_text())
+    assert {n: m["sha256"] for n, m in manifest["files"].items()} == {n: file_sha256(entry / n)
+                                                                     for n in manifest["files"]}
+
+
+@pytest.mark.parametrize("change", ["same bytes rewritten", "same size new bytes", "mtime set back",
+                                    "replaced", "corrupt note", "note of other hashes"])
+def test_a_changed_entry_file_or_note_is_hashed_again(tiny_gguf: Path, cache: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch, change: str) -> None:
+    from lleval.backends.model_cache import VERIFIED
+
+    check, entry = _entry_check(tiny_gguf, cache, tmp_path)
+    weights, note = entry / "model.safetensors", entry / VERIFIED
+    raw, stat = weights.read_bytes(), weights.stat()
+    time.sleep(0.02)  # past the file system's timestamp tick
+    if change == "same bytes rewritten":
+        weights.write_bytes(raw)
+    elif change in ("same size new bytes", "mtime set back"):
+        weights.write_bytes(raw[:-5] + bytes(b ^ 0xFF for b in raw[-5:]))
+        if change == "mtime set back":  # as cp -p or touch -d would: only the change time tells
+            os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    elif change == "replaced":  # another file, same bytes, renamed over it
+        (entry / "new").write_bytes(raw)
+        os.replace(entry / "new", weights)
+    elif change == "corrupt note":
+        note.write_text(note.read_text()[:-7])
+    else:
+        saved = json.loads(note.read_text())
+        saved["files"]["model.safetensors"]["sha256"] = "0" * 64
+        note.write_text(json.dumps(saved))
+    read = _hashed(entry, monkeypatch)
+    verification = check.verify()
+    intact = change not in ("same size new bytes", "mtime set back")
+    assert verification.passed() is intact and not verification.remembered
+    assert "model.safetensors" in read
+    if intact:  # checked again and noted again: the next load trusts it without hashing
+        read.clear()
+        assert check.verify().remembered and read == []
+    else:
+        assert not entry.exists()  # moved aside, to be converted again
+
+
+def test_the_source_hash_is_read_again_when_only_the_mtime_was_restored(tmp_path: Path) -> None:
+    source, root = tmp_path / "m.gguf", tmp_path / "cache"
+    source.write_bytes(b"GGUF" + b"a" * 1000)
+    before = source.stat()
+    assert source_sha256(source, root) == hashlib.sha256(source.read_bytes()).hexdigest()
+    time.sleep(0.02)
+    source.write_bytes(b"GGUF" + b"b" * 1000)  # rewritten in place (same inode and size), as cp -p does
+    os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert source_sha256(source, root) == hashlib.sha256(source.read_bytes()).hexdigest()
+
+
+def test_a_warm_report_names_the_files_sha256(tiny_gguf: Path, cache: Path, tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "d.jsonl", TEXTS)
+    runs = [_score(tiny_gguf, data) for _ in range(2)]
+    assert [r.model["cache"] for r in runs] == ["stored", "hit"]
+    assert {r.model["sha256"] for r in runs} == {hashlib.sha256(tiny_gguf.read_bytes()).hexdigest()}
