@@ -232,8 +232,11 @@ TYPED: list[tuple[list[str], str, Any]] = [
     (["--token-stats"], "token_stats", True),
     (["--html", "r.html"], "html", "r.html"),
     (["--html-docs", "5"], "html_docs", 5),
+    (["--membership"], "membership", True),
+    (["--min-k", "0.1"], "min_k", 0.1),
+    (["--calibration"], "calibration", True),
 ]
-SCORE_ONLY = {"token_stats", "html", "html_docs"}  # what score alone shows of its tokens
+SCORE_ONLY = {"token_stats", "html", "html_docs", "membership", "min_k", "calibration"}  # what score alone shows of its tokens
 COMMANDS = {"score": ["score"], "kld": ["kld", "--base-dtype", "float32"]}
 
 

@@ -36,6 +36,7 @@ DEFAULT_SEPARATOR = "\n\n"
 DEFAULT_MAX_LENGTH_CAP = 2048
 DEFAULT_CHECKPOINT_EVERY = 60.0
 DEFAULT_HTML_DOCS = 20
+DEFAULT_MIN_K = 0.2  # Min-K% Prob's k (Shi et al., 2023; Zhang et al., 2024)
 SECTIONS = ("model", "data", "protocol", "engine", "outputs")  # the parts of a run, as `EvalConfig.section` gives them
 TOKEN_SUFFIXES = (".parquet", ".jsonl")  # what --tokens writes: Parquet, or JSON lines (lleval.report.tokens)
 
@@ -238,6 +239,18 @@ class EvalConfig:
     token_stats: bool = _setting(
         False, "outputs", "Also the rank of each true token and the entropy of each prediction (for --tokens, --html).",
         commands=("score",))
+    # contamination (membership) scores per document (lleval.reducers.membership)
+    membership: bool = _setting(
+        False, "outputs", "Also each document's membership (contamination) scores: Min-K% Prob, Min-K%++ and "
+        "the zlib ratio (documents[] in the JSON report, --tokens, --html).", commands=("score",))
+    min_k: float = _setting(
+        DEFAULT_MIN_K, "outputs", "The k of Min-K% and Min-K%++ (--membership): the fraction of each document's "
+        "least likely tokens they average, 0 < k <= 1; a document of n tokens takes max(1, floor(k n)).",
+        types=(int, float), commands=("score",))
+    # expected calibration error of the top-1 next-token probability (lleval.reducers.calibration)
+    calibration: bool = _setting(
+        False, "outputs", "Also the calibration of the top-1 next-token probability: ECE over 15 bins and top-1 "
+        "accuracy (statistics.calibration).", commands=("score",))
     html: str | None = _setting(  # the HTML report (lleval.report.html)
         None, "outputs", "Write a self-contained HTML report here: curve, documents, coloured tokens.", path=True,
         commands=("score",))
@@ -310,6 +323,9 @@ class EvalConfig:
             problems.append(problem)
         if self.limit == 0:
             problems.append(f"{self.flag('limit', 0)} scores no row: give 1 or more, or drop it")
+        if isinstance(self.min_k, (int, float)) and not 0 < self.min_k <= 1:
+            problems.append(f"{self.flag('min_k', self.min_k)} is the fraction of tokens Min-K% averages: give a "
+                            "number above 0 and at most 1 (0.2 is the papers' default)")
         if self.tokens is not None and Path(self.tokens).suffix.lower() not in TOKEN_SUFFIXES:
             problems.append(f"{self.flag('tokens', self.tokens)} writes Parquet (.parquet) or JSON lines (.jsonl), "
                             "chosen by its extension: use .parquet or .jsonl")
@@ -359,6 +375,8 @@ class EvalConfig:
                             "drop it")
         if self.token_stats and not (self.tokens or self.html):
             problems.append(f"{self.flag('token_stats')} adds rank and entropy to --tokens and --html: give one of them")
+        if not self.membership and self.min_k != DEFAULT_MIN_K:
+            problems.append(f"{self.flag('min_k')} sets the k of the membership scores: give --membership")
         if self.html is None and self.html_docs != DEFAULT_HTML_DOCS:
             problems.append(f"{self.flag('html_docs')} sets how many documents --html shows: give --html")
         served = self.model is not None and is_url(self.model)

@@ -110,6 +110,10 @@ class Totals:
                    int(data["documents"]), data["logprob_sq_sum"], int(data["nonfinite_tokens"]))
 
 
+#: A document's membership scores (--membership; `lleval.reducers.membership`).
+MEMBERSHIP_FIELDS = ("min_k_prob", "min_k_plus_plus", "zlib_ratio")
+
+
 @dataclass(init=False)
 class DocumentResult(Totals):
     """One document's sums (a `Totals` with ``documents`` 1), its row in the source
@@ -128,6 +132,7 @@ class DocumentResult(Totals):
         super().__init__(log_likelihood, tokens, bytes, words, 1, logprob_sq_sum, nonfinite)
         self.index = index
         self.id = id
+        self.membership: dict[str, float | None] | None = None  # min_k_prob, min_k_plus_plus, zlib_ratio
 
     def to_dict(self) -> dict[str, Any]:
         """The document's row in the JSON export (``id`` only when the data has one, so
@@ -137,14 +142,19 @@ class DocumentResult(Totals):
         if self.id is not None:
             row["id"] = self.id
         row.update(log_likelihood=self.log_likelihood, tokens=self.tokens, bytes=self.bytes, words=self.words)
+        if self.membership is not None:
+            row.update(self.membership)
         return row
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "DocumentResult":
         """Read a row of ``documents`` back (its squared log-prob sum and non-finite count,
         which the row does not hold, as 0)."""
-        return cls(int(data["index"]), data["log_likelihood"], int(data["tokens"]), int(data["bytes"]),
-                   int(data["words"]), id=data.get("id"))
+        doc = cls(int(data["index"]), data["log_likelihood"], int(data["tokens"]), int(data["bytes"]),
+                  int(data["words"]), id=data.get("id"))
+        if "min_k_prob" in data:
+            doc.membership = {f: data.get(f) for f in MEMBERSHIP_FIELDS}
+        return doc
 
 
 def _ratio(numerator: float, denominator: int) -> float | None:

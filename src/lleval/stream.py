@@ -34,6 +34,7 @@ class Row:
     text_sha: str = ""  # sha256 of the text, to check resumed data
     text: str | None = None  # as scored (with a concatenation's separator after it), kept when a reducer shows tokens
     id: str | int | None = None  # the row's own ``id`` field, if it has one
+    zlib_bytes: int | None = None  # zlib-compressed length of the text as scored (--membership only)
 
 
 @dataclass(frozen=True)

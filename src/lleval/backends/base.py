@@ -156,10 +156,17 @@ class Backend(Protocol):
 def with_token_stats(loaded: LoadedModel) -> LoadedModel:
     """``loaded`` with a scorer that also returns each token's rank and the entropy
     (``--token-stats``), in slices half as long (it holds two (n, V) tensors)."""
+    return with_columns(loaded, True, (), "--token-stats")
+
+
+def with_columns(loaded: LoadedModel, stats: bool, extra: tuple[str, ...], what: str) -> LoadedModel:
+    """``loaded`` with a scorer that also returns rank and entropy (``stats``) and the further
+    columns ``extra`` (of `lleval.engine.kernels.COLUMNS`), all from one pass over each slice,
+    in slices half as long (it holds two (n, V) tensors); ``what`` names the flags that asked."""
     from lleval.engine.kernels import scorer_from_slices
 
-    loaded.require(FULL_VOCABULARY, "--token-stats")
+    loaded.require(FULL_VOCABULARY, what)
     if loaded.vocab is None:
-        raise ConfigError(f"--token-stats needs the vocabulary size of {loaded.name}, which its backend did not give.")
+        raise ConfigError(f"{what} needs the vocabulary size of {loaded.name}, which its backend did not give.")
     per_slice = slice_positions(loaded.vocab, LOGITS_SLICE_BYTES // 2)
-    return dataclasses.replace(loaded, scorer=scorer_from_slices(loaded.slices, per_slice, stats=True))
+    return dataclasses.replace(loaded, scorer=scorer_from_slices(loaded.slices, per_slice, stats=stats, extra=extra))

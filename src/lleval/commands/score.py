@@ -20,10 +20,12 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-from lleval.backends.base import LoadedModel
+from lleval.backends.base import FULL_VOCABULARY, LoadedModel
 from lleval.config import EvalConfig
 from lleval.metrics import ratio_intervals
 from lleval.reducers.base import Statistic
+from lleval.reducers.calibration import Calibration
+from lleval.reducers.membership import MembershipScores
 from lleval.reducers.context import ContextCurve
 from lleval.reducers.documents import DocumentSums, StreamCounts
 from lleval.report.score import ContextBin, Report, bins_of_table
@@ -38,7 +40,9 @@ __all__ = ["evaluate", "load", "LoadedModel", "Progress", "ScoringProgress", "ST
 #: Further statistics a score run folds and reports (``statistics.<key>`` in its JSON):
 #: each entry makes the `Statistic` for a config, or None where the run does not ask for it.
 #: A new statistic is its reducer's module plus one entry here.
-STATISTICS: tuple[Callable[[EvalConfig], Statistic | None], ...] = ()
+STATISTICS: tuple[Callable[[EvalConfig], Statistic | None], ...] = (
+    lambda config: Calibration() if config.calibration else None,
+)
 
 
 def load(config: EvalConfig) -> LoadedModel:
@@ -65,15 +69,23 @@ def evaluate(
     job = make_job(inputs, model, protocol)
     sums, counts, curve = DocumentSums(), StreamCounts(), ContextCurve()
     statistics = [s for s in (make(config) for make in STATISTICS) if s is not None]
-    return run_job(job, sums, {"stream": counts, "curve": curve, **{s.key: s for s in statistics}},
-                   lambda run: score_report(job, run, sums, counts, curve, statistics), progress, should_stop)
+    membership = MembershipScores(config.min_k) if config.membership else None
+    others: dict[str, Any] = {"stream": counts, "curve": curve, **{s.key: s for s in statistics},
+                              **({"membership": membership} if membership is not None else {})}
+    return run_job(job, sums, others,
+                   lambda run: score_report(job, run, sums, counts, curve, statistics, membership),
+                   progress, should_stop)
 
 
 def score_report(
     job: Job, run: ScoringRun, sums: DocumentSums, counts: StreamCounts, curve: ContextCurve | None = None,
-    statistics: Sequence[Statistic] = (),
+    statistics: Sequence[Statistic] = (), membership: MembershipScores | None = None,
 ) -> Report:
-    """The `Report` of a score run: every block of it derived from the reducers' state."""
+    """The `Report` of a score run: every block of it derived from the reducers' state
+    (``membership``: each document's membership scores, --membership)."""
+    if membership is not None:
+        for doc, scores in zip(sums.documents, membership.documents):
+            doc.membership = scores
     totals = sums.totals()
     intervals, bootstrap = document_intervals(job.config, sums, job.protocol.scores_every_token)
     notes = score_notes(job, run, sums, counts) + ([str(bootstrap["skipped"])] if "skipped" in bootstrap else [])
@@ -113,6 +125,9 @@ def score_notes(job: Job, run: ScoringRun, sums: DocumentSums, counts: StreamCou
     if run.checkpoint_problem:
         notes.append(f"a checkpoint save failed ({run.checkpoint_problem}); {config.checkpoint} holds the last "
                      "save that succeeded, if any.")
+    if config.membership and FULL_VOCABULARY not in job.loaded.capabilities:
+        notes.append(f"min_k_plus_plus is null: Min-K%++ needs every log-prob of the vocabulary, and {info.name} "
+                     "gives only the log-prob of each true token (Min-K% and the zlib ratio are reported).")
     notes += model_notes(info)
     return notes
 

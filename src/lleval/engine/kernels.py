@@ -57,9 +57,10 @@ class SliceScorer:
     ``entropy``); the log-probs are computed exactly as without them.
     """
 
-    def __init__(self, slices: LogitsSlices, per_slice: int, stats: bool = False) -> None:
-        self.slices, self.per_slice, self.stats = slices, per_slice, stats
-        self.columns: tuple[str, ...] = ("rank", "entropy") if stats else ()
+    def __init__(self, slices: LogitsSlices, per_slice: int, stats: bool = False,
+                 extra: tuple[str, ...] = ()) -> None:
+        self.slices, self.per_slice, self.stats, self.extra = slices, per_slice, stats, extra
+        self.columns: tuple[str, ...] = (("rank", "entropy") if stats else ()) + extra
 
     def __call__(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, score_mask: torch.Tensor
@@ -70,16 +71,24 @@ class SliceScorer:
             for logits in self.slices(input_ids, attention_mask, score_mask, self.per_slice):
                 n = logits.shape[0]
                 chunk = targets[offset : offset + n].to(logits.device)
-                pieces.append(torch.stack(target_stats(logits, chunk), 1) if self.stats else target_logprobs(logits, chunk))
+                pieces.append(self._score(logits, chunk))
                 offset += n
         if pieces:
             return torch.cat(pieces)
-        return torch.zeros((0, 3) if self.stats else 0, dtype=torch.float32)
+        return torch.zeros((0, 1 + len(self.columns)) if self.columns else 0, dtype=torch.float32)
+
+    def _score(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.extra:
+            values = target_columns(logits, targets, self.columns)
+            return torch.stack([values["logprob"], *(values[name] for name in self.columns)], 1)
+        return torch.stack(target_stats(logits, targets), 1) if self.stats else target_logprobs(logits, targets)
 
 
-def scorer_from_slices(slices: LogitsSlices, per_slice: int, stats: bool = False) -> SliceScorer:
-    """The `SliceScorer` of a `LogitsSlices` (``stats``: also rank and entropy)."""
-    return SliceScorer(slices, per_slice, stats)
+def scorer_from_slices(slices: LogitsSlices, per_slice: int, stats: bool = False,
+                       extra: tuple[str, ...] = ()) -> SliceScorer:
+    """The `SliceScorer` of a `LogitsSlices` (``stats``: also rank and entropy; ``extra``:
+    further `COLUMNS` of `target_columns`)."""
+    return SliceScorer(slices, per_slice, stats, extra)
 
 
 def slices_from_logits(logits_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> LogitsSlices:
@@ -142,3 +151,49 @@ def target_stats(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Ten
     log_total = total.log().add_(top.squeeze(1))
     entropy = total.log() - (weights.mul_(shifted)).sum(dim=1) / total
     return picked - log_total, rank, entropy
+
+
+#: The per-token columns `target_columns` computes: ``rank``, ``entropy`` (--token-stats),
+#: ``mink_pp_z`` (Min-K%++'s standardised log-prob, --membership), ``top1_prob`` (the
+#: largest probability) and ``top1_correct`` (1.0 where the true token has it, --calibration).
+COLUMNS = ("rank", "entropy", "mink_pp_z", "top1_prob", "top1_correct")
+
+
+def target_columns(logits: torch.Tensor, targets: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The target's ``logprob`` and the columns ``names`` (of `COLUMNS`) per row, in float32.
+
+    The log-prob is computed with the same operations as `target_logprobs`
+    (bit-identical, whatever columns are asked for). With ``s = l - max l``,
+    ``w = exp(s)`` and ``Z = sum w``: the entropy is ``log Z - sum(w s) / Z``;
+    Min-K%++'s ``mu = sum p log p = -entropy`` and ``sigma^2 = sum p (log p)^2 -
+    mu^2``, which is the variance of ``s`` under ``p`` (``sum(w s^2)/Z - (sum(w s)/Z)^2``,
+    shift-free), and ``z = (log p(target) - mu) / sigma`` (0 where ``sigma`` is 0: every
+    token equally likely). ``top1_prob`` is ``max p = 1 / Z``; ``top1_correct`` is 1 where
+    no logit is strictly above the target's (rank 1: a tie for the top counts as correct).
+    Holds one more (N, V) tensor than `target_logprobs`, as `target_stats` does.
+    """
+    logits = logits.float()
+    picked = logits.gather(1, targets.unsqueeze(1)).squeeze(1)
+    out: dict[str, torch.Tensor] = {}
+    if "rank" in names:
+        out["rank"] = (logits > picked.unsqueeze(1)).sum(dim=1).float() + 1.0
+    top = _row_max(logits)
+    if "top1_correct" in names:
+        out["top1_correct"] = (picked >= top.squeeze(1)).float()
+    shifted = logits.sub_(top)
+    weights = shifted.exp()  # (N, V)
+    total = weights.sum(dim=1)
+    log_total = total.log().add_(top.squeeze(1))
+    out["logprob"] = picked - log_total
+    if "top1_prob" in names:
+        out["top1_prob"] = total.reciprocal()
+    if "entropy" in names or "mink_pp_z" in names:
+        mean_s = weights.mul_(shifted).sum(dim=1) / total  # E_p[s]; weights now hold w s
+        entropy = total.log() - mean_s
+        out["entropy"] = entropy
+        if "mink_pp_z" in names:
+            mean_s2 = weights.mul_(shifted).sum(dim=1) / total  # E_p[s^2]; weights now hold w s^2
+            sigma = (mean_s2 - mean_s * mean_s).clamp_(min=0.0).sqrt_()
+            z = (out["logprob"] + entropy) / sigma
+            out["mink_pp_z"] = torch.where(sigma > 0, z, torch.zeros_like(z))
+    return out

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import re
+import zlib as zlib_module
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -71,19 +72,23 @@ class Plan:
     chunk_bos: int | None = None  # llama-cpp: token written over each chunk's first token
     first_scored: int | None = None  # llama-cpp: first scored position in a chunk
 
-    def units(self, docs: Iterator[Document], tokenizer: Any, keep_text: bool = False) -> Iterator[Unit]:
+    def units(self, docs: Iterator[Document], tokenizer: Any, keep_text: bool = False,
+              zlib: bool = False) -> Iterator[Unit]:
         """The engine's input, read lazily from ``docs``. ``keep_text`` keeps each document's
-        text on its `Row` (for reducers that show tokens, such as the per-token export)."""
+        text on its `Row` (for reducers that show tokens, such as the per-token export);
+        ``zlib`` puts the zlib-compressed length of its text as scored on it (--membership)."""
         if self.name in ("rolling", "lm-eval") and self.separator is None:
-            return self._document_units(docs, tokenizer, keep_text)
-        return self._stream_units(docs, tokenizer, keep_text)
+            return self._document_units(docs, tokenizer, keep_text, zlib)
+        return self._stream_units(docs, tokenizer, keep_text, zlib)
 
-    def _row(self, doc: Document, n_bytes: int | None, text: str | None) -> Row:
+    def _row(self, doc: Document, n_bytes: int | None, text: str | None, scored: str | None = None) -> Row:
         encoded = doc.text.encode("utf-8")
         size = len(encoded) if n_bytes is None else n_bytes
-        return Row(doc.index, size, self.words(doc.text), _sha(encoded), text, doc.id)
+        packed = None if scored is None else len(zlib_module.compress(scored.encode("utf-8")))
+        return Row(doc.index, size, self.words(doc.text), _sha(encoded), text, doc.id, packed)
 
-    def _document_units(self, docs: Iterator[Document], tokenizer: Any, keep_text: bool) -> Iterator[Unit]:
+    def _document_units(self, docs: Iterator[Document], tokenizer: Any, keep_text: bool,
+                        zlib: bool) -> Iterator[Unit]:
         head = [] if self.prefix_token is None else [self.prefix_token]
         starts = np.array([len(head)], dtype=np.int64)
         assert self.stride is not None
@@ -95,12 +100,13 @@ class Plan:
             for doc, (ids, chars) in zip(group, encoded):
                 sequence = head + ids
                 spans = rolling_spans(len(sequence), self.max_length, self.stride)
-                row = self._row(doc, None, doc.text if keep_text else None)
+                row = self._row(doc, None, doc.text if keep_text else None, doc.text if zlib else None)
                 char_starts = None if chars is None else np.concatenate([np.full(len(head), -1), chars])
                 yield Unit(sequence, spans, (row,), number, starts, char_starts=char_starts)
                 number += 1
 
-    def _stream_units(self, docs: Iterator[Document], tokenizer: Any, keep_text: bool) -> Iterator[Unit]:
+    def _stream_units(self, docs: Iterator[Document], tokenizer: Any, keep_text: bool,
+                      zlib: bool) -> Iterator[Unit]:
         assert self.separator is not None
         read = list(docs)
         if not read:
@@ -109,7 +115,7 @@ class Plan:
                                                          self.special_tokens)
         # a document as scored is its text and the separator after it (not after the last)
         scored = [d.text + (self.separator if k < len(read) - 1 else "") for k, d in enumerate(read)]
-        rows = tuple(self._row(doc, size, text if keep_text else None)
+        rows = tuple(self._row(doc, size, text if keep_text else None, text if zlib else None)
                      for doc, size, text in zip(read, n_bytes, scored))
         skip = 0 if self.prefix_token is None else 1
         if self.prefix_token is not None:

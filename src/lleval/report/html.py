@@ -169,6 +169,7 @@ def _grid(bottom: float, top: float, y: Any, x_from: float, x_to: float, label: 
 def _documents(page: Page) -> str:
     shown = {s["index"] for s in page.samples}
     with_id = any("id" in d for d in page.documents)
+    membership = any("min_k_prob" in d for d in page.documents)  # --membership: three more sortable columns
     rows = []
     for d in page.documents:
         nll = -d["log_likelihood"] / d["tokens"] if d["tokens"] else None
@@ -177,13 +178,15 @@ def _documents(page: Page) -> str:
         name = f'<a href="#doc-{d["index"]}">{d["index"]}</a>' if d["index"] in shown else str(d["index"])
         cells = [(d["index"], name)] + ([(d.get("id", ""), esc(d.get("id", "")))] if with_id else [])
         cells += [(d["tokens"], d["tokens"]), (d["bytes"], d["bytes"])]
-        cells += [(v if v is not None else "NaN", "n/a" if v is None else f"{v:.4f}") for v in (nll, ppl, bpb)]
+        values = [nll, ppl, bpb] + ([d.get("min_k_prob"), d.get("min_k_plus_plus"), d.get("zlib_ratio")]
+                                    if membership else [])
+        cells += [(v if v is not None else "NaN", "n/a" if v is None else f"{v:.4f}") for v in values]
         snippet = page.snippets.get(d["index"], "")
         rows.append("<tr>" + "".join(f'<td class="num" data-value="{esc(v)}">{shown_value}</td>'
                                      for v, shown_value in cells)
                     + f'<td class="snippet">{esc(snippet)}</td></tr>')
-    names = ("document",) + (("id",) if with_id else ()) + ("tokens", "bytes", "NLL", "perplexity", "bits/byte",
-                                                            "text")
+    names = (("document",) + (("id",) if with_id else ()) + ("tokens", "bytes", "NLL", "perplexity", "bits/byte")
+             + (("Min-K%", "Min-K%++", "zlib ratio") if membership else ()) + ("text",))
     head = "".join(f"<th>{name}</th>" for name in names)
     return (f'<section id="documents"><h2>Documents ({len(page.documents)})</h2><p class="note">Click a column to '
             f'sort by it.</p><table id="documents-table"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}'

@@ -10,10 +10,12 @@ derived from the float64 sums at serialisation time, never stored twice, and
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from lleval.metrics import DocumentResult, Totals, derive_metrics, llamacpp_perplexity_stderr, perplexity
+from lleval.metrics import (MEMBERSHIP_FIELDS, DocumentResult, Totals, derive_metrics, llamacpp_perplexity_stderr,
+                            perplexity)
 from lleval.report.blocks import ReportHeader
 from lleval.report.output import json_float, json_interval, read_interval, to_json
 from lleval.report.render import fmt, render_pairs_markdown, render_pairs_table
@@ -165,7 +167,35 @@ def summary_rows(report: Report) -> list[tuple[str, str]]:
         if interval is not None:
             shown += f"  [{fmt(interval[0])}, {fmt(interval[1])}] 95% CI"
         rows.append((METRIC_LABELS[key], shown))
+    rows += statistic_rows(report)
     rows.append(("throughput", f"{report.timing.tokens_per_second:.0f} tokens/s"))
+    return rows
+
+
+def membership_means(documents: list[DocumentResult]) -> dict[str, float | None] | None:
+    """The mean of each membership score over the documents that have one (None: no
+    document has membership scores, the run had no --membership)."""
+    scored = [d.membership for d in documents if d.membership is not None]
+    if not scored:
+        return None
+    means: dict[str, float | None] = {}
+    for name in MEMBERSHIP_FIELDS:
+        values = [float(m[name]) for m in scored if m.get(name) is not None]  # type: ignore[arg-type]
+        means[name] = math.fsum(values) / len(values) if values else None
+    return means
+
+
+def statistic_rows(report: Report) -> list[tuple[str, str]]:
+    """Summary rows of the membership scores (their means over documents) and calibration."""
+    rows: list[tuple[str, str]] = []
+    means = membership_means(report.documents)
+    if means is not None:
+        rows.append(("membership, mean (Min-K% / Min-K%++ / zlib)",
+                     " / ".join(fmt(means[name]) for name in MEMBERSHIP_FIELDS)))
+    calibration = report.statistics.get("calibration")
+    if calibration:
+        rows.append(("calibration (ECE / top-1 accuracy)",
+                     f"{fmt(calibration['ece'])} / {fmt(calibration['top1_accuracy'])}"))
     return rows
 
 

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
-from lleval.backends.base import LoadedModel, ModelSpec, OpenedModel, with_token_stats
+from lleval.backends.base import FULL_VOCABULARY, LoadedModel, ModelSpec, OpenedModel, with_columns
 from lleval.config import EvalConfig
 from lleval.data.sources import DataStats, Document, DocumentStream
 from lleval.data.spec import BUILTIN_DATASET, data_spec
@@ -117,13 +117,30 @@ def load_and_plan(
     return loaded, protocol
 
 
+def with_scorer_columns(config: EvalConfig, loaded: LoadedModel) -> LoadedModel:
+    """``loaded`` with a scorer that also returns the per-token columns the flags need, all in one
+    pass over each logits slice: rank and entropy (--token-stats), Min-K%++'s ``mink_pp_z``
+    (--membership, where the model gives the full vocabulary: else the documents'
+    ``min_k_plus_plus`` is null, with a note) and ``top1_prob``/``top1_correct`` (--calibration)."""
+    extra: tuple[str, ...] = ()
+    if config.membership and FULL_VOCABULARY in loaded.capabilities:
+        extra += ("mink_pp_z",)
+    if config.calibration:
+        extra += ("top1_prob", "top1_correct")
+    if not (config.token_stats or extra):
+        return loaded
+    what = " and ".join(name for name, on in (("--token-stats", config.token_stats),
+                                               ("--calibration", config.calibration),
+                                               ("--membership", config.membership)) if on)
+    return with_columns(loaded, config.token_stats, extra, what)
+
+
 def make_job(inputs: Inputs, loaded: LoadedModel, protocol: Plan, others: tuple[LoadedModel, ...] = ()) -> Job:
     """Size the batches and read the checkpoint to resume, if there is one."""
     from lleval.runner import checkpoint as ckpt
 
     config, dist = inputs.config, inputs.dist
-    if config.token_stats:
-        loaded = with_token_stats(loaded)
+    loaded = with_scorer_columns(config, loaded)
     batching = batching_for(config, loaded, protocol.max_length)
     if dist is not None and batching.auto:  # every rank must form the same batches: rank 0's
         batching = dist.broadcast(batching)
