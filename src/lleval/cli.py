@@ -106,8 +106,11 @@ def kld(base_model: str | None, base_dtype: str | None, dataset_argument: str | 
     """
     if dataset_argument is not None and flags["dataset"] not in (None, dataset_argument):
         raise click.UsageError(f"two datasets given ({dataset_argument} and --dataset {flags['dataset']}): pick one.")
-    if base_model is None and base_dtype in (None, flags["dtype"]):
-        raise click.UsageError("give --base (another model), or --base-dtype (the same model in another dtype).")
+    if flags["reference"] is not None and (base_model is not None or base_dtype is not None):
+        raise click.UsageError("--reference is the base: drop --base and --base-dtype.")
+    if base_model is None and base_dtype in (None, flags["dtype"]) and flags["reference"] is None:
+        raise click.UsageError("give --base (another model), --base-dtype (the same model in another dtype), "
+                               "or --reference (a file of lleval score --save-reference).")
     config = config_from_flags({**flags, "dataset": flags["dataset"] or dataset_argument},
                                typed=["dataset"] if dataset_argument is not None else [])
     config = dataclasses.replace(config, origins={**config.origins, **base_origins()})
@@ -118,8 +121,8 @@ def kld(base_model: str | None, base_dtype: str | None, dataset_argument: str | 
     with _command_scope(config.quiet):
         from lleval.commands.kld import kl_divergence
 
-        result = _with_progress(config.quiet, kl_divergence, config, base_model or config.model,
-                                base_dtype=base_dtype)
+        base = None if config.reference else base_model or config.model  # --reference: the base is the file
+        result = _with_progress(config.quiet, kl_divergence, config, base, base_dtype=base_dtype)
         failed = _deliver(result, config.output, config.format)
     if failed:
         sys.exit(1)

@@ -37,6 +37,7 @@ DEFAULT_MAX_LENGTH_CAP = 2048
 DEFAULT_CHECKPOINT_EVERY = 60.0
 DEFAULT_HTML_DOCS = 20
 DEFAULT_MIN_K = 0.2  # Min-K% Prob's k (Shi et al., 2023; Zhang et al., 2024)
+DEFAULT_REFERENCE_TOP_K = 32  # see the README's table: KL error and file size by K
 SECTIONS = ("model", "data", "protocol", "engine", "outputs")  # the parts of a run, as `EvalConfig.section` gives them
 TOKEN_SUFFIXES = (".parquet", ".jsonl")  # what --tokens writes: Parquet, or JSON lines (lleval.report.tokens)
 
@@ -251,6 +252,17 @@ class EvalConfig:
     calibration: bool = _setting(
         False, "outputs", "Also the calibration of the top-1 next-token probability: ECE over 15 bins and top-1 "
         "accuracy (statistics.calibration).", commands=("score",))
+    # the base's top-K distribution per token, for a later kld --reference (lleval.report.reference)
+    save_reference: str | None = _setting(
+        None, "outputs", "Write a compact KL reference here (.parquet): per scored token the top-K token ids and "
+        "log-probs and the log of the remaining mass, for a later lleval kld --reference.", path=True,
+        commands=("score",))
+    reference_top_k: int = _setting(
+        DEFAULT_REFERENCE_TOP_K, "outputs", "How many of the most likely tokens --save-reference keeps per token "
+        "(KL against it is a lower bound, exact when K >= vocabulary - 1).", minimum=1, commands=("score",))
+    reference: str | None = _setting(
+        None, "outputs", "Compare --model with a reference saved by lleval score --save-reference (instead of "
+        "--base): one model in memory.", commands=("kld",))
     html: str | None = _setting(  # the HTML report (lleval.report.html)
         None, "outputs", "Write a self-contained HTML report here: curve, documents, coloured tokens.", path=True,
         commands=("score",))
@@ -373,6 +385,14 @@ class EvalConfig:
             problems.append(f"{self.flag('float32_head', 'false', typed='--no-float32-head')} keeps a bf16/fp16 "
                             f"model's head in its dtype; with {self.flag('dtype', 'float32')} everything is float32: "
                             "drop it")
+        if self.save_reference is not None and Path(self.save_reference).suffix.lower() != ".parquet":
+            problems.append(f"{self.flag('save_reference', self.save_reference)} writes Parquet: name it .parquet")
+        for other in ("token_stats", "membership", "calibration"):
+            if self.save_reference is not None and getattr(self, other):
+                problems.append(f"{self.flag('save_reference')} and {self.flag(other)} cannot be combined yet: "
+                                "run them separately")
+        if self.save_reference is None and self.reference_top_k != DEFAULT_REFERENCE_TOP_K:
+            problems.append(f"{self.flag('reference_top_k')} sets what --save-reference keeps: give --save-reference")
         if self.token_stats and not (self.tokens or self.html):
             problems.append(f"{self.flag('token_stats')} adds rank and entropy to --tokens and --html: give one of them")
         if not self.membership and self.min_k != DEFAULT_MIN_K:

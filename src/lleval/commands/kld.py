@@ -28,7 +28,7 @@ from lleval.plan.tokenization import tokenizer_fingerprint
 from lleval.reducers.documents import DocumentSums, StreamCounts
 from lleval.reducers.kl import KLStats
 from lleval.report.kld import KLReport, summary
-from lleval.report.blocks import model_block
+from lleval.report.blocks import ModelBlock, model_block
 from lleval.runner.header import dtype_notes, header_fields, model_notes
 from lleval.runner.loop import ScoringRun
 from lleval.runner.progress import Progress
@@ -114,6 +114,12 @@ def kl_divergence(
     """
     from lleval.preflight import check_kld
 
+    if config.reference:  # the base is a saved reference (lleval.commands.reference)
+        if base is not None or base_model is not None or base_dtype is not None:
+            raise ConfigError("--reference is the base: drop --base and --base-dtype.")
+        from lleval.commands.reference import kl_against_reference
+
+        return kl_against_reference(config, model=model, progress=progress)
     check_kld(config, base_dtype)
     inputs = open_inputs(config)
     base_config = replace(config, model=base_model, dtype=base_dtype or config.dtype)
@@ -173,6 +179,16 @@ def kl_report(
 ) -> KLReport:
     """The `KLReport`: the shared header (``settings``: the base's, added to the config's),
     then the divergence statistics."""
+    return kl_fields(job, run, sums, counts, stats, model_block(base.info), kld_notes(job.loaded.info, base.info),
+                     settings)
+
+
+def kl_fields(
+    job: Job, run: ScoringRun, sums: DocumentSums, counts: StreamCounts, stats: KLStats, base: ModelBlock,
+    notes: list[str], settings: dict[str, Any] | None = None,
+) -> KLReport:
+    """The `KLReport` of a kld run whose base is described by ``base`` (a model run alongside,
+    or a saved reference's model), with ``notes``."""
     config = job.config
     per_token = stats.values()
     totals = sums.totals()
@@ -183,11 +199,11 @@ def kl_report(
     for ll in stats.base_log_likelihood:  # document by document, as `DocumentSums.totals` adds a score run's
         base_ll += ll
     nll_base = -base_ll
-    header = header_fields(job, run, counts, totals, kld_notes(job.loaded.info, base.info))
+    header = header_fields(job, run, counts, totals, notes)
     header["settings"] = {**header["settings"], **(settings or {})}
     return KLReport(
         **header,
-        base=model_block(base.info),
+        base=base,
         tokens=n,
         kl_divergence={**summary(per_token[:, 0]), "unit": "nats", "direction": "KL(P_base || P_model)"},
         top_token_agreement=float(per_token[:, 1].mean()),

@@ -66,6 +66,10 @@ def evaluate(
     """
     inputs = open_inputs(config)
     (model,), protocol = load_and_plan([config], [loaded], progress)
+    if config.save_reference:  # the base's top-K per token, for kld --reference
+        from lleval.commands.reference import with_reference
+
+        model = with_reference(model, config.reference_top_k)
     job = make_job(inputs, model, protocol)
     sums, counts, curve = DocumentSums(), StreamCounts(), ContextCurve()
     statistics = [s for s in (make(config) for make in STATISTICS) if s is not None]

@@ -42,6 +42,7 @@ class KLReport(ReportHeader):
     delta_p: dict[str, Any]
     perplexity: dict[str, Any]
     bootstrap: dict[str, Any]
+    reference: dict[str, Any] | None = None  # kld --reference: the file, its top K, whether KL is exact
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -59,6 +60,7 @@ class KLReport(ReportHeader):
             "delta_p": dict(self.delta_p),
             "perplexity": dict(self.perplexity),
             "bootstrap": dict(self.bootstrap),
+            **({} if self.reference is None else {"reference": dict(self.reference)}),
         }
 
     @classmethod
@@ -69,7 +71,8 @@ class KLReport(ReportHeader):
         return cls(**ReportHeader.fields_from_dict(data), base=ModelBlock.from_dict(data["base"]),
                    tokens=int(data["tokens"]), kl_divergence=dict(data["kl_divergence"]),
                    top_token_agreement=data["top_token_agreement"], delta_p=dict(data["delta_p"]),
-                   perplexity=dict(data["perplexity"]), bootstrap=dict(data["bootstrap"]))
+                   perplexity=dict(data["perplexity"]), bootstrap=dict(data["bootstrap"]),
+                   reference=dict(data["reference"]) if data.get("reference") is not None else None)
 
     def to_json(self) -> str:
         """The JSON export as text."""
@@ -81,6 +84,7 @@ class KLReport(ReportHeader):
         ci = ppl["ln_ratio_ci"]
         return [
             ("base / model", f"{self.base.name} ({self.base.dtype}) / {self.model.name} ({self.model.dtype})"),
+            *self._reference_rows(),
             ("protocol", self.protocol.summary()),
             ("tokens", str(self.tokens)),
             ("mean KL (nats)", f"{kl['mean']:.6f} ± {kl['stderr'] or 0:.6f}"),
@@ -92,6 +96,13 @@ class KLReport(ReportHeader):
             ("ln(PPL_model / PPL_base)",
              f"{ppl['ln_ratio']:+.6f}" + (f"  [{ci[0]:+.6f}, {ci[1]:+.6f}] 95% CI" if ci else "")),
         ]
+
+    def _reference_rows(self) -> list[tuple[str, str]]:
+        ref = self.reference
+        if ref is None:
+            return []
+        kind = "exact (K covers the vocabulary)" if ref["exact"] else f"top-{ref['top_k']} lower bound"
+        return [("reference", f"{ref['file']} (top {ref['top_k']}; KL {kind})")]
 
     def render_table(self, console: Any) -> None:
         """Print as a rich table on ``console``."""

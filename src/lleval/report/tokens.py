@@ -42,7 +42,7 @@ import numpy as np
 
 from lleval.errors import OutputError, ReportError, write_failure
 from lleval.files import pid_alive, remove_quietly
-from lleval.stream import ScoredBlock, token_columns
+from lleval.stream import ScoredBlock, TokenScores, token_columns
 from lleval.report.blocks import DatasetBlock, ModelBlock, ProtocolBlock, TokenizerBlock
 from lleval.report.schema import compile_check, load_schema
 
@@ -54,6 +54,9 @@ PARTS_MARKER = "checkpoint"  # in a parts folder: the checkpoint that will resum
 
 
 class TokenWriter:
+    #: the flag that asked for this file, as messages name it
+    flag = "--tokens"
+
     """A reducer that writes every scored token to ``path`` (see the module docstring).
 
     Parts live in a hidden folder next to ``path``, ``.NAME.parts-<pid>-<random>``,
@@ -90,12 +93,17 @@ class TokenWriter:
         try:
             for scores in block.units:
                 if len(scores):
-                    self._write(token_columns(scores))
+                    self._write(self.columns(scores))
         except OSError as exc:
             self._fail(exc)
 
+    def columns(self, scores: TokenScores) -> dict[str, Any]:
+        """One unit's rows of this file: the export's columns and the scorer's further ones
+        (less a reference's ``ref_`` columns, which are `lleval.report.reference`'s)."""
+        return {k: v for k, v in token_columns(scores).items() if not k.startswith("ref_")}
+
     def _fail(self, exc: OSError) -> None:
-        self.failure = write_failure("--tokens", self.path, exc)
+        self.failure = write_failure(self.flag, self.path, exc)
         self.abandon()
 
     def _start(self) -> None:
@@ -149,16 +157,16 @@ class TokenWriter:
         """Go on in the folder the checkpoint names, with the parts it lists (the interrupted
         run wrote them); what else is there is dropped when writing starts."""
         if state.get("failed"):
-            raise OutputError(f"--tokens {self.path} failed in the run this checkpoint comes from "
-                              f"({state['failed']}): resume without --tokens, or delete the checkpoint and rerun.")
+            raise OutputError(f"{self.flag} {self.path} failed in the run this checkpoint comes from "
+                              f"({state['failed']}): resume without {self.flag}, or delete the checkpoint and rerun.")
         folder = str(state.get("folder", self._prefix))  # checkpoints from before unique folders
         if not folder.startswith(self._prefix) or Path(folder).name != folder:
-            raise OutputError(f"--tokens {self.path}: the checkpoint names a parts folder {folder!r} that is not "
+            raise OutputError(f"{self.flag} {self.path}: the checkpoint names a parts folder {folder!r} that is not "
                               "this file's: delete the checkpoint and rerun.")
         missing = [name for name in state["parts"] if not (self.path.parent / folder / name).is_file()]
         if missing:
             raise OutputError(
-                f"--tokens {self.path}: the token parts written before the checkpoint are gone from "
+                f"{self.flag} {self.path}: the token parts written before the checkpoint are gone from "
                 f"{self.path.parent / folder}: delete the checkpoint and rerun."
             )
         self.parts_dir = self.path.parent / folder
@@ -178,7 +186,7 @@ class TokenWriter:
                 self._merge(tmp, header)
                 os.replace(tmp, self.path)
         except OSError as exc:
-            self.failure = write_failure("--tokens", self.path, exc)
+            self.failure = write_failure(self.flag, self.path, exc)
         finally:
             remove_quietly(tmp)
             if not keep_parts:
@@ -239,7 +247,8 @@ def _owner_pid(name: str, target: str) -> int | None:
 def _arrow_table(columns: dict[str, Any]) -> Any:
     import pyarrow as pa
 
-    return pa.table({name: pa.array(value) for name, value in columns.items()})
+    return pa.table({name: value if isinstance(value, pa.Array) else pa.array(value)
+                     for name, value in columns.items()})
 
 
 def _jsonl(columns: dict[str, Any]) -> str:

@@ -53,11 +53,14 @@ def run_loop(
     reducers: dict[str, Any] = {"documents": sums, **(others or {})}
     checkpointer = Checkpointer(config.checkpoint if dist is None or dist.is_main else None,
                                 config.checkpoint_every, job.fingerprint)
-    units = job.protocol.units(job.inputs.documents, job.loaded.tokenizer, keep_text=bool(config.tokens or config.html),
-                               zlib=config.membership)
+    keep_text = bool(config.tokens or config.html or config.save_reference)
+    units = job.protocol.units(job.inputs.documents, job.loaded.tokenizer, keep_text=keep_text, zlib=config.membership)
     if job.resumed is not None:
         Checkpointer.restore(job.resumed, reducers, config.checkpoint or "")
         units = verify_resumed(units, job.resumed, config.checkpoint or "")
+    follow = getattr(job.loaded.scorer, "follow", None)  # a scorer that reads its own file in step (kld --reference)
+    if follow is not None:
+        units = follow(units)
     options = EngineOptions(job.batching, pad_id=job.loaded.pad_id, block_tokens=config.block_tokens,
                             skip_rows=len(sums.documents))
     engine, started, complete = EngineStats(), time.perf_counter(), True

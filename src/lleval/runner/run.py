@@ -55,6 +55,10 @@ def file_reducers(job: Job) -> dict[str, Any]:
         from lleval.report.tokens import TokenWriter
 
         files["tokens"] = TokenWriter(config.tokens, config.checkpoint)
+    if config.save_reference:
+        from lleval.report.reference import ReferenceWriter
+
+        files["reference"] = ReferenceWriter(config.save_reference, config.checkpoint)
     if config.html:
         files["samples"] = DocumentSamples(config.html_docs)
     return files
@@ -67,12 +71,16 @@ def write_files(job: Job, run: ScoringRun, report: Any, files: Mapping[str, Any]
     run is finished and one failed file must not cost the others, nor the report.
     """
     failed: list[OutputError] = []
-    if "tokens" in files:
-        header = {k: v for k, v in report.header_dict("tokens").items() if k not in ("timing", "notes")}
-        try:
-            files["tokens"].finish(header, keep_parts=not run.complete and _resumable(job.config))
-        except OutputError as exc:
-            failed.append(exc)
+    header = {k: v for k, v in report.header_dict("tokens").items() if k not in ("timing", "notes")}
+    scorer = job.loaded.scorer
+    extras = {"tokens": {}, "reference": {"reference": {"top_k": getattr(scorer, "k", None),
+                                                        "vocab": job.loaded.vocab}}}
+    for name, extra in extras.items():
+        if name in files:
+            try:
+                files[name].finish({**header, **extra}, keep_parts=not run.complete and _resumable(job.config))
+            except OutputError as exc:
+                failed.append(exc)
     if "samples" in files and job.config.html:
         from lleval.report.html import write_score_html
 
@@ -86,8 +94,9 @@ def write_files(job: Job, run: ScoringRun, report: Any, files: Mapping[str, Any]
 def abandon_files(job: Job, files: Mapping[str, Any]) -> None:
     """A run that failed or was killed by Ctrl-C: remove the token parts, unless the
     run's checkpoint will resume from them."""
-    if "tokens" in files:
-        files["tokens"].abandon(keep_parts=_resumable(job.config))
+    for name in ("tokens", "reference"):
+        if name in files:
+            files[name].abandon(keep_parts=_resumable(job.config))
 
 
 def _resumable(config: EvalConfig) -> bool:
