@@ -53,7 +53,8 @@ def run_loop(
     reducers: dict[str, Any] = {"documents": sums, **(others or {})}
     checkpointer = Checkpointer(config.checkpoint if dist is None or dist.is_main else None,
                                 config.checkpoint_every, job.fingerprint)
-    units = job.protocol.units(job.inputs.documents, job.loaded.tokenizer, keep_text=bool(config.tokens or config.html))
+    units = job.units if job.units is not None else job.protocol.units(
+        job.inputs.documents, job.loaded.tokenizer, keep_text=bool(config.tokens or config.html))
     if job.resumed is not None:
         Checkpointer.restore(job.resumed, reducers, config.checkpoint or "")
         units = verify_resumed(units, job.resumed, config.checkpoint or "")
