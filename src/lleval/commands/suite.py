@@ -285,7 +285,11 @@ def _score_model(suite: Suite, base: EvalConfig, model: SuiteEntry, loaded: Load
 
 
 def check_suite_config(base: EvalConfig) -> None:
-    """The flags a suite refuses: the per-run files (one per cell would be needed)."""
+    """The base config's own problems (before any dataset is blamed), and the flags a suite
+    refuses: the per-run files (one per cell would be needed)."""
+    from lleval.preflight import check_config
+
+    check_config(base)
     refused = [base.flag(name) for name in ("tokens", "html") if getattr(base, name)]
     if refused:
         raise ConfigError(f"{' and '.join(refused)} write one file per run: a suite writes one report; score "
