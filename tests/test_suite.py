@@ -214,7 +214,7 @@ def test_suite_file_sets_each_entry(tmp_path: Path) -> None:
     assert dict(suite.datasets[0].fields) == {"dataset": "w.jsonl", "limit": 5, "text_field": "body"}
 
 
-@pytest.mark.parametrize("config", sorted((Path(__file__).parent.parent / "configs").glob("suite*.yaml")))
+@pytest.mark.parametrize("config", sorted((Path(__file__).parent.parent / "configs" / "suites").glob("*.yaml")))
 def test_shipped_suite_files_load(config: Path) -> None:
     from lleval.commands.suite import load_suite_file
 

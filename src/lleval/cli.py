@@ -69,7 +69,7 @@ def score(**flags: Any) -> None:
       lleval score -m ./my-model -d notes.txt --sample-by paragraph -o report.json
       lleval score --config configs/wikitext2.yaml -m gpt2
       lleval score -m ./checkpoint-1000 -m ./checkpoint-2000 -d a.jsonl -d b.txt -o suite.json
-      lleval score --suite configs/suite.yaml -o suite.json --html suite.html
+      lleval score --suite configs/suites/checkpoint-sweep.yaml -o suite.json --html suite.html
     """
     models, datasets = flags.pop("model"), flags.pop("dataset")
     if flags["suite"] or flags["step"] or len(models) > 1 or len(datasets) > 1:

@@ -247,7 +247,7 @@ class EvalConfig:
     # a suite: several models x datasets in one run (lleval.commands.suite); repeated -m/-d make one too
     suite: str | None = _setting(
         None, "suite", "YAML file of a suite: its models and datasets, each with a label and its own settings "
-        "(see configs/suite.yaml). -o then writes the suite report.", metavar="FILE", commands=("score",))
+        "(see configs/suites/). -o then writes the suite report.", metavar="FILE", commands=("score",))
     step: tuple[str, ...] = _setting(
         (), "suite", "The training step of each --model, in order (repeatable; default: found in the model's "
         "name, such as checkpoint-1000): the suite's report then draws a trend.", multiple=True, metavar="N",

@@ -117,11 +117,11 @@ def suite_from_flags(models: Sequence[str], datasets: Sequence[str], steps: Sequ
     if steps and len(steps) != len(models):
         raise ConfigError(f"--step was given {len(steps)} times for {len(models)} models: give one per --model.")
     entries = []
-    for k, value in enumerate(models or [None]):  # type: ignore[list-item]
+    for k, value in enumerate(list(models) or [None]):
         label = default_label(value)
         step = steps[k] if steps else find_step(label, value)
         entries.append(SuiteEntry(label, {"model": value}, step))
-    data = [SuiteEntry(default_label(d), {"dataset": d}) for d in (datasets or [None])]  # type: ignore[list-item]
+    data = [SuiteEntry(default_label(d), {"dataset": d}) for d in (list(datasets) or [None])]  # type: ignore[list-item]
     suite = Suite(tuple(entries), tuple(data))
     check_labels(suite)
     return suite

@@ -203,7 +203,7 @@ def _with_interval(value: float | None, interval: Any) -> str:
 
 def matrix_rows(report: SuiteReport) -> list[tuple[str, ...]]:
     """The matrix as text rows; a failed cell shows its error."""
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for row in report.matrix():
         cell = report.cell(row["model"], row["dataset"])
         if cell is None or cell.report is None:

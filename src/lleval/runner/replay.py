@@ -69,7 +69,8 @@ class PlannedUnits:
     def _kept(self, key: str, units: Iterator[Unit], stats: DataStats) -> Iterator[Unit]:
         kept = []
         for unit in units:
-            kept.append(dataclasses.replace(unit, tokens=np.asarray(unit.tokens, dtype=np.int32)))
+            ids: Any = np.asarray(unit.tokens, dtype=np.int32)  # 4 bytes a token while kept
+            kept.append(dataclasses.replace(unit, tokens=ids))
             yield unit
         self._entries[key] = _Entry(tuple(kept), stats)
 
