@@ -108,8 +108,9 @@ def _score_suite(flags: dict[str, Any], models: tuple[str, ...], datasets: tuple
         sys.exit(128 + interrupts.signum)
     for cell in (c for c in report.cells if c.error is not None):
         click.echo(f"Error: cell {cell.model} x {cell.dataset}: {cell.error}", err=True)
-    if failed or any(c.error is not None for c in report.cells):
-        sys.exit(1)
+    codes = [c.exit_code for c in report.cells if c.error is not None] + ([1] if failed else [])
+    if codes:
+        sys.exit(max(codes))  # 2 when a cell failed on input to fix (a missing model), else 1
 
 
 @main.command(context_settings=CONTEXT_SETTINGS)

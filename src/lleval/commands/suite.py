@@ -256,7 +256,8 @@ def run_suite(
         try:
             loaded = (load or load_model)(suite.cell_config(base, model, suite.datasets[0]))
         except LlevalError as exc:
-            run.cells += [SuiteCell(model.label, d.label, None, f"model did not load: {exc}") for d in suite.datasets]
+            run.cells += [SuiteCell(model.label, d.label, None, f"model did not load: {exc}", exc.exit_code)
+                          for d in suite.datasets]
             continue
         run.loads += 1
         _score_model(suite, base, model, loaded, run, plans, shown, stop, total)
@@ -276,7 +277,7 @@ def _score_model(suite: Suite, base: EvalConfig, model: SuiteEntry, loaded: Load
             report = evaluate(suite.cell_config(base, model, dataset), loaded=loaded, progress=shown,
                               should_stop=stop, plans=plans)
         except LlevalError as exc:
-            run.cells.append(SuiteCell(model.label, dataset.label, None, str(exc)))
+            run.cells.append(SuiteCell(model.label, dataset.label, None, str(exc), exc.exit_code))
             continue
         run.cells.append(SuiteCell(model.label, dataset.label, report))
         if not report.complete or stop():

@@ -46,6 +46,7 @@ class SuiteCell:
     dataset: str  # label
     report: Report | None
     error: str | None = None
+    exit_code: int = 0  # the failure's (`LlevalError.exit_code`: 2 input to fix, 1 run time); not in the JSON
 
     def to_dict(self) -> dict[str, Any]:
         """The cell's entry in ``cells``."""
