@@ -39,6 +39,11 @@ def _score(tmp: Path, model: Path, *args: str) -> list[str]:
     return ["score", "-q", "-m", str(model), *args, "-o", str(tmp / "out.json")]
 
 
+def _score_with(tmp: Path, model: str | Path) -> list[str]:
+    """Score with ``model`` in place of the tiny one (a second -m would make the run a suite)."""
+    return ["score", "-q", "-m", str(model), "-o", str(tmp / "out.json")]
+
+
 def _data(tmp: Path, model: Path, name: str, content: bytes, *extra: str) -> list[str]:
     path = tmp / name
     path.write_bytes(content)
@@ -93,14 +98,14 @@ CASES: list[Case] = [
     ("split of a local file", lambda t, m: _data(t, m, "s.jsonl", b'{"text": "a"}\n', "--split", "validation"),
      ConfigError, ["s.jsonl", "has one split, 'train'"]),
     ("unknown encoding", lambda t, m: _data(t, m, "a.txt", b"abc", "--encoding", "klingon"), DataError, ["klingon"]),
-    ("truncated gguf", lambda t, m: _score(t, m, "-m", _gguf(t, b"GGUF\x03\x00\x00\x00" + b"\x00" * 5)), ModelLoadError,
+    ("truncated gguf", lambda t, m: _score_with(t, _gguf(t, b"GGUF\x03\x00\x00\x00" + b"\x00" * 5)), ModelLoadError,
      ["broken.gguf", "truncated or corrupted"]),
-    ("not a gguf", lambda t, m: _score(t, m, "-m", _gguf(t, b"this is no gguf file at all" * 100)), ModelLoadError, ["broken.gguf"]),
-    ("model without weights", lambda t, m: _score(t, m, "-m", str(_model_copy(t, m, ["*.safetensors"]))), ModelLoadError,
+    ("not a gguf", lambda t, m: _score_with(t, _gguf(t, b"this is no gguf file at all" * 100)), ModelLoadError, ["broken.gguf"]),
+    ("model without weights", lambda t, m: _score_with(t, _model_copy(t, m, ["*.safetensors"])), ModelLoadError,
      ["model-copy"]),
-    ("model without tokenizer", lambda t, m: _score(t, m, "-m", str(_model_copy(t, m, ["tokenizer*"]))), ModelLoadError,
+    ("model without tokenizer", lambda t, m: _score_with(t, _model_copy(t, m, ["tokenizer*"])), ModelLoadError,
      ["model-copy", "tokenizer"]),
-    ("model folder without config", lambda t, m: _score(t, m, "-m", str(_model_copy(t, m, ["config.json"]))), ModelLoadError,
+    ("model folder without config", lambda t, m: _score_with(t, _model_copy(t, m, ["config.json"])), ModelLoadError,
      ["model-copy", "config.json"]),
     ("max length over positions", lambda t, m: _score(t, m, "-L", "4096"), ConfigError,
      ["4096", "larger than the model's 64 positions"]),
@@ -156,11 +161,11 @@ CASES: list[Case] = [
      ["c.ckpt", "cannot be read"]),
     ("checkpoint in a missing folder", lambda t, m: _score(t, m, "--checkpoint", str(t / "no" / "such" / "ck")),
      OutputError, ["pick another --checkpoint"]),
-    ("missing model", lambda t, m: _score(t, m, "-m", str(t / "missing-model")), ModelLoadError,
+    ("missing model", lambda t, m: _score_with(t, t / "missing-model"), ModelLoadError,
      ["missing-model", "does not exist"]),
-    ("empty model folder", lambda t, m: (t / "empty-model").mkdir() or _score(t, m, "-m", str(t / "empty-model")),
+    ("empty model folder", lambda t, m: (t / "empty-model").mkdir() or _score_with(t, t / "empty-model"),
      ModelLoadError, ["empty-model", "no config.json"]),
-    ("hub model not cached", lambda t, m: _score(t, m, "-m", "no-such-org/no-such-model"), ModelLoadError,
+    ("hub model not cached", lambda t, m: _score_with(t, "no-such-org/no-such-model"), ModelLoadError,
      ["no-such-org/no-such-model", "not in the local cache"]),
     ("hub dataset not cached", lambda t, m: _score(t, m, "-d", "no-such-org/no-such-dataset"), DataError,
      ["no-such-org/no-such-dataset", "not in the local cache"]),

@@ -68,8 +68,14 @@ def score(**flags: Any) -> None:
       lleval score                                   # built-in model and sample text
       lleval score -m ./my-model -d notes.txt --sample-by paragraph -o report.json
       lleval score --config configs/wikitext2.yaml -m gpt2
+      lleval score -m ./checkpoint-1000 -m ./checkpoint-2000 -d a.jsonl -d b.txt -o suite.json
+      lleval score --suite configs/suites/checkpoint-sweep.yaml -o suite.json --html suite.html
     """
-    config = config_from_flags(flags)
+    models, datasets = flags.pop("model"), flags.pop("dataset")
+    if flags["suite"] or flags["step"] or len(models) > 1 or len(datasets) > 1:
+        return _score_suite(flags, models, datasets)
+    config = config_from_flags({**flags, "model": models[0] if models else None,
+                                "dataset": datasets[0] if datasets else None})
     _check_early(config)
     with _command_scope(config.quiet), _Interrupts() as interrupts:
         from lleval.commands.score import evaluate
@@ -82,6 +88,29 @@ def score(**flags: Any) -> None:
         sys.exit(128 + interrupts.signum)
     if failed:
         sys.exit(1)
+
+
+def _score_suite(flags: dict[str, Any], models: tuple[str, ...], datasets: tuple[str, ...]) -> None:
+    """``score`` with several models or datasets, or a --suite file: one suite report; exit 1
+    when a cell failed, 128 + the signal when interrupted (the finished cells are written)."""
+    if flags["suite"] and (models or datasets):
+        raise click.UsageError("--suite names the models and datasets: drop --model and --dataset, or --suite.")
+    config = config_from_flags({**flags, "model": None, "dataset": None})
+    _check_early(config)
+    from lleval.commands.suite import run_suite, suite_for
+
+    suite = _call(suite_for, config, models, datasets)
+    with _command_scope(config.quiet), _Interrupts() as interrupts:
+        report = _with_progress(config.quiet, run_suite, suite, config, should_stop=interrupts.should_stop)
+        failed = _deliver(report, config.output, config.format)
+    if interrupts.signum is not None:
+        click.echo(f"stopped by signal {interrupts.signum}: suite report marked incomplete", err=True)
+        sys.exit(128 + interrupts.signum)
+    for cell in (c for c in report.cells if c.error is not None):
+        click.echo(f"Error: cell {cell.model} x {cell.dataset}: {cell.error}", err=True)
+    codes = [c.exit_code for c in report.cells if c.error is not None] + ([1] if failed else [])
+    if codes:
+        sys.exit(max(codes))  # 2 when a cell failed on input to fix (a missing model), else 1
 
 
 @main.command(context_settings=CONTEXT_SETTINGS)

@@ -38,7 +38,7 @@ DEFAULT_CHECKPOINT_EVERY = 60.0
 DEFAULT_HTML_DOCS = 20
 DEFAULT_MIN_K = 0.2  # Min-K% Prob's k (Shi et al., 2023; Zhang et al., 2024)
 DEFAULT_REFERENCE_TOP_K = 32  # see the README's table: KL error and file size by K
-SECTIONS = ("model", "data", "protocol", "engine", "outputs")  # the parts of a run, as `EvalConfig.section` gives them
+SECTIONS = ("model", "data", "protocol", "engine", "outputs", "suite")  # the parts of a run, as `EvalConfig.section` gives them
 TOKEN_SUFFIXES = (".parquet", ".jsonl")  # what --tokens writes: Parquet, or JSON lines (lleval.report.tokens)
 
 
@@ -269,6 +269,14 @@ class EvalConfig:
     html_docs: int = _setting(  # documents shown token by token, most and least surprising each
         DEFAULT_HTML_DOCS, "outputs", "How many of the most (and of the least) surprising documents --html shows "
         "token by token.", minimum=0, commands=("score",))
+    # a suite: several models x datasets in one run (lleval.commands.suite); repeated -m/-d make one too
+    suite: str | None = _setting(
+        None, "suite", "YAML file of a suite: its models and datasets, each with a label and its own settings "
+        "(see configs/suites/). -o then writes the suite report.", metavar="FILE", commands=("score",))
+    step: tuple[str, ...] = _setting(
+        (), "suite", "The training step of each --model, in order (repeatable; default: found in the model's "
+        "name, such as checkpoint-1000): the suite's report then draws a trend.", multiple=True, metavar="N",
+        commands=("score",))
     # where values came from: field -> FLAG, or "config file PATH" (the CLI fills it; a field
     # absent was left at its default or set through the API); for messages and `provenance`.
     # Not a setting, so it takes no part in equality, hashing or checkpoints

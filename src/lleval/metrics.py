@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, TypeVar, overload
+from typing import Any, Sequence, TypeVar, overload
 
 import numpy as np
 
@@ -282,3 +282,29 @@ def ratio_intervals(
         "perplexity": percentile_interval(ppl, level),
         "bits_per_byte": percentile_interval(bpb, level) if np.all(sums[:, 2] > 0) else None,
     }
+
+
+def macro_bits_per_byte(
+    datasets: Sequence[tuple[np.ndarray, np.ndarray]], n_resamples: int, seed: int, level: float = 0.95
+) -> tuple[float | None, tuple[float, float] | None]:
+    """The mean over datasets of each dataset's bits per byte, and its bootstrap interval.
+
+    ``datasets`` holds per dataset its documents' ``(nll_sum_nats, n_bytes)``
+    arrays. Each dataset weighs the same whatever its size or tokenizer (Paloma's
+    per-domain average). A resample draws documents within each dataset
+    (dataset ``j`` seeded ``seed + j``), recomputes each dataset's bits per byte
+    as a ratio of sums and averages them; the interval is the percentile
+    interval. None for the interval when a dataset has fewer than two documents
+    or there are no resamples; None for both when a dataset has no byte.
+    """
+    if not datasets or any(float(np.sum(b)) <= 0 for _, b in datasets):
+        return None, None
+    value = float(np.mean([to_bits(float(np.sum(n)) / float(np.sum(b))) for n, b in datasets]))  # as derive_metrics
+    if n_resamples < 1 or any(len(n) < 2 for n, _ in datasets):
+        return value, None
+    samples = np.zeros(n_resamples, dtype=np.float64)
+    for j, (nll, n_bytes) in enumerate(datasets):
+        sums = bootstrap_sums(np.column_stack([nll, n_bytes]), n_resamples, seed + j)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            samples += bits_per_byte(sums[:, 0], sums[:, 1])
+    return value, percentile_interval(samples / len(datasets), level)

@@ -59,6 +59,8 @@ def load_config(ctx: click.Context, param: click.Parameter, value: str | None) -
         values = load_config_file(value, own)
     except ConfigError as exc:
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+    repeated = {p.name for p in ctx.command.params if getattr(p, "multiple", False)}
+    values = {k: [v] if k in repeated and isinstance(v, str) else v for k, v in values.items()}
     ctx.default_map = {**(ctx.default_map or {}), **values}
     ctx.meta[CONFIG_FILE_KEY] = value
     return value
@@ -83,9 +85,15 @@ def _click_type(name: str, how: Setting, types: tuple[type, ...]) -> Any:
     return int if types == (int,) else None
 
 
-def field_options(field: dataclasses.Field[Any], how: Setting) -> list[Callable[[Any], Any]]:
+#: fields a command takes several times although the config holds one: score's -m and -d
+#: (more than one of either makes the run a suite, `lleval.commands.suite`)
+REPEATABLE = {"score": ("model", "dataset")}
+
+
+def field_options(field: dataclasses.Field[Any], how: Setting, repeatable: bool = False) -> list[Callable[[Any], Any]]:
     """The click option(s) of one field: ``--x/--no-x`` for a boolean, ``--x VALUE`` else, and
-    ``--no-x`` beside a flag with an optional value."""
+    ``--no-x`` beside a flag with an optional value; ``repeatable``: ``--x`` may be given
+    several times (the command gets a tuple)."""
     flag = "--" + field.name.replace("_", "-")
     short = [how.short] if how.short else []
     shown: dict[str, Any] = {"show_default": True} if field.default not in (None, ()) else {}
@@ -93,10 +101,13 @@ def field_options(field: dataclasses.Field[Any], how: Setting) -> list[Callable[
         return [click.option(f"{flag}/--no-{flag[2:]}", *short, default=field.default, help=how.help, **shown)]
     types = (str,) if how.multiple else FIELD_TYPES[field.name]
     kwargs: dict[str, Any] = {"type": _click_type(field.name, how, types), "metavar": how.metavar,
-                              "multiple": how.multiple}
+                              "multiple": how.multiple or repeatable}
+    if repeatable:
+        kwargs["default"] = ()
     if how.flag_value is not None:
         kwargs.update(is_flag=False, flag_value=how.flag_value)
-    options = [click.option(flag, *short, default=field.default, help=how.help, **shown, **kwargs)]
+    kwargs.setdefault("default", field.default)
+    options = [click.option(flag, *short, help=how.help, **shown, **kwargs)]
     if how.flag_value is not None:
         options.append(click.option(f"--no-{flag[2:]}", is_flag=True, default=False, expose_value=False,
                                     callback=_undo, help=f"Turn {flag} off (a config file's {field.name} too)."))
@@ -111,7 +122,7 @@ def config_options(command: str) -> Callable[[Any], Any]:
         help="YAML file of defaults for any flag below (keys: flag names, each once); flags win.")]
     for field, how in settings():
         if command in how.commands:
-            options += field_options(field, how)
+            options += field_options(field, how, field.name in REPEATABLE.get(command, ()))
 
     def decorate(func: Any) -> Any:
         for option in reversed(options):

@@ -33,6 +33,7 @@ from lleval.runner.header import header_fields, model_notes
 from lleval.runner.loop import ScoringRun
 from lleval.runner.progress import Progress, ScoringProgress
 from lleval.runner.prepare import Job, load_and_plan, make_job, model_spec, open_inputs
+from lleval.runner.replay import PlannedUnits
 from lleval.runner.run import run_job
 
 __all__ = ["evaluate", "load", "LoadedModel", "Progress", "ScoringProgress", "STATISTICS"]
@@ -58,11 +59,13 @@ def evaluate(
     loaded: LoadedModel | None = None,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
+    plans: PlannedUnits | None = None,
 ) -> Report:
     """Score the dataset a config names with the model it names, and return the `Report`.
 
     A run stopped by ``should_stop`` returns a report with ``complete`` false
-    holding the documents finished so far.
+    holding the documents finished so far. ``plans`` (a suite's) replays units another
+    model of the same tokenizer planned on the same data, and keeps the ones planned now.
     """
     inputs = open_inputs(config)
     (model,), protocol = load_and_plan([config], [loaded], progress)
@@ -71,6 +74,8 @@ def evaluate(
 
         model = with_reference(model, config.reference_top_k)
     job = make_job(inputs, model, protocol)
+    if plans is not None:
+        job = plans.attach(job)
     sums, counts, curve = DocumentSums(), StreamCounts(), ContextCurve()
     statistics = [s for s in (make(config) for make in STATISTICS) if s is not None]
     membership = MembershipScores(config.min_k) if config.membership else None

@@ -24,7 +24,7 @@ from typing import Any, Callable
 from lleval.errors import ReportError, read_text_file
 
 SCHEMA_VERSION = 1
-KINDS = ("score", "kld", "compare")
+KINDS = ("score", "kld", "compare", "suite")
 #: the JSON Schema keywords the shipped schemas use, and so the ones `first_problem` checks
 #: (the annotations among them check nothing; ``additionalProperties`` is always ``true``)
 KEYWORDS = frozenset({"type", "required", "properties", "additionalProperties", "items", "const", "enum", "oneOf",

@@ -54,7 +54,8 @@ def run_loop(
     checkpointer = Checkpointer(config.checkpoint if dist is None or dist.is_main else None,
                                 config.checkpoint_every, job.fingerprint)
     keep_text = bool(config.tokens or config.html or config.save_reference)
-    units = job.protocol.units(job.inputs.documents, job.loaded.tokenizer, keep_text=keep_text, zlib=config.membership)
+    units = job.units if job.units is not None else job.protocol.units(
+        job.inputs.documents, job.loaded.tokenizer, keep_text=keep_text, zlib=config.membership)
     if job.resumed is not None:
         Checkpointer.restore(job.resumed, reducers, config.checkpoint or "")
         units = verify_resumed(units, job.resumed, config.checkpoint or "")

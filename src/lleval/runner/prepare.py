@@ -27,6 +27,7 @@ from lleval.plan.protocols import Plan, plan
 from lleval.report.blocks import model_block, tokenizer_block
 from lleval.runner.checkpoint import Checkpoint
 from lleval.runner.progress import Progress
+from lleval.stream import Unit
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,9 @@ class Job:
     fingerprint: dict[str, Any]  # what a checkpoint must have been made with
     resumed: Checkpoint | None
     others: tuple[LoadedModel, ...] = ()  # every other model the run uses (kld's base), for the report
+    #: the protocol's units, planned already (a suite replays them to every model of one tokenizer,
+    #: `lleval.runner.replay`); None: the loop plans them from ``inputs.documents``
+    units: Iterator[Unit] | None = None
 
     @property
     def config(self) -> EvalConfig:

@@ -1,0 +1,360 @@
+"""Suites: several models x several datasets in one run, each cell scored as ``lleval score``.
+
+`run_suite` takes a `Suite` (built from a suite file, `load_suite_file`, or
+from repeated ``-m``/``-d``, `suite_from_flags`) and the run's base
+`EvalConfig`; each (model, dataset) cell is that config with the model's and
+the dataset's fields replaced, scored by `lleval.commands.score.evaluate`,
+the single run's own path, so a cell's numbers are those of a separate run.
+What the cells share is done once:
+
+- every dataset is opened (its first document read) before any model loads,
+  so a bad path fails in seconds, named by its label;
+- models are taken one at a time, model-major: loaded once, every dataset
+  scored, then freed;
+- each dataset is read and tokenized once per tokenizer and protocol and
+  replayed to every other model of that tokenizer (`PlannedUnits`).
+
+A model that fails to load fails its cells (the error is in each cell) and
+the run goes on; so does a cell that fails. ``should_stop`` (Ctrl-C) ends the
+run after the current batch, with the finished cells and ``complete`` false.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import gc
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from lleval.backends.base import LoadedModel
+from lleval.config import FIELD_TYPES, EvalConfig, settings
+from lleval.errors import ConfigError, LlevalError
+from lleval.report.blocks import now
+from lleval.report.score import Report
+from lleval.report.suite import MacroAverage, SuiteCell, SuiteModel, SuiteReport
+from lleval.runner.progress import Progress, ScoringProgress
+from lleval.runner.replay import PlannedUnits
+
+#: a model's step, from its label, folder name or hub revision: step-1000, step1000,
+#: checkpoint-1000, global_step1000 (the last match of the last name that has one)
+STEP_PATTERN = re.compile(r"(?:global_step|checkpoint|step)[-_]?(\d+)", re.IGNORECASE)
+SUITE_ORIGIN = "suite file"
+
+MODEL_FIELDS = tuple(f.name for f, how in settings() if how.section == "model")
+DATA_FIELDS = tuple(f.name for f, how in settings() if how.section == "data")
+
+
+@dataclass(frozen=True)
+class SuiteEntry:
+    """A model or a dataset of a suite: its label and the `EvalConfig` fields it sets."""
+
+    label: str
+    fields: Mapping[str, Any]
+    step: int | None = None  # models only: explicit, or found in the label, folder or revision
+
+
+@dataclass(frozen=True)
+class Suite:
+    """Models and datasets, each with a unique label; every pair is a cell."""
+
+    models: tuple[SuiteEntry, ...]
+    datasets: tuple[SuiteEntry, ...]
+    source: str = "flags"  # the suite file, or "flags"
+
+    def cell_config(self, base: EvalConfig, model: SuiteEntry, dataset: SuiteEntry) -> EvalConfig:
+        """The base config with the model's and the dataset's fields (and the cell's checkpoint)."""
+        fields = {**model.fields, **dataset.fields}
+        origins = {k: v for k, v in base.origins.items() if k not in ("suite", "step", "output", "checkpoint")}
+        origins.update({name: SUITE_ORIGIN for name in fields})
+        checkpoint = None if base.checkpoint is None else cell_checkpoint(base.checkpoint, model, dataset)
+        if checkpoint is not None:
+            origins["checkpoint"] = base.origins.get("checkpoint", SUITE_ORIGIN)
+        return dataclasses.replace(base, **fields, checkpoint=checkpoint, output=None, suite=None, step=(),
+                                   origins=origins)
+
+
+def cell_checkpoint(prefix: str, model: SuiteEntry, dataset: SuiteEntry) -> str:
+    """``--checkpoint PATH`` of a suite is a prefix: each cell's checkpoint is the file
+    ``PATH.MODEL__DATASET`` (labels, with characters other than letters, digits, ``._-`` as ``_``)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{model.label}__{dataset.label}")
+    return f"{prefix}.{safe}"
+
+
+def find_step(*names: str | None) -> int | None:
+    """The training step a label, folder or revision names (``checkpoint-1000``: 1000), else None."""
+    for name in reversed([n for n in names if n]):
+        matches = STEP_PATTERN.findall(Path(name.rstrip("/")).name if "/" in name else name)
+        if matches:
+            return int(matches[-1])
+    return None
+
+
+def default_label(value: str | None) -> str:
+    """A short label for a model or dataset: its last path part without the suffix."""
+    name = Path(value.rstrip("/")).name if value else "default"
+    return Path(name).stem if Path(name).suffix in (".gguf", ".jsonl", ".json", ".txt", ".csv", ".parquet") else name
+
+
+def suite_for(config: EvalConfig, models: Sequence[str], datasets: Sequence[str]) -> Suite:
+    """The suite a score command names: its ``--suite`` file, else its repeated -m/-d."""
+    if config.suite:
+        if config.step:
+            raise ConfigError(f"{config.flag('step')} numbers the --model flags: a suite file gives each model's "
+                              "'step:' itself.")
+        return load_suite_file(config.suite)
+    bad = [s for s in config.step if not s.isdigit()]
+    if bad:
+        raise ConfigError(f"{config.flag('step')} {bad[0]!r} is not a whole number of training steps.")
+    return suite_from_flags(models, datasets, [int(s) for s in config.step])
+
+
+def suite_from_flags(models: Sequence[str], datasets: Sequence[str], steps: Sequence[int] = ()) -> Suite:
+    """The suite of repeated ``-m``/``-d``: every model with every dataset, labelled by name
+    (``--step``, one per model, overrides the steps found in the names)."""
+    if steps and len(steps) != len(models):
+        raise ConfigError(f"--step was given {len(steps)} times for {len(models)} models: give one per --model.")
+    entries = []
+    for k, value in enumerate(list(models) or [None]):
+        label = default_label(value)
+        step = steps[k] if steps else find_step(label, value)
+        entries.append(SuiteEntry(label, {"model": value}, step))
+    data = [SuiteEntry(default_label(d), {"dataset": d}) for d in (list(datasets) or [None])]  # type: ignore[list-item]
+    suite = Suite(tuple(entries), tuple(data))
+    check_labels(suite)
+    return suite
+
+
+def check_labels(suite: Suite) -> None:
+    """Refuse two models (or two datasets) of one label: cells are named by labels."""
+    problems = []
+    for kind, entries in (("model", suite.models), ("dataset", suite.datasets)):
+        labels = [e.label for e in entries]
+        problems += [f"two {kind}s are labelled {label!r}" for label in sorted({x for x in labels
+                                                                                if labels.count(x) > 1})]
+    if problems:
+        raise ConfigError(f"suite {suite.source}: " + "; ".join(problems) + ": give each a label of its own.")
+
+
+def load_suite_file(path: str) -> Suite:
+    """Read a suite file (YAML): ``models`` and ``datasets``, lists of mappings, each with a
+    ``label`` and the settings of that model (``model``, ``revision``, ``dtype``, ``step``...)
+    or dataset (``dataset``, ``dataset_config``, ``split``, ``text_field``, ``sample_by``,
+    ``limit``...). Every problem is reported at once; an unknown key by name, with a hint."""
+    import yaml
+
+    from lleval.errors import read_text_file
+
+    try:
+        raw = yaml.safe_load(read_text_file(Path(path), "suite file", ConfigError))
+    except yaml.YAMLError:
+        raise ConfigError(f"suite file {path} is not valid YAML: fix its syntax.") from None
+    problems: list[str] = []
+    if not isinstance(raw, dict):
+        raise ConfigError(f"suite file {path} must be a mapping with 'models' and 'datasets' lists.")
+    problems += [_unknown(k, ("models", "datasets"), "top level") for k in raw if k not in ("models", "datasets")]
+    models = _entries(raw.get("models"), "models", MODEL_FIELDS, "model", problems)
+    datasets = _entries(raw.get("datasets"), "datasets", DATA_FIELDS, "dataset", problems)
+    if problems:
+        raise ConfigError(f"suite file {path}: " + "; ".join(problems) + ".")
+    suite = Suite(tuple(models), tuple(datasets), path)
+    check_labels(suite)
+    return suite
+
+
+def _unknown(key: Any, allowed: Sequence[str], where: str) -> str:
+    close = difflib.get_close_matches(str(key).replace("-", "_"), allowed, n=1)
+    return f"unknown key {key!r} in {where}" + (f" (did you mean {close[0]!r}?)" if close else "")
+
+
+def _entries(raw: Any, kind: str, allowed: Sequence[str], main: str, problems: list[str]) -> list[SuiteEntry]:
+    """The entries of ``models`` or ``datasets``, each key checked against ``allowed``."""
+    if not isinstance(raw, list) or not raw:
+        problems.append(f"'{kind}' must be a non-empty list")
+        return []
+    entries = []
+    for k, item in enumerate(raw):
+        where = f"{kind}[{k}]"
+        if isinstance(item, str):
+            item = {main: item}
+        if not isinstance(item, dict):
+            problems.append(f"{where} must be a mapping or a string")
+            continue
+        fields: dict[str, Any] = {}
+        for key, value in item.items():
+            name = str(key).replace("-", "_")
+            if name in ("label", "step", "path"):
+                continue
+            if name not in allowed:
+                problems.append(_unknown(key, [*allowed, "label", "path"] + (["step"] if kind == "models" else []),
+                                         where))
+            elif value is not None and not isinstance(value, FIELD_TYPES[name]):
+                problems.append(f"{where}: {key!r} must be {' or '.join(t.__name__ for t in FIELD_TYPES[name])}")
+            else:
+                fields[name] = value
+        if "path" in item:
+            fields[main] = item["path"]
+        step = item.get("step")
+        if step is not None and (kind != "models" or not isinstance(step, int) or step < 0):
+            problems.append(f"{where}: 'step' must be a whole number >= 0, on a model")
+        label = str(item.get("label") or default_label(fields.get(main)))
+        found = step if isinstance(step, int) else find_step(label, fields.get(main), fields.get("revision"))
+        entries.append(SuiteEntry(label, fields, found if kind == "models" else None))
+    return entries
+
+
+@dataclass
+class _CellProgress:
+    """The run's progress display with the cell named in each stage ("cell 2/9: a × wiki")."""
+
+    display: Progress | None
+    name: str = ""
+
+    def stage(self, text: str) -> None:
+        if self.display is not None:
+            self.display.stage(f"{self.name}: {text}")
+
+    def update(self, state: ScoringProgress) -> None:
+        if self.display is not None:
+            self.display.update(state)
+
+
+@dataclass
+class SuiteRun:
+    """What a suite run did so far: its cells, and how often it loaded models."""
+
+    cells: list[SuiteCell] = field(default_factory=list)
+    loads: int = 0
+    complete: bool = True
+
+
+def run_suite(
+    suite: Suite,
+    base: EvalConfig,
+    *,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    load: Callable[[EvalConfig], LoadedModel] | None = None,
+) -> SuiteReport:
+    """Score every (model, dataset) cell of ``suite`` on the ``base`` config, model-major, and
+    return the `SuiteReport`. ``load`` loads a cell's model (`lleval.commands.score.load`;
+    tests pass a spy)."""
+    from lleval.commands.score import load as load_model
+
+    check_suite_config(base)
+    open_datasets(suite, base)
+    plans, run, shown = PlannedUnits(), SuiteRun(), _CellProgress(progress)
+    stop = should_stop or (lambda: False)
+    total = len(suite.models) * len(suite.datasets)
+    for model in suite.models:
+        if not run.complete:
+            break
+        shown.name = f"cell {len(run.cells) + 1}/{total}: {model.label}"
+        shown.stage("loading model")
+        try:
+            loaded = (load or load_model)(suite.cell_config(base, model, suite.datasets[0]))
+        except LlevalError as exc:
+            run.cells += [SuiteCell(model.label, d.label, None, f"model did not load: {exc}", exc.exit_code)
+                          for d in suite.datasets]
+            continue
+        run.loads += 1
+        _score_model(suite, base, model, loaded, run, plans, shown, stop, total)
+        del loaded
+        gc.collect()
+    return suite_report(suite, base, run, plans)
+
+
+def _score_model(suite: Suite, base: EvalConfig, model: SuiteEntry, loaded: LoadedModel, run: SuiteRun,
+                 plans: PlannedUnits, shown: _CellProgress, stop: Callable[[], bool], total: int) -> None:
+    """Every dataset of the suite with one loaded model; a stop ends the run after its cell."""
+    from lleval.commands.score import evaluate
+
+    for dataset in suite.datasets:
+        shown.name = f"cell {len(run.cells) + 1}/{total}: {model.label} × {dataset.label}"
+        try:
+            report = evaluate(suite.cell_config(base, model, dataset), loaded=loaded, progress=shown,
+                              should_stop=stop, plans=plans)
+        except LlevalError as exc:
+            run.cells.append(SuiteCell(model.label, dataset.label, None, str(exc), exc.exit_code))
+            continue
+        run.cells.append(SuiteCell(model.label, dataset.label, report))
+        if not report.complete or stop():
+            run.complete = False
+            return
+
+
+def check_suite_config(base: EvalConfig) -> None:
+    """The base config's own problems (before any dataset is blamed), and the flags a suite
+    refuses: the per-run files (one per cell would be needed)."""
+    from lleval.preflight import check_config
+
+    check_config(base)
+    refused = [base.flag(name) for name in ("tokens", "html", "save_reference") if getattr(base, name)]
+    if refused:
+        raise ConfigError(f"{' and '.join(refused)} write one file per run: a suite writes one report; score "
+                          "the cell alone to get its files.")
+
+
+def open_datasets(suite: Suite, base: EvalConfig) -> None:
+    """Open every dataset (its first document read) before any model loads: a dataset that
+    fails is named by its label, and no model was loaded for nothing."""
+    from lleval.runner.prepare import open_inputs
+
+    for dataset in suite.datasets:
+        try:
+            open_inputs(suite.cell_config(base, suite.models[0], dataset))
+        except LlevalError as exc:
+            raise type(exc)(f"dataset {dataset.label!r} of the suite: {exc}") from None
+
+
+def suite_report(suite: Suite, base: EvalConfig, run: SuiteRun, plans: PlannedUnits) -> SuiteReport:
+    """The `SuiteReport` of a run: its cells, each model's macro average, what it did once."""
+    models = [SuiteModel(m.label, m.fields.get("model"), m.fields.get("revision"), m.step) for m in suite.models]
+    finished = [c for c in run.cells if c.report is not None]
+    complete = run.complete and len(finished) == len(suite.models) * len(suite.datasets)
+    return SuiteReport(
+        models, [d.label for d in suite.datasets], run.cells, [macro_average(m.label, run.cells, base)
+                                                                 for m in suite.models],
+        complete, {"model_loads": run.loads, "tokenizations": plans.tokenizations, "replays": plans.replays},
+        {"resamples": base.bootstrap, "seed": base.seed, "level": 0.95, "unit": "document within each dataset"},
+        suite_notes(suite, run), now())
+
+
+def macro_average(model: str, cells: Sequence[SuiteCell], base: EvalConfig) -> MacroAverage:
+    """A model's mean bits per byte over the datasets of its finished cells, with the
+    bootstrap interval (`lleval.metrics.macro_bits_per_byte`)."""
+    import numpy as np
+
+    from lleval.metrics import macro_bits_per_byte
+
+    reports = [c.report for c in cells if c.model == model and c.report is not None]
+    if not reports or not all(r.protocol.has_per_byte_metrics for r in reports):
+        return MacroAverage(model, None, None, len(reports))
+    arrays = [(np.array([-d.log_likelihood for d in r.documents]), np.array([d.bytes for d in r.documents],
+                                                                           dtype=np.float64)) for r in reports]
+    value, interval = macro_bits_per_byte(arrays, base.bootstrap, base.seed)
+    return MacroAverage(model, value, interval, len(reports))
+
+
+def suite_notes(suite: Suite, run: SuiteRun) -> list[str]:
+    """What a reader of the matrix must know: failed cells, a stop, tokenizers that differ."""
+    notes = []
+    failed = [c for c in run.cells if c.error is not None]
+    if failed:
+        notes.append(f"{len(failed)} cells failed: " + "; ".join(f"{c.model} x {c.dataset}: {c.error}"
+                                                                  for c in failed[:3]))
+    if not run.complete:
+        notes.append(f"stopped early: {sum(c.report is not None for c in run.cells)} cells scored; rerun with "
+                     "--checkpoint FOLDER to resume.")
+    fingerprints = {c.report.tokenizer.fingerprint for c in run.cells if c.report is not None}
+    if len(fingerprints) > 1:
+        notes.append("the models have different tokenizers: token perplexity is not comparable across them; "
+                     "compare bits per byte (and the macro average).")
+    return notes
+
+
+def cell_reports(report: SuiteReport) -> dict[tuple[str, str], Report]:
+    """Each finished cell's score report by (model label, dataset label)."""
+    return {(c.model, c.dataset): c.report for c in report.cells if c.report is not None}
