@@ -235,8 +235,14 @@ TYPED: list[tuple[list[str], str, Any]] = [
     (["--membership"], "membership", True),
     (["--min-k", "0.1"], "min_k", 0.1),
     (["--calibration"], "calibration", True),
+    (["--save-reference", "ref.parquet"], "save_reference", "ref.parquet"),
+    (["--reference-top-k", "8"], "reference_top_k", 8),
+    (["--reference", "ref.parquet"], "reference", "ref.parquet"),
 ]
-SCORE_ONLY = {"token_stats", "html", "html_docs", "membership", "min_k", "calibration"}  # what score alone shows of its tokens
+# what score alone shows of its tokens, or saves for a later kld
+SCORE_ONLY = {"token_stats", "html", "html_docs", "membership", "min_k", "calibration", "save_reference",
+              "reference_top_k"}
+KLD_ONLY = {"reference"}  # kld against a saved reference instead of --base
 COMMANDS = {"score": ["score"], "kld": ["kld", "--base-dtype", "float32"]}
 
 
@@ -277,8 +283,9 @@ def test_each_flag_sets_its_field_alone(parse: Any, command: str, args: list[str
     own field and nothing else, recorded as typed."""
     from lleval.config import EvalConfig
 
-    config = parse([*COMMANDS[command], *args])
-    if command == "kld" and field in SCORE_ONLY:
+    argv = ["kld"] if command == "kld" and field in KLD_ONLY else COMMANDS[command]  # --reference stands for --base/--base-dtype
+    config = parse([*argv, *args])
+    if (command == "kld" and field in SCORE_ONLY) or (command == "score" and field in KLD_ONLY):
         assert config.exit_code == 2 and "No such option" in config.stderr
         return
     assert config == EvalConfig(**{field: value}) and getattr(config, field) == value

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from lleval.data.spec import BUILTIN_DATASET
-from lleval.stream import EngineStats, EngineTick
+from lleval.stream import EngineStats, EngineTick, Unit
 from lleval.errors import DataError, ScoringError
 from lleval.reducers.base import NonFiniteLogProb, Reducer, finite_only
 from lleval.reducers.documents import DocumentSums
@@ -53,15 +53,7 @@ def run_loop(
     reducers: dict[str, Any] = {"documents": sums, **(others or {})}
     checkpointer = Checkpointer(config.checkpoint if dist is None or dist.is_main else None,
                                 config.checkpoint_every, job.fingerprint)
-    keep_text = bool(config.tokens or config.html or config.save_reference)
-    units = job.units if job.units is not None else job.protocol.units(
-        job.inputs.documents, job.loaded.tokenizer, keep_text=keep_text, zlib=config.membership)
-    if job.resumed is not None:
-        Checkpointer.restore(job.resumed, reducers, config.checkpoint or "")
-        units = verify_resumed(units, job.resumed, config.checkpoint or "")
-    follow = getattr(job.loaded.scorer, "follow", None)  # a scorer that reads its own file in step (kld --reference)
-    if follow is not None:
-        units = follow(units)
+    units = _units(job, reducers)
     options = EngineOptions(job.batching, pad_id=job.loaded.pad_id, block_tokens=config.block_tokens,
                             skip_rows=len(sums.documents))
     engine, started, complete = EngineStats(), time.perf_counter(), True
@@ -96,6 +88,21 @@ def run_loop(
     if complete and not any(d.tokens for d in sums.documents):
         raise _nothing_scored(job, sums)
     return ScoringRun(engine, time.perf_counter() - started, complete, checkpointer.problem)
+
+
+def _units(job: Job, reducers: dict[str, Any]) -> Iterator[Unit]:
+    """The units the engine scores: the job's own (a suite replays them), else planned from its
+    documents; a resumed run's reducers restored and its units checked against the checkpoint;
+    a scorer that reads its own file in step (kld --reference) follows them."""
+    config = job.config
+    keep_text = bool(config.tokens or config.html or config.save_reference)
+    units = job.units if job.units is not None else job.protocol.units(
+        job.inputs.documents, job.loaded.tokenizer, keep_text=keep_text, zlib=config.membership)
+    if job.resumed is not None:
+        Checkpointer.restore(job.resumed, reducers, config.checkpoint or "")
+        units = verify_resumed(units, job.resumed, config.checkpoint or "")
+    follow = getattr(job.loaded.scorer, "follow", None)
+    return units if follow is None else follow(units)
 
 
 def _nothing_scored(job: Job, sums: DocumentSums) -> DataError:
