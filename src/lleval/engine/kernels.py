@@ -65,14 +65,7 @@ class SliceScorer:
     def __call__(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, score_mask: torch.Tensor
     ) -> torch.Tensor:
-        targets = labels[score_mask]  # (N,)
-        pieces, offset = [], 0
-        with torch.inference_mode():
-            for logits in self.slices(input_ids, attention_mask, score_mask, self.per_slice):
-                n = logits.shape[0]
-                chunk = targets[offset : offset + n].to(logits.device)
-                pieces.append(self._score(logits, chunk))
-                offset += n
+        pieces = map_slices(self.slices, self.per_slice, input_ids, attention_mask, labels, score_mask, self._score)
         if pieces:
             return torch.cat(pieces)
         return torch.zeros((0, 1 + len(self.columns)) if self.columns else 0, dtype=torch.float32)
@@ -82,6 +75,22 @@ class SliceScorer:
             values = target_columns(logits, targets, self.columns)
             return torch.stack([values["logprob"], *(values[name] for name in self.columns)], 1)
         return torch.stack(target_stats(logits, targets), 1) if self.stats else target_logprobs(logits, targets)
+
+
+def map_slices(
+    slices: LogitsSlices, per_slice: int, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+    labels: torch.Tensor, score_mask: torch.Tensor, score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> list[torch.Tensor]:
+    """``score(logits, targets)`` of every slice of logits at the scored positions, in order
+    (``targets``: the slice's true tokens, on the logits' device), without autograd."""
+    targets = labels[score_mask]  # (N,)
+    pieces, offset = [], 0
+    with torch.inference_mode():
+        for logits in slices(input_ids, attention_mask, score_mask, per_slice):
+            n = logits.shape[0]
+            pieces.append(score(logits, targets[offset : offset + n].to(logits.device)))
+            offset += n
+    return pieces
 
 
 def scorer_from_slices(slices: LogitsSlices, per_slice: int, stats: bool = False,

@@ -36,7 +36,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from lleval.engine.kernels import LogitsSlices, target_logprobs
+from lleval.engine.kernels import LogitsSlices, map_slices, target_logprobs
 
 MAX_EXACT_ID = 1 << 24  # float32 holds every integer below this exactly
 
@@ -74,13 +74,8 @@ class ReferenceScorer:
     def __call__(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, score_mask: torch.Tensor
     ) -> torch.Tensor:
-        targets = labels[score_mask]  # (N,)
-        pieces, offset = [], 0
-        with torch.inference_mode():
-            for logits in self.slices(input_ids, attention_mask, score_mask, self.per_slice):
-                n = logits.shape[0]
-                pieces.append(top_k_slice(logits, targets[offset : offset + n].to(logits.device), self.k).cpu())
-                offset += n
+        pieces = map_slices(self.slices, self.per_slice, input_ids, attention_mask, labels, score_mask,
+                            lambda logits, targets: top_k_slice(logits, targets, self.k).cpu())
         return torch.cat(pieces) if pieces else torch.zeros((0, 1 + len(self.columns)))
 
 
