@@ -176,17 +176,25 @@ def kld(base_model: str | None, base_dtype: str | None, dataset_argument: str | 
               help="Documents listed per candidate as the most changed, each way.")
 @click.option("--html", type=click.Path(dir_okay=False), default=None,
               help="Write an HTML page here: each candidate's change with its interval, and the gate.")
+@click.option("--cell", default=None, metavar="MODEL/DATASET",
+              help="A suite report compared with a score report: the suite's cell to compare.")
 def compare(base: str, candidates: tuple[str, ...], max_regression: float | None, require_significant: bool,
             bootstrap: int, seed: int, format: str, summary: bool, output: str | None, top_documents: int,
-            html: str | None) -> None:
+            html: str | None, cell: str | None) -> None:
     """Compare score reports of candidates against a base on the same texts.
 
-    Exit codes: 0 every candidate passes, 1 a candidate regressed beyond
-    --max-regression, 2 unusable input (unreadable report, different texts).
+    Suite reports are compared dataset by dataset (cells matched by dataset
+    label, or by model and dataset labels when a suite has several models); a
+    suite and a score report by the cell of the same texts (or --cell).
+
+    Exit codes: 0 every candidate passes, 1 a candidate (or a suite's dataset)
+    regressed beyond --max-regression, 2 unusable input (unreadable report,
+    different texts).
 
     \b
     Example (CI gate: fail if perplexity rises by more than 1%):
       lleval compare base.json new.json --max-regression 1 --summary
+      lleval compare base-suite.json new-suite.json --max-regression 1
     """
     from lleval.commands.compare import compare_report_files
 
@@ -198,7 +206,7 @@ def compare(base: str, candidates: tuple[str, ...], max_regression: float | None
     _check_compare_paths(base, candidates, output, html, summary_file)
     result = _call(compare_report_files, base, list(candidates), max_regression_pct=max_regression,
                    require_significant=require_significant, n_resamples=bootstrap, seed=seed,
-                   top_documents=top_documents)
+                   top_documents=top_documents, cell=cell)
     from lleval.report.html import write_compare_html
 
     earlier = (_try_output(write_compare_html, result, html) if html else []) + (
@@ -207,7 +215,7 @@ def compare(base: str, candidates: tuple[str, ...], max_regression: float | None
     for warning in (r.warning for r in result.comparisons if r.warning):
         click.echo(f"warning: {warning}", err=True)
     for r in result.regressions:
-        click.echo(f"regression: {r.candidate} {r.metric} {r.change * 100:+.2f}% (limit +{max_regression:g}%)",
+        click.echo(f"regression: {r.name} {r.metric} {r.change * 100:+.2f}% (limit +{max_regression:g}%)",
                    err=True)
     if failed or not result.passed:
         sys.exit(1)

@@ -9,6 +9,7 @@ vocabulary.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from lleval.metrics import bits_per_byte, bootstrap_sums, percentile_interval, p
 from lleval.report.compare import Comparison, ComparisonReport
 from lleval.report.schema import read_json
 from lleval.report.score import Report
+from lleval.report.suite import SuiteCell, SuiteReport
 
 TOP_DOCUMENTS = 10  # documents listed per candidate as changed most, each way
 # The protocol choices that change what a number measures (a report's ``protocol`` block).
@@ -27,9 +29,23 @@ PROTOCOL_KEYS = ("name", "max_length", "stride", "prefix_token", "concat", "spec
 def load_report(path: str) -> Report:
     """Read a finished score report (`Report.from_dict`: checked against the shipped
     schema); a file that is not one is a `ReportError` naming it and what is wrong."""
+    report = load_any(path)
+    if isinstance(report, SuiteReport):
+        raise ReportError(f"report {path} is a 'suite' report: compare it with another suite or a score report.")
+    return report
+
+
+def load_any(path: str) -> Report | SuiteReport:
+    """Read a finished score report or suite report (each checked against its schema)."""
     data = read_json(path)
-    if isinstance(data, dict) and data.get("kind", "score") != "score":
-        raise ReportError(f"report {path} is a {data.get('kind')!r} report: lleval compare reads score reports.")
+    kind = data.get("kind", "score") if isinstance(data, dict) else "score"
+    if kind == "suite":
+        suite = SuiteReport.from_dict(data, source=path)
+        if not suite.complete:
+            raise ReportError(f"suite report {path} is incomplete (complete: false): finish the run first.")
+        return suite
+    if kind != "score":
+        raise ReportError(f"report {path} is a {kind!r} report: lleval compare reads score and suite reports.")
     report = Report.from_dict(data, source=path)
     if not report.complete:
         raise ReportError(f"report {path} is incomplete (complete: false): finish the run first.")
@@ -150,6 +166,77 @@ def changed_documents(
     return worse, better
 
 
+# A pair to compare: (dataset label or None, base report, its name, candidate report, its name).
+Pair = tuple[str | None, Report, str, Report, str]
+
+
+def _cell_report(cell: SuiteCell, path: str) -> Report:
+    if cell.report is None:
+        raise ReportError(f"cell {cell.model}/{cell.dataset} of {path} failed ({cell.error}): rerun it first.")
+    if not cell.report.complete:
+        raise ReportError(f"cell {cell.model}/{cell.dataset} of {path} is incomplete: finish the run first.")
+    return cell.report
+
+
+def _cell_name(path: str, cell: SuiteCell) -> str:
+    return f"{path} [{cell.model}/{cell.dataset}]"
+
+
+def suite_pairs(base: SuiteReport, cand: SuiteReport, base_path: str, cand_path: str) -> list[Pair]:
+    """The cells of two suites to compare: by dataset label when each suite has one model,
+    else by (model label, dataset label); none in common is a `ReportError` naming the labels."""
+    def key(cell: SuiteCell, single: bool) -> tuple[str, ...]:
+        return (cell.dataset,) if single else (cell.model, cell.dataset)
+
+    single = len(base.models) == 1 and len(cand.models) == 1
+    theirs = {key(c, single): c for c in cand.cells}
+    pairs = [(b, theirs[key(b, single)]) for b in base.cells if key(b, single) in theirs]
+    if not pairs:
+        def labels(suite: SuiteReport) -> str:
+            return ", ".join(sorted({"/".join(key(c, single)) for c in suite.cells})) or "none"
+
+        what = "dataset labels" if single else "model/dataset labels"
+        raise ReportError(f"{cand_path} and {base_path} have no cell in common (matched by {what}: "
+                          f"{labels(base)} vs {labels(cand)}).")
+    return [(b.dataset, _cell_report(b, base_path), _cell_name(base_path, b), _cell_report(c, cand_path),
+             _cell_name(cand_path, c)) for b, c in pairs]
+
+
+def pick_cell(suite: SuiteReport, path: str, single: Report, cell: str | None) -> SuiteCell:
+    """The suite's cell to compare with a score report: the one named by ``cell``
+    (``MODEL/DATASET``), else the one whose dataset fingerprint equals the report's."""
+    names = ", ".join(f"{c.model}/{c.dataset}" for c in suite.cells)
+    if cell is not None:
+        found = [c for c in suite.cells if f"{c.model}/{c.dataset}" == cell]
+        if not found:
+            raise ReportError(f"{path} has no cell {cell} (--cell MODEL/DATASET; its cells: {names}).")
+        return found[0]
+    same = [c for c in suite.cells
+            if c.report is not None and c.report.dataset.fingerprint == single.dataset.fingerprint]
+    if len(same) != 1:
+        choices = ", ".join(f"{c.model}/{c.dataset}" for c in same) if same else f"none of {names}"
+        raise ReportError(f"{path} has {len(same)} cells of the score report's texts ({choices}): "
+                          "pick one with --cell MODEL/DATASET.")
+    return same[0]
+
+
+def report_pairs(base: Report | SuiteReport, cand: Report | SuiteReport, base_path: str, cand_path: str,
+                 cell: str | None = None) -> list[Pair]:
+    """What to compare for a base and a candidate file, each a score or a suite report."""
+    if isinstance(base, SuiteReport) and isinstance(cand, SuiteReport):
+        return suite_pairs(base, cand, base_path, cand_path)
+    if isinstance(base, SuiteReport) and isinstance(cand, Report):
+        b = pick_cell(base, base_path, cand, cell)
+        return [(b.dataset, _cell_report(b, base_path), _cell_name(base_path, b), cand, cand_path)]
+    if isinstance(base, Report) and isinstance(cand, SuiteReport):
+        c = pick_cell(cand, cand_path, base, cell)
+        return [(c.dataset, base, base_path, _cell_report(c, cand_path), _cell_name(cand_path, c))]
+    assert isinstance(base, Report) and isinstance(cand, Report)
+    if cell is not None:
+        raise ReportError("--cell picks a cell of a suite report, and neither report is one.")
+    return [(None, base, base_path, cand, cand_path)]
+
+
 def compare_report_files(
     base: str,
     candidates: list[str],
@@ -159,23 +246,25 @@ def compare_report_files(
     n_resamples: int = 1000,
     seed: int = 0,
     top_documents: int = TOP_DOCUMENTS,
+    cell: str | None = None,
 ) -> ComparisonReport:
-    """Load score reports and compare each candidate with the base (``n_resamples``: 0, or
-    at least `lleval.config.MIN_RESAMPLES`)."""
+    """Load score (or suite) reports and compare each candidate with the base (``n_resamples``:
+    0, or at least `lleval.config.MIN_RESAMPLES`). A suite is compared cell by cell
+    (`report_pairs`), each result naming its dataset."""
     from lleval.config import resamples_problem
     from lleval.errors import ConfigError
     from lleval.report.blocks import now
 
     if problem := resamples_problem(n_resamples):
         raise ConfigError(problem + ".")
-    base_report = load_report(base)
-    loaded = [(path, load_report(path)) for path in candidates]
+    base_report = load_any(base)
+    pairs = [pair for path in candidates for pair in report_pairs(base_report, load_any(path), base, path, cell)]
     comparisons = [
-        compare_reports(
-            base_report, report, base_name=base, candidate_name=path,
+        replace(compare_reports(
+            b, c, base_name=b_name, candidate_name=c_name,
             max_regression_pct=max_regression_pct, require_significant=require_significant,
             n_resamples=n_resamples, seed=seed, top_documents=top_documents,
-        )
-        for path, report in loaded
+        ), dataset=dataset)
+        for dataset, b, b_name, c, c_name in pairs
     ]
     return ComparisonReport(comparisons, max_regression_pct, require_significant, n_resamples, seed, created=now())

@@ -29,6 +29,12 @@ class Comparison:
     worst_documents: list[dict[str, Any]] = field(default_factory=list)  # NLL rose most first
     best_documents: list[dict[str, Any]] = field(default_factory=list)  # NLL fell most first
     protocol_differences: list[str] = field(default_factory=list)  # "max_length: 16 vs 2048"
+    dataset: str | None = None  # the suite's dataset label, when suite cells were compared
+
+    @property
+    def name(self) -> str:
+        """What a message names: the dataset of a suite comparison, else the candidate."""
+        return self.candidate if self.dataset is None else f"{self.dataset} ({self.candidate})"
 
     def to_dict(self) -> dict[str, Any]:
         """The candidate's row in ``compare --output``."""
@@ -46,7 +52,7 @@ class Comparison:
             "worst_documents": [dict(d) for d in self.worst_documents],
             "best_documents": [dict(d) for d in self.best_documents],
             "protocol_differences": list(self.protocol_differences),
-        }
+        } | ({} if self.dataset is None else {"dataset": self.dataset})
 
     @classmethod
     def from_dict(cls, row: dict[str, Any]) -> "Comparison":
@@ -54,7 +60,8 @@ class Comparison:
         return cls(row["base"], row["candidate"], row["metric"], row["why"], row["base_value"],
                    row["candidate_value"], row["relative_change"], read_interval(row["relative_change_ci"]),
                    row["probability_worse"], row["regressed"], [dict(d) for d in row["worst_documents"]],
-                   [dict(d) for d in row["best_documents"]], list(row.get("protocol_differences", [])))
+                   [dict(d) for d in row["best_documents"]], list(row.get("protocol_differences", [])),
+                   row.get("dataset"))
 
     @property
     def warning(self) -> str | None:
@@ -121,20 +128,27 @@ class ComparisonReport:
     def render_markdown(self) -> str:
         """A markdown table for a CI job summary."""
         gate = self.max_regression_pct
+        by_dataset = self.by_dataset
         lines = [f"### lleval compare ({'no gate' if gate is None else f'gate: at most +{gate:g}%'})", "",
-                 "| candidate | metric | base | candidate | change | 95% CI | P(worse) | verdict |",
-                 "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+                 "| " + "dataset | " * by_dataset + "candidate | metric | base | candidate | change | 95% CI | "
+                 "P(worse) | verdict |", "|" + " --- |" * (8 + by_dataset)]
         for r in self.comparisons:
             lines.append(
-                f"| {r.candidate} | {r.metric} | {r.base_value:.4f} | {r.candidate_value:.4f} | "
-                f"{r.change * 100:+.2f}% | {_interval_text(r.interval)} | {_p_text(r.p_worse)} | {self.verdict(r)} |"
+                f"| {f'{r.dataset} | ' if by_dataset else ''}{r.candidate} | {r.metric} | {r.base_value:.4f} | "
+                f"{r.candidate_value:.4f} | {r.change * 100:+.2f}% | {_interval_text(r.interval)} | "
+                f"{_p_text(r.p_worse)} | {self.verdict(r)} |"
             )
         for r, title, docs in _changed(self.comparisons):
-            lines += ["", f"#### {r.candidate}: documents that {title}", "", "| document | Δ nats | Δ bits/byte |",
+            lines += ["", f"#### {r.name}: documents that {title}", "", "| document | Δ nats | Δ bits/byte |",
                       "| --- | --- | --- |"]
             lines += [f"| {d['index']} | {d['delta_nats']:+.3f} | {d['delta_bits_per_byte']:+.5f} |" for d in docs]
         lines += [f"\n> warning: {r.warning}" for r in self.comparisons if r.warning]
         return "\n".join(lines) + "\n"
+
+    @property
+    def by_dataset(self) -> bool:
+        """Whether the comparisons are of suite cells, one per dataset (a dataset column)."""
+        return any(r.dataset is not None for r in self.comparisons)
 
     def verdict(self, row: Comparison) -> str:
         """``REGRESSED by X%``, ``ok`` or ``no gate``."""
@@ -148,18 +162,20 @@ class ComparisonReport:
 
         rows = self.comparisons
         table = Table(title=f"lleval compare — base {rows[0].base}" if rows else "lleval compare")
-        for column in ("candidate", "metric", "base", "candidate value", "change", "95% CI", "P(worse)", "verdict"):
+        by_dataset = self.by_dataset
+        for column in ("dataset",) * by_dataset + ("candidate", "metric", "base", "candidate value", "change",
+                                                    "95% CI", "P(worse)", "verdict"):
             table.add_column(column)
         for r in rows:
             table.add_row(
-                r.candidate, r.metric, f"{r.base_value:.4f}", f"{r.candidate_value:.4f}", f"{r.change * 100:+.2f}%",
+                *((r.dataset or "",) * by_dataset), r.candidate, r.metric, f"{r.base_value:.4f}", f"{r.candidate_value:.4f}", f"{r.change * 100:+.2f}%",
                 _interval_text(r.interval), _p_text(r.p_worse), self.verdict(r),
             )
         console.print(table)
         for r, title, docs in _changed(rows):
             # the title on a line of its own: a table title wraps at the table's width, which
             # cut a long candidate path over three lines above a three-column table
-            console.print(f"{r.candidate}: documents that {title}", style="italic", highlight=False)
+            console.print(f"{r.name}: documents that {title}", style="italic", highlight=False)
             changed = Table()
             for column in ("document", "Δ nats", "Δ bits/byte"):
                 changed.add_column(column, justify="right")

@@ -265,7 +265,7 @@ def compare_chart(comparisons: list[Any], max_regression_pct: float | None) -> s
             f'stroke="{colour}" stroke-width="2"/><circle class="point" cx="{x(k):.1f}" cy="{y(v):.1f}" r="5" '
             f'fill="{colour}"><title>{esc(c.candidate)}: {v:+.3f}% [{lo:+.3f}%, {hi:+.3f}%]</title></circle>'
             f'<text x="{x(k):.1f}" y="{height - down + 16}" text-anchor="end" transform="rotate(-30 {x(k):.1f} '
-            f'{height - down + 16})">{esc(c.candidate.rsplit("/", 1)[-1])}</text>')
+            f'{height - down + 16})">{esc(c.dataset or c.candidate.rsplit("/", 1)[-1])}</text>')
     zero = _grid(bottom, top, y, left, width - right, "{:+.2f}%") + (
         f'<line x1="{left}" x2="{width - right}" y1="{y(0):.1f}" y2="{y(0):.1f}" stroke="#999"/>')
     gate = "" if max_regression_pct is None else (
@@ -283,7 +283,7 @@ def compare_chart(comparisons: list[Any], max_regression_pct: float | None) -> s
 
 def write_compare_html(result: Any, path: str) -> None:
     """Write the HTML page of a comparison (atomically)."""
-    rows = [(r.candidate, f"{r.metric} {r.base_value:.4f} → {r.candidate_value:.4f} ({r.change * 100:+.2f}%), "
+    rows = [(r.name, f"{r.metric} {r.base_value:.4f} → {r.candidate_value:.4f} ({r.change * 100:+.2f}%), "
              f"{result.verdict(r)}") for r in result.comparisons]
     page = Page(title=f"lleval compare — base {result.comparisons[0].base if result.comparisons else ''}",
                 summary=rows, extra=compare_chart(result.comparisons, result.max_regression_pct)
