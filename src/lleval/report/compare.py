@@ -161,8 +161,10 @@ class ComparisonReport:
         from rich.table import Table
 
         rows = self.comparisons
-        table = Table(title=f"lleval compare — base {rows[0].base}" if rows else "lleval compare")
         by_dataset = self.by_dataset
+        # a suite's rows each have their own base cell ("path [model/dataset]"): the title names the file
+        base = rows[0].base.rsplit(" [", 1)[0] if by_dataset and rows else rows[0].base if rows else ""
+        table = Table(title=f"lleval compare — base {base}" if rows else "lleval compare")
         for column in ("dataset",) * by_dataset + ("candidate", "metric", "base", "candidate value", "change",
                                                     "95% CI", "P(worse)", "verdict"):
             table.add_column(column)
