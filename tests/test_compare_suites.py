@@ -130,3 +130,12 @@ def test_markdown_and_table_name_each_dataset(tmp_path: Path) -> None:
     lines = [line for line in result.stdout.splitlines() if line.startswith("| a |") or line.startswith("| b |")]
     assert len(lines) == 2 and all("+0.00%" in line for line in lines)
     assert run(path, path).exit_code == 0
+
+
+def test_cell_without_effect_is_refused(tmp_path: Path) -> None:
+    """--cell only picks a suite cell against a score report: with two suites or two score reports it is refused."""
+    suite = write(tmp_path, "s.json", suite_json({("m", "a"): dataset_report("a", 1)}))
+    single = write(tmp_path, "a.json", dataset_report("a", 1))
+    for args in ([suite, suite], [single, single]):
+        result = run(*args, "--cell", "m/a")
+        assert result.exit_code == 2 and "--cell" in result.output

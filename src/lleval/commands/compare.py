@@ -224,6 +224,9 @@ def report_pairs(base: Report | SuiteReport, cand: Report | SuiteReport, base_pa
                  cell: str | None = None) -> list[Pair]:
     """What to compare for a base and a candidate file, each a score or a suite report."""
     if isinstance(base, SuiteReport) and isinstance(cand, SuiteReport):
+        if cell is not None:
+            raise ReportError("--cell picks a suite's cell to compare with a score report; two suites are "
+                              "compared cell by cell: drop --cell.")
         return suite_pairs(base, cand, base_path, cand_path)
     if isinstance(base, SuiteReport) and isinstance(cand, Report):
         b = pick_cell(base, base_path, cand, cell)
