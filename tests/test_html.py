@@ -62,9 +62,14 @@ def test_score_report_in_chromium(browser: Any, tiny_loaded: Any, tmp_path: Path
     data = write_jsonl(tmp_path / "d.jsonl", TEXTS)
     html = tmp_path / "r.html"
     report = evaluate(EvalConfig(dataset=data, html=str(html), html_docs=2, token_stats=True, max_length=32,
-                                 stride=8, bootstrap=200), loaded=tiny_loaded)
+                                 stride=8, bootstrap=200, calibration=True), loaded=tiny_loaded)
     page, errors = _open(browser, html)
     assert errors == []
+    calibration = report.statistics["calibration"]
+    assert page.locator("#calibration-chart rect.bin").count() == len([b for b in calibration["bins"] if b["tokens"]])
+    assert page.locator("#calibration-diagonal").count() == 1
+    box = page.locator("#calibration-chart").bounding_box()
+    assert box is not None and box["width"] > 100 and box["height"] > 100  # drawn, not collapsed
     assert page.locator("#documents-table tbody tr").count() == len(report.documents)
     shown = page.locator("article.doc")
     assert shown.count() == 4  # the 2 most and the 2 least surprising documents
@@ -244,3 +249,59 @@ def test_inspect_page_shows_snippets_from_the_token_file(tiny_loaded: Any, tmp_p
     head, table = _table(_parse(tmp_path / "i.html"))
     assert "id" not in head and head[-1] == "text"
     assert len(table) == len(texts) and all(_is_snippet_of(row[-1], t) for row, t in zip(table, texts))
+
+
+class _Bars(HTMLParser):
+    """The reliability diagram's ``rect.bin`` attributes and the ids inside ``section#calibration``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bars: list[dict[str, str | None]] = []
+        self.ids: set[str] = set()
+        self.text: dict[str, str] = {}
+        self._open: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if tag == "rect" and values.get("class") == "bin":
+            self.bars.append(values)
+        if values.get("id"):
+            self.ids.add(str(values["id"]))
+            self._open = str(values["id"])
+
+    def handle_data(self, data: str) -> None:
+        if self._open in ("calibration-ece", "calibration-top1"):
+            self.text[self._open] = self.text.get(self._open, "") + data
+
+    def handle_endtag(self, tag: str) -> None:
+        self._open = None
+
+
+def test_reliability_diagram_draws_every_non_empty_bin(tiny_loaded: Any, tmp_path: Path) -> None:
+    html = tmp_path / "r.html"
+    data = write_jsonl(tmp_path / "d.jsonl", TEXTS)
+    report = evaluate(EvalConfig(dataset=data, html=str(html), calibration=True, max_length=32, bootstrap=0),
+                      loaded=tiny_loaded)
+    block = report.statistics["calibration"]
+    parser = _Bars()
+    parser.feed(html.read_text(encoding="utf-8"))
+    full = [b for b in block["bins"] if b["tokens"]]
+    assert full and len(parser.bars) == len(full)
+    for bar, b in zip(parser.bars, full):  # in bin order, each bar the bin's own numbers
+        assert float(bar["data-low"]) == b["low"] and float(bar["data-high"]) == b["high"]
+        assert float(bar["data-accuracy"]) == b["accuracy"] and float(bar["data-confidence"]) == b["confidence"]
+        assert int(bar["data-tokens"]) == b["tokens"]
+        assert 0.0 <= b["low"] <= b["confidence"] <= b["high"] <= 1.0  # a bin's mean confidence lies in it
+        assert float(bar["height"]) >= 0.0
+    heights = {float(b["accuracy"]): float(bar["height"]) for bar, b in zip(parser.bars, full)}
+    ordered = [heights[a] for a in sorted(heights)]
+    assert ordered == sorted(ordered)  # taller bars for higher accuracy: one scale for every bar
+    assert sum(int(bar["data-tokens"]) for bar in parser.bars) == block["tokens"] == report.totals.tokens
+    assert {"calibration", "calibration-chart", "calibration-diagonal"} <= parser.ids
+    assert float(parser.text["calibration-ece"]) == pytest.approx(block["ece"], abs=5e-5)
+    assert float(parser.text["calibration-top1"]) == pytest.approx(block["top1_accuracy"], abs=5e-5)
+    plain = tmp_path / "p.html"
+    evaluate(EvalConfig(dataset=data, html=str(plain), max_length=32, bootstrap=0), loaded=tiny_loaded)
+    without = _Bars()
+    without.feed(plain.read_text(encoding="utf-8"))
+    assert without.bars == [] and "calibration" not in without.ids

@@ -46,6 +46,7 @@ class Page:
     snippets: dict[int, str] = field(default_factory=dict)  # document index -> its opening words
     samples: list[dict[str, Any]] = field(default_factory=list)  # lleval.reducers.samples.DocumentSamples
     extra: str = ""  # further HTML (the comparison chart)
+    calibration: dict[str, Any] | None = None  # statistics.calibration (--calibration): the reliability diagram
 
 
 def esc(text: Any) -> str:
@@ -100,7 +101,8 @@ def render(page: Page) -> str:
     parts = [
         "<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{esc(page.title)}</title><style>{STYLE}</style></head><body>",
-        f"<h1>{esc(page.title)}</h1>", _summary(page), page.extra, _curve(page.bins), _documents(page),
+        f"<h1>{esc(page.title)}</h1>", _summary(page), page.extra, _curve(page.bins),
+        _reliability(page.calibration), _documents(page),
         _samples(page.samples), f"<script>{SORT_SCRIPT}</script></body></html>",
     ]
     return "\n".join(part for part in parts if part) + "\n"
@@ -156,6 +158,50 @@ def _curve(bins: list[dict[str, Any]]) -> str:
     return (f'<section id="curve"><h2>Loss by context length</h2>{svg}<p class="note">Each point is the NLL of the '
             "tokens that had that much context in their window; the band is the 95% bootstrap interval over "
             "documents. A falling curve means the model uses its longer context.</p></section>")
+
+
+def _reliability(calibration: dict[str, Any] | None) -> str:
+    """The reliability diagram of --calibration: per non-empty bin of top-1 confidence, a bar up to
+    the bin's top-1 accuracy, its mean confidence marked, against the diagonal of perfect calibration."""
+    if not calibration or not calibration.get("tokens"):
+        return ""
+    size, left, up, down = 360, 56, 16, 48
+    span = size - left - 16
+
+    def x(v: float) -> float:
+        return left + span * v
+
+    def y(v: float) -> float:
+        return up + span * (1.0 - v)
+
+    bars = []
+    for b in calibration["bins"]:
+        if not b["tokens"]:
+            continue
+        low, high, accuracy, confidence = b["low"], b["high"], b["accuracy"], b["confidence"]
+        bars.append(
+            f'<rect class="bin" x="{x(low):.1f}" y="{y(accuracy):.1f}" width="{x(high) - x(low):.1f}" '
+            f'height="{y(0.0) - y(accuracy):.1f}" fill="#2c7a7b" fill-opacity="0.75" stroke="#fff" '
+            f'data-low="{low!r}" data-high="{high!r}" data-confidence="{confidence!r}" data-accuracy="{accuracy!r}" '
+            f'data-tokens="{b["tokens"]}"><title>confidence {low:.3f}-{high:.3f}: {b["tokens"]} tokens, mean '
+            f'confidence {confidence:.3f}, top-1 accuracy {accuracy:.3f}</title></rect>'
+            f'<line class="confidence" x1="{x(low):.1f}" x2="{x(high):.1f}" y1="{y(confidence):.1f}" '
+            f'y2="{y(confidence):.1f}" stroke="#c0392b" stroke-width="2"/>')
+    ticks = "".join(f'<text class="x-tick" x="{x(v):.1f}" y="{y(0.0) + 16:.1f}" text-anchor="middle">{v:g}</text>'
+                    for v in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0))
+    grid = _grid(0.0, 1.0, y, left, x(1.0), "{:.2f}")
+    svg = (f'<svg id="calibration-chart" viewBox="0 0 {size} {size}" width="{size}" height="{size}" role="img" '
+           f'aria-label="reliability diagram">{grid}{"".join(bars)}<line id="calibration-diagonal" x1="{x(0):.1f}" '
+           f'y1="{y(0):.1f}" x2="{x(1):.1f}" y2="{y(1):.1f}" stroke="#555" stroke-dasharray="5 4"/>{ticks}'
+           f'<text x="{(size + left) / 2}" y="{size - 12}" text-anchor="middle">top-1 confidence (max p)</text>'
+           f'<text x="14" y="{up + span / 2}" transform="rotate(-90 14 {up + span / 2})" text-anchor="middle">'
+           "top-1 accuracy</text></svg>")
+    return (f'<section id="calibration"><h2>Calibration of next-token predictions</h2>{svg}<p>ECE '
+            f'<span id="calibration-ece">{calibration["ece"]:.4f}</span> · top-1 accuracy <span '
+            f'id="calibration-top1">{calibration["top1_accuracy"]:.4f}</span> · {calibration["tokens"]} tokens</p>'
+            '<p class="note">Each bar is the top-1 accuracy of the tokens whose highest next-token probability fell '
+            "in that bin (15 equal-width bins), the red mark their mean confidence. Bars under the dashed diagonal "
+            "mean an over-confident model; ECE is the token-weighted mean gap.</p></section>")
 
 
 def _grid(bottom: float, top: float, y: Any, x_from: float, x_to: float, label: str) -> str:
@@ -229,6 +275,7 @@ def score_page(report: Any, samples: list[dict[str, Any]], snippets: dict[int, s
         documents=[d.to_dict() for d in report.documents],
         samples=samples,
         snippets=snippets or {},
+        calibration=report.statistics.get("calibration"),
     )
 
 
