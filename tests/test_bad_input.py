@@ -305,7 +305,7 @@ REFUSED_EARLY = [
     ["score", "--config", "cfg.yaml"],
     ["kld", "--base-dtype", "float32", "--bootstrap", "0", "--seed", "1"],
     ["kld", "--base-dtype", "float32", "--checkpoint", "c.ckpt"],
-    ["kld", "--base-dtype", "float32", "--html", "r.html"],
+    ["kld", "--base-dtype", "float32", "--token-stats"],
 ]
 
 

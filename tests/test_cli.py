@@ -240,7 +240,7 @@ TYPED: list[tuple[list[str], str, Any]] = [
     (["--reference", "ref.parquet"], "reference", "ref.parquet"),
 ]
 # what score alone shows of its tokens, or saves for a later kld
-SCORE_ONLY = {"token_stats", "html", "html_docs", "membership", "min_k", "calibration", "save_reference",
+SCORE_ONLY = {"token_stats", "html_docs", "membership", "min_k", "calibration", "save_reference",
               "reference_top_k"}
 KLD_ONLY = {"reference"}  # kld against a saved reference instead of --base
 COMMANDS = {"score": ["score"], "kld": ["kld", "--base-dtype", "float32"]}

@@ -305,3 +305,23 @@ def test_reliability_diagram_draws_every_non_empty_bin(tiny_loaded: Any, tmp_pat
     without = _Bars()
     without.feed(plain.read_text(encoding="utf-8"))
     assert without.bars == [] and "calibration" not in without.ids
+
+
+@pytest.mark.browser
+def test_kld_page_in_chromium(browser: Any, tiny_model_dir: Path, tiny_llama_dir: Path, tmp_path: Path) -> None:
+    from lleval.commands.kld import kl_divergence
+
+    data = write_jsonl(tmp_path / "d.jsonl", TEXTS[:6])
+    html = tmp_path / "k.html"
+    report = kl_divergence(EvalConfig(dataset=data, model=str(tiny_llama_dir), html=str(html), max_length=32,
+                                      bootstrap=100), str(tiny_model_dir))
+    page, errors = _open(browser, html)
+    assert errors == []
+    kl = report.kl_divergence
+    marks = page.locator("#kld-chart circle.point").evaluate_all(
+        "cells => cells.map(c => [c.dataset.percentile, parseFloat(c.dataset.kl)])")
+    assert dict(marks) == {"min": kl["min"], "median": kl["median"], "max": kl["max"], **kl["percentiles"]}
+    heights = [page.locator(f'#kld-chart circle.point[data-percentile="{name}"]').get_attribute("cy")
+               for name in ("p10", "median", "p90", "p99")]
+    assert [float(h) for h in heights] == sorted((float(h) for h in heights), reverse=True)  # higher KL, higher up
+    assert page.locator("#kld-mean").count() == 1 and page.locator("#documents-table").count() == 0

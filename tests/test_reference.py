@@ -217,9 +217,14 @@ def test_cli_save_then_kld_against_the_reference(tiny_gguf: Path, tmp_path: Path
     both = runner.invoke(main, ["kld", "-m", str(tiny_gguf), *common, "--reference", ref, "--base", "x"])
     common += ["--dtype", "bfloat16"]
     assert both.exit_code == 2 and "drop --base" in both.output
-    done = runner.invoke(main, ["kld", "-m", str(tiny_gguf), *common, "--reference", ref, "-o", out])
+    page = tmp_path / "kld.html"
+    done = runner.invoke(main, ["kld", "-m", str(tiny_gguf), *common, "--reference", ref, "-o", out,
+                                "--html", str(page)])
     assert done.exit_code == 0, done.output
     report = json.loads(Path(out).read_text())
+    kl = report["kl_divergence"]
+    points = _kl_points(page.read_text(encoding="utf-8"))
+    assert points == {"min": kl["min"], "median": kl["median"], "max": kl["max"], **kl["percentiles"]}
     import jsonschema
 
     jsonschema.validate(report, json.loads((Path(lleval_root()) / "schemas" / "kld.schema.json").read_text()))
@@ -232,3 +237,19 @@ def lleval_root() -> str:
     import lleval
 
     return str(Path(lleval.__file__).parent)
+
+
+def _kl_points(page: str) -> dict[str, float]:
+    """The kld page's ``circle.point`` marks: percentile name -> KL."""
+    from html.parser import HTMLParser
+
+    found: dict[str, float] = {}
+
+    class Points(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            values = dict(attrs)
+            if tag == "circle" and values.get("class") == "point":
+                found[str(values["data-percentile"])] = float(values["data-kl"] or "nan")
+
+    Points().feed(page)
+    return found

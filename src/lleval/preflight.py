@@ -56,8 +56,8 @@ def check_kld(config: EvalConfig, base_dtype: str | None) -> None:
             f"lleval kld does not resume from {config.flag('checkpoint')}: its per-token statistics are not "
             "saved. Drop it."
         )
-    if config.html or config.token_stats:
-        raise ConfigError("lleval kld writes its tokens with --tokens; --html and --token-stats are lleval score's.")
+    if config.token_stats:
+        raise ConfigError("lleval kld writes its tokens with --tokens; --token-stats is lleval score's.")
     if base_dtype is not None and base_dtype not in DTYPES:
         raise ConfigError(f"base dtype must be one of {', '.join(DTYPES)}, got {base_dtype!r}.")
 

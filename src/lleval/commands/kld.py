@@ -129,7 +129,7 @@ def kl_divergence(
     settings = base_settings(config, base_model, base_dtype)
     # --tokens writes both models' log-probs and the KL of every token
     return run_job(job, sums, {"stream": counts, "kl": stats},
-                   lambda run: kl_report(job, run, sums, counts, stats, base, settings), progress)
+                   lambda run: kl_report(job, run, sums, counts, stats, base, settings), progress, samples=False)
 
 
 def base_settings(config: EvalConfig, base_model: str | None, base_dtype: str | None) -> dict[str, Any]:

@@ -179,7 +179,7 @@ def kl_against_reference(
         report.reference = described
         return report
 
-    return run_job(job, sums, {"stream": counts, "kl": stats}, build, progress)
+    return run_job(job, sums, {"stream": counts, "kl": stats}, build, progress, samples=False)
 
 
 def check_dataset(rows: ReferenceRows, dataset: dict[str, Any]) -> None:

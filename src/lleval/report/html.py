@@ -213,6 +213,8 @@ def _grid(bottom: float, top: float, y: Any, x_from: float, x_to: float, label: 
 
 
 def _documents(page: Page) -> str:
+    if not page.documents:  # a kld or compare page
+        return ""
     shown = {s["index"] for s in page.samples}
     with_id = any("id" in d for d in page.documents)
     membership = any("min_k_prob" in d for d in page.documents)  # --membership: three more sortable columns
@@ -283,6 +285,60 @@ def write_score_html(report: Any, samples: list[dict[str, Any]], path: str,
                      snippets: dict[int, str] | None = None) -> None:
     """Write the HTML report of a score run (atomically)."""
     write_text_atomic(path, render(score_page(report, samples, snippets)), "--html")
+
+
+def write_run_html(report: Any, path: str, samples: list[dict[str, Any]],
+                   snippets: dict[int, str] | None = None) -> None:
+    """Write the ``--html`` page of a run (atomically): a score report's page, or a kld report's."""
+    if hasattr(report, "kl_divergence"):
+        write_text_atomic(path, render(kld_page(report)), "--html")
+    else:
+        write_score_html(report, samples, path, snippets)
+
+
+def kld_page(report: Any) -> Page:
+    """The page of a `KLReport`: its summary, and the per-token KL's distribution by percentile."""
+    return Page(title=f"lleval kld — {report.protocol.name} protocol", summary=report.summary_rows(),
+                notes=list(report.notes), extra=_kl_percentiles(report.kl_divergence))
+
+
+def _kl_percentiles(kl: dict[str, Any]) -> str:
+    """The per-token KL at each percentile (and its minimum, median and maximum) on a log axis,
+    the mean as a dashed line: where the mean comes from (a few tokens, or all of them)."""
+    marks = [("min", 0.0, kl["min"])] + sorted(
+        [(name, float(name[1:]), v) for name, v in kl["percentiles"].items()] + [("median", 50.0, kl["median"])],
+        key=lambda m: m[1]) + [("max", 100.0, kl["max"])]
+    values = [v for _, _, v in marks] + [kl["mean"]]
+    positive = [v for v in values if v > 0]
+    floor = min(positive) / 2 if positive else 1e-12  # KL at or below 0 (rounding) sits on the axis's floor
+    top, bottom = math.log10(max(values + [floor * 10])) + 0.2, math.log10(floor)
+    width, height, left, right, up, down = 760, 300, 72, 16, 16, 56
+
+    def x(k: float) -> float:
+        return left + (width - left - right) * (k + 0.5) / len(marks)
+
+    def y(v: float) -> float:
+        return up + (height - up - down) * (top - math.log10(max(v, floor))) / (top - bottom)
+
+    points = "".join(
+        f'<circle class="point" data-percentile="{name}" data-kl="{v!r}" cx="{x(k):.1f}" cy="{y(v):.1f}" r="4" '
+        f'fill="#6c3483"><title>{esc(name)}: {v:.3g} nats</title></circle><text class="x-tick" x="{x(k):.1f}" '
+        f'y="{height - down + 16}" text-anchor="middle">{esc(name)}</text>' for k, (name, _, v) in enumerate(marks))
+    line = " ".join(f"{x(k):.1f},{y(v):.1f}" for k, (_, _, v) in enumerate(marks))
+    grid = "".join(f'<line x1="{left}" x2="{width - right}" y1="{y(10.0 ** e):.1f}" y2="{y(10.0 ** e):.1f}" '
+                   f'stroke="#eee"/><text class="y-tick" x="{left - 6}" y="{y(10.0 ** e) + 4:.1f}" text-anchor="end">'
+                   f"1e{e}</text>" for e in range(math.ceil(bottom), math.floor(top) + 1))
+    mean = (f'<line id="kld-mean" x1="{left}" x2="{width - right}" y1="{y(kl["mean"]):.1f}" y2="{y(kl["mean"]):.1f}" '
+            f'stroke="#6c3483" stroke-dasharray="6 4"/><text x="{width - right}" y="{y(kl["mean"]) - 4:.1f}" '
+            f'text-anchor="end">mean {kl["mean"]:.3g}</text>')
+    svg = (f'<svg id="kld-chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
+           f'aria-label="per-token KL by percentile">{grid}{mean}<polyline points="{line}" fill="none" '
+           f'stroke="#6c3483" stroke-width="1.5"/>{points}<text x="{(width + left) / 2}" y="{height - 12}" '
+           f'text-anchor="middle">percentile of the scored tokens</text><text x="14" y="{height / 2}" '
+           f'transform="rotate(-90 14 {height / 2})" text-anchor="middle">KL (nats, log scale)</text></svg>')
+    return (f'<section id="kld"><h2>Per-token KL divergence by percentile</h2>{svg}<p class="note">Each point is '
+            "the KL of the token at that percentile of all scored tokens. A mean far above the median means a few "
+            "tokens carry the divergence.</p></section>")
 
 
 def compare_chart(comparisons: list[Any], max_regression_pct: float | None) -> str:

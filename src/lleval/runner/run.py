@@ -29,12 +29,14 @@ def run_job(
     build_report: Callable[[ScoringRun], Any],
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
+    samples: bool = True,
 ) -> Any:
     """`run_loop` with the run's file outputs (``--tokens``, ``--html``) as further reducers, then
     the report ``build_report`` makes of the run, with every file written: a run that fails
     or is interrupted removes its token parts (unless its checkpoint will resume from them),
-    and a file that cannot be written is in ``report.failed_outputs``, not raised."""
-    files = file_reducers(job)
+    and a file that cannot be written is in ``report.failed_outputs``, not raised. ``samples``:
+    whether ``--html`` shows documents token by token (score's page; kld's has none)."""
+    files = file_reducers(job, samples)
     try:
         run = run_loop(job, sums, {**others, **files}, progress, should_stop)
     except BaseException:
@@ -45,8 +47,9 @@ def run_job(
     return report
 
 
-def file_reducers(job: Job) -> dict[str, Any]:
-    """The reducers behind ``--tokens`` and ``--html`` (rank 0 alone writes files)."""
+def file_reducers(job: Job, samples: bool = True) -> dict[str, Any]:
+    """The reducers behind ``--tokens`` and ``--html`` (rank 0 alone writes files; ``samples``:
+    whether the page shows documents token by token, as score's does)."""
     config, dist = job.config, job.inputs.dist
     if dist is not None and not dist.is_main:
         return {}
@@ -59,7 +62,7 @@ def file_reducers(job: Job) -> dict[str, Any]:
         from lleval.report.reference import ReferenceWriter
 
         files["reference"] = ReferenceWriter(config.save_reference, config.checkpoint)
-    if config.html:
+    if config.html and samples:
         files["samples"] = DocumentSamples(config.html_docs)
     return files
 
@@ -71,6 +74,7 @@ def write_files(job: Job, run: ScoringRun, report: Any, files: Mapping[str, Any]
     run is finished and one failed file must not cost the others, nor the report.
     """
     failed: list[OutputError] = []
+    dist = job.inputs.dist
     header = {k: v for k, v in report.header_dict("tokens").items() if k not in ("timing", "notes")}
     scorer = job.loaded.scorer
     extras = {"tokens": {}, "reference": {"reference": {"top_k": getattr(scorer, "k", None),
@@ -81,11 +85,13 @@ def write_files(job: Job, run: ScoringRun, report: Any, files: Mapping[str, Any]
                 files[name].finish({**header, **extra}, keep_parts=not run.complete and _resumable(job.config))
             except OutputError as exc:
                 failed.append(exc)
-    if "samples" in files and job.config.html:
-        from lleval.report.html import write_score_html
+    if job.config.html and (dist is None or dist.is_main):
+        from lleval.report.html import write_run_html
 
+        samples = files.get("samples")
         try:
-            write_score_html(report, files["samples"].samples(), job.config.html, files["samples"].snippets)
+            write_run_html(report, job.config.html, samples.samples() if samples else [],
+                           samples.snippets if samples else None)
         except OutputError as exc:
             failed.append(exc)
     return failed
