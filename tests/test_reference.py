@@ -63,12 +63,18 @@ def test_full_k_reproduces_two_model_kld(tiny_model_dir: Path, tiny_llama_dir: P
     KLReport.from_dict(json.loads(json.dumps(found)))  # the schema holds the new field
 
 
+def _transformers_model(path: Path) -> Any:
+    """The model of a folder, or of a .gguf file, loaded by transformers itself."""
+    if path.suffix == ".gguf":
+        return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+    return AutoModelForCausalLM.from_pretrained(path)
+
+
 def _coarse_kl_loop(base_dir: Path, model_dir: Path, tokenizer: Any, k: int) -> tuple[list[float], list[float]]:
     """Per scored token of TEXTS (one window each, BOS in front), in float64 from each model's
     full logits: the KL of both distributions coarsened to the base's top ``k`` plus one tail
     bucket, and the exact KL."""
-    base = AutoModelForCausalLM.from_pretrained(base_dir).double().eval()
-    model = AutoModelForCausalLM.from_pretrained(model_dir).double().eval()
+    base, model = (_transformers_model(path).double().eval() for path in (base_dir, model_dir))
     coarse, exact = [], []
     for text in TEXTS:
         tokens = [tokenizer.bos_token_id] + tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -83,7 +89,7 @@ def _coarse_kl_loop(base_dir: Path, model_dir: Path, tokenizer: Any, k: int) -> 
                 kl += float(b[v].exp() * (b[v] - m[v]))
             tail_b = 1.0 - sum(float(b[v].exp()) for v in top)
             tail_m = 1.0 - sum(float(m[v].exp()) for v in top)
-            kl += tail_b * np.log(tail_b / tail_m) if tail_b > 0 else 0.0
+            kl += tail_b * np.log(tail_b / tail_m) if tail_b > 0 and tail_m > 0 else 0.0  # (K = V: rounding)
             coarse.append(kl)
             exact.append(float((b.exp() * (b - m)).sum()))
     return coarse, exact
@@ -174,8 +180,8 @@ def test_other_texts_and_other_tokenizers_are_refused(tiny_model_dir: Path, tiny
     from transformers import AutoTokenizer
 
     other = AutoTokenizer.from_pretrained(tiny_model_dir)
-    other.add_tokens(["<|extra|>"])
-    with pytest.raises(ConfigError, match="tokenizer of .* differs from that of the reference"):
+    other.add_tokens(["keeper"])  # in the first text: other token ids from its first words on
+    with pytest.raises(DataError, match="has token_id .* another tokenizer"):
         kl_divergence(_config(tmp_path, reference=ref), None, model=dataclasses.replace(tiny_loaded, tokenizer=other))
     write_jsonl(tmp_path / "d.jsonl", [TEXTS[1], TEXTS[0], TEXTS[2]])  # same path and settings, other texts
     with pytest.raises(DataError, match="has token_id|has position|has document"):
@@ -186,6 +192,43 @@ def test_other_texts_and_other_tokenizers_are_refused(tiny_model_dir: Path, tiny
     write_jsonl(tmp_path / "d.jsonl", TEXTS[:2])
     with pytest.raises(DataError, match="holds .* tokens, this run scored"):
         kl_divergence(_config(tmp_path, reference=ref), None, model=tiny_loaded)
+
+
+def test_a_tokenizer_defined_otherwise_that_gives_the_same_ids_is_compared(tiny_model_dir: Path, tiny_loaded: Any,
+                                                                         tmp_path: Path) -> None:
+    """Another definition of the tokenizer (here: one more added token that the texts never use) reads the
+    same ids: the KL is the same as with the reference's own tokenizer, and the report says what was checked."""
+    from transformers import AutoTokenizer
+
+    ref = _save(tmp_path, str(tiny_model_dir), 3)
+    same = kl_divergence(_config(tmp_path, reference=ref), None, model=tiny_loaded)
+    other = AutoTokenizer.from_pretrained(tiny_model_dir)
+    other.add_tokens(["<|never-in-these-texts|>"])
+    found = kl_divergence(_config(tmp_path, reference=ref), None, model=dataclasses.replace(tiny_loaded, tokenizer=other))
+    assert found.tokenizer["fingerprint"] != same.tokenizer["fingerprint"]
+    assert found.kl_divergence == same.kl_divergence and found.tokens == same.tokens
+    assert [n for n in found.notes if "defined otherwise" in n] and not [n for n in same.notes if "defined otherwise" in n]
+
+
+def test_a_reference_from_a_model_compares_with_its_gguf(tiny_llama_dir: Path, tiny_gguf: Path, tmp_path: Path) -> None:
+    """A model's reference (transformers, from its folder) against a .gguf file of it (the GGUF backend,
+    whose tokenizer is another conversion, so another fingerprint): with K covering the vocabulary, each
+    token's KL is the exact one of a float64 loop over both models' full logits. (The tiny .gguf writer does
+    not permute q/k as llama.cpp's converter does, so its weights are not the folder's: the KL is not 0.)"""
+    from transformers import AutoTokenizer
+
+    vocab = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).config.vocab_size
+    config = dataclasses.replace(_config(tmp_path), max_length=64, stride=None)
+    ref, tokens = str(tmp_path / "ref.parquet"), tmp_path / "t.parquet"
+    evaluate(dataclasses.replace(config, model=str(tiny_llama_dir), save_reference=ref, reference_top_k=vocab))
+    report = kl_divergence(dataclasses.replace(config, model=str(tiny_gguf), reference=ref, tokens=str(tokens)), None)
+    assert report.reference is not None and report.reference["exact"]
+    assert [n for n in report.notes if "defined otherwise" in n]
+    found = pq.read_table(tokens).column("kl").to_numpy().astype(np.float64)
+    _, exact = _coarse_kl_loop(tiny_llama_dir, tiny_gguf, AutoTokenizer.from_pretrained(tiny_llama_dir), vocab)
+    assert len(found) == len(exact) == report.tokens
+    np.testing.assert_allclose(found, exact, rtol=1e-4, atol=1e-6)
+    assert float(np.mean(exact)) > 1e-3  # two different models: a test that can fail
 
 
 def test_bad_references_and_flag_mixes_are_refused(tiny_model_dir: Path, tiny_loaded: Any, tmp_path: Path) -> None:

@@ -96,7 +96,7 @@ class ReferenceKLScorer:
                 raise DataError(
                     f"reference {self.rows.path}: token {self.rows.read - n + i} has {name} {rows[name][i]}, this "
                     f"data {values[i]} (document {expected['document'][i]}, position {expected['position'][i]}): "
-                    "the reference was made from other data or with another protocol.")
+                    "the reference was made from other data, with another protocol or another tokenizer.")
         packed = np.column_stack([rows["logprob"], rows["tail_logprob"], rows["top_ids"], rows["top_logprobs"]])
         offset = 0
         for span in unit.spans:
@@ -174,7 +174,8 @@ def kl_against_reference(
     described["kl"] = "exact" if described["exact"] else "top-k lower bound"
 
     def build(run: Any) -> KLReport:
-        report = kl_fields(job, run, sums, counts, stats, base, list(model.info.notes))
+        notes = list(model.info.notes) + tokenizer_notes(rows, job.loaded)
+        report = kl_fields(job, run, sums, counts, stats, base, notes)
         check_finished(rows, report.to_dict()["dataset"], run.complete)
         report.reference = described
         return report
@@ -192,20 +193,28 @@ def check_dataset(rows: ReferenceRows, dataset: dict[str, Any]) -> None:
 
 
 def check_model(config: EvalConfig, rows: ReferenceRows, opened: Sequence[Any]) -> None:
-    """Refuse, before the weights load, a model whose tokenizer differs from the reference's,
-    or a protocol (name, lengths, prefix, --concat...) other than the reference's."""
+    """Refuse, before the weights load, a protocol (name, lengths, prefix, --concat...) other than
+    the reference's. A tokenizer whose definition differs (another backend's conversion of the same
+    tokenizer: a model and its GGUF) is not refused here: every token id the model reads is checked
+    against the reference's as scoring goes (`ReferenceKLScorer`), and the report says so."""
     (model,) = opened
     saved = rows.header
-    fingerprint = tokenizer_block(model.tokenizer, model.name)["fingerprint"]
-    if fingerprint != (saved.get("tokenizer") or {}).get("fingerprint"):
-        raise ConfigError(f"the tokenizer of {model.name} differs from that of the reference {rows.path} "
-                          f"({(saved.get('model') or {}).get('name')}): the same token ids mean different text.")
     described = plan(config, model.tokenizer, model.max_positions).describe(model.tokenizer)
     theirs = saved.get("protocol") or {}
     for name, value in described.items():
         if theirs.get(name) != value:
             raise ConfigError(f"reference {rows.path} was made with protocol {name} {theirs.get(name)!r}, this run "
                               f"has {value!r}: use the reference's protocol settings.")
+
+
+def tokenizer_notes(rows: ReferenceRows, model: LoadedModel) -> list[str]:
+    """The report's note when the model's tokenizer is defined otherwise than the reference's."""
+    theirs = (rows.header.get("tokenizer") or {}).get("fingerprint")
+    if tokenizer_block(model.tokenizer, model.name)["fingerprint"] == theirs:
+        return []
+    return [f"the tokenizer of {model.name} is defined otherwise than the reference's (fingerprint {theirs}; "
+            "another backend's conversion of it, say): every token id the model read was checked against the "
+            "reference's and all were the same."]
 
 
 def check_finished(rows: ReferenceRows, dataset: dict[str, Any], complete: bool) -> None:
