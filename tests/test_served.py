@@ -42,6 +42,7 @@ class FakeServer:
         self.vocab = self.model.config.vocab_size
         self.root, self.max_model_len = str(model_dir), max_model_len
         self.mode, self.key, self.lock, self.requests = "ok", None, threading.Lock(), 0
+        self.max_logprobs = 20  # vLLM's default --max-logprobs
         self.http = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         threading.Thread(target=self.http.serve_forever, daemon=True).start()
 
@@ -49,21 +50,37 @@ class FakeServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http.server_address[1]}/v1"
 
+    def table(self, prompt: list[int]) -> torch.Tensor:
+        """(len(prompt), V) float64 log-probs of the next token after each prefix."""
+        with self.lock, torch.inference_mode():
+            logits = self.model(torch.tensor([prompt])).logits[0].double()
+        return torch.log_softmax(logits, dim=-1)
+
     def logprobs(self, prompt: list[int]) -> list[float]:
         """log P(prompt[i] | prompt[:i]) for i >= 1, from full logits in float64."""
         if self.mode == "uniform":
             return [-math.log(self.vocab)] * (len(prompt) - 1)
-        with self.lock, torch.inference_mode():
-            logits = self.model(torch.tensor([prompt])).logits[0].double()
-        table = torch.log_softmax(logits, dim=-1)
+        table = self.table(prompt)
         return [float(table[i - 1, prompt[i]]) for i in range(1, len(prompt))]
 
     def completion(self, body: dict[str, Any]) -> dict[str, Any]:
         prompt = list(body["prompt"])
         values = self.logprobs(prompt)
+        top = int(body.get("prompt_logprobs") or 0)
+        if top > self.max_logprobs:
+            raise ValueError(f"Requested prompt logprobs of {top}, which is greater than max allowed: "
+                             f"{self.max_logprobs}")
         if self.mode == "shifted":  # one position off: each value filed under the next token
             entries: list[Any] = [None] + [{str(prompt[min(i + 1, len(prompt) - 1)]): {"logprob": v}}
                                            for i, v in enumerate(values, start=1)]
+        elif top:  # as vLLM: the top ``top`` by rank, and the token sent with its rank when lower
+            table = self.table(prompt)
+            entries = [None]
+            for i in range(1, len(prompt)):
+                order = torch.argsort(table[i - 1], descending=True).tolist()
+                entry = {str(t): {"logprob": float(table[i - 1, t]), "rank": r + 1} for r, t in enumerate(order[:top])}
+                entry[str(prompt[i])] = {"logprob": values[i - 1], "rank": order.index(prompt[i]) + 1}
+                entries.append(entry)
         else:
             entries = [None] + [{str(t): {"logprob": v, "rank": 1}} for t, v in zip(prompt[1:], values)]
         choice: dict[str, Any] = {"index": 0, "text": "x", "prompt_logprobs": None, "logprobs": None}
@@ -118,7 +135,12 @@ class FakeServer:
                 if len(body["prompt"]) >= server.max_model_len:
                     self._send(400, {"error": {"message": "prompt too long"}})
                     return
-                self._send(200, server.completion(body))
+                try:
+                    answer = server.completion(body)
+                except ValueError as exc:  # as vLLM answers a request it refuses
+                    self._send(400, {"error": {"message": str(exc)}})
+                    return
+                self._send(200, answer)
 
         return Handler
 
@@ -132,7 +154,7 @@ def server(tiny_model_dir: Path) -> Iterator[FakeServer]:
 
 @pytest.fixture(autouse=True)
 def _reset(server: FakeServer) -> None:
-    server.mode, server.key = "ok", None
+    server.mode, server.key, server.max_logprobs = "ok", None, 20
 
 
 @pytest.mark.parametrize("protocol,extra", [
@@ -292,3 +314,46 @@ def test_a_served_run_stopped_early_resumes_from_its_checkpoint(server: FakeServ
     # one probe, then one request per window the resumed process scored: fewer than a whole run's
     assert server.requests - before == 1 + resumed.timing["windows"]
     assert 0 < resumed.timing["windows"] < whole.timing["windows"]
+
+
+def test_a_reference_saved_from_a_server_is_the_local_one(server: FakeServer, tiny_model_dir: Path,
+                                                          tmp_path: Path) -> None:
+    """--save-reference from a served model (its top K from prompt_logprobs) holds the local reference's
+    ids and log-probs, the tail from the returned mass; kld --reference of the local model against it is
+    the local-against-local KL (0 to rounding), with every token."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    data = write_jsonl(tmp_path / "d.jsonl", TEXTS[:4])
+    common: dict[str, Any] = dict(dataset=data, max_length=32, stride=16, bootstrap=0)
+    served_ref, local_ref = str(tmp_path / "served.parquet"), str(tmp_path / "local.parquet")
+    evaluate(EvalConfig(model=server.url, batch_size=3, save_reference=served_ref, reference_top_k=6, **common))
+    evaluate(EvalConfig(model=str(tiny_model_dir), save_reference=local_ref, reference_top_k=6, **common))
+    served, local = pq.read_table(served_ref), pq.read_table(local_ref)
+    assert served.num_rows == local.num_rows > 0
+    for name in ("document", "position", "token_id"):
+        assert served.column(name).to_pylist() == local.column(name).to_pylist()
+    s_ids, l_ids = (np.array(t.column("top_ids").to_pylist()) for t in (served, local))
+    s_lp, l_lp = (np.array(t.column("top_logprobs").to_pylist()) for t in (served, local))
+    assert s_ids.shape == (served.num_rows, 6)
+    close = np.abs(l_lp[:, :, None] - l_lp[:, None, :]) < 1e-6  # near-ties may come in either order
+    assert np.all((s_ids == l_ids) | close.any(axis=2))
+    np.testing.assert_allclose(s_lp, l_lp, atol=1e-5)
+    s_tail, l_tail = (t.column("tail_logprob").to_numpy() for t in (served, local))
+    np.testing.assert_allclose(np.exp(s_tail), np.exp(l_tail), atol=1e-5)
+    header = json.loads(served.schema.metadata[b"lleval"])
+    assert header["reference"]["top_k"] == 6 and header["model"]["source"] == "server"
+    kl = kl_divergence(EvalConfig(model=str(tiny_model_dir), reference=served_ref, **common), None)
+    assert kl.tokens == served.num_rows and abs(kl.kl_divergence["mean"]) < 1e-5
+    assert kl.top_token_agreement == 1.0 and kl.reference is not None and not kl.reference["exact"]
+
+
+def test_a_server_that_gives_fewer_top_tokens_is_refused_with_what_to_change(server: FakeServer,
+                                                                             tmp_path: Path) -> None:
+    server.max_logprobs = 4
+    data = write_jsonl(tmp_path / "d.jsonl", TEXTS[:2])
+    out = tmp_path / "ref.parquet"
+    with pytest.raises(ConfigError) as info:
+        evaluate(EvalConfig(model=server.url, dataset=data, max_length=32, save_reference=str(out),
+                            reference_top_k=8))
+    assert "--max-logprobs 8" in str(info.value) and "\n" not in str(info.value) and not out.exists()

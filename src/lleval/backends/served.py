@@ -25,6 +25,7 @@ report or a checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import math
@@ -35,6 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 from urllib.parse import urlsplit
+
+import numpy as np
 
 from lleval.backends.base import LoadedModel, ModelInfo, ModelSpec
 from lleval.config import without_credentials
@@ -170,6 +173,29 @@ def read_logprobs(answer: Any, prompt: Sequence[int], style: str) -> list[float]
     return values
 
 
+def reference_rows(answer: Any, prompt: Sequence[int], values: list[float], k: int) -> np.ndarray:
+    """``(len(prompt) - 1, 2 + 2k)`` float64, `ReferenceScorer`'s layout: per prompt position after
+    the first, the token's log-prob, the ``k`` most likely ids (most likely first), their log-probs,
+    and the log of the mass left (``log1p(-sum)``: a server gives no more digits; -inf when the top
+    ``k`` hold all of it to rounding). vLLM's entries are the top ``k`` by rank, plus the token sent
+    when it ranks lower; ``ServerProblem`` when fewer than ``k`` come back."""
+    entries = answer["choices"][0]["prompt_logprobs"]
+    rows = np.empty((len(prompt) - 1, 2 + 2 * k), dtype=np.float64)
+    for i in range(1, len(prompt)):
+        entry = entries[i]
+        ranked = sorted(((float(v["logprob"] if isinstance(v, dict) else v), int(t)) for t, v in entry.items()),
+                        key=lambda pair: (-pair[0], pair[1]))[:k]
+        if len(ranked) < k:
+            raise ServerProblem(f"prompt position {i} has {len(ranked)} log-probs, not the {k} asked for")
+        lps = np.array([lp for lp, _ in ranked])
+        mass = float(np.exp(lps).sum())
+        rows[i - 1, 0] = values[i - 1]
+        rows[i - 1, 1 : 1 + k] = [t for _, t in ranked]
+        rows[i - 1, 1 + k : 1 + 2 * k] = lps
+        rows[i - 1, 1 + 2 * k] = math.log1p(-mass) if mass < 1.0 else -math.inf
+    return rows
+
+
 def _entry_logprob(entry: Any, token: int, position: int) -> float:
     """One ``prompt_logprobs`` entry: a map from token id to its log-prob (vLLM also gives
     ranks); it must hold the token sent at that position."""
@@ -193,22 +219,54 @@ class ServedScorer:
     max_prompt: int  # longest prompt the server takes (its maximum length, less the one token generated)
     concurrency: int = CONCURRENCY
     replicas: tuple[Client, ...] = ()  # further servers of the same model
+    top_k: int = 0  # > 0: also each position's top-K (--save-reference), `reference_rows`' layout
 
-    def window_logprobs(self, prompt: list[int], client: Client | None = None) -> list[float]:
+    @property
+    def k(self) -> int | None:
+        """The reference's top K (as `ReferenceScorer.k`), None when not saving one."""
+        return self.top_k or None
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The further columns (``--save-reference``'s, with ``top_k``)."""
+        if not self.top_k:
+            return ()
+        from lleval.engine.reference import reference_columns
+
+        return reference_columns(self.top_k)
+
+    def window_logprobs(self, prompt: list[int], client: Client | None = None) -> Any:
         """The checked log-probs of ``prompt``'s tokens after the first (asked of ``client``,
-        by default the first server)."""
+        by default the first server); with ``top_k``, each one's `reference_rows`."""
         client = client or self.client
         if len(prompt) > self.max_prompt:
             raise ServerProblem(f"a window of {len(prompt)} tokens is longer than the server takes "
                                 f"({self.max_prompt}): lower --max-length")
         body: dict[str, Any] = {"model": self.model, "prompt": prompt, "max_tokens": 1, "temperature": 0.0}
-        body.update({"prompt_logprobs": 0} if self.style == "prompt_logprobs" else {"echo": True, "logprobs": 0})
+        body.update({"prompt_logprobs": self.top_k} if self.style == "prompt_logprobs" else
+                    {"echo": True, "logprobs": 0})
         status, answer = client.request("POST", "/completions", body)
         if status == 400 and self.style == "prompt_logprobs" and "prompt_logprobs" in _error_text(answer):
             raise Unsupported(f"the server refuses prompt_logprobs: {_error_text(answer)}")
         if status != 200:
             raise ServerProblem(f"the server answered {status}: {_error_text(answer)}")
-        return read_logprobs(answer, prompt, self.style)
+        values = read_logprobs(answer, prompt, self.style)
+        return reference_rows(answer, prompt, values, self.top_k) if self.top_k else values
+
+    def with_top_k(self, k: int) -> "ServedScorer":
+        """This scorer asking for each position's ``k`` most likely tokens too (``--save-reference``),
+        after one probe request: a server that gives fewer (vLLM's ``--max-logprobs``, 20 by default)
+        or has no ``prompt_logprobs`` is a `ConfigError` saying what to change."""
+        if self.style != "prompt_logprobs":
+            raise ConfigError(f"--save-reference from {self.client.endpoint.url} needs prompt_logprobs (vLLM's), "
+                              "which this server does not give.")
+        scorer = dataclasses.replace(self, top_k=k)
+        try:
+            scorer.window_logprobs([1, 2, 3])
+        except ServerProblem as exc:
+            raise ConfigError(f"--save-reference --reference-top-k {k} from {self.client.endpoint.url}: {exc}. "
+                              f"Lower --reference-top-k, or start vLLM with --max-logprobs {k}.") from None
+        return scorer
 
     def __call__(self, input_ids: Any, attention_mask: Any, labels: Any, score_mask: Any) -> Any:
         import torch
@@ -222,8 +280,12 @@ class ServedScorer:
                 answers = list(pool.map(self.window_logprobs, prompts, chosen))
             except ServerProblem as exc:
                 raise ScoringError(f"served model {self.client.endpoint.url}: {exc}.") from None
-        rows = [torch.tensor(values, dtype=torch.float32) for values in answers]
         width = labels.shape[1]
+        if self.top_k:  # (n, 2 + 2K) rows per window, row j for label position j: those scored, in order
+            mask = score_mask.cpu().numpy()
+            return torch.from_numpy(np.concatenate([rows[mask[b, : len(rows)]] for b, rows in enumerate(answers)])
+                                    ).float()
+        rows = [torch.tensor(values, dtype=torch.float32) for values in answers]
         full = torch.stack([torch.nn.functional.pad(row, (0, width - len(row))) for row in rows])
         return full[score_mask]
 

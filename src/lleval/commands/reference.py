@@ -48,7 +48,11 @@ DATASET_FIELDS = ("spec", "config", "split", "text_field", "sample_by", "limit")
 
 def with_reference(loaded: LoadedModel, k: int) -> LoadedModel:
     """``loaded`` with the `ReferenceScorer` of ``--save-reference`` (top ``k``, at most the
-    vocabulary), in slices half as long (it holds two (n, V) tensors)."""
+    vocabulary), in slices half as long (it holds two (n, V) tensors); a served model's scorer
+    asks the server for its top ``k`` instead (`ServedScorer.with_top_k`)."""
+    top_k = getattr(loaded.scorer, "with_top_k", None)
+    if loaded.slices is None and top_k is not None:
+        return replace(loaded, scorer=top_k(k))
     loaded.require(FULL_VOCABULARY, "--save-reference")
     if loaded.vocab is None:
         raise ConfigError(f"--save-reference needs the vocabulary size of {loaded.name}, which its backend did "
