@@ -89,6 +89,7 @@ def test_ctrl_c_writes_the_finished_cells_and_the_checkpoint_rerun_equals_an_uni
     assert code == 128 + signal.SIGINT, stderr
     interrupted = json.loads(out.read_text())
     assert interrupted["kind"] == "suite" and interrupted["complete"] is False
+    assert any(f"{prefix}.MODEL__DATASET" in note for note in interrupted["notes"])  # how to resume
     cells = _cells(interrupted)
     assert 1 <= len(cells) < 4
     finished = {k: c for k, c in cells.items() if c["report"] is not None and c["report"]["complete"]}
