@@ -178,7 +178,9 @@ def test_json_fits_the_schema_and_reads_back(tmp_path: Path) -> None:
     assert back.comparisons[0].membership == compare(
         json.loads(Path(base).read_text()), json.loads(Path(cand).read_text()), n_resamples=1000,
         base_name=base, candidate_name=cand).membership
-    assert _membership_cells(page.read_text()) == [
+    rows, notes = _membership_section(page.read_text())
+    assert notes == [f"note: {one_sided}: {second['notes'][0]}"]
+    assert rows == [
         [cand, label, str(first["membership"]["scores"][name]["documents"])]
         for name, label in zip(FIELDS, ("Min-K%", "Min-K%++", "zlib ratio"))]
     # the table and the markdown render the block (the data is checked above)
@@ -188,34 +190,58 @@ def test_json_fits_the_schema_and_reads_back(tmp_path: Path) -> None:
     assert back.render_markdown().count("| Min-K%++ |") == 1
 
 
-def _membership_cells(page: str) -> list[list[str]]:
-    """The first three cells (candidate, score, documents) of each row of the page's membership table."""
+def _membership_section(page: str) -> tuple[list[list[str]], list[str]]:
+    """The page's membership section: the first three cells (candidate, score, documents) of
+    each row of its table, and the text of its notes."""
 
-    class Rows(HTMLParser):
+    class Section(HTMLParser):
         def __init__(self) -> None:
             super().__init__()
-            self.inside, self.cell, self.rows = False, False, []  # type: ignore[var-annotated]
+            self.inside, self.into = False, None  # type: ignore[var-annotated]
+            self.rows: list[list[str]] = []
+            self.notes: list[str] = []
 
         def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-            if tag == "table" and ("id", "membership-table") in attrs:
-                self.inside = True
+            if tag == "section":
+                self.inside = ("id", "membership") in attrs
             elif self.inside and tag == "tr":
                 self.rows.append([])
             elif self.inside and tag == "td":
-                self.cell = True
                 self.rows[-1].append("")
+                self.into = self.rows[-1]
+            elif self.inside and tag == "p" and ("class", "note") in attrs:
+                self.notes.append("")
+                self.into = self.notes
 
         def handle_endtag(self, tag: str) -> None:
-            self.inside = self.inside and tag != "table"
-            self.cell = self.cell and tag != "td"
+            self.inside = self.inside and tag != "section"
+            self.into = None if tag in ("td", "p") else self.into
 
         def handle_data(self, data: str) -> None:
-            if self.cell:
-                self.rows[-1][-1] += data
+            if self.into is not None:
+                self.into[-1] += data
 
-    parser = Rows()
+    parser = Section()
     parser.feed(page)
-    return [row[:3] for row in parser.rows if row]
+    return [row[:3] for row in parser.rows if row], parser.notes
+
+
+def test_suite_cells_compared_with_membership_each_get_their_block(tmp_path: Path) -> None:
+    from test_compare_suites import dataset_report, suite_json
+
+    base = {d: with_membership(dataset_report(d, k), seed=k) for k, d in enumerate("ab")}
+    new = {"a": with_membership(dataset_report("a", 0), seed=0),  # the same scores: no change
+           "b": with_membership(dataset_report("b", 1), seed=1, shift={2: 1.5})}
+    paths = [write(tmp_path, f"{name}.json", suite_json({("m", d): r for d, r in reports.items()}))
+             for name, reports in (("base", base), ("new", new))]
+    result = CliRunner().invoke(main, ["compare", *paths, "--format", "json"], catch_exceptions=False)
+    rows = {r["dataset"]: r for r in json.loads(result.stdout)["comparisons"]}
+    for name in FIELDS:
+        assert rows["a"]["membership"]["scores"][name]["mean_delta"] == 0.0
+        n, _, _, delta = naive(base["b"], new["b"], name)
+        assert rows["b"]["membership"]["scores"][name]["mean_delta"] == pytest.approx(delta, rel=1e-9)
+    assert rows["a"]["membership"]["top_documents"] == []
+    assert [d["index"] for d in rows["b"]["membership"]["top_documents"]] == [2]
 
 
 def test_tiny_model_scored_twice_with_membership_changes_nothing(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -306,18 +306,18 @@ def _changed_documents(comparisons: list[Any]) -> str:
 def membership_section(comparisons: list[Any]) -> str:
     """Each comparison's membership deltas (``compare`` of reports scored with --membership)
     as one table: the score, its documents, the means, the mean change and its interval;
-    nothing when no comparison has them."""
+    then the comparisons' notes (one side without --membership); nothing when there is neither."""
     rows = []
     for c in comparisons:
-        if c.membership is None:
-            continue
-        for label, n, base, cand, delta, interval in c.membership.rows():
+        for label, n, base, cand, delta, interval in (c.membership.rows() if c.membership is not None else []):
             rows.append(f'<tr><td>{esc(c.name)}</td><td>{esc(label)}</td><td>{n}</td><td>{esc(base)}</td>'
                         f'<td>{esc(cand)}</td><td>{esc(delta)}</td><td>{esc(interval)}</td></tr>')
-    if not rows:
+    notes = "".join(f'<p class="note">note: {esc(c.name)}: {esc(note)}</p>' for c in comparisons for note in c.notes)
+    if not rows and not notes:
         return ""
     head = "".join(f"<th>{h}</th>" for h in ("candidate", "score", "documents", "base mean", "candidate mean",
                                               "Δ mean", "95% CI"))
+    table = (f'<table id="membership-table"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+             if rows else "")
     return (f'<section id="membership"><h2>Membership scores, candidate − base (a rise: more member-like)</h2>'
-            f'<table id="membership-table"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
-            f"</section>")
+            f"{table}{notes}</section>")
