@@ -146,6 +146,7 @@ def test_stop_after_the_first_cell_marks_the_report_incomplete(sweep: dict[str, 
     assert not report.complete
     assert len(report.cells) == 1
     assert report.to_dict()["complete"] is False
+    assert any("nothing was saved to resume from" in n for n in report.notes)  # no --checkpoint was given
 
 
 def test_a_finished_cell_is_not_scored_again(sweep: dict[str, Any], tmp_path: Path) -> None:

@@ -173,7 +173,8 @@ def kld(base_model: str | None, base_dtype: str | None, dataset_argument: str | 
               help="Append the markdown table to the file named by $GITHUB_STEP_SUMMARY.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write compare.json here.")
 @click.option("--top-documents", type=click.IntRange(min=0), default=10, show_default=True,
-              help="Documents listed per candidate as the most changed, each way.")
+              help="Documents listed per candidate as the most changed, each way (and, with membership "
+                   "scores, by Min-K%++ rise).")
 @click.option("--html", type=click.Path(dir_okay=False), default=None,
               help="Write an HTML page here: each candidate's change with its interval, and the gate.")
 @click.option("--cell", default=None, metavar="MODEL/DATASET",

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from lleval.errors import ReportError
-from lleval.metrics import bits_per_byte, bootstrap_sums, percentile_interval, perplexities
-from lleval.report.compare import Comparison, ComparisonReport
+from lleval.metrics import MEMBERSHIP_FIELDS, bits_per_byte, bootstrap_sums, percentile_interval, perplexities
+from lleval.report.compare import Comparison, ComparisonReport, MembershipChange, MembershipDelta
 from lleval.report.schema import read_json
 from lleval.report.score import Report
 from lleval.report.suite import SuiteCell, SuiteReport
@@ -123,8 +123,79 @@ def compare_reports(
         if require_significant:
             regressed = regressed and interval is not None and interval[0] > 0
     worst, best = changed_documents(base, candidate, top_documents)
+    membership, notes = compare_membership(base, candidate, base_name, candidate_name, n_resamples=n_resamples,
+                                           seed=seed, level=level, top=top_documents)
     return Comparison(base_name, candidate_name, metric, why, base_value, cand_value, change, interval, p_worse,
-                      regressed, worst, best, protocol_differences(base, candidate))
+                      regressed, worst, best, protocol_differences(base, candidate), membership=membership,
+                      notes=notes)
+
+
+def membership_values(report: Report) -> np.ndarray:
+    """``(documents, 3)`` float64: each document's `MEMBERSHIP_FIELDS`, NaN where it has none
+    (a served model's Min-K%++, a document with no scored token)."""
+    out = np.full((len(report.documents), len(MEMBERSHIP_FIELDS)), np.nan)
+    for i, doc in enumerate(report.documents):
+        for j, name in enumerate(MEMBERSHIP_FIELDS):
+            value = None if doc.membership is None else doc.membership.get(name)
+            if value is not None:
+                out[i, j] = float(value)
+    return out
+
+
+def compare_membership(
+    base: Report, candidate: Report, base_name: str, candidate_name: str, *,
+    n_resamples: int, seed: int, level: float, top: int,
+) -> tuple[MembershipChange | None, list[str]]:
+    """How the membership scores moved on the paired documents (`MembershipChange`), when
+    both reports have them; with only one side having them, None and a note saying to
+    rerun the other with --membership. Each score counts only the documents that have it
+    on both sides; the interval of its mean change is the paired bootstrap over documents
+    (`bootstrap_sums`, the same resamples for all three scores)."""
+    has = [any(d.membership is not None for d in r.documents) for r in (base, candidate)]
+    if not any(has):
+        return None, []
+    if not all(has):
+        missing, present = (candidate_name, base_name) if has[0] else (base_name, candidate_name)
+        return None, [f"{present} has membership scores and {missing} has none: rerun both with --membership "
+                      "to compare them."]
+    b, c = membership_values(base), membership_values(candidate)
+    paired = np.isfinite(b) & np.isfinite(c)  # (documents, 3)
+    delta = np.where(paired, c - b, 0.0)
+    intervals: list[tuple[float, float] | None] = [None] * len(MEMBERSHIP_FIELDS)
+    if len(delta) >= 2 and n_resamples > 0:
+        columns = np.column_stack([delta, paired.astype(np.float64)])  # 3 delta sums, then 3 counts
+        sums = bootstrap_sums(columns, n_resamples, seed)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = sums[:, :3] / sums[:, 3:]
+        intervals = [percentile_interval(means[:, j], level) if paired[:, j].sum() >= 2 else None
+                     for j in range(len(MEMBERSHIP_FIELDS))]
+    scores = {name: _membership_delta(b[:, j], c[:, j], paired[:, j], intervals[j])
+              for j, name in enumerate(MEMBERSHIP_FIELDS)}
+    ranked = next((name for name in ("min_k_plus_plus", "min_k_prob") if scores[name].documents), None)
+    rows = [] if ranked is None else risen_documents(base, b, c, paired, MEMBERSHIP_FIELDS.index(ranked), top)
+    return MembershipChange(scores, ranked, rows), []
+
+
+def _membership_delta(b: np.ndarray, c: np.ndarray, paired: np.ndarray,
+                      interval: tuple[float, float] | None) -> MembershipDelta:
+    n = int(paired.sum())
+    if n == 0:
+        return MembershipDelta(0, None, None, None, None)
+    b_sum, c_sum = float(b[paired].sum()), float(c[paired].sum())
+    return MembershipDelta(n, b_sum / n, c_sum / n, float((c[paired] - b[paired]).sum()) / n, interval)
+
+
+def risen_documents(base: Report, b: np.ndarray, c: np.ndarray, paired: np.ndarray, column: int,
+                    top: int) -> list[dict[str, Any]]:
+    """The ``top`` documents whose score in ``column`` rose most (candidate - base > 0),
+    largest rise first, with the document's ``id`` when the data has one."""
+    rises = [(float(c[i, column] - b[i, column]), int(i)) for i in np.flatnonzero(paired[:, column])]
+    rows = []
+    for rise, i in sorted((r for r in rises if r[0] > 0), key=lambda r: -r[0])[:top]:
+        doc = base.documents[i]
+        rows.append({"index": doc.index, **({} if doc.id is None else {"id": doc.id}),
+                     "base": float(b[i, column]), "candidate": float(c[i, column]), "delta": rise})
+    return rows
 
 
 def paired_change(

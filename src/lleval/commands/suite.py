@@ -319,7 +319,7 @@ def suite_report(suite: Suite, base: EvalConfig, run: SuiteRun, plans: PlannedUn
                                                                  for m in suite.models],
         complete, {"model_loads": run.loads, "tokenizations": plans.tokenizations, "replays": plans.replays},
         {"resamples": base.bootstrap, "seed": base.seed, "level": 0.95, "unit": "document within each dataset"},
-        suite_notes(suite, run), now())
+        suite_notes(suite, run, base.checkpoint), now())
 
 
 def macro_average(model: str, cells: Sequence[SuiteCell], base: EvalConfig) -> MacroAverage:
@@ -338,16 +338,20 @@ def macro_average(model: str, cells: Sequence[SuiteCell], base: EvalConfig) -> M
     return MacroAverage(model, value, interval, len(reports))
 
 
-def suite_notes(suite: Suite, run: SuiteRun) -> list[str]:
-    """What a reader of the matrix must know: failed cells, a stop, tokenizers that differ."""
+def suite_notes(suite: Suite, run: SuiteRun, checkpoint: str | None = None) -> list[str]:
+    """What a reader of the matrix must know: failed cells, a stop (and how to resume it:
+    ``checkpoint`` is the run's --checkpoint prefix), tokenizers that differ."""
     notes = []
     failed = [c for c in run.cells if c.error is not None]
     if failed:
         notes.append(f"{len(failed)} cells failed: " + "; ".join(f"{c.model} x {c.dataset}: {c.error}"
                                                                   for c in failed[:3]))
     if not run.complete:
-        notes.append(f"stopped early: {sum(c.report is not None for c in run.cells)} cells scored; rerun with "
-                     "--checkpoint FOLDER to resume.")
+        scored = sum(c.report is not None for c in run.cells)
+        notes.append(f"stopped early: {scored} cells scored; " + (
+            f"rerun the same command to resume from the cells' checkpoints ({checkpoint}.MODEL__DATASET)."
+            if checkpoint else "nothing was saved to resume from: rerun with --checkpoint PREFIX (one checkpoint "
+            "per cell, PREFIX.MODEL__DATASET) to be able to resume a stopped run."))
     fingerprints = {c.report.tokenizer.fingerprint for c in run.cells if c.report is not None}
     if len(fingerprints) > 1:
         notes.append("the models have different tokenizers: token perplexity is not comparable across them; "

@@ -8,8 +8,78 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lleval import __version__
+from lleval.metrics import MEMBERSHIP_FIELDS
 from lleval.report.output import json_interval, read_interval, to_json
+from lleval.report.render import fmt
 from lleval.report.schema import SCHEMA_VERSION, check
+
+MEMBERSHIP_LABELS = {"min_k_prob": "Min-K%", "min_k_plus_plus": "Min-K%++", "zlib_ratio": "zlib ratio"}
+
+
+@dataclass(frozen=True)
+class MembershipDelta:
+    """One membership score of the documents both reports scored it for: the base's and
+    the candidate's mean, and the mean paired change (candidate - base) with its bootstrap
+    interval over documents. Higher scores are more "member-like", so a rise is what a
+    leak of these texts into the candidate's training data would look like."""
+
+    documents: int  # documents with the score on both sides (served models have no Min-K%++)
+    base_mean: float | None
+    candidate_mean: float | None
+    mean_delta: float | None
+    interval: tuple[float, float] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The score's entry in ``membership.scores``."""
+        return {"documents": self.documents, "base_mean": self.base_mean, "candidate_mean": self.candidate_mean,
+                "mean_delta": self.mean_delta, "mean_delta_ci": json_interval(self.interval)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "MembershipDelta":
+        """Read an entry of ``membership.scores`` back."""
+        return cls(int(data["documents"]), data["base_mean"], data["candidate_mean"], data["mean_delta"],
+                   read_interval(data["mean_delta_ci"]))
+
+
+@dataclass(frozen=True)
+class MembershipChange:
+    """How the membership scores (``--membership``) moved from base to candidate on the
+    same documents: each score's `MembershipDelta`, and the documents whose score
+    ``ranked_by`` (Min-K%++, or Min-K% where no document has Min-K%++) rose most: the
+    leak suspects of a contamination check."""
+
+    scores: dict[str, MembershipDelta]  # by MEMBERSHIP_FIELDS
+    ranked_by: str | None  # None: no document has a score on both sides
+    top_documents: list[dict[str, Any]] = field(default_factory=list)  # index, (id,) base, candidate, delta
+
+    def to_dict(self) -> dict[str, Any]:
+        """The comparison's ``membership`` block."""
+        return {"scores": {name: self.scores[name].to_dict() for name in MEMBERSHIP_FIELDS},
+                "ranked_by": self.ranked_by, "top_documents": [dict(d) for d in self.top_documents]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "MembershipChange":
+        """Read a ``membership`` block back."""
+        return cls({name: MembershipDelta.from_dict(data["scores"][name]) for name in MEMBERSHIP_FIELDS},
+                   data["ranked_by"], [dict(d) for d in data["top_documents"]])
+
+    def rows(self) -> list[tuple[str, str, str, str, str, str]]:
+        """(score, documents, base mean, candidate mean, mean change, 95% CI), one per score."""
+        return [(MEMBERSHIP_LABELS[name], str(d.documents), fmt(d.base_mean), fmt(d.candidate_mean),
+                 "n/a" if d.mean_delta is None else f"{d.mean_delta:+.4f}", _delta_interval_text(d.interval))
+                for name, d in self.scores.items()]
+
+    @property
+    def document_columns(self) -> tuple[str, ...]:
+        """The columns of `document_rows`: an id column only when a top document has an id."""
+        has_ids = any(d.get("id") is not None for d in self.top_documents)
+        return ("document",) + ("id",) * has_ids + ("base", "candidate", "Δ")
+
+    def document_rows(self) -> list[tuple[str, ...]]:
+        """(document, (id,) base, candidate, change) of each top document."""
+        has_ids = "id" in self.document_columns
+        return [(str(d["index"]),) + (("" if d.get("id") is None else str(d["id"]),) if has_ids else ())
+                + (fmt(d["base"]), fmt(d["candidate"]), f"{d['delta']:+.4f}") for d in self.top_documents]
 
 
 @dataclass(frozen=True)
@@ -30,6 +100,8 @@ class Comparison:
     best_documents: list[dict[str, Any]] = field(default_factory=list)  # NLL fell most first
     protocol_differences: list[str] = field(default_factory=list)  # "max_length: 16 vs 2048"
     dataset: str | None = None  # the suite's dataset label, when suite cells were compared
+    membership: MembershipChange | None = None  # both reports have membership scores (--membership)
+    notes: list[str] = field(default_factory=list)  # e.g. only one side has membership scores
 
     @property
     def name(self) -> str:
@@ -52,7 +124,9 @@ class Comparison:
             "worst_documents": [dict(d) for d in self.worst_documents],
             "best_documents": [dict(d) for d in self.best_documents],
             "protocol_differences": list(self.protocol_differences),
-        } | ({} if self.dataset is None else {"dataset": self.dataset})
+        } | ({} if self.dataset is None else {"dataset": self.dataset}) | (
+            {} if self.membership is None else {"membership": self.membership.to_dict()}) | (
+            {"notes": list(self.notes)} if self.notes else {})
 
     @classmethod
     def from_dict(cls, row: dict[str, Any]) -> "Comparison":
@@ -61,7 +135,9 @@ class Comparison:
                    row["candidate_value"], row["relative_change"], read_interval(row["relative_change_ci"]),
                    row["probability_worse"], row["regressed"], [dict(d) for d in row["worst_documents"]],
                    [dict(d) for d in row["best_documents"]], list(row.get("protocol_differences", [])),
-                   row.get("dataset"))
+                   row.get("dataset"),
+                   None if row.get("membership") is None else MembershipChange.from_dict(row["membership"]),
+                   list(row.get("notes", [])))
 
     @property
     def warning(self) -> str | None:
@@ -142,7 +218,10 @@ class ComparisonReport:
             lines += ["", f"#### {r.name}: documents that {title}", "", "| document | Δ nats | Δ bits/byte |",
                       "| --- | --- | --- |"]
             lines += [f"| {d['index']} | {d['delta_nats']:+.3f} | {d['delta_bits_per_byte']:+.5f} |" for d in docs]
+        for r in self.comparisons:
+            lines += _membership_markdown(r)
         lines += [f"\n> warning: {r.warning}" for r in self.comparisons if r.warning]
+        lines += [f"\n> note: {r.name}: {note}" for r in self.comparisons for note in r.notes]
         return "\n".join(lines) + "\n"
 
     @property
@@ -185,14 +264,68 @@ class ComparisonReport:
                 changed.add_row(str(d["index"]), f"{d['delta_nats']:+.3f}", f"{d['delta_bits_per_byte']:+.5f}")
             console.print(changed)
         for r in rows:
+            _membership_tables(r, console)
+        for r in rows:
             if r.metric != "perplexity":
                 console.print(f"note: {r.candidate}: {r.why}.")
+            for note in r.notes:
+                console.print(f"note: {r.name}: {note}", highlight=False)
+
+
+MEMBERSHIP_COLUMNS = ("score", "documents", "base mean", "candidate mean", "Δ mean", "95% CI")
+
+
+def _membership_titles(r: Comparison) -> tuple[str, str]:
+    """The titles of the membership deltas and of the documents whose score rose most."""
+    m = r.membership
+    ranked = MEMBERSHIP_LABELS.get(m.ranked_by or "", "") if m is not None else ""
+    return (f"{r.name}: membership scores, candidate - base (a rise: more member-like)",
+            f"{r.name}: documents whose {ranked} rose most (leak suspects)")
+
+
+def _membership_markdown(r: Comparison) -> list[str]:
+    """The markdown tables of a comparison's membership block (none without one)."""
+    if r.membership is None:
+        return []
+    title, top_title = _membership_titles(r)
+    lines = ["", f"#### {title}", "", "| " + " | ".join(MEMBERSHIP_COLUMNS) + " |",
+             "|" + " --- |" * len(MEMBERSHIP_COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in r.membership.rows()]
+    if r.membership.top_documents:
+        columns = r.membership.document_columns
+        lines += ["", f"#### {top_title}", "", "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+        lines += ["| " + " | ".join(v.replace("|", "/") for v in row) + " |" for row in r.membership.document_rows()]
+    return lines
+
+
+def _membership_tables(r: Comparison, console: Any) -> None:
+    """Rich tables of a comparison's membership block (nothing without one)."""
+    from rich.table import Table
+
+    if r.membership is None:
+        return
+    title, top_title = _membership_titles(r)
+    for heading, columns, rows in ((title, MEMBERSHIP_COLUMNS, r.membership.rows()),
+                                   (top_title, r.membership.document_columns, r.membership.document_rows())):
+        if not rows:
+            continue
+        console.print(heading, style="italic", highlight=False)
+        table = Table()
+        for column in columns:
+            table.add_column(column, justify="left" if column in ("score", "id") else "right")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
 
 
 def _changed(rows: list[Comparison]) -> list[tuple[Comparison, str, list[dict[str, Any]]]]:
     """(candidate, "got worse" | "got better", documents) for each non-empty list."""
     return [(r, title, docs) for r in rows
             for title, docs in (("got worse", r.worst_documents), ("got better", r.best_documents)) if docs]
+
+
+def _delta_interval_text(interval: tuple[float, float] | None) -> str:
+    return "n/a" if interval is None else f"[{interval[0]:+.4f}, {interval[1]:+.4f}]"
 
 
 def _interval_text(interval: tuple[float, float] | None) -> str:

@@ -390,7 +390,7 @@ def write_compare_html(result: Any, path: str) -> None:
              f"{result.verdict(r)}") for r in result.comparisons]
     page = Page(title=f"lleval compare — base {result.comparisons[0].base if result.comparisons else ''}",
                 summary=rows, extra=compare_chart(result.comparisons, result.max_regression_pct)
-                + _changed_documents(result.comparisons))
+                + _changed_documents(result.comparisons) + membership_section(result.comparisons))
     write_text_atomic(path, render(page), "--html")
 
 
@@ -404,3 +404,23 @@ def _changed_documents(comparisons: list[Any]) -> str:
                           f"<th>Δ nats</th><th>Δ bits/byte</th></tr></thead><tbody>{rows}</tbody></table>")
     return f'<section id="changed-documents"><h2>Documents that changed most</h2>{"".join(blocks)}</section>'
 
+
+
+def membership_section(comparisons: list[Any]) -> str:
+    """Each comparison's membership deltas (``compare`` of reports scored with --membership)
+    as one table: the score, its documents, the means, the mean change and its interval;
+    then the comparisons' notes (one side without --membership); nothing when there is neither."""
+    rows = []
+    for c in comparisons:
+        for label, n, base, cand, delta, interval in (c.membership.rows() if c.membership is not None else []):
+            rows.append(f'<tr><td>{esc(c.name)}</td><td>{esc(label)}</td><td>{n}</td><td>{esc(base)}</td>'
+                        f'<td>{esc(cand)}</td><td>{esc(delta)}</td><td>{esc(interval)}</td></tr>')
+    notes = "".join(f'<p class="note">note: {esc(c.name)}: {esc(note)}</p>' for c in comparisons for note in c.notes)
+    if not rows and not notes:
+        return ""
+    head = "".join(f"<th>{h}</th>" for h in ("candidate", "score", "documents", "base mean", "candidate mean",
+                                              "Δ mean", "95% CI"))
+    table = (f'<table id="membership-table"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+             if rows else "")
+    return (f'<section id="membership"><h2>Membership scores, candidate − base (a rise: more member-like)</h2>'
+            f"{table}{notes}</section>")
