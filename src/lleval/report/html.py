@@ -77,7 +77,8 @@ table.documents td.snippet { color: #555; font-size: 12px; }
 
 SORT_SCRIPT = """
 function value(cell) { return cell.dataset.value !== undefined ? cell.dataset.value : cell.textContent; }
-document.querySelectorAll('table.documents th').forEach(function (th, column) {
+document.querySelectorAll('table.documents th').forEach(function (th) {
+  var column = th.cellIndex;  // within its own table: a suite's page holds one table per cell
   th.addEventListener('click', function () {
     var body = th.closest('table').tBodies[0];
     var rows = Array.prototype.slice.call(body.rows);

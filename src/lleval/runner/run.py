@@ -29,11 +29,14 @@ def run_job(
     build_report: Callable[[ScoringRun], Any],
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
+    write_page: bool = True,
 ) -> Any:
     """`run_loop` with the run's file outputs (``--tokens``, ``--html``) as further reducers, then
     the report ``build_report`` makes of the run, with every file written: a run that fails
     or is interrupted removes its token parts (unless its checkpoint will resume from them),
-    and a file that cannot be written is in ``report.failed_outputs``, not raised."""
+    and a file that cannot be written is in ``report.failed_outputs``, not raised. The ``--html``
+    samples are kept on ``report.page_samples``; ``write_page`` false: the caller writes the page
+    (a suite's cells share one), not this run."""
     files = file_reducers(job)
     try:
         run = run_loop(job, sums, {**others, **files}, progress, should_stop)
@@ -41,7 +44,8 @@ def run_job(
         abandon_files(job, files)
         raise
     report = build_report(run)
-    report.failed_outputs = write_files(job, run, report, files)
+    report.failed_outputs = write_files(job, run, report, files, write_page)
+    report.page_samples = files.get("samples")
     return report
 
 
@@ -64,7 +68,8 @@ def file_reducers(job: Job) -> dict[str, Any]:
     return files
 
 
-def write_files(job: Job, run: ScoringRun, report: Any, files: Mapping[str, Any]) -> list[OutputError]:
+def write_files(job: Job, run: ScoringRun, report: Any, files: Mapping[str, Any],
+                write_page: bool = True) -> list[OutputError]:
     """Write the token file and the HTML report a run was asked for, once its report exists.
 
     Each output that cannot be written (a full disk) is returned, not raised: the
@@ -81,7 +86,7 @@ def write_files(job: Job, run: ScoringRun, report: Any, files: Mapping[str, Any]
                 files[name].finish({**header, **extra}, keep_parts=not run.complete and _resumable(job.config))
             except OutputError as exc:
                 failed.append(exc)
-    if "samples" in files and job.config.html:
+    if "samples" in files and job.config.html and write_page:
         from lleval.report.html import write_score_html
 
         try:
