@@ -160,7 +160,7 @@ def _trend_svg(datasets: list[str], points: list[dict[str, Any]]) -> str:
     pad = (top - bottom) * 0.1 or 0.05 * abs(top) or 0.5
     top, bottom = top + pad, max(0.0, bottom - pad)
 
-    def x(step: float) -> float:
+    def at(step: float) -> float:
         inner = width - left - right
         return left + inner / 2 if last == first else left + inner * (0.04 + 0.92 * (step - first) / (last - first))
 
@@ -168,16 +168,19 @@ def _trend_svg(datasets: list[str], points: list[dict[str, Any]]) -> str:
         return up + (height - up - down) * (top - v) / (top - bottom)
 
     marks, lines = [], []
-    for dataset in datasets:
+    shown = [d for d in datasets if any(p["dataset"] == d for p in points)]
+    for k, dataset in enumerate(shown):
         mine = [p for p in points if p["dataset"] == dataset]
-        if not mine:
-            continue
-        colour = _colour(datasets, dataset)
+        colour, dodge = _colour(datasets, dataset), 4.0 * (k - (len(shown) - 1) / 2)  # intervals side by side
+
+        def x(step: float, dodge: float = dodge) -> float:
+            return at(step) + dodge
+
         line = " ".join(f"{x(p['step']):.1f},{y(p['bits_per_byte']):.1f}" for p in mine)
         lines.append(f'<polyline class="trend" data-dataset="{esc(dataset)}" points="{line}" fill="none" '
                      f'stroke="{colour}" stroke-width="1.5"/>')
         marks += [_trend_point(p, colour, x, y) for p in mine]
-    ticks = "".join(f'<text class="x-tick" x="{x(s):.1f}" y="{height - down + 16}" text-anchor="middle">{s:,}</text>'
+    ticks = "".join(f'<text class="x-tick" x="{at(s):.1f}" y="{height - down + 16}" text-anchor="middle">{s:,}</text>'
                     for s in _step_ticks(sorted(set(steps))))
     grid = _grid(bottom, top, y, left, width - right, "{:.3f}")
     return (f'<svg id="trend-chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
