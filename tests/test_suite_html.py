@@ -115,12 +115,18 @@ def test_trend_points_are_the_matrix_cells_by_step(sweep: dict[str, Any], tmp_pa
         (f"checkpoint-{s}", d) for s in sorted(STEPS) for d in ("a", "b")]
 
 
-def test_each_cell_holds_its_single_run_sections_with_ids_of_its_own(sweep: dict[str, Any], tmp_path: Path) -> None:
+def test_each_cell_holds_its_single_run_sections_with_ids_of_its_own(sweep: dict[str, Any], tmp_path: Path,
+                                                                      monkeypatch: Any) -> None:
     """Every cell section holds its summary, its loss-by-context chart, a documents table with
     one row per document of its report and its 2 token-by-token documents (--html-docs 1);
     no id repeats on the page, and no cell wrote a page of its own."""
+    from lleval.report import html
+
+    single_pages: list[str] = []
+    monkeypatch.setattr(html, "write_score_html", lambda *args, **kwargs: single_pages.append(args[2]))
     page = tmp_path / "suite.html"
     report = _run(sweep, sweep["models"], page, html_docs=1)
+    assert single_pages == []
     markup = Markup(page.read_text())
     ids = [e["attrs"]["id"] for e in markup.elements if "id" in e["attrs"]]
     assert [i for i, n in Counter(ids).items() if n > 1] == []
@@ -165,6 +171,25 @@ def test_no_steps_no_trend_chart_and_a_failed_cell(sweep: dict[str, Any], tmp_pa
     assert all(markup.find("table", "documents", inside=i) for i in others)
 
 
+def test_models_without_a_step_are_left_off_the_chart(sweep: dict[str, Any]) -> None:
+    """One model with a step (given by hand), one without: the chart holds the stepped model's
+    cells alone, one single-point line per dataset, and the page names the model left off."""
+    from lleval.report.suite import SuiteModel
+    from lleval.report.suite_html import suite_page
+
+    report = _run(sweep, sweep["plain"])
+    first, second = report.models
+    mixed = dataclasses.replace(report, models=[SuiteModel(first.label, first.model, None, 500), second])
+    markup = Markup(suite_page(mixed))
+    points = markup.find("circle", "point", inside="trend-chart")
+    expected = {(c.dataset, 500, c.report.metrics["bits_per_byte"]) for c in report.cells if c.model == first.label}
+    assert {(p["attrs"]["data-dataset"], int(p["attrs"]["data-step"]), float(p["attrs"]["data-bpb"]))
+            for p in points} == expected and len(points) == 2
+    lines = markup.find("polyline", "trend", inside="trend-chart")
+    assert [len(line["attrs"]["points"].split()) for line in lines] == [1, 1]
+    assert markup.find("p", "note", inside="trend")
+
+
 def test_page_from_saved_suite_json(sweep: dict[str, Any], tmp_path: Path) -> None:
     """``lleval inspect suite.json --html page.html``: the page of a saved suite report has the
     same trend points as the run's own (the token-by-token samples are not in the JSON)."""
@@ -181,6 +206,12 @@ def test_page_from_saved_suite_json(sweep: dict[str, Any], tmp_path: Path) -> No
                 for p in Markup(path.read_text()).find("circle", "point", inside="trend-chart")]
 
     assert points(tmp_path / "again.html") == points(page) and len(points(page)) == 4
+    result = CliRunner().invoke(main, ["inspect", str(saved), "--doc", "0"])
+    assert result.exit_code == 2 and "holds no tokens" in result.output
+    single = tmp_path / "score.json"
+    single.write_text(json.dumps(report.cells[0].report.to_dict()))
+    result = CliRunner().invoke(main, ["inspect", str(single), "--html", str(tmp_path / "x.html")])
+    assert result.exit_code == 2 and "'score' report" in result.output and not (tmp_path / "x.html").exists()
 
 
 @pytest.mark.browser

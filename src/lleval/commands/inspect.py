@@ -257,11 +257,15 @@ def _check_same_tokens(base: TokenTable, other: TokenTable) -> None:
 
 def read_suite(path: str) -> Any:
     """The `SuiteReport` in ``path`` when it holds one (a ``.json`` file of kind ``suite``,
-    checked against its schema), else None: the file is read as a token file."""
+    checked against its schema), else None: the file is read as a token file (a Parquet
+    token file may be named ``.json``: it does not open with ``{``)."""
     from lleval.report.suite import SuiteReport
 
     if Path(path).suffix.lower() != ".json" or not Path(path).is_file():
         return None
+    with open(path, "rb") as file:
+        if not file.read(256).lstrip().startswith(b"{"):
+            return None
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
