@@ -32,9 +32,11 @@ from lleval.report.suite import MACRO_COLUMNS, SuiteCell, SuiteReport, macro_row
 #: one colour per dataset, in the suite's order (repeating after eight)
 PALETTE = ("#c0392b", "#2e86c1", "#27ae60", "#8e44ad", "#d68910", "#17a589", "#7f8c8d", "#a04000")
 
+ERROR_CHARS = 90  # of a failed cell's error in the matrix (the whole of it is in the cell's section)
+
 SUITE_STYLE = """
 table.matrix td.num { text-align: right; font-variant-numeric: tabular-nums; }
-table.matrix td.failed { color: #c0392b; }
+table.matrix td.failed { color: #c0392b; max-width: 40rem; }
 ul.trend-legend { list-style: none; padding: 0; margin: .3rem 0 0 56px; }
 ul.trend-legend li { display: inline-block; margin-right: 1.2rem; }
 ul.trend-legend li span { display: inline-block; width: 1.4rem; height: 3px; vertical-align: middle; margin-right: .35rem; }
@@ -86,8 +88,9 @@ def _summary(report: SuiteReport) -> str:
                       f"{len(report.models) * len(report.datasets)}" + ("" if report.complete else " (incomplete)")),
             ("work done once", f"{counts.get('model_loads', 0)} model loads, {counts.get('tokenizations', 0)} "
                                f"tokenizations, {counts.get('replays', 0)} replays"),
-            ("intervals", f"95% bootstrap, {report.bootstrap.get('resamples')} resamples over "
-                          f"{report.bootstrap.get('unit', 'documents')}"),
+            ("intervals", f"95% bootstrap, {report.bootstrap.get('resamples')} resamples (unit: "
+                          f"{report.bootstrap.get('unit', 'document')})" if report.bootstrap.get("resamples")
+             else "none (--bootstrap 0)"),
             ("lleval", f"{report.lleval_version}, {report.created}")]
     table = "".join(f"<tr><td>{esc(label)}</td><td>{esc(value)}</td></tr>" for label, value in rows)
     notes = "".join(f'<p class="note">note: {esc(note)}</p>' for note in report.notes)
@@ -103,9 +106,13 @@ def _matrix(report: SuiteReport) -> str:
         anchor = anchors.get((model, dataset))
         name = f'<a href="#{anchor}">{esc(model)}</a>' if anchor else esc(model)
         step = "" if row["step"] is None else str(row["step"])
-        failed = not shown[2]
-        values = "".join(f'<td class="num{" failed" if failed and k == 3 else ""}">{esc(v)}</td>'
-                         for k, v in enumerate(shown) if k >= 2)
+        cell = report.cell(model, dataset)
+        if cell is None or cell.report is None:  # its error in full in its cell's section and on hover
+            error = shown[3]
+            values = (f'<td></td><td class="failed" colspan="2" title="{esc(error)}">'
+                      f"{esc(error if len(error) <= ERROR_CHARS else error[: ERROR_CHARS - 1] + '…')}</td>")
+        else:
+            values = "".join(f'<td class="num">{esc(v)}</td>' for v in shown[2:])
         body_rows.append(f'<tr data-model="{esc(model)}" data-dataset="{esc(dataset)}" data-step="{step}" '
                          f'data-bpb="{"" if row["bits_per_byte"] is None else repr(row["bits_per_byte"])}">'
                          f"<td>{name}</td><td class=\"num\">{step}</td><td>{esc(dataset)}</td>{values}</tr>")
