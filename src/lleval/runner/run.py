@@ -34,9 +34,9 @@ def run_job(
     """`run_loop` with the run's file outputs (``--tokens``, ``--html``) as further reducers, then
     the report ``build_report`` makes of the run, with every file written: a run that fails
     or is interrupted removes its token parts (unless its checkpoint will resume from them),
-    and a file that cannot be written is in ``report.failed_outputs``, not raised. The ``--html``
-    samples are kept on ``report.page_samples``; ``write_page`` false: the caller writes the page
-    (a suite's cells share one), not this run."""
+    and a file that cannot be written is in ``report.failed_outputs``, not raised. ``write_page``
+    false: the caller writes the page (a suite's cells share one), not this run; the ``--html``
+    samples are kept on ``report.page_samples`` for it."""
     files = file_reducers(job)
     try:
         run = run_loop(job, sums, {**others, **files}, progress, should_stop)
@@ -45,7 +45,8 @@ def run_job(
         raise
     report = build_report(run)
     report.failed_outputs = write_files(job, run, report, files, write_page)
-    report.page_samples = files.get("samples")
+    if not write_page:
+        report.page_samples = files.get("samples")
     return report
 
 
