@@ -243,6 +243,8 @@ def inspect(tokens: str, candidate: str | None, document: int | None, worst: int
 
     With CANDIDATE (a token file of the same texts and tokenizer), colour the
     per-token difference instead: red where the candidate is more surprised.
+    TOKENS may also be a suite report (suite.json): its matrix, and with --html
+    the suite's page (trend chart and cells, without the token-by-token documents).
 
     \b
     Examples:
@@ -251,17 +253,34 @@ def inspect(tokens: str, candidate: str | None, document: int | None, worst: int
       lleval inspect t.parquet --worst 20         # the 20 most surprising 8-token spans
       lleval inspect base.parquet new.parquet --doc 3
       lleval inspect t.parquet --html t.html
+      lleval inspect suite.json --html suite.html
     """
-    from lleval.commands.inspect import inspect_tokens, write_tokens_html
+    from lleval.commands.inspect import inspect_tokens, read_suite, write_tokens_html
 
     if html is not None and candidate is not None:
         raise click.UsageError("--html draws one token file: drop CANDIDATE or --html.")
     if html is None and html_docs != DEFAULT_HTML_DOCS:
         raise click.UsageError("--html-docs sets how many documents --html shows: give --html.")
+    suite = _call(read_suite, tokens)
+    if suite is not None:
+        return _inspect_suite(suite, candidate, document, worst, html, html_docs, format)
     result = _call(inspect_tokens, tokens, candidate, document=document, worst=worst, span=span)
     if html:
         _call(write_tokens_html, tokens, html, html_docs)
     _deliver(result, None, format)
+
+
+def _inspect_suite(suite: Any, candidate: str | None, document: int | None, worst: int | None, html: str | None,
+                   html_docs: int, format: str) -> None:
+    """``inspect suite.json``: the suite's matrix on stdout, its page with --html."""
+    if candidate is not None or document is not None or worst is not None or html_docs != DEFAULT_HTML_DOCS:
+        raise click.UsageError("a suite report holds no tokens: drop CANDIDATE, --doc, --worst and --html-docs "
+                               "(inspect a cell's token file for those).")
+    if html:
+        from lleval.report.suite_html import write_suite_html
+
+        _call(write_suite_html, suite, html)
+    _deliver(suite, None, format)
 
 
 def base_origins() -> dict[str, str]:

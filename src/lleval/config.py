@@ -264,8 +264,9 @@ class EvalConfig:
         None, "outputs", "Compare --model with a reference saved by lleval score --save-reference (instead of "
         "--base): one model in memory.", commands=("kld",))
     html: str | None = _setting(  # the HTML report (lleval.report.html)
-        None, "outputs", "Write a self-contained HTML report here (score: curve, documents, coloured tokens; kld: "
-        "the divergence's distribution).", path=True, commands=("score", "kld"))
+        None, "outputs", "Write a self-contained HTML report here (score: curve, documents, coloured tokens; a "
+        "suite: one page, with bits per byte by step and every cell's sections; kld: the divergence's "
+        "distribution).", path=True, commands=("score", "kld"))
     html_docs: int = _setting(  # documents shown token by token, most and least surprising each
         DEFAULT_HTML_DOCS, "outputs", "How many of the most (and of the least) surprising documents --html shows "
         "token by token.", minimum=0, commands=("score",))

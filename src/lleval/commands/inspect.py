@@ -6,7 +6,9 @@
 - with a second token file of the same texts and tokenizer, the per-token
   difference (candidate minus base log-prob) instead;
 - ``--html FILE``: the same self-contained page as ``lleval score --html``,
-  built from the token file alone.
+  built from the token file alone;
+- a suite report (``lleval score -m A -m B ... -o suite.json``) in place of the
+  token file: its matrix, and with ``--html`` its page (`read_suite`).
 """
 
 from __future__ import annotations
@@ -251,6 +253,28 @@ def _check_same_tokens(base: TokenTable, other: TokenTable) -> None:
             f"{base.path} and {other.path} did not score the same tokens (other texts, tokenizer or protocol): "
             "a token-by-token difference needs both; compare their reports with lleval compare instead."
         )
+
+
+def read_suite(path: str) -> Any:
+    """The `SuiteReport` in ``path`` when it holds one (a ``.json`` file of kind ``suite``,
+    checked against its schema), else None: the file is read as a token file (a Parquet
+    token file may be named ``.json``: it does not open with ``{``)."""
+    from lleval.report.suite import SuiteReport
+
+    if Path(path).suffix.lower() != ".json" or not Path(path).is_file():
+        return None
+    with open(path, "rb") as file:
+        if not file.read(256).lstrip().startswith(b"{"):
+            return None
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ReportError(f"{path} is not a readable JSON report ({exc}): give a suite report or a token file.") from None
+    if not isinstance(data, dict) or data.get("kind") != "suite":
+        kind = data.get("kind") if isinstance(data, dict) else None
+        raise ReportError(f"{path} is {'a ' + repr(kind) + ' report' if kind else 'not a suite report'}: lleval "
+                          "inspect reads a token file (--tokens) or a suite report.")
+    return SuiteReport.from_dict(data, source=path)
 
 
 def write_tokens_html(path: str, html_path: str, html_docs: int = 20, bootstrap: int = 1000, seed: int = 0) -> None:

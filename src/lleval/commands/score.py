@@ -60,12 +60,15 @@ def evaluate(
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
     plans: PlannedUnits | None = None,
+    write_page: bool = True,
 ) -> Report:
     """Score the dataset a config names with the model it names, and return the `Report`.
 
     A run stopped by ``should_stop`` returns a report with ``complete`` false
     holding the documents finished so far. ``plans`` (a suite's) replays units another
     model of the same tokenizer planned on the same data, and keeps the ones planned now.
+    ``write_page`` false (a suite's cell): the ``--html`` samples stay on
+    ``report.page_samples`` for the suite's page, and no page is written for this run.
     """
     inputs = open_inputs(config)
     (model,), protocol = load_and_plan([config], [loaded], progress)
@@ -83,7 +86,7 @@ def evaluate(
                               **({"membership": membership} if membership is not None else {})}
     return run_job(job, sums, others,
                    lambda run: score_report(job, run, sums, counts, curve, statistics, membership),
-                   progress, should_stop)
+                   progress, should_stop, write_page=write_page)
 
 
 def score_report(

@@ -17,6 +17,8 @@ What the cells share is done once:
 A model that fails to load fails its cells (the error is in each cell) and
 the run goes on; so does a cell that fails. ``should_stop`` (Ctrl-C) ends the
 run after the current batch, with the finished cells and ``complete`` false.
+``--html PAGE`` writes one page of the whole suite (`lleval.report.suite_html`):
+each cell keeps its ``--html`` samples for it, and no cell writes a page of its own.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import gc
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +34,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from lleval.backends.base import LoadedModel
 from lleval.config import FIELD_TYPES, EvalConfig, settings
-from lleval.errors import ConfigError, LlevalError
+from lleval.errors import ConfigError, LlevalError, OutputError
 from lleval.report.blocks import now
 from lleval.report.score import Report
 from lleval.report.suite import MacroAverage, SuiteCell, SuiteModel, SuiteReport
@@ -263,7 +266,25 @@ def run_suite(
         _score_model(suite, base, model, loaded, run, plans, shown, stop, total)
         del loaded
         gc.collect()
-    return suite_report(suite, base, run, plans)
+    report = suite_report(suite, base, run, plans)
+    if base.html:
+        report.failed_outputs = write_page(report, base.html)
+    return report
+
+
+def write_page(report: SuiteReport, path: str) -> list[OutputError]:
+    """Write the suite's HTML page; a page that cannot be written is returned, not raised
+    (the run is finished, and ``-o`` must still be written). Under torchrun rank 0 alone
+    writes it, as it alone writes a single run's files (and alone keeps the samples)."""
+    from lleval.report.suite_html import write_suite_html
+
+    if os.environ.get("RANK", "0") != "0":
+        return []
+    try:
+        write_suite_html(report, path)
+    except OutputError as exc:
+        return [exc]
+    return []
 
 
 def _score_model(suite: Suite, base: EvalConfig, model: SuiteEntry, loaded: LoadedModel, run: SuiteRun,
@@ -275,7 +296,7 @@ def _score_model(suite: Suite, base: EvalConfig, model: SuiteEntry, loaded: Load
         shown.name = f"cell {len(run.cells) + 1}/{total}: {model.label} × {dataset.label}"
         try:
             report = evaluate(suite.cell_config(base, model, dataset), loaded=loaded, progress=shown,
-                              should_stop=stop, plans=plans)
+                              should_stop=stop, plans=plans, write_page=False)
         except LlevalError as exc:
             run.cells.append(SuiteCell(model.label, dataset.label, None, str(exc), exc.exit_code))
             continue
@@ -287,11 +308,11 @@ def _score_model(suite: Suite, base: EvalConfig, model: SuiteEntry, loaded: Load
 
 def check_suite_config(base: EvalConfig) -> None:
     """The base config's own problems (before any dataset is blamed), and the flags a suite
-    refuses: the per-run files (one per cell would be needed)."""
+    refuses: the per-run files (one per cell would be needed; ``--html`` is one page of the suite)."""
     from lleval.preflight import check_config
 
     check_config(base)
-    refused = [base.flag(name) for name in ("tokens", "html", "save_reference") if getattr(base, name)]
+    refused = [base.flag(name) for name in ("tokens", "save_reference") if getattr(base, name)]
     if refused:
         raise ConfigError(f"{' and '.join(refused)} write one file per run: a suite writes one report; score "
                           "the cell alone to get its files.")

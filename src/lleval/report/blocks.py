@@ -204,6 +204,9 @@ class ReportHeader:
     #: outputs the library owns (``--tokens``, ``--html``) that could not be written; the
     #: caller still writes its own (``-o``) and reports these. Not part of the JSON.
     failed_outputs: list[OutputError] = field(default_factory=list, kw_only=True, repr=False, compare=False)
+    #: the ``--html`` reducer (`lleval.reducers.samples.DocumentSamples`: samples and snippets) of
+    #: a run that kept them, for a page another writes (a suite's). Not part of the JSON.
+    page_samples: Any = field(default=None, kw_only=True, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name, kind in HEADER_BLOCKS.items():

@@ -65,9 +65,9 @@ body { font: 14px/1.45 system-ui, sans-serif; margin: 2rem auto; max-width: 1100
 h1 { font-size: 1.4rem; } h2 { font-size: 1.15rem; margin-top: 2rem; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; } td, th { padding: .2rem .6rem; border-bottom: 1px solid #eee; text-align: left; }
 table.summary td:first-child { font-weight: 600; }
-#documents-table th { cursor: pointer; user-select: none; } #documents-table th:hover { background: #f3f3f3; }
-#documents-table td.num { text-align: right; font-variant-numeric: tabular-nums; }
-#documents-table td.snippet { color: #555; font-size: 12px; }
+table.documents th { cursor: pointer; user-select: none; } table.documents th:hover { background: #f3f3f3; }
+table.documents td.num { text-align: right; font-variant-numeric: tabular-nums; }
+table.documents td.snippet { color: #555; font-size: 12px; }
 .doc { border: 1px solid #e4e4e4; border-radius: 6px; padding: .6rem .9rem; margin: 1rem 0; }
 .doc h3 { font-size: .95rem; margin: 0 0 .4rem; }
 .text { white-space: pre-wrap; font: 13px/1.6 ui-monospace, monospace; margin: 0; }
@@ -78,7 +78,8 @@ table.summary td:first-child { font-weight: 600; }
 
 SORT_SCRIPT = """
 function value(cell) { return cell.dataset.value !== undefined ? cell.dataset.value : cell.textContent; }
-document.querySelectorAll('#documents-table th').forEach(function (th, column) {
+document.querySelectorAll('table.documents th').forEach(function (th) {
+  var column = th.cellIndex;  // within its own table: a suite's page holds one table per cell
   th.addEventListener('click', function () {
     var body = th.closest('table').tBodies[0];
     var rows = Array.prototype.slice.call(body.rows);
@@ -101,20 +102,27 @@ def render(page: Page) -> str:
     parts = [
         "<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{esc(page.title)}</title><style>{STYLE}</style></head><body>",
-        f"<h1>{esc(page.title)}</h1>", _summary(page), page.extra, _curve(page.bins),
-        _reliability(page.calibration), _documents(page),
-        _samples(page.samples), f"<script>{SORT_SCRIPT}</script></body></html>",
+        f"<h1>{esc(page.title)}</h1>", body(page), f"<script>{SORT_SCRIPT}</script></body></html>",
     ]
     return "\n".join(part for part in parts if part) + "\n"
 
 
-def _summary(page: Page) -> str:
+def body(page: Page, scope: str = "") -> str:
+    """The page's sections, without the document around them. ``scope`` prefixes every element
+    id, so that several pages' sections can share one document (a suite's cells)."""
+    parts = [_summary(page, scope), page.extra, _curve(page.bins, scope),
+             _reliability(page.calibration, scope), _documents(page, scope),
+             _samples(page.samples, scope)]
+    return "\n".join(part for part in parts if part)
+
+
+def _summary(page: Page, scope: str = "") -> str:
     rows = "".join(f"<tr><td>{esc(label)}</td><td>{esc(value)}</td></tr>" for label, value in page.summary)
     notes = "".join(f'<p class="note">note: {esc(note)}</p>' for note in page.notes)
-    return f'<section id="summary"><h2>Summary</h2><table class="summary">{rows}</table>{notes}</section>'
+    return f'<section id="{scope}summary"><h2>Summary</h2><table class="summary">{rows}</table>{notes}</section>'
 
 
-def _curve(bins: list[dict[str, Any]]) -> str:
+def _curve(bins: list[dict[str, Any]], scope: str = "") -> str:
     """Loss by context length: one point per non-empty bin, its 95% band, a log x axis."""
     if not bins:
         return ""
@@ -148,24 +156,24 @@ def _curve(bins: list[dict[str, Any]]) -> str:
         f'<text class="x-tick" x="{x(b):.1f}" y="{height - down + 16}" text-anchor="middle">{e["context_min"]}</text>'
         for b, e in enumerate(bins))
     grid = _grid(bottom, top, y, left, width - right, "{:.2f}")
-    svg = (f'<svg id="curve-chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
+    svg = (f'<svg id="{scope}curve-chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
            f'aria-label="NLL by context length">{grid}'
            + (f'<polygon points="{polygon}" fill="#e74c3c" fill-opacity="0.15" stroke="none"/>' if band else "")
            + f'<polyline points="{line}" fill="none" stroke="#c0392b" stroke-width="1.5"/>{points}{ticks}'
            f'<text x="{(width + left) / 2}" y="{height - 12}" text-anchor="middle">tokens of context before the '
            f'scored token, at least (bins of powers of two, log scale)</text><text x="14" y="{height / 2}" transform="rotate(-90 14 {height / 2})" '
            f'text-anchor="middle">NLL (nats/token)</text></svg>')
-    return (f'<section id="curve"><h2>Loss by context length</h2>{svg}<p class="note">Each point is the NLL of the '
+    return (f'<section id="{scope}curve"><h2>Loss by context length</h2>{svg}<p class="note">Each point is the NLL of the '
             "tokens that had that much context in their window; the band is the 95% bootstrap interval over "
             "documents. A falling curve means the model uses its longer context.</p></section>")
 
 
-def _reliability(calibration: dict[str, Any] | None) -> str:
+def _reliability(calibration: dict[str, Any] | None, scope: str = "") -> str:
     """The reliability diagram of --calibration: per non-empty bin of top-1 confidence, a bar up to
     the bin's top-1 accuracy, its mean confidence marked, against the diagonal of perfect calibration."""
     if not calibration or not calibration.get("tokens"):
         return ""
-    size, left, up, down = 360, 56, 16, 48
+    size, left, up = 360, 56, 16
     span = size - left - 16
 
     def x(v: float) -> float:
@@ -190,15 +198,15 @@ def _reliability(calibration: dict[str, Any] | None) -> str:
     ticks = "".join(f'<text class="x-tick" x="{x(v):.1f}" y="{y(0.0) + 16:.1f}" text-anchor="middle">{v:g}</text>'
                     for v in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0))
     grid = _grid(0.0, 1.0, y, left, x(1.0), "{:.2f}")
-    svg = (f'<svg id="calibration-chart" viewBox="0 0 {size} {size}" width="{size}" height="{size}" role="img" '
-           f'aria-label="reliability diagram">{grid}{"".join(bars)}<line id="calibration-diagonal" x1="{x(0):.1f}" '
+    svg = (f'<svg id="{scope}calibration-chart" viewBox="0 0 {size} {size}" width="{size}" height="{size}" role="img" '
+           f'aria-label="reliability diagram">{grid}{"".join(bars)}<line id="{scope}calibration-diagonal" x1="{x(0):.1f}" '
            f'y1="{y(0):.1f}" x2="{x(1):.1f}" y2="{y(1):.1f}" stroke="#555" stroke-dasharray="5 4"/>{ticks}'
            f'<text x="{(size + left) / 2}" y="{size - 12}" text-anchor="middle">top-1 confidence (max p)</text>'
            f'<text x="14" y="{up + span / 2}" transform="rotate(-90 14 {up + span / 2})" text-anchor="middle">'
            "top-1 accuracy</text></svg>")
-    return (f'<section id="calibration"><h2>Calibration of next-token predictions</h2>{svg}<p>ECE '
-            f'<span id="calibration-ece">{calibration["ece"]:.4f}</span> · top-1 accuracy <span '
-            f'id="calibration-top1">{calibration["top1_accuracy"]:.4f}</span> · {calibration["tokens"]} tokens</p>'
+    return (f'<section id="{scope}calibration"><h2>Calibration of next-token predictions</h2>{svg}<p>ECE '
+            f'<span id="{scope}calibration-ece">{calibration["ece"]:.4f}</span> · top-1 accuracy <span '
+            f'id="{scope}calibration-top1">{calibration["top1_accuracy"]:.4f}</span> · {calibration["tokens"]} tokens</p>'
             '<p class="note">Each bar is the top-1 accuracy of the tokens whose highest next-token probability fell '
             "in that bin (15 equal-width bins), the red mark their mean confidence. Bars under the dashed diagonal "
             "mean an over-confident model; ECE is the token-weighted mean gap.</p></section>")
@@ -212,7 +220,7 @@ def _grid(bottom: float, top: float, y: Any, x_from: float, x_to: float, label: 
                    for v in steps)
 
 
-def _documents(page: Page) -> str:
+def _documents(page: Page, scope: str = "") -> str:
     if not page.documents:  # a kld or compare page
         return ""
     shown = {s["index"] for s in page.samples}
@@ -223,7 +231,7 @@ def _documents(page: Page) -> str:
         nll = -d["log_likelihood"] / d["tokens"] if d["tokens"] else None
         ppl = perplexity(nll) if nll is not None else None
         bpb = bits_per_byte(-d["log_likelihood"], d["bytes"]) if d["bytes"] else None
-        name = f'<a href="#doc-{d["index"]}">{d["index"]}</a>' if d["index"] in shown else str(d["index"])
+        name = f'<a href="#{scope}doc-{d["index"]}">{d["index"]}</a>' if d["index"] in shown else str(d["index"])
         cells = [(d["index"], name)] + ([(d.get("id", ""), esc(d.get("id", "")))] if with_id else [])
         cells += [(d["tokens"], d["tokens"]), (d["bytes"], d["bytes"])]
         values = [nll, ppl, bpb] + ([d.get("min_k_prob"), d.get("min_k_plus_plus"), d.get("zlib_ratio")]
@@ -236,22 +244,22 @@ def _documents(page: Page) -> str:
     names = (("document",) + (("id",) if with_id else ()) + ("tokens", "bytes", "NLL", "perplexity", "bits/byte")
              + (("Min-K%", "Min-K%++", "zlib ratio") if membership else ()) + ("text",))
     head = "".join(f"<th>{name}</th>" for name in names)
-    return (f'<section id="documents"><h2>Documents ({len(page.documents)})</h2><p class="note">Click a column to '
-            f'sort by it.</p><table id="documents-table"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}'
+    return (f'<section id="{scope}documents"><h2>Documents ({len(page.documents)})</h2><p class="note">Click a column to '
+            f'sort by it.</p><table id="{scope}documents-table" class="documents"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}'
             "</tbody></table></section>")
 
 
-def _samples(samples: list[dict[str, Any]]) -> str:
+def _samples(samples: list[dict[str, Any]], scope: str = "") -> str:
     if not samples:
         return ""
     legend = "".join(f'<span style="background:{token_colour(-bits * LN2)}">{bits:g} bits</span>'
                      for bits in (0, 1, 2, 4, 8, 16))
-    docs = "".join(_sample(s) for s in samples)
-    return (f'<section id="tokens"><h2>Most and least surprising documents</h2><p class="legend">surprisal of each '
+    docs = "".join(_sample(s, scope) for s in samples)
+    return (f'<section id="{scope}tokens"><h2>Most and least surprising documents</h2><p class="legend">surprisal of each '
             f"token (−log₂ p): {legend} — hover a token for its numbers</p>{docs}</section>")
 
 
-def _sample(sample: dict[str, Any]) -> str:
+def _sample(sample: dict[str, Any], scope: str = "") -> str:
     spans = []
     for k, (text, logprob) in enumerate(zip(sample["text"], sample["logprob"])):
         tip = f"{text!r} · log-prob {logprob:.4f} nats ({to_bits(-logprob):.2f} bits)"
@@ -260,7 +268,7 @@ def _sample(sample: dict[str, Any]) -> str:
         if "entropy" in sample:
             tip += f" · entropy {sample['entropy'][k]:.3f} nats"
         spans.append(f'<span class="t" style="background:{token_colour(logprob)}" title="{esc(tip)}">{esc(text)}</span>')
-    return (f'<article class="doc" id="doc-{sample["index"]}"><h3>document {sample["index"]} · perplexity '
+    return (f'<article class="doc" id="{scope}doc-{sample["index"]}"><h3>document {sample["index"]} · perplexity '
             f'{sample["perplexity"]:.3f} · {sample["tokens"]} tokens</h3><p class="text">{"".join(spans)}</p></article>')
 
 

@@ -29,13 +29,17 @@ def run_job(
     build_report: Callable[[ScoringRun], Any],
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
+    *,
     samples: bool = True,
+    write_page: bool = True,
 ) -> Any:
     """`run_loop` with the run's file outputs (``--tokens``, ``--html``) as further reducers, then
     the report ``build_report`` makes of the run, with every file written: a run that fails
     or is interrupted removes its token parts (unless its checkpoint will resume from them),
     and a file that cannot be written is in ``report.failed_outputs``, not raised. ``samples``:
-    whether ``--html`` shows documents token by token (score's page; kld's has none)."""
+    whether ``--html`` shows documents token by token (score's page; kld's has none). ``write_page``
+    false: the caller writes the page (a suite's cells share one), not this run; the ``--html``
+    samples are kept on ``report.page_samples`` for it."""
     files = file_reducers(job, samples)
     try:
         run = run_loop(job, sums, {**others, **files}, progress, should_stop)
@@ -43,7 +47,9 @@ def run_job(
         abandon_files(job, files)
         raise
     report = build_report(run)
-    report.failed_outputs = write_files(job, run, report, files)
+    report.failed_outputs = write_files(job, run, report, files, write_page)
+    if not write_page:
+        report.page_samples = files.get("samples")
     return report
 
 
@@ -67,7 +73,8 @@ def file_reducers(job: Job, samples: bool = True) -> dict[str, Any]:
     return files
 
 
-def write_files(job: Job, run: ScoringRun, report: Any, files: Mapping[str, Any]) -> list[OutputError]:
+def write_files(job: Job, run: ScoringRun, report: Any, files: Mapping[str, Any],
+                write_page: bool = True) -> list[OutputError]:
     """Write the token file and the HTML report a run was asked for, once its report exists.
 
     Each output that cannot be written (a full disk) is returned, not raised: the
@@ -85,7 +92,7 @@ def write_files(job: Job, run: ScoringRun, report: Any, files: Mapping[str, Any]
                 files[name].finish({**header, **extra}, keep_parts=not run.complete and _resumable(job.config))
             except OutputError as exc:
                 failed.append(exc)
-    if job.config.html and (dist is None or dist.is_main):
+    if job.config.html and write_page and (dist is None or dist.is_main):
         from lleval.report.html import write_run_html
 
         samples = files.get("samples")
