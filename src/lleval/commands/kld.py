@@ -16,20 +16,19 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
 from lleval.backends.base import FULL_VOCABULARY, LOGITS_SLICE_BYTES, LoadedModel, slice_positions
+from lleval.commands.divergence import kl_fields
 from lleval.config import EvalConfig, origin_entry
 from lleval.engine.kernels import target_logprobs
 from lleval.errors import ConfigError
-from lleval.metrics import bootstrap_sums, percentile_interval, perplexity
 from lleval.plan.tokenization import tokenizer_fingerprint
 from lleval.reducers.documents import DocumentSums, StreamCounts
 from lleval.reducers.kl import KLStats
-from lleval.report.kld import KLReport, summary
-from lleval.report.blocks import ModelBlock, model_block
-from lleval.runner.header import dtype_notes, header_fields, model_notes
+from lleval.report.kld import KLReport
+from lleval.report.blocks import model_block
+from lleval.runner.header import dtype_notes, model_notes
 from lleval.runner.loop import ScoringRun
 from lleval.runner.progress import Progress
 from lleval.runner.prepare import Job, load_and_plan, make_job, open_inputs
@@ -183,41 +182,6 @@ def kl_report(
                      settings)
 
 
-def kl_fields(
-    job: Job, run: ScoringRun, sums: DocumentSums, counts: StreamCounts, stats: KLStats, base: ModelBlock,
-    notes: list[str], settings: dict[str, Any] | None = None,
-) -> KLReport:
-    """The `KLReport` of a kld run whose base is described by ``base`` (a model run alongside,
-    or a saved reference's model), with ``notes``."""
-    config = job.config
-    per_token = stats.values()
-    totals = sums.totals()
-    n = totals.tokens
-    nll_model = -totals.log_likelihood
-    base_lls = np.array(stats.base_log_likelihood)
-    base_ll = 0.0
-    for ll in stats.base_log_likelihood:  # document by document, as `DocumentSums.totals` adds a score run's
-        base_ll += ll
-    nll_base = -base_ll
-    header = header_fields(job, run, counts, totals, notes)
-    header["settings"] = {**header["settings"], **(settings or {})}
-    return KLReport(
-        **header,
-        base=base,
-        tokens=n,
-        kl_divergence={**summary(per_token[:, 0]), "unit": "nats", "direction": "KL(P_base || P_model)"},
-        top_token_agreement=float(per_token[:, 1].mean()),
-        delta_p={**summary(per_token[:, 2]), "definition": "p_model(correct) - p_base(correct)"},
-        perplexity={
-            "base": perplexity(nll_base / n),
-            "model": perplexity(nll_model / n),
-            "ln_ratio": (nll_model - nll_base) / n,
-            "ln_ratio_ci": _ln_ratio_interval(config, sums, base_lls),
-        },
-        bootstrap={"resamples": config.bootstrap, "seed": config.seed, "level": 0.95, "unit": "document"},
-    )
-
-
 def kld_notes(model: Any, base: Any) -> list[str]:
     """The notes of both models' loading (each once: a model compared with itself in
     another dtype shares its cache), the compared model's dtype note, and the base's
@@ -226,15 +190,3 @@ def kld_notes(model: Any, base: Any) -> list[str]:
     if base.dtype != model.dtype or base.device != model.device:
         notes += [f"base: {note}" for note in dtype_notes(base)]
     return notes
-
-
-def _ln_ratio_interval(config: EvalConfig, sums: DocumentSums, base_lls: np.ndarray) -> list[float] | None:
-    """Paired bootstrap over documents of ln(PPL_model / PPL_base)."""
-    if len(sums.documents) < 2 or config.bootstrap == 0:
-        return None
-    doc_tokens = np.array([d.tokens for d in sums.documents], dtype=np.float64)
-    doc_model = np.array([-d.log_likelihood for d in sums.documents])
-    resampled = bootstrap_sums(np.column_stack([doc_model, -base_lls, doc_tokens]), config.bootstrap, config.seed)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        found = percentile_interval((resampled[:, 0] - resampled[:, 1]) / resampled[:, 2])
-    return None if found is None else list(found)

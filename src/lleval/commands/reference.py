@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from lleval.backends.base import FULL_VOCABULARY, LOGITS_SLICE_BYTES, LoadedModel, slice_positions
+from lleval.commands.divergence import kl_fields
 from lleval.config import EvalConfig
 from lleval.data.spec import data_spec
 from lleval.engine.kernels import target_logprobs
@@ -155,7 +156,6 @@ def kl_against_reference(
     scoring goes, any token whose document, position or id differs; at the end, a
     reference with tokens left over or another dataset fingerprint.
     """
-    from lleval.commands.kld import kl_fields
     from lleval.preflight import check_kld
 
     check_kld(config, None)
