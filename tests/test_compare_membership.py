@@ -152,6 +152,18 @@ def test_only_one_side_with_membership_is_a_note_and_no_block(side: str) -> None
     assert f"{missing} has none" in result.notes[0]
 
 
+def test_membership_scores_of_different_k_are_a_note_and_no_block() -> None:
+    base = with_membership(make_report(seed=9, n_docs=10), 1)
+    cand = with_membership(make_report(seed=9, n_docs=10), 2)
+    cand["settings"] = {**cand.get("settings", {}), "min_k": {"value": 0.1, "origin": "flag"}}
+    result = compare(base, cand, base_name="b.json", candidate_name="c.json")
+    assert result.membership is None
+    assert len(result.notes) == 1 and "--min-k 0.2" in result.notes[0] and "0.1" in result.notes[0]
+    same = copy.deepcopy(base)
+    same["settings"] = {**same.get("settings", {}), "min_k": {"value": 0.2, "origin": "config file"}}
+    assert compare(same, cand | {"settings": same["settings"]}, base_name="b", candidate_name="c").membership is not None
+
+
 def test_neither_side_with_membership_keeps_the_json_as_it_was(tmp_path: Path) -> None:
     path = write(tmp_path, "a.json", make_report(seed=1, n_docs=10))
     result = CliRunner().invoke(main, ["compare", path, path, "--format", "json"], catch_exceptions=False)

@@ -158,6 +158,10 @@ def compare_membership(
         missing, present = (candidate_name, base_name) if has[0] else (base_name, candidate_name)
         return None, [f"{present} has membership scores and {missing} has none: rerun both with --membership "
                       "to compare them."]
+    ks = [min_k_of(r) for r in (base, candidate)]
+    if ks[0] != ks[1]:
+        return None, [f"{base_name} has membership scores with --min-k {ks[0]:g} and {candidate_name} with "
+                      f"{ks[1]:g}: Min-K% of different k are not comparable; rerun both with one --min-k."]
     b, c = membership_values(base), membership_values(candidate)
     paired = np.isfinite(b) & np.isfinite(c)  # (documents, 3)
     delta = np.where(paired, c - b, 0.0)
@@ -174,6 +178,15 @@ def compare_membership(
     ranked = next((name for name in ("min_k_plus_plus", "min_k_prob") if scores[name].documents), None)
     rows = [] if ranked is None else risen_documents(base, b, c, paired, MEMBERSHIP_FIELDS.index(ranked), top)
     return MembershipChange(scores, ranked, rows), []
+
+
+def min_k_of(report: Report) -> float:
+    """The ``--min-k`` a report's membership scores were computed with (its settings name it when
+    it was given; else the default)."""
+    from lleval.config import DEFAULT_MIN_K
+
+    given = (report.settings or {}).get("min_k")
+    return float(given["value"]) if isinstance(given, dict) and "value" in given else DEFAULT_MIN_K
 
 
 def _membership_delta(b: np.ndarray, c: np.ndarray, paired: np.ndarray,
