@@ -153,3 +153,15 @@ def test_a_half_precision_run_on_cpu_reports_the_measured_speed(tiny_llama_dir: 
     assert not {"bf16_matmul_speedup", "fp16_matmul_speedup"} & set(full["environment"]["cpu"])
     for report in (half, full):
         jsonschema.validate(report, schema)
+
+
+def test_cpu_description_names_the_generation_and_the_units(tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+                    "model name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n\n"
+                    "processor\t: 1\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\nflags\t\t: fpu\n")
+    described = hardware.cpu_description(info)
+    assert described.startswith("AMD EPYC, family 25 model 17, ")
+    assert described.endswith(" avx2 avx512f avx512_bf16")
+    info.write_text("model name\t: Some CPU\nflags\t\t: fpu sse2\n")
+    assert hardware.cpu_description(info).startswith("Some CPU, ") and hardware.cpu_description(info).endswith("no AVX2")

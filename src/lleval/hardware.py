@@ -17,6 +17,7 @@ the quick signal (`cpu_features`); what lleval warns about and reports is
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import time
 from pathlib import Path
@@ -42,6 +43,25 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, frozenset[str
         elif key in ("flags", "features") and not flags:
             flags = frozenset(value.split())
     return name, flags
+
+
+def cpu_description(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """One line naming the CPU for a benchmark's figures: model name, family and model numbers
+    (which tell AMD's Zen generations apart where the name is just "AMD EPYC"), the cores this
+    process may use, and its widest vector and half-precision units."""
+    name, flags = cpu_flags(cpuinfo)
+    numbers: dict[str, str] = {}
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("cpu family", "model") and key.strip() not in numbers:
+                numbers[key.strip()] = value.strip()
+    except OSError:
+        pass
+    units = [f for f in ("avx2", "avx512f", *BF16_FLAGS) if f in flags]
+    family = f", family {numbers['cpu family']} model {numbers['model']}" if len(numbers) == 2 else ""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{name}{family}, {cores} cores, {' '.join(units) or 'no AVX2'}"
 
 
 @functools.cache
