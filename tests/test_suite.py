@@ -240,3 +240,33 @@ def test_cli_suite_and_single_run(sweep: dict[str, Any], tmp_path: Path) -> None
     assert json.loads(single.read_text())["kind"] == "score"
     result = CliRunner().invoke(main, [*args, "-m", sweep["models"][0], "-m", sweep["models"][0], "-d", "x.jsonl"])
     assert result.exit_code == 2 and "labelled" in result.output
+
+
+def test_token_files_and_references_are_written_per_cell(sweep: dict[str, Any], tmp_path: Path) -> None:
+    """--tokens and --save-reference in a suite: one file per cell, NAME.MODEL__DATASET.parquet, each
+    the file a separate run of the cell writes (same rows and values)."""
+    import pyarrow.parquet as pq
+
+    from lleval.commands.score import evaluate
+    from lleval.config import EvalConfig
+
+    tokens, ref = tmp_path / "t.parquet", tmp_path / "r.parquet"
+    report = _run(sweep, config=EvalConfig(bootstrap=0, tokens=str(tokens), save_reference=str(ref),
+                                           reference_top_k=4))
+    labels = [(c.model, c.dataset) for c in report.cells]
+    assert len(labels) == 4 and all(c.report is not None for c in report.cells)
+    expected = sorted([f"t.{m}__{d}.parquet" for m, d in labels] + [f"r.{m}__{d}.parquet" for m, d in labels])
+    assert sorted(p.name for p in tmp_path.iterdir()) == expected
+    for model, data in zip(sweep["models"], (0, 1)):  # two cells checked against separate runs
+        label = Path(model).name
+        dataset = sweep["datasets"][data]
+        alone = tmp_path / "alone"
+        alone.mkdir(exist_ok=True)
+        evaluate(EvalConfig(model=model, dataset=dataset, bootstrap=0, tokens=str(alone / "t.parquet"),
+                            save_reference=str(alone / "r.parquet"), reference_top_k=4))
+        cell = f"{label}__{Path(dataset).stem}"
+        for name in ("t", "r"):
+            mine, theirs = pq.read_table(tmp_path / f"{name}.{cell}.parquet"), pq.read_table(alone / f"{name}.parquet")
+            assert mine.num_rows == theirs.num_rows > 0
+            for column in theirs.column_names:
+                assert mine.column(column).to_pylist() == theirs.column(column).to_pylist(), (name, column)

@@ -68,22 +68,35 @@ class Suite:
     source: str = "flags"  # the suite file, or "flags"
 
     def cell_config(self, base: EvalConfig, model: SuiteEntry, dataset: SuiteEntry) -> EvalConfig:
-        """The base config with the model's and the dataset's fields (and the cell's checkpoint)."""
-        fields = {**model.fields, **dataset.fields}
-        origins = {k: v for k, v in base.origins.items() if k not in ("suite", "step", "output", "checkpoint")}
+        """The base config with the model's and the dataset's fields, and the cell's own files: its
+        checkpoint (`cell_checkpoint`), token file and reference (`cell_file`)."""
+        fields: dict[str, Any] = {**model.fields, **dataset.fields}
+        origins = {k: v for k, v in base.origins.items() if k not in ("suite", "step", "output")}
         origins.update({name: SUITE_ORIGIN for name in fields})
-        checkpoint = None if base.checkpoint is None else cell_checkpoint(base.checkpoint, model, dataset)
-        if checkpoint is not None:
-            origins["checkpoint"] = base.origins.get("checkpoint", SUITE_ORIGIN)
-        return dataclasses.replace(base, **fields, checkpoint=checkpoint, output=None, suite=None, step=(),
-                                   origins=origins)
+        if base.checkpoint is not None:
+            fields["checkpoint"] = cell_checkpoint(base.checkpoint, model, dataset)
+        for name in ("tokens", "save_reference"):
+            if getattr(base, name) is not None:
+                fields[name] = cell_file(getattr(base, name), model, dataset)
+        return dataclasses.replace(base, **fields, output=None, suite=None, step=(), origins=origins)
 
 
 def cell_checkpoint(prefix: str, model: SuiteEntry, dataset: SuiteEntry) -> str:
     """``--checkpoint PATH`` of a suite is a prefix: each cell's checkpoint is the file
     ``PATH.MODEL__DATASET`` (labels, with characters other than letters, digits, ``._-`` as ``_``)."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{model.label}__{dataset.label}")
-    return f"{prefix}.{safe}"
+    return f"{prefix}.{cell_name(model, dataset)}"
+
+
+def cell_name(model: SuiteEntry, dataset: SuiteEntry) -> str:
+    """``MODEL__DATASET``, the labels with characters other than letters, digits, ``._-`` as ``_``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{model.label}__{dataset.label}")
+
+
+def cell_file(path: str, model: SuiteEntry, dataset: SuiteEntry) -> str:
+    """A suite's ``--tokens`` or ``--save-reference`` file names each cell's: ``dir/NAME.parquet`` gives
+    ``dir/NAME.MODEL__DATASET.parquet`` (the extension, which picks the format, kept last)."""
+    where = Path(path)
+    return str(where.with_name(f"{where.stem}.{cell_name(model, dataset)}{where.suffix}"))
 
 
 def find_step(*names: str | None) -> int | None:
@@ -307,15 +320,11 @@ def _score_model(suite: Suite, base: EvalConfig, model: SuiteEntry, loaded: Load
 
 
 def check_suite_config(base: EvalConfig) -> None:
-    """The base config's own problems (before any dataset is blamed), and the flags a suite
-    refuses: the per-run files (one per cell would be needed; ``--html`` is one page of the suite)."""
+    """The base config's own problems (before any dataset is blamed). ``--tokens`` and
+    ``--save-reference`` write one file per cell (`cell_file`); ``--html`` is one page of the suite."""
     from lleval.preflight import check_config
 
     check_config(base)
-    refused = [base.flag(name) for name in ("tokens", "save_reference") if getattr(base, name)]
-    if refused:
-        raise ConfigError(f"{' and '.join(refused)} write one file per run: a suite writes one report; score "
-                          "the cell alone to get its files.")
 
 
 def open_datasets(suite: Suite, base: EvalConfig) -> None:
