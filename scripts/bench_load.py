@@ -12,7 +12,9 @@ from timers wrapped around the backend's steps, where it went:
   outside the load clock, paid by every scoring command;
 - ``imports``: transformers' model code (``modeling_auto``, ``modeling_llama``
   and what they pull in: ``torch.distributed.tensor``, sympy, ``torch._dynamo``),
-  imported lazily by the load, inside its clock;
+  imported lazily by the load, inside its clock (as the tree's ``open_model``
+  imports them: ``hf.MODEL_CODE`` with `lleval.imports.import_frozen` where it
+  has one);
 - ``cache check``: the sha256 of the .gguf and the check of its cache entry
   (started; ``hash wait``: waiting for the entry's hashes, after the tokenizer);
 - ``tokenizer``, ``config``, ``weights`` (``from_pretrained`` of the model).
@@ -67,6 +69,9 @@ real_load_and_plan = score.load_and_plan
 score.load_and_plan = load_and_plan
 def import_models():
     start = T()
+    if hasattr(hf, "MODEL_CODE"):  # a tree that imports the model code itself, the collector paused
+        from lleval.imports import import_frozen
+        import_frozen(*hf.MODEL_CODE)
     import transformers.models.llama.modeling_llama  # noqa: F401
     from transformers import AutoTokenizer  # noqa: F401
     spent["imports"] = T() - start
