@@ -284,10 +284,15 @@ def open_model(spec: ModelSpec) -> ModelSource:
 
 def _damage_notes(check: Any, display: str) -> tuple[str, ...]:
     """A cache entry that was there but is rebuilt costs a whole conversion (SmolLM2: 5 s
-    become 50 s): one warning now, and the same line in the report's notes."""
-    if check is None or check.damage is None:
+    become 50 s): one warning now, and the same line in the report's notes. One of an
+    older cache format is said so, not called damaged."""
+    from lleval.backends.model_cache import CACHE_FORMAT
+
+    if check is None or (check.damage is None and check.outdated is None):
         return ()
-    note = (f"the model cache entry {check.entry.folder} was damaged ({check.damage}): it was moved aside and "
+    why = (f"was damaged ({check.damage})" if check.damage is not None else
+           f"was written by an older lleval (cache format {check.outdated}; this one writes {CACHE_FORMAT})")
+    note = (f"the model cache entry {check.entry.folder} {why}: it was moved aside and "
             f"{display} is converted again, as slow as a first run.")
     warnings.warn(note, stacklevel=2)
     return (note,)
