@@ -246,7 +246,7 @@ BACKEND = HFBackend()
 
 # transformers' code that every causal LM's load imports, whatever its architecture: the
 # auto classes, the loading code (``modeling_utils``: ``torch.distributed.tensor`` and sympy)
-# and the causal masks (``masking_utils``: ``torch._dynamo``); 1.5 s of a 2 s warm load on a Zen 5
+# and the causal masks (``masking_utils``: ``torch._dynamo``); 1.1-1.3 s of a 1.4-1.6 s warm load on a Zen 5
 MODEL_CODE = ("transformers.models.auto.modeling_auto", "transformers.models.auto.tokenization_auto",
               "transformers.modeling_utils", "transformers.masking_utils")
 
