@@ -22,7 +22,8 @@ in their dtype.
 - **Verified on read**: the manifest lists every file's size and sha256, the
   source file's sha256, the dtype and the transformers version; an entry that
   does not match in every point is moved aside and rebuilt, and the caller
-  says so (`Verification.damage`): a rebuild costs a whole conversion.
+  says so (`Verification.damage`; `Verification.outdated` for an entry of an
+  older `CACHE_FORMAT`): a rebuild costs a whole conversion.
 - **Never fails a run**: a cache that cannot be written is reported by
   `CacheEntry.store` (the caller warns and notes it), and the run goes on.
 - **Hashed once, not on every run**: the source file's sha256 is remembered
