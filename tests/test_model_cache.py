@@ -352,3 +352,99 @@ def test_a_warm_report_names_the_files_sha256(tiny_gguf: Path, cache: Path, tmp_
     runs = [_score(tiny_gguf, data) for _ in range(2)]
     assert [r.model["cache"] for r in runs] == ["stored", "hit"]
     assert {r.model["sha256"] for r in runs} == {hashlib.sha256(tiny_gguf.read_bytes()).hexdigest()}
+
+
+SAMPLES = ["The keeper wrote in the logbook.", "  two  spaces\tand a tab\n", "ünïcödé 日本語 🙂",
+           "</s>between</s>", "a</s>b <|im_start|>user\nhi<|im_end|>", ""]
+
+
+def _tokenizer_facts(tokenizer: Any) -> dict[str, Any]:
+    """What scoring reads of a tokenizer, as plain data."""
+    return {
+        "encoded": [tokenizer(text, add_special_tokens=False)["input_ids"] for text in SAMPLES],
+        "with_specials": [tokenizer(text)["input_ids"] for text in SAMPLES],
+        "decoded": [tokenizer.decode(tokenizer(text)["input_ids"]) for text in SAMPLES],
+        "added": {i: (t.content, t.special, t.lstrip, t.rstrip, t.normalized, t.single_word)
+                  for i, t in tokenizer.added_tokens_decoder.items()},
+        "specials": tokenizer.special_tokens_map, "special_ids": tokenizer.all_special_ids,
+        "ids": (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id),
+        "vocab": tokenizer.get_vocab(), "length": len(tokenizer),
+        "backend": json.loads(tokenizer.backend_tokenizer.to_str()),
+    }
+
+
+def _cached_tokenizer_check(gguf: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any, list[str], Path]:
+    """The tokenizer converted from ``gguf`` directly, the one a warm load reads from its
+    entry, the files transformers' Python opened while loading it, and the entry."""
+    import transformers.tokenization_utils_base as base
+
+    from lleval.backends.hf import ModelSpec, load, open_model
+
+    direct = load(ModelSpec(name=str(gguf), cache=False)).tokenizer
+    assert load(ModelSpec(name=str(gguf))).info.cache == "stored"
+    opened: list[str] = []
+
+    def spy_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        opened.append(Path(file).name)
+        return open(file, *args, **kwargs)
+
+    monkeypatch.setattr(base, "open", spy_open, raising=False)  # the module's own reads of files
+    warm = open_model(ModelSpec(name=str(gguf)))
+    monkeypatch.undo()
+    assert warm.cache_status == "hit" and warm.cache is not None
+    return direct, warm.tokenizer, opened, warm.cache.folder
+
+
+def test_the_cached_tokenizer_equals_the_source_and_is_parsed_once(tiny_gguf: Path, cache: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cache format 2: the entry's tokenizer_config.json lists tokenizer.json's added tokens,
+    so a warm load does not read tokenizer.json with Python's json as well (only the
+    tokenizers library parses it); the tokenizer it loads is the source's."""
+    direct, warm, opened, entry = _cached_tokenizer_check(tiny_gguf, monkeypatch)
+    assert _tokenizer_facts(warm) == _tokenizer_facts(direct)
+    assert "tokenizer.json" not in opened and "tokenizer_config.json" in opened
+    saved = json.loads((entry / "tokenizer.json").read_text())["added_tokens"]
+    listed = json.loads((entry / "tokenizer_config.json").read_text())["added_tokens_decoder"]
+    assert listed == {str(t["id"]): {k: v for k, v in t.items() if k != "id"} for t in saved} and listed
+    assert json.loads((entry / MANIFEST).read_text())["format"] == 2
+
+
+@pytest.mark.model
+def test_the_real_models_cached_tokenizer_equals_the_source(monkeypatch: pytest.MonkeyPatch,
+                                                            tmp_path: Path) -> None:
+    """SmolLM2's 17 added tokens (chat markers, special tokens): the same from the cache."""
+    from lleval.backends.hf import default_model_path
+
+    monkeypatch.setenv("LLEVAL_MODEL_CACHE", str(tmp_path / "cache"))
+    direct, warm, opened, _entry = _cached_tokenizer_check(default_model_path(), monkeypatch)
+    facts = _tokenizer_facts(warm)
+    assert facts == _tokenizer_facts(direct) and len(facts["added"]) == 17
+    assert "tokenizer.json" not in opened
+
+
+def test_an_entry_of_the_older_format_is_converted_again(tiny_gguf: Path, cache: Path, tmp_path: Path) -> None:
+    """An entry cache format 1 wrote (no added tokens in tokenizer_config.json) is moved aside
+    and converted again, once, said so in one warning and the report's notes (as an older
+    format, not as damage); the run's numbers are those of the old entry."""
+    data = write_jsonl(tmp_path / "d.jsonl", TEXTS)
+    first = _score(tiny_gguf, data)
+    (entry,) = _entries(cache)
+    config = json.loads((entry / "tokenizer_config.json").read_text())
+    del config["added_tokens_decoder"]
+    (entry / "tokenizer_config.json").write_text(json.dumps(config))
+    manifest = json.loads((entry / MANIFEST).read_text())
+    files = {**manifest["files"], "tokenizer_config.json": {"bytes": (entry / "tokenizer_config.json").stat().st_size,
+                                                            "sha256": file_sha256(entry / "tokenizer_config.json")}}
+    (entry / MANIFEST).write_text(json.dumps({**manifest, "format": 1, "files": files}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = _score(tiny_gguf, data)
+    assert again.model["cache"] == "stored"  # moved aside, converted again
+    (warning,) = [str(w.message) for w in caught if entry.name in str(w.message)]
+    assert "cache format 1" in warning and "damaged" not in warning
+    assert [n for n in again.notes if entry.name in n] == [warning]
+    assert [d.to_dict() for d in again.documents] == [d.to_dict() for d in first.documents]
+    assert "added_tokens_decoder" in json.loads((entry / "tokenizer_config.json").read_text())
+    assert json.loads((entry / MANIFEST).read_text())["format"] == 2
+    assert _score(tiny_gguf, data).model["cache"] == "hit"  # once
+    assert len(_entries(cache)) == 1 and not list(cache.glob(".stale-*"))

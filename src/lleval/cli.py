@@ -413,7 +413,12 @@ def _warnings_shown(quiet: bool) -> Iterator[None]:
 def _quiet_libraries() -> Iterator[None]:
     """Silence third-party progress bars and logs while a command runs: lleval draws its own
     progress and turns library errors into one line (warnings: `_warnings_shown`). Each
-    library's verbosity and progress bars are put back afterwards."""
+    library's verbosity and progress bars are put back afterwards. torch, datasets and
+    transformers are imported here, before the load clock starts, with the garbage collector
+    paused (`lleval.imports.import_frozen`)."""
+    from lleval.imports import import_frozen
+
+    import_frozen("torch", "datasets", "transformers")
     import datasets
     import transformers
 

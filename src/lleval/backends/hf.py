@@ -244,11 +244,21 @@ class HFBackend:
 BACKEND = HFBackend()
 
 
+# transformers' code that every causal LM's load imports, whatever its architecture: the
+# auto classes, the loading code (``modeling_utils``: ``torch.distributed.tensor`` and sympy)
+# and the causal masks (``masking_utils``: ``torch._dynamo``); 1.1-1.3 s of a 1.4-1.6 s warm load on a Zen 5
+MODEL_CODE = ("transformers.models.auto.modeling_auto", "transformers.models.auto.tokenization_auto",
+              "transformers.modeling_utils", "transformers.masking_utils")
+
+
 def open_model(spec: ModelSpec) -> ModelSource:
     """Locate the model and load its tokenizer and config; refuse what is not a causal LM."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    from lleval.imports import import_frozen
 
     location, gguf_file, source, display = _locate(spec)
+    import_frozen(*MODEL_CODE)  # with the garbage collector paused, before any model object exists
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
     sha, check, status = _cached_conversion(spec, location, gguf_file, dtype)
@@ -274,10 +284,15 @@ def open_model(spec: ModelSpec) -> ModelSource:
 
 def _damage_notes(check: Any, display: str) -> tuple[str, ...]:
     """A cache entry that was there but is rebuilt costs a whole conversion (SmolLM2: 5 s
-    become 50 s): one warning now, and the same line in the report's notes."""
-    if check is None or check.damage is None:
+    become 50 s): one warning now, and the same line in the report's notes. One of an
+    older cache format is said so, not called damaged."""
+    from lleval.backends.model_cache import CACHE_FORMAT
+
+    if check is None or (check.damage is None and check.outdated is None):
         return ()
-    note = (f"the model cache entry {check.entry.folder} was damaged ({check.damage}): it was moved aside and "
+    why = (f"was damaged ({check.damage})" if check.damage is not None else
+           f"was written by an older lleval (cache format {check.outdated}; this one writes {CACHE_FORMAT})")
+    note = (f"the model cache entry {check.entry.folder} {why}: it was moved aside and "
             f"{display} is converted again, as slow as a first run.")
     warnings.warn(note, stacklevel=2)
     return (note,)
