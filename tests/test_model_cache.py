@@ -144,22 +144,26 @@ def test_a_damaged_entry_is_rebuilt(tiny_gguf: Path, cache: Path, tmp_path: Path
 
 
 SLOW_WRITER = r"""
-import sys, time
+import os, sys, time
 import lleval.backends.model_cache as cache
-save, marker, seconds = cache._save_plain, sys.argv[1], float(sys.argv[2])
+save, marker, seconds, other = cache._save_plain, sys.argv[1], float(sys.argv[2]), sys.argv[3]
 def slow_save(model, tokenizer, folder):
     save(model, tokenizer, folder)
     open(marker, "a").close()  # the weights are written, the manifest is not
-    time.sleep(seconds)
+    deadline = time.time() + seconds
+    while time.time() < deadline and not (other != "-" and os.path.exists(other)):
+        time.sleep(0.02)  # until the other run has written its weights too (if one is named), or the time is up
 cache._save_plain = slow_save
 from lleval.cli import main
-sys.argv = ["lleval", *sys.argv[3:]]
+sys.argv = ["lleval", *sys.argv[4:]]
 main()
 """
 
 
-def _slow_run(marker: Path, seconds: float, args: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-c", SLOW_WRITER, str(marker), str(seconds), *args],
+def _slow_run(marker: Path, seconds: float, args: list[str], other: Path | None = None) -> subprocess.Popen[str]:
+    """A run whose save sleeps ``seconds`` after the weights are written (``marker`` then exists),
+    or less: until ``other`` exists."""
+    return subprocess.Popen([sys.executable, "-c", SLOW_WRITER, str(marker), str(seconds), str(other or "-"), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ)
 
 
@@ -239,7 +243,9 @@ def test_a_cache_that_cannot_be_written_warns_and_notes_why(tiny_gguf: Path, tmp
 def test_two_runs_converting_at_once(tiny_gguf: Path, cache: Path, tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "d.jsonl", TEXTS)
     args = ["score", "-q", "-m", str(tiny_gguf), "-d", data, "--bootstrap", "0", "--format", "json"]
-    first = _slow_run(tmp_path / "a", 3, args)
+    # the first holds its entry unfinished until the second has written its own weights: both converted,
+    # however late the second process starts on a busy machine
+    first = _slow_run(tmp_path / "a", 240, args, other=tmp_path / "b")
     second = _slow_run(tmp_path / "b", 0, args)
     outputs = [proc.communicate(timeout=300) for proc in (first, second)]
     assert [proc.returncode for proc in (first, second)] == [0, 0], outputs
