@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -111,25 +112,33 @@ def make_datasets(work: Path, scale: int) -> list[Path]:
     return paths
 
 
-def score(args: list[str], extra: list[str]) -> float:
-    """Wall seconds of one whole ``lleval score`` process (it must succeed)."""
-    start = time.perf_counter()
+def children_cpu() -> float:
+    """CPU seconds (user + system) of this process's finished children so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def score(args: list[str], extra: list[str]) -> tuple[float, float]:
+    """Wall and CPU seconds of one whole ``lleval score`` process (it must succeed). CPU time
+    is the steadier figure on a shared machine: waiting for a core is not in it."""
+    start, cpu = time.perf_counter(), children_cpu()
     done = subprocess.run([sys.executable, "-m", "lleval", "score", "--quiet", *args, *extra], env=env(),
                           capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"lleval score {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return seconds
+    return seconds, children_cpu() - cpu
 
 
-def run_suite(models: list[Path], data: list[Path], out: Path, extra: list[str]) -> float:
+def run_suite(models: list[Path], data: list[Path], out: Path, extra: list[str]) -> tuple[float, float]:
     flags = [f for m in models for f in ("-m", str(m))] + [f for d in data for f in ("-d", str(d))]
     return score([*flags, "-o", str(out / "suite.json")], extra)
 
 
-def run_separate(models: list[Path], data: list[Path], out: Path, extra: list[str]) -> float:
-    return sum(score(["-m", str(m), "-d", str(d), "-o", str(out / f"cell-{m.name}-{d.stem}.json")], extra)
-               for m in models for d in data)
+def run_separate(models: list[Path], data: list[Path], out: Path, extra: list[str]) -> tuple[float, float]:
+    runs = [score(["-m", str(m), "-d", str(d), "-o", str(out / f"cell-{m.name}-{d.stem}.json")], extra)
+            for m in models for d in data]
+    return sum(wall for wall, _ in runs), sum(cpu for _, cpu in runs)
 
 
 def differences(out: Path, models: list[Path], data: list[Path]) -> list[str]:
@@ -149,12 +158,11 @@ def differences(out: Path, models: list[Path], data: list[Path]) -> list[str]:
 
 
 def accounted(out: Path, models: list[Path], data: list[Path]) -> dict[str, dict[str, float]]:
-    """Each mode's seconds its reports account for: model loads, and the cells' own runs
-    (``timing.seconds``: opening, tokenizing or replaying, scoring, bootstrap)."""
+    """Each mode's seconds its reports account for: the cells' own runs (``timing.seconds``:
+    opening, tokenizing or replaying, scoring, bootstrap) and, of separate runs, the model
+    loads (a suite's cells are given their model: its loads are not in their reports)."""
     suite = json.loads((out / "suite.json").read_text())
-    loads = {c["model"]: c["report"]["timing"]["load_seconds"] for c in suite["cells"]}  # one load per model
-    result = {"suite": {"loads": sum(loads.values()),
-                        "cells": sum(c["report"]["timing"]["seconds"] for c in suite["cells"])}}
+    result = {"suite": {"cells": sum(c["report"]["timing"]["seconds"] for c in suite["cells"])}}
     alone = [json.loads((out / f"cell-{m.name}-{d.stem}.json").read_text())["timing"] for m in models for d in data]
     result["separate"] = {"loads": sum(t["load_seconds"] for t in alone),
                           "cells": sum(t["seconds"] - t["load_seconds"] for t in alone)}
@@ -180,19 +188,21 @@ def main() -> None:
     out.mkdir(exist_ok=True)
     for model in models:  # untimed: caches and the page cache warm
         score(["-m", str(model), "-d", str(data[0]), "--limit", "1", "-o", str(out / "warm.json")], extra)
-    times: dict[str, list[float]] = {"suite": [], "separate": []}
+    times: dict[str, list[tuple[float, float]]] = {"suite": [], "separate": []}
     for r in range(args.rounds):
         order = ("suite", "separate") if r % 2 == 0 else ("separate", "suite")
         for mode in order:
             run = run_suite if mode == "suite" else run_separate
             times[mode].append(run(models, data, out, extra))
-        print(f"round {r + 1} ({' then '.join(order)}): suite {times['suite'][-1]:.1f} s, "
-              f"9 separate {times['separate'][-1]:.1f} s, ratio {times['suite'][-1] / times['separate'][-1]:.3f}",
+        (wall, cpu), (wall9, cpu9) = times["suite"][-1], times["separate"][-1]
+        print(f"round {r + 1} ({' then '.join(order)}): wall suite {wall:.1f} s, 9 separate {wall9:.1f} s, ratio "
+              f"{wall / wall9:.3f}; CPU suite {cpu:.1f} s, 9 separate {cpu9:.1f} s, ratio {cpu / cpu9:.3f}",
               flush=True)
     report(args, out, models, data, times)
 
 
-def report(args: Any, out: Path, models: list[Path], data: list[Path], times: dict[str, list[float]]) -> None:
+def report(args: Any, out: Path, models: list[Path], data: list[Path],
+           times: dict[str, list[tuple[float, float]]]) -> None:
     """Print the figures of the last round and the medians; exit 1 if any number differs."""
     suite = json.loads((out / "suite.json").read_text())
     tokens = {c["dataset"]: c["report"]["totals"]["tokens"] for c in suite["cells"]}
@@ -200,14 +210,19 @@ def report(args: Any, out: Path, models: list[Path], data: list[Path], times: di
           f"{f' (x{args.scale})' if args.large else ''}; extra flags: {args.extra or 'none'}")
     for row in suite["matrix"]:
         print(f"  {row['model']:16s} {row['dataset']:10s} perplexity {row['perplexity']:.3f}")
-    median = {mode: statistics.median(values) for mode, values in times.items()}
-    print(f"median over {args.rounds} rounds: suite {median['suite']:.1f} s, 9 separate {median['separate']:.1f} s, "
-          f"ratio suite/separate {median['suite'] / median['separate']:.3f}")
+    for k, what in enumerate(("wall", "CPU")):
+        median = {mode: statistics.median(run[k] for run in runs) for mode, runs in times.items()}
+        ratios = [s[k] / t[k] for s, t in zip(times["suite"], times["separate"])]
+        print(f"median {what} over {args.rounds} rounds: suite {median['suite']:.1f} s, 9 separate "
+              f"{median['separate']:.1f} s, ratio of medians {median['suite'] / median['separate']:.3f} "
+              f"(median of the rounds' ratios {statistics.median(ratios):.3f})")
     for mode, parts in accounted(out, models, data).items():
-        wall = times[mode][-1]
-        rest = wall - parts["loads"] - parts["cells"]
-        print(f"last round, {mode:8s}: wall {wall:.1f} s = model loads {parts['loads']:.1f} + cells "
-              f"{parts['cells']:.1f} + the rest (interpreter, imports, writing) {rest:.1f}")
+        wall = times[mode][-1][0]
+        rest = wall - parts.get("loads", 0.0) - parts["cells"]
+        loads = f"model loads {parts['loads']:.1f} + " if "loads" in parts else ""
+        what = "interpreter, imports, writing" + ("" if loads else ", the 3 model loads")
+        print(f"last round, {mode:8s}: wall {wall:.1f} s = {loads}cells {parts['cells']:.1f} + the rest ({what}) "
+              f"{rest:.1f}")
     print(f"counts: {suite['counts']} (expected model_loads 3, tokenizations 3)")
     problems = differences(out, models, data)
     print("numbers: " + ("the same in every cell (" + ", ".join(COMPARED) + ")" if not problems
