@@ -169,6 +169,43 @@ def accounted(out: Path, models: list[Path], data: list[Path]) -> dict[str, dict
     return result
 
 
+#: where a suite's time goes: (what, file ending, function) of the cProfile of one suite run
+PROFILED = (
+    ("imports (all, nested once)", "<frozen importlib._bootstrap>", "_find_and_load"),
+    ("suite run (datasets opened, loads, cells)", "lleval/commands/suite.py", "run_suite"),
+    ("  model loads", "lleval/backends/registry.py", "load_model"),
+    ("  cells (evaluate)", "lleval/commands/score.py", "evaluate"),
+    ("    tokenizer fingerprints", "lleval/plan/tokenization.py", "tokenizer_fingerprint"),
+    ("    tokenization (encode)", "lleval/plan/tokenization.py", "encode"),
+    ("    tokenization (encode_with_starts)", "lleval/plan/tokenization.py", "encode_with_starts"),
+    ("    tokenization (encode_with_owners)", "lleval/plan/tokenization.py", "encode_with_owners"),
+    ("    scoring (engine_stream)", "lleval/engine/scoring.py", "engine_stream"),
+    ("    report, bootstrap (score_report)", "lleval/commands/score.py", "score_report"),
+    ("writing, rendering (_deliver)", "lleval/cli.py", "_deliver"),
+)
+
+
+def profile_suite(models: list[Path], data: list[Path], out: Path, extra: list[str]) -> None:
+    """One suite run under cProfile: the cumulative seconds of its stages (cProfile slows
+    Python-heavy stages such as imports; torch's kernels run at speed)."""
+    import pstats
+
+    flags = [f for m in models for f in ("-m", str(m))] + [f for d in data for f in ("-d", str(d))]
+    start = time.perf_counter()
+    code = ("import cProfile, sys; from lleval.cli import main; p = cProfile.Profile(); p.enable()\n"
+            "try: main(sys.argv[2:], standalone_mode=False)\nfinally: p.disable(); p.dump_stats(sys.argv[1])")
+    # not python -m cProfile: lleval's entry ends with os._exit, before cProfile writes its file
+    subprocess.run([sys.executable, "-c", code, str(out / "suite.prof"), "score", "--quiet", *flags, "-o",
+                    str(out / "suite-profiled.json"), *extra], env=env(), check=True, capture_output=True)
+    print(f"profile of one suite run (cProfile, wall {time.perf_counter() - start:.1f} s):")
+    stats: Any = pstats.Stats(str(out / "suite.prof")).stats
+    for what, ending, name in PROFILED:
+        found = [(calls, cumulative) for (path, _, function), (_, calls, _, cumulative, _) in stats.items()
+                 if path.endswith(ending) and function == name]
+        calls, seconds = sum(c for c, _ in found), sum(t for _, t in found)
+        print(f"  {what:44s} {seconds:8.2f} s ({calls} calls)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("/tmp/lleval-bench-suite"))
@@ -177,6 +214,7 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=10)
     parser.add_argument("--noise", type=float, nargs=3, default=[0.02, 0.01, 0.0],
                         help="noise of each checkpoint, times each tensor's standard deviation")
+    parser.add_argument("--profile", action="store_true", help="only profile one suite run, timing nothing")
     parser.add_argument("--extra", default="", help="more flags for every lleval score, e.g. '--bootstrap 0'")
     args = parser.parse_args()
     extra = args.extra.split()
@@ -186,6 +224,8 @@ def main() -> None:
     data = make_datasets(args.work, args.scale if args.large else 1)
     out = args.work / ("out-large" if args.large else "out-small")
     out.mkdir(exist_ok=True)
+    if args.profile:
+        return profile_suite(models, data, out, extra)
     for model in models:  # untimed: caches and the page cache warm
         score(["-m", str(model), "-d", str(data[0]), "--limit", "1", "-o", str(out / "warm.json")], extra)
     times: dict[str, list[tuple[float, float]]] = {"suite": [], "separate": []}
