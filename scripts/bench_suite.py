@@ -198,7 +198,7 @@ def profile_suite(models: list[Path], data: list[Path], out: Path, extra: list[s
     subprocess.run([sys.executable, "-c", code, str(out / "suite.prof"), "score", "--quiet", *flags, "-o",
                     str(out / "suite-profiled.json"), *extra], env=env(), check=True, capture_output=True)
     print(f"profile of one suite run (cProfile, wall {time.perf_counter() - start:.1f} s):")
-    stats: Any = pstats.Stats(str(out / "suite.prof")).stats
+    stats: Any = getattr(pstats.Stats(str(out / "suite.prof")), "stats")  # undeclared in typeshed
     for what, ending, name in PROFILED:
         found = [(calls, cumulative) for (path, _, function), (_, calls, _, cumulative, _) in stats.items()
                  if path.endswith(ending) and function == name]
