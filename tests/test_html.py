@@ -62,7 +62,7 @@ def test_score_report_in_chromium(browser: Any, tiny_loaded: Any, tmp_path: Path
     data = write_jsonl(tmp_path / "d.jsonl", TEXTS)
     html = tmp_path / "r.html"
     report = evaluate(EvalConfig(dataset=data, html=str(html), html_docs=2, token_stats=True, max_length=32,
-                                 stride=8, bootstrap=200, calibration=True), loaded=tiny_loaded)
+                                 stride=8, bootstrap=200, calibration=True, membership=True), loaded=tiny_loaded)
     page, errors = _open(browser, html)
     assert errors == []
     calibration = report.statistics["calibration"]
@@ -70,6 +70,13 @@ def test_score_report_in_chromium(browser: Any, tiny_loaded: Any, tmp_path: Path
     assert page.locator("#calibration-diagonal").count() == 1
     box = page.locator("#calibration-chart").bounding_box()
     assert box is not None and box["width"] > 100 and box["height"] > 100  # drawn, not collapsed
+    heads = page.locator("#documents-table th").all_text_contents()
+    for name, field in (("Min-K%++", "min_k_plus_plus"), ("Min-K%", "min_k_prob"), ("zlib ratio", "zlib_ratio")):
+        column = heads.index(name) + 1
+        page.locator(f"#documents-table th:nth-child({column})").click()  # sorts by it, highest first
+        shown = [float(v) for v in page.locator(f"#documents-table tbody td:nth-child({column})").evaluate_all(
+            "cells => cells.map(c => c.dataset.value)")]
+        assert shown == sorted((d.membership[field] for d in report.documents), reverse=True)
     assert page.locator("#documents-table tbody tr").count() == len(report.documents)
     shown = page.locator("article.doc")
     assert shown.count() == 4  # the 2 most and the 2 least surprising documents
