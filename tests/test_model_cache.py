@@ -243,10 +243,10 @@ def test_a_cache_that_cannot_be_written_warns_and_notes_why(tiny_gguf: Path, tmp
 def test_two_runs_converting_at_once(tiny_gguf: Path, cache: Path, tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "d.jsonl", TEXTS)
     args = ["score", "-q", "-m", str(tiny_gguf), "-d", data, "--bootstrap", "0", "--format", "json"]
-    # the first holds its entry unfinished until the second has written its own weights: both converted,
-    # however late the second process starts on a busy machine
+    # each holds its entry unfinished until the other has written its own weights: both converted, however
+    # late either process starts on a busy machine (neither can store before both have looked and missed)
     first = _slow_run(tmp_path / "a", 240, args, other=tmp_path / "b")
-    second = _slow_run(tmp_path / "b", 0, args)
+    second = _slow_run(tmp_path / "b", 240, args, other=tmp_path / "a")
     outputs = [proc.communicate(timeout=300) for proc in (first, second)]
     assert [proc.returncode for proc in (first, second)] == [0, 0], outputs
     reports = [json.loads(out) for out, _ in outputs]
