@@ -10,7 +10,7 @@ from typing import Any
 from lleval import __version__
 from lleval.metrics import MEMBERSHIP_FIELDS
 from lleval.report.output import json_interval, read_interval, to_json
-from lleval.report.render import fmt
+from lleval.report.render import fmt, markdown_table
 from lleval.report.schema import SCHEMA_VERSION, check
 
 MEMBERSHIP_LABELS = {"min_k_prob": "Min-K%", "min_k_plus_plus": "Min-K%++", "zlib_ratio": "zlib ratio"}
@@ -288,13 +288,10 @@ def _membership_markdown(r: Comparison) -> list[str]:
     if r.membership is None:
         return []
     title, top_title = _membership_titles(r)
-    lines = ["", f"#### {title}", "", "| " + " | ".join(MEMBERSHIP_COLUMNS) + " |",
-             "|" + " --- |" * len(MEMBERSHIP_COLUMNS)]
-    lines += ["| " + " | ".join(row) + " |" for row in r.membership.rows()]
+    lines = ["", f"#### {title}", "", *markdown_table(MEMBERSHIP_COLUMNS, r.membership.rows())]
     if r.membership.top_documents:
-        columns = r.membership.document_columns
-        lines += ["", f"#### {top_title}", "", "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-        lines += ["| " + " | ".join(v.replace("|", "/") for v in row) + " |" for row in r.membership.document_rows()]
+        lines += ["", f"#### {top_title}", "",
+                  *markdown_table(r.membership.document_columns, r.membership.document_rows())]
     return lines
 
 

@@ -4,7 +4,7 @@ and two-column (label, value) tables with the report's notes under them."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 
 def fmt(value: float | None, digits: int = 4) -> str:
@@ -28,6 +28,13 @@ def render_pairs_table(title: str, rows: list[tuple[str, str]], notes: list[str]
     console.print(table)
     for note in notes:
         console.print(f"note: {note}")
+
+
+def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """The lines of a markdown table: its header, the separator, one line per row (a ``|`` in
+    a cell written ``/``, which would otherwise end the cell)."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    return lines + ["| " + " | ".join(v.replace("|", "/") for v in row) + " |" for row in rows]
 
 
 def render_pairs_markdown(title: str, rows: list[tuple[str, str]], notes: list[str]) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 from lleval import __version__
 from lleval.report.output import json_float, json_interval, read_interval, to_json
-from lleval.report.render import fmt
+from lleval.report.render import fmt, markdown_table
 from lleval.report.schema import SCHEMA_VERSION, check
 from lleval.report.score import Report
 
@@ -181,11 +181,8 @@ class SuiteReport:
     def render_markdown(self) -> str:
         """The matrix and the macro averages as markdown (for a GitHub step summary)."""
         lines = [f"### lleval suite — {len(self.models)} models x {len(self.datasets)} datasets", "",
-                 "| " + " | ".join(MATRIX_COLUMNS) + " |", "|" + " --- |" * len(MATRIX_COLUMNS)]
-        lines += ["| " + " | ".join(row) + " |" for row in matrix_rows(self)]
-        lines += ["", "#### Macro average over datasets", "", "| " + " | ".join(MACRO_COLUMNS) + " |",
-                  "|" + " --- |" * len(MACRO_COLUMNS)]
-        lines += ["| " + " | ".join(row) + " |" for row in macro_rows(self)]
+                 *markdown_table(MATRIX_COLUMNS, matrix_rows(self))]
+        lines += ["", "#### Macro average over datasets", "", *markdown_table(MACRO_COLUMNS, macro_rows(self))]
         lines += [f"\n> note: {note}" for note in self.notes]
         return "\n".join(lines) + "\n"
 
