@@ -517,7 +517,9 @@ def _check_compare_paths(base: str, candidates: tuple[str, ...], output: str | N
 
 
 def _is_main_rank() -> bool:
-    return os.environ.get("RANK", "0") == "0"
+    from lleval.engine.distributed import launched_as_main
+
+    return launched_as_main()
 
 
 class _Interrupts:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import gc
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -289,9 +288,10 @@ def write_page(report: SuiteReport, path: str) -> list[OutputError]:
     """Write the suite's HTML page; a page that cannot be written is returned, not raised
     (the run is finished, and ``-o`` must still be written). Under torchrun rank 0 alone
     writes it, as it alone writes a single run's files (and alone keeps the samples)."""
+    from lleval.engine.distributed import launched_as_main
     from lleval.report.suite_html import write_suite_html
 
-    if os.environ.get("RANK", "0") != "0":
+    if not launched_as_main():
         return []
     try:
         write_suite_html(report, path)

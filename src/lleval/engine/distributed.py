@@ -69,6 +69,12 @@ def launched_world_size() -> int:
         return 1
 
 
+def launched_as_main() -> bool:
+    """Whether this process is rank 0 of what a launcher started (a process started alone is):
+    the one that prints and writes files, before or without a process group."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def from_env() -> DistContext | None:
     """Join the process group a launcher set up, or None when running alone."""
     if launched_world_size() <= 1 or "RANK" not in os.environ:
