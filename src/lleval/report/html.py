@@ -99,10 +99,16 @@ document.querySelectorAll('table.documents th').forEach(function (th) {
 
 def render(page: Page) -> str:
     """The page as one HTML document."""
+    return document(page.title, [body(page)])
+
+
+def document(title: str, sections: list[str], style: str = "") -> str:
+    """One self-contained HTML document: ``title`` as its title and heading, then ``sections``
+    (empty ones left out), the shared style (and ``style``) and the table-sorting script."""
     parts = [
         "<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{esc(page.title)}</title><style>{STYLE}</style></head><body>",
-        f"<h1>{esc(page.title)}</h1>", body(page), f"<script>{SORT_SCRIPT}</script></body></html>",
+        f"<title>{esc(title)}</title><style>{STYLE}{style}</style></head><body>",
+        f"<h1>{esc(title)}</h1>", *sections, f"<script>{SORT_SCRIPT}</script></body></html>",
     ]
     return "\n".join(part for part in parts if part) + "\n"
 

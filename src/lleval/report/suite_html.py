@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lleval.report.html import SORT_SCRIPT, STYLE, _grid, body, esc, score_page
+from lleval.report.html import Page, _grid, _summary as summary_section, body, document, esc, score_page
 from lleval.report.output import write_text_atomic
 from lleval.report.render import fmt
 from lleval.report.suite import MACRO_COLUMNS, SuiteCell, SuiteReport, macro_rows, matrix_rows
@@ -48,13 +48,8 @@ section.cell > details > summary { cursor: pointer; font-weight: 600; }
 def suite_page(report: SuiteReport) -> str:
     """The suite's page as one HTML document."""
     title = f"lleval suite — {len(report.models)} models x {len(report.datasets)} datasets"
-    parts = [
-        "<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{esc(title)}</title><style>{STYLE}{SUITE_STYLE}</style></head><body>", f"<h1>{esc(title)}</h1>",
-        _summary(report), _matrix(report), _macro(report), trend_chart(report), _cells(report),
-        f"<script>{SORT_SCRIPT}</script></body></html>",
-    ]
-    return "\n".join(part for part in parts if part) + "\n"
+    sections = [_summary(report), _matrix(report), _macro(report), trend_chart(report), _cells(report)]
+    return document(title, sections, SUITE_STYLE)
 
 
 def write_suite_html(report: SuiteReport, path: str) -> None:
@@ -92,9 +87,7 @@ def _summary(report: SuiteReport) -> str:
                           f"{report.bootstrap.get('unit', 'document')})" if report.bootstrap.get("resamples")
              else "none (--bootstrap 0)"),
             ("lleval", f"{report.lleval_version}, {report.created}")]
-    table = "".join(f"<tr><td>{esc(label)}</td><td>{esc(value)}</td></tr>" for label, value in rows)
-    notes = "".join(f'<p class="note">note: {esc(note)}</p>' for note in report.notes)
-    return f'<section id="summary"><h2>Summary</h2><table class="summary">{table}</table>{notes}</section>'
+    return summary_section(Page(title="", summary=rows, notes=list(report.notes)))
 
 
 def _matrix(report: SuiteReport) -> str:
