@@ -70,6 +70,8 @@ def score(**flags: Any) -> None:
       lleval score --config configs/wikitext2.yaml -m gpt2
       lleval score -m ./checkpoint-1000 -m ./checkpoint-2000 -d a.jsonl -d b.txt -o suite.json
       lleval score --suite configs/suites/checkpoint-sweep.yaml -o suite.json --html suite.html
+      lleval score -d eval.jsonl --membership --calibration --html report.html
+      lleval score -m http://127.0.0.1:8000/v1 -d eval.jsonl --save-reference ref.parquet --reference-top-k 20
     """
     models, datasets = flags.pop("model"), flags.pop("dataset")
     if flags["suite"] or flags["step"] or len(models) > 1 or len(datasets) > 1:
@@ -132,6 +134,7 @@ def kld(base_model: str | None, base_dtype: str | None, dataset_argument: str | 
     Examples:
       lleval kld --base ./model-fp32 --model ./model-int8 -d eval.jsonl -o kld.json
       lleval kld --base-dtype float32 --dtype bfloat16      # what bf16 costs the built-in model
+      lleval kld -m ./model-int8 -d eval.jsonl --reference ref.parquet --html kld.html
     """
     if dataset_argument is not None and flags["dataset"] not in (None, dataset_argument):
         raise click.UsageError(f"two datasets given ({dataset_argument} and --dataset {flags['dataset']}): pick one.")
