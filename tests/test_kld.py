@@ -223,10 +223,11 @@ def test_one_model_in_two_dtypes(tiny_llama_dir: Path, tmp_path: Path, monkeypat
                         AutoTokenizer.from_pretrained(tiny_llama_dir))
     n = len(ref["kl"])
     assert result["tokens"] == n
-    # The KL is ~8e-6 nats a token, so float32 log-softmax rounding is ~1e-4 of it (measured
-    # 1.4e-4 on the mean, 1e-4 on the max); a bf16 output projection would give ~9% more.
-    assert math.isclose(result["kl_divergence"]["mean"], sum(ref["kl"]) / n, rel_tol=1e-3)
-    assert math.isclose(result["kl_divergence"]["max"], max(ref["kl"]), rel_tol=1e-3)
+    # The KL is ~8e-6 nats a token, so float32 log-softmax rounding (~1e-7 on log-probs of
+    # magnitude 1-10) is up to ~1e-3 of it: measured 1.4e-4 on the mean on AMD Zen 4/5, 1.4e-3
+    # on an Intel Sapphire Rapids (AMX bf16 kernels). A bf16 output projection gives ~9% more.
+    assert math.isclose(result["kl_divergence"]["mean"], sum(ref["kl"]) / n, rel_tol=5e-3)
+    assert math.isclose(result["kl_divergence"]["max"], max(ref["kl"]), rel_tol=5e-3)
     # one token may flip on a near tie of the two top logits (the closest here: 1.5e-5 apart,
     # against ~2.4e-7 of float32 rounding; another CPU's bf16 kernels give other ties)
     assert abs(result["top_token_agreement"] - sum(ref["agree"]) / n) <= 1 / n
