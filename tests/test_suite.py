@@ -270,3 +270,64 @@ def test_token_files_and_references_are_written_per_cell(sweep: dict[str, Any], 
             assert mine.num_rows == theirs.num_rows > 0
             for column in theirs.column_names:
                 assert mine.column(column).to_pylist() == theirs.column(column).to_pylist(), (name, column)
+
+
+@pytest.mark.parametrize("flag, name", [("--tokens", "t.parquet"), ("--save-reference", "r.parquet"),
+                                        ("--html", "p.html")])
+def test_a_suite_with_any_single_per_token_output_works(sweep: dict[str, Any], tmp_path: Path, flag: str,
+                                                        name: str) -> None:
+    """Each per-token output alone in a suite (issue 29: --save-reference alone crashed with an
+    internal error and wrote no suite report): every cell scored, every file written, the
+    token and reference files holding a row per scored token of their cell."""
+    import pyarrow.parquet as pq
+
+    from lleval.cli import main
+
+    out = tmp_path / "s.json"
+    result = CliRunner().invoke(main, ["score", "-q", "--bootstrap", "0", "-m", sweep["models"][0], "-m",
+                                       sweep["models"][1], "-d", sweep["datasets"][0], "-d", sweep["datasets"][1],
+                                       flag, str(tmp_path / name), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["complete"] and report["counts"]["replays"] == 2
+    assert all(cell["error"] is None for cell in report["cells"]) and len(report["cells"]) == 4
+    if flag == "--html":
+        assert (tmp_path / name).read_text().rstrip().endswith("</html>")
+        return
+    for cell in report["cells"]:
+        stem, suffix = name.split(".")
+        rows = pq.read_table(tmp_path / f"{stem}.{cell['model']}__{cell['dataset']}.{suffix}").num_rows
+        assert rows == cell["report"]["totals"]["tokens"] > 0
+
+
+@pytest.mark.parametrize("labels", [("m 1", "m_1"), ("m/1", "m 1"), ("M1", "m1")])
+@pytest.mark.parametrize("files", [["--tokens", "t.parquet"], ["--save-reference", "r.parquet"],
+                                   ["--checkpoint", "ck"]])
+def test_labels_that_give_one_file_name_are_refused_up_front(sweep: dict[str, Any], tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            labels: tuple[str, str], files: list[str]) -> None:
+    """Two models labelled ``m 1`` and ``m_1`` (or ``M1`` and ``m1``: one file on a case-insensitive
+    disk) would write one per-cell file over the other: refused before anything loads (exit 2),
+    naming both labels; nothing is written."""
+    from lleval.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    suite = tmp_path / "s.yaml"
+    suite.write_text(json.dumps({"models": [{"label": labels[0], "model": sweep["models"][0]},
+                                            {"label": labels[1], "model": sweep["models"][1]}],
+                                 "datasets": [{"label": "a", "dataset": sweep["datasets"][0]}]}))
+    spy = LoadSpy()
+    monkeypatch.setattr("lleval.commands.score.load", spy)
+    result = CliRunner().invoke(main, ["score", "-q", "--suite", str(suite), *files, "-o", "s.json"])
+    assert result.exit_code == 2, result.output
+    assert f"{labels[0]!r}" in result.output and f"{labels[1]!r}" in result.output
+    assert spy.loaded == [] and sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
+
+
+def test_labels_that_differ_only_in_file_names_are_fine_without_per_cell_files(sweep: dict[str, Any]) -> None:
+    from lleval.commands.suite import Suite, SuiteEntry, check_suite
+    from lleval.config import EvalConfig
+
+    suite = Suite((SuiteEntry("m 1", {"model": sweep["models"][0]}), SuiteEntry("m_1", {"model": sweep["models"][1]})),
+                  (SuiteEntry("a", {"dataset": sweep["datasets"][0]}),))
+    check_suite(suite, EvalConfig(output="s.json", html="p.html"))
