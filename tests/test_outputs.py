@@ -438,3 +438,26 @@ def test_every_path_setting_is_an_output(world: Path, monkeypatch: pytest.Monkey
         with pytest.raises(OutputError, match="is the same file as --dataset d.parquet"):
             check_config(EvalConfig(model="m", dataset="d.parquet", **{name: "d.parquet"}))
 
+
+def test_rerunning_a_finished_run_keeps_its_token_file_and_reference(tiny_loaded: Any, tmp_path: Path,
+                                                                     data: str) -> None:
+    """The same command again after a run with --tokens --save-reference --checkpoint finished:
+    the report is rebuilt from the checkpoint, the two files stay as the run wrote them (same
+    inode, time and bytes), and a third run still finds the checkpoint whole."""
+    config = EvalConfig(dataset=data, bootstrap=0, max_length=16, tokens=str(tmp_path / "t.parquet"),
+                        save_reference=str(tmp_path / "r.parquet"), reference_top_k=4,
+                        checkpoint=str(tmp_path / "run.ckpt"))
+    first = evaluate(config, loaded=tiny_loaded)
+
+    def files() -> dict[str, tuple[int, int, bytes]]:
+        return {n: ((tmp_path / n).stat().st_ino, (tmp_path / n).stat().st_mtime_ns, (tmp_path / n).read_bytes())
+                for n in ("t.parquet", "r.parquet")}
+
+    written = files()
+    for _ in range(2):
+        again = evaluate(config, loaded=tiny_loaded)
+        assert again.complete and not again.failed_outputs
+        assert [d.to_dict() for d in again.documents] == [d.to_dict() for d in first.documents]
+        assert any("rebuilt" in note for note in again.notes)
+        assert files() == written
+    assert _listing(tmp_path) == {"d.jsonl", "t.parquet", "r.parquet", "run.ckpt"}

@@ -9,6 +9,7 @@ cheap) for callers of the Python API.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +31,37 @@ def check_config(config: EvalConfig, extra_inputs: Sequence[tuple[str, str]] = (
     for flag, path in outputs:
         check_writable(path, flag)
     check_distinct(outputs, run_inputs(config) + list(extra_inputs))
+    check_finished_files(config)
     check_spec(data_spec(config))
 
+
+#: the outputs written while scoring, a part at a time: a rerun of a finished run cannot write them
+STREAMED = ("tokens", "save_reference")
+
+
+def check_finished_files(config: EvalConfig) -> None:
+    """Refuse (`ConfigError`), before anything loads, a rerun of a finished run that asks for a
+    token file or reference that is not there. A checkpoint of a finished run rebuilds the
+    report and scores nothing, so it keeps the files that run wrote (untouched) and cannot
+    write one anew. Only the checkpoint's ``complete`` is read here; anything else wrong with
+    it is `lleval.runner.checkpoint.load`'s to say."""
+    if not config.checkpoint:
+        return
+    try:
+        saved = json.loads(Path(config.checkpoint).expanduser().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if not isinstance(saved, dict) or saved.get("complete") is not True:
+        return
+    missing = [f"{config.flag(name)} {path}" for name in STREAMED
+               if (path := getattr(config, name)) and not Path(path).expanduser().is_file()]
+    if missing:
+        flags = " and ".join(config.flag(name) for name in STREAMED if getattr(config, name))
+        raise ConfigError(
+            f"checkpoint {config.checkpoint} is of a finished run: nothing is scored again now, so "
+            f"{' and '.join(missing)} cannot be written (that run wrote its files then, and this one is not there). "
+            f"Drop {flags} to rebuild the report from the checkpoint, give the files that run wrote, or delete the "
+            "checkpoint to score again.")
 
 
 def run_inputs(config: EvalConfig) -> list[tuple[str, str]]:

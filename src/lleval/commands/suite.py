@@ -328,7 +328,7 @@ def check_suite(suite: Suite, base: EvalConfig, extra_inputs: Sequence[tuple[str
     ``--tokens`` and ``--save-reference`` write one file per cell (`cell_file`), ``--checkpoint``
     one checkpoint per cell (`cell_checkpoint`); ``--html`` is one page of the suite."""
     from lleval.data.spec import check_spec, data_spec
-    from lleval.preflight import check_distinct, check_writable, run_inputs
+    from lleval.preflight import check_distinct, check_finished_files, check_writable, run_inputs
 
     base.validate()
     check_cell_names(suite, base)
@@ -340,6 +340,8 @@ def check_suite(suite: Suite, base: EvalConfig, extra_inputs: Sequence[tuple[str
     inputs = [(base.flag("suite"), base.suite)] if base.suite else []
     inputs += [found for cell in cells for found in run_inputs(cell)]
     check_distinct(outputs, list(dict.fromkeys(inputs)) + list(extra_inputs))
+    for cell in cells:
+        check_finished_files(cell)
     for dataset, cell in zip(suite.datasets, cells):
         try:
             check_spec(data_spec(cell))
