@@ -189,14 +189,18 @@ def kld(base_model: str | None, base_dtype: str | None, dataset_argument: str | 
               help="Write an HTML page here: each candidate's change with its interval, and the gate.")
 @click.option("--cell", default=None, metavar="MODEL/DATASET",
               help="A suite report compared with a score report: the suite's cell to compare.")
+@click.option("--only-common", is_flag=True, default=False,
+              help="Two suite reports whose cells differ (a dataset or a model missing from one): compare only "
+                   "the cells both have (default: refused, exit 2, naming what each lacks).")
 def compare(base: str, candidates: tuple[str, ...], max_regression: float | None, require_significant: bool,
             bootstrap: int, seed: int, format: str, summary: bool, output: str | None, top_documents: int,
-            html: str | None, cell: str | None) -> None:
+            html: str | None, cell: str | None, only_common: bool) -> None:
     """Compare score reports of candidates against a base on the same texts.
 
     Suite reports are compared dataset by dataset (cells matched by dataset
-    label, or by model and dataset labels when a suite has several models); a
-    suite and a score report by the cell of the same texts (or --cell).
+    label, or by model and dataset labels when a suite has several models); two
+    suites must hold the same cells (or give --only-common); a suite and a score
+    report by the cell of the same texts (or --cell).
 
     Exit codes: 0 every candidate passes, 1 a candidate (or a suite's dataset)
     regressed beyond --max-regression, 2 unusable input (unreadable report,
@@ -217,7 +221,7 @@ def compare(base: str, candidates: tuple[str, ...], max_regression: float | None
     _check_compare_paths(base, candidates, output, html, summary_file)
     result = _call(compare_report_files, base, list(candidates), max_regression_pct=max_regression,
                    require_significant=require_significant, n_resamples=bootstrap, seed=seed,
-                   top_documents=top_documents, cell=cell)
+                   top_documents=top_documents, cell=cell, only_common=only_common)
     from lleval.report.html import write_compare_html
 
     earlier = (_try_output(write_compare_html, result, html) if html else []) + (
