@@ -150,17 +150,19 @@ def compare_membership(
     both reports have them; with only one side having them, None and a note saying to
     rerun the other with --membership. Each score counts only the documents that have it
     on both sides; the interval of its mean change is the paired bootstrap over documents
-    (`bootstrap_sums`, the same resamples for all three scores)."""
+    (`bootstrap_sums`, the same resamples for all three scores). A note is the comparison's,
+    shown after the candidate's name: it names the base, and calls the candidate "this
+    candidate" (``candidate_name`` is not repeated)."""
     has = [any(d.membership is not None for d in r.documents) for r in (base, candidate)]
     if not any(has):
         return None, []
     if not all(has):
-        missing, present = (candidate_name, base_name) if has[0] else (base_name, candidate_name)
-        return None, [f"{present} has membership scores and {missing} has none: rerun both with --membership "
-                      "to compare them."]
+        which = (f"the base {base_name} has membership scores and this candidate has none" if has[0] else
+                 f"this candidate has membership scores and the base {base_name} has none")
+        return None, [f"{which}: rerun both with --membership to compare them."]
     ks = [min_k_of(r) for r in (base, candidate)]
     if ks[0] != ks[1]:
-        return None, [f"{base_name} has membership scores with --min-k {ks[0]:g} and {candidate_name} with "
+        return None, [f"the base {base_name} has membership scores with --min-k {ks[0]:g} and this candidate with "
                       f"{ks[1]:g}: Min-K% of different k are not comparable; rerun both with one --min-k."]
     b, c = membership_values(base), membership_values(candidate)
     paired = np.isfinite(b) & np.isfinite(c)  # (documents, 3)
