@@ -360,6 +360,7 @@ OVER_INPUTS = {
     "-o onto the --config file": "score -m m -d d.jsonl --config c.yaml -o c.yaml",
     "--html onto the --config file of kld": "kld -m m --base-dtype bfloat16 -d d.jsonl --config c.yaml --html c.yaml",
     "-o onto the --suite file": "score --suite s.yaml -o s.yaml",
+    "-o of a suite onto its --config file": "score -m m -m g.gguf -d d.jsonl --config c.yaml -o c.yaml",
     "-o onto a dataset the suite file names": "score --suite s.yaml -o d.jsonl",
     "--html into a model folder the suite file names": "score --suite s.yaml --html m/page.html",
     "--tokens of a suite's cell onto a model file": "score -m m -m g.gguf -d d.jsonl --tokens m/t.parquet",

@@ -398,6 +398,18 @@ def test_labels_that_give_one_file_name_are_refused_up_front(sweep: dict[str, An
     assert spy.loaded == [] and sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
 
 
+def test_a_model_and_a_dataset_label_that_give_one_cell_name_are_refused(sweep: dict[str, Any]) -> None:
+    """Model 'a__b' with dataset 'c' and model 'a' with dataset 'b__c' are both cell a__b__c."""
+    from lleval.commands.suite import Suite, SuiteEntry, check_suite
+    from lleval.config import EvalConfig
+    from lleval.errors import ConfigError
+
+    suite = Suite((SuiteEntry("a__b", {"model": sweep["models"][0]}), SuiteEntry("a", {"model": sweep["models"][1]})),
+                  (SuiteEntry("c", {"dataset": sweep["datasets"][0]}), SuiteEntry("b__c", {"dataset": sweep["datasets"][1]})))
+    with pytest.raises(ConfigError, match="'a__b' x 'c' and 'a' x 'b__c'"):
+        check_suite(suite, EvalConfig(tokens="t.parquet"))
+
+
 def test_labels_that_differ_only_in_file_names_are_fine_without_per_cell_files(sweep: dict[str, Any]) -> None:
     from lleval.commands.suite import Suite, SuiteEntry, check_suite
     from lleval.config import EvalConfig
