@@ -417,3 +417,36 @@ def test_an_unreachable_hub_fails_at_once_with_one_line(tmp_path: Path, args: li
     result = subprocess.run([lleval, "score", "-q", *args], capture_output=True, text=True, env=env, timeout=50)
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and what in result.stderr and "cannot be reached" in result.stderr
+
+
+@pytest.mark.parametrize("datasets, named", [(["docs.jsonl", "bad.txt"], "docs"), (["bad.txt", "docs.jsonl"], "docs")])
+def test_a_suite_flag_that_does_not_fit_a_dataset_names_that_dataset(tiny_model_dir: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     datasets: list[str], named: str) -> None:
+    """``-d docs.jsonl -d bad.txt --sample-by line``: --sample-by does not fit docs.jsonl, and the
+    refusal names it (it named the built-in sample, which the run does not read)."""
+    monkeypatch.chdir(tmp_path)
+    _jsonl(tmp_path / "docs.jsonl", GOOD)
+    (tmp_path / "bad.txt").write_text("one line\nanother line\n")
+    args = [arg for d in datasets for arg in ("-d", d)]
+    result = CliRunner().invoke(main, ["score", "-q", "-m", str(tiny_model_dir), *args, "--sample-by", "line"])
+    assert result.exit_code == 2
+    assert f"dataset {named!r} of the suite" in result.output and "docs.jsonl" in result.output
+    assert "built-in" not in result.output and "builtin" not in result.output
+
+
+def test_a_tokenizer_only_folder_is_a_tokenizer(tmp_path: Path) -> None:
+    """``--tokenizer`` of a served model may be a folder holding only a tokenizer (no config.json:
+    it was refused as "has no config.json"); it gives the ids the folder's tokenizer gives."""
+    from transformers import AutoTokenizer
+
+    from lleval.backends.hf import load_tokenizer
+
+    folder = Path(__file__).parent / "assets" / "tiny-tokenizer"
+    assert not (folder / "config.json").exists()
+    text = "The keeper wrote in the logbook."
+    assert load_tokenizer(str(folder))(text)["input_ids"] == AutoTokenizer.from_pretrained(folder)(text)["input_ids"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelLoadError, match="tokenizer folder .*empty has no tokenizer"):
+        load_tokenizer(str(empty))

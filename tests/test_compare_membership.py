@@ -148,8 +148,9 @@ def test_only_one_side_with_membership_is_a_note_and_no_block(side: str) -> None
     result = compare(base, cand, base_name="b.json", candidate_name="c.json")
     assert result.membership is None
     assert len(result.notes) == 1 and "--membership" in result.notes[0]
-    missing = "c.json" if side == "base" else "b.json"
+    missing = "this candidate" if side == "base" else "the base b.json"
     assert f"{missing} has none" in result.notes[0]
+    assert "c.json" not in result.notes[0]  # shown after the candidate's name: "note: c.json: ..."
 
 
 def test_membership_scores_of_different_k_are_a_note_and_no_block() -> None:
@@ -159,6 +160,7 @@ def test_membership_scores_of_different_k_are_a_note_and_no_block() -> None:
     result = compare(base, cand, base_name="b.json", candidate_name="c.json")
     assert result.membership is None
     assert len(result.notes) == 1 and "--min-k 0.2" in result.notes[0] and "0.1" in result.notes[0]
+    assert "c.json" not in result.notes[0] and "b.json" in result.notes[0]
     same = copy.deepcopy(base)
     same["settings"] = {**same.get("settings", {}), "min_k": {"value": 0.2, "origin": "config file"}}
     assert compare(same, cand | {"settings": same["settings"]}, base_name="b", candidate_name="c").membership is not None

@@ -139,3 +139,49 @@ def test_cell_without_effect_is_refused(tmp_path: Path) -> None:
     for args in ([suite, suite], [single, single]):
         result = run(*args, "--cell", "m/a")
         assert result.exit_code == 2 and "--cell" in result.output
+
+
+def test_suites_with_different_datasets_are_refused_unless_told_which_cells(tmp_path: Path) -> None:
+    """A dataset dropped from the candidate suite (or one the base lacks): a CI gate must not
+    pass on fewer cells than it was given, so compare refuses (exit 2, naming what each lacks);
+    --only-common compares the cells both have, each equal to compare of its two cells, and
+    says in a note which were left out."""
+    base = {d: dataset_report(d, seed) for seed, d in enumerate("abc")}
+    base_path = write(tmp_path, "base.json", suite_json({("m", d): r for d, r in base.items()}))
+    dropped = write(tmp_path, "new.json", suite_json({("m", d): base[d] for d in "ab"}))
+    result = run(base_path, dropped, "--max-regression", "1")
+    assert result.exit_code == 2 and f"{dropped} has no c" in result.output
+    extra = write(tmp_path, "more.json", suite_json({("m", d): base[d] for d in "abc"} | {("m", "e"): base["a"]}))
+    result = run(base_path, extra, "--max-regression", "1")
+    assert result.exit_code == 2 and f"{base_path} has no e" in result.output
+    common = run(base_path, dropped, "--max-regression", "1", "--only-common", "--format", "json")
+    assert common.exit_code == 0, common.output
+    rows = json.loads(common.stdout)["comparisons"]
+    assert [r["dataset"] for r in rows] == ["a", "b"]
+    assert any("--only-common" in n and f"{dropped} has no c" in n for n in rows[0]["notes"])
+    for row in rows:
+        alone = compare_reports(Report.from_dict(base[row["dataset"]]), Report.from_dict(base[row["dataset"]]))
+        assert row["relative_change"] == alone.change == 0.0
+    worse = write(tmp_path, "worse.json", suite_json({("m", "a"): dataset_report("a", 0, worse=1.1),
+                                                      ("m", "b"): base["b"]}))
+    assert run(base_path, worse, "--max-regression", "1", "--only-common").exit_code == 1  # the gate still gates
+
+
+def test_a_suite_missing_a_model_is_refused_unless_told_which_cells(tmp_path: Path) -> None:
+    cells = {(m, d): dataset_report(d, seed) for seed, (m, d) in
+             enumerate([("x", "a"), ("x", "b"), ("y", "a"), ("y", "b")])}
+    base = write(tmp_path, "b.json", suite_json(cells))
+    one = write(tmp_path, "n.json", suite_json({k: v for k, v in cells.items() if k[0] == "x"}))
+    result = run(base, one, "--max-regression", "1")
+    assert result.exit_code == 2 and f"{one} has no y/a, y/b" in result.output
+    common = run(base, one, "--max-regression", "1", "--only-common", "--format", "json")
+    assert common.exit_code == 0
+    assert [r["candidate"] for r in json.loads(common.stdout)["comparisons"]] == [f"{one} [x/a]", f"{one} [x/b]"]
+
+
+def test_only_common_without_two_suites_is_refused(tmp_path: Path) -> None:
+    suite = write(tmp_path, "s.json", suite_json({("m", "a"): dataset_report("a", 1)}))
+    single = write(tmp_path, "a.json", dataset_report("a", 1))
+    for args in ([suite, single], [single, single]):
+        result = run(*args, "--only-common")
+        assert result.exit_code == 2 and "--only-common" in result.output

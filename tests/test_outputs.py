@@ -297,3 +297,168 @@ def test_the_report_says_where_each_setting_came_from(tiny_model_dir: Path, tmp_
     assert settings["bootstrap"] == {"value": 100, "origin": "config file", "file": str(config)}
     assert settings["model"] == {"value": str(tiny_model_dir), "origin": "flag"}
     assert "seed" not in settings and "protocol" not in settings  # left at their defaults
+
+
+# ---------------------------------------------------------------- outputs over inputs
+
+
+@pytest.fixture
+def world(tiny_model_dir: Path, tiny_gguf: Path, tmp_path: Path) -> Path:
+    """Every kind of file a run reads, in one folder: a model folder ``m``, a ``.gguf``, a
+    tokenizer folder ``tok``, datasets (``d.jsonl``, ``d.parquet``, a saved-dataset folder ``ds``),
+    a config file, a suite file naming ``m`` and ``d.jsonl``, a reference, a token file and two
+    reports. Nothing reads their contents: every case is refused first."""
+    import shutil
+
+    shutil.copytree(tiny_model_dir, tmp_path / "m")
+    shutil.copy(tiny_gguf, tmp_path / "g.gguf")
+    (tmp_path / "tok").mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_model_dir / name, tmp_path / "tok" / name)
+    write_jsonl(tmp_path / "d.jsonl", TEXTS)
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "state.json").write_text("{}")
+    for name, text in {"d.parquet": "PAR1", "c.yaml": "bootstrap: 0\n", "r.parquet": "PAR1", "t.parquet": "PAR1",
+                       "a.json": "{}", "b.json": "{}",
+                       "s.yaml": "models: [{label: m, model: m}]\ndatasets: [{label: d, dataset: d.jsonl}]\n"}.items():
+        (tmp_path / name).write_text(text)
+    return tmp_path
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (symlinks as their targets' names) with its bytes."""
+    found: dict[str, bytes] = {}
+    for path in sorted(folder.rglob("*")):
+        key = str(path.relative_to(folder))
+        if path.is_symlink():
+            found[key] = b"-> " + os.readlink(path).encode()
+        elif path.is_file():
+            found[key] = path.read_bytes()
+    return found
+
+
+def _links(world: Path) -> None:
+    """Other names of the world's files: symlinks and hard links."""
+    os.symlink(world / "d.jsonl", world / "link.json")
+    os.symlink(world / "m", world / "mlink")
+    os.link(world / "d.jsonl", world / "hard.jsonl")
+    os.link(world / "m" / "model.safetensors", world / "hard.bin")
+    os.link(world / "a.json", world / "hard-a.json")
+    (world / "sub").mkdir()
+    # a hub-cache-style snapshot: its files are symlinks to blobs outside the folder
+    (world / "blobs").mkdir()
+    (world / "snap").mkdir()
+    for name in os.listdir(world / "m"):
+        (world / "blobs" / f"blob-{name}").write_bytes((world / "m" / name).read_bytes())
+        os.symlink(world / "blobs" / f"blob-{name}", world / "snap" / name)
+
+
+OVER_INPUTS = {
+    "-o onto the model folder's config.json": "score -m m -d d.jsonl -o m/config.json",
+    "--tokens as a new file in the model folder": "score -m m -d d.jsonl --tokens m/t.parquet",
+    "-o onto the model's .gguf": "score -m g.gguf -d d.jsonl -o g.gguf",
+    "-o onto the --config file": "score -m m -d d.jsonl --config c.yaml -o c.yaml",
+    "--html onto the --config file of kld": "kld -m m --base-dtype bfloat16 -d d.jsonl --config c.yaml --html c.yaml",
+    "-o onto the --suite file": "score --suite s.yaml -o s.yaml",
+    "-o of a suite onto its --config file": "score -m m -m g.gguf -d d.jsonl --config c.yaml -o c.yaml",
+    "-o onto a dataset the suite file names": "score --suite s.yaml -o d.jsonl",
+    "--html into a model folder the suite file names": "score --suite s.yaml --html m/page.html",
+    "--tokens of a suite's cell onto a model file": "score -m m -m g.gguf -d d.jsonl --tokens m/t.parquet",
+    "-o of a suite of -m/-d onto its dataset": "score -m m -m g.gguf -d d.jsonl -o d.jsonl",
+    "--save-reference onto the dataset": "score -m m -d d.parquet --save-reference d.parquet",
+    "--save-reference and --tokens onto one file": "score -m m -d d.jsonl --save-reference x.parquet --tokens x.parquet",
+    "--checkpoint onto the dataset": "score -m m -d d.jsonl --checkpoint d.jsonl",
+    "-o into a saved dataset folder": "score -m m -d ds -o ds/state.json",
+    "-o into the served model's --tokenizer folder": "score -m http://127.0.0.1:9/v1 --tokenizer tok -d d.jsonl "
+                                                     "-o tok/tokenizer.json",
+    "kld -o onto the --reference": "kld -m m --reference r.parquet -d d.jsonl -o r.parquet",
+    "kld --tokens onto the --reference": "kld -m m --reference r.parquet -d d.jsonl --tokens r.parquet",
+    "kld --html onto the --reference": "kld -m m --reference r.parquet -d d.jsonl --html r.parquet",
+    "kld -o into the --base folder": "kld -m g.gguf --base m -d d.jsonl -o m/config.json",
+    "-o through a symlink to the dataset": "score -m m -d d.jsonl -o link.json",
+    "-o into the model folder through a symlinked folder": "score -m m -d d.jsonl -o mlink/config.json",
+    "-o onto the dataset by another relative path": "score -m m -d {world}/d.jsonl -o sub/../d.jsonl",
+    "-o onto a hard link of the dataset": "score -m m -d d.jsonl -o hard.jsonl",
+    "-o onto a hard link of a model file": "score -m m -d d.jsonl -o hard.bin",
+    "-o onto a hub-style snapshot's symlinked file": "score -m snap -d d.jsonl -o snap/config.json",
+    "-o onto the blob a snapshot's file links to": "score -m snap -d d.jsonl -o blobs/blob-config.json",
+    "compare --html onto a candidate": "compare a.json b.json --html b.json",
+    "compare -o onto a hard link of the base": "compare a.json b.json -o hard-a.json",
+    "inspect --html onto its token file": "inspect t.parquet --html t.parquet",
+    "inspect --html onto the suite report it reads": "inspect a.json --html a.json",
+}
+
+
+@pytest.mark.parametrize("argv", OVER_INPUTS.values(), ids=OVER_INPUTS.keys())
+def test_no_output_is_written_over_anything_the_run_reads(world: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          argv: str) -> None:
+    """Every file a run reads (a model folder as a whole, a .gguf, a tokenizer folder, the config
+    and suite files and all they name, the reference, the data, the reports compare and inspect
+    read) is off limits to every file it writes, however the file is named (relative, absolute,
+    symlink, hard link): refused with exit 2 before any model opens, every file as it was."""
+    import lleval.backends.registry as registry
+
+    def no_model(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a model was opened")
+
+    monkeypatch.setattr(registry, "open_model", no_model)
+    monkeypatch.chdir(world)
+    _links(world)
+    before = _snapshot(world)
+    args = argv.replace("{world}", str(world)).split()
+    quiet = ["-q"] if args[0] in ("score", "kld") else []
+    result = CliRunner().invoke(main, [args[0], *quiet, *args[1:]])
+    assert result.exit_code == 2, result.output
+    (line,) = [ln for ln in result.output.splitlines() if ln.startswith("Error:")]
+    assert "is the same file" in line or "is inside" in line, line
+    assert _snapshot(world) == before
+
+
+@pytest.mark.parametrize("output", ["m.json", "m-report.json", "../outside.json"])
+def test_outputs_beside_an_input_are_not_refused(world: Path, monkeypatch: pytest.MonkeyPatch, output: str) -> None:
+    """A name that starts like the model folder's, beside it, is not inside it."""
+    from lleval.config import EvalConfig
+    from lleval.preflight import check_config
+
+    monkeypatch.chdir(world)
+    _links(world)
+    check_config(EvalConfig(model="m", dataset="d.jsonl", output=output, tokens="sub/t.parquet",
+                            save_reference="sub/r.parquet"), [("--config", "c.yaml")])
+
+
+def test_every_path_setting_is_an_output(world: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The outputs are the settings declared ``path``: each one over the dataset is refused, a
+    new output among them included (issue 29: --save-reference was left off a hand-kept list)."""
+    from lleval.config import EvalConfig, settings
+    from lleval.preflight import check_config
+
+    monkeypatch.chdir(world)
+    declared = [f.name for f, how in settings() if how.path]
+    assert {"output", "tokens", "html", "checkpoint", "save_reference"} <= set(declared)
+    for name in declared:
+        with pytest.raises(OutputError, match="is the same file as --dataset d.parquet"):
+            check_config(EvalConfig(model="m", dataset="d.parquet", **{name: "d.parquet"}))
+
+
+def test_rerunning_a_finished_run_keeps_its_token_file_and_reference(tiny_loaded: Any, tmp_path: Path,
+                                                                     data: str) -> None:
+    """The same command again after a run with --tokens --save-reference --checkpoint finished:
+    the report is rebuilt from the checkpoint, the two files stay as the run wrote them (same
+    inode, time and bytes), and a third run still finds the checkpoint whole."""
+    config = EvalConfig(dataset=data, bootstrap=0, max_length=16, tokens=str(tmp_path / "t.parquet"),
+                        save_reference=str(tmp_path / "r.parquet"), reference_top_k=4,
+                        checkpoint=str(tmp_path / "run.ckpt"))
+    first = evaluate(config, loaded=tiny_loaded)
+
+    def files() -> dict[str, tuple[int, int, bytes]]:
+        return {n: ((tmp_path / n).stat().st_ino, (tmp_path / n).stat().st_mtime_ns, (tmp_path / n).read_bytes())
+                for n in ("t.parquet", "r.parquet")}
+
+    written = files()
+    for _ in range(2):
+        again = evaluate(config, loaded=tiny_loaded)
+        assert again.complete and not again.failed_outputs
+        assert [d.to_dict() for d in again.documents] == [d.to_dict() for d in first.documents]
+        assert any("rebuilt" in note for note in again.notes)
+        assert files() == written
+    assert _listing(tmp_path) == {"d.jsonl", "t.parquet", "r.parquet", "run.ckpt"}

@@ -270,3 +270,150 @@ def test_token_files_and_references_are_written_per_cell(sweep: dict[str, Any], 
             assert mine.num_rows == theirs.num_rows > 0
             for column in theirs.column_names:
                 assert mine.column(column).to_pylist() == theirs.column(column).to_pylist(), (name, column)
+
+
+@pytest.mark.parametrize("flag, name", [("--tokens", "t.parquet"), ("--save-reference", "r.parquet"),
+                                        ("--html", "p.html")])
+def test_a_suite_with_any_single_per_token_output_works(sweep: dict[str, Any], tmp_path: Path, flag: str,
+                                                        name: str) -> None:
+    """Each per-token output alone in a suite (issue 29: --save-reference alone crashed with an
+    internal error and wrote no suite report): every cell scored, every file written, the
+    token and reference files holding a row per scored token of their cell."""
+    import pyarrow.parquet as pq
+
+    from lleval.cli import main
+
+    out = tmp_path / "s.json"
+    result = CliRunner().invoke(main, ["score", "-q", "--bootstrap", "0", "-m", sweep["models"][0], "-m",
+                                       sweep["models"][1], "-d", sweep["datasets"][0], "-d", sweep["datasets"][1],
+                                       flag, str(tmp_path / name), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["complete"] and report["counts"]["replays"] == 2
+    assert all(cell["error"] is None for cell in report["cells"]) and len(report["cells"]) == 4
+    if flag == "--html":
+        assert (tmp_path / name).read_text().rstrip().endswith("</html>")
+        return
+    for cell in report["cells"]:
+        stem, suffix = name.split(".")
+        rows = pq.read_table(tmp_path / f"{stem}.{cell['model']}__{cell['dataset']}.{suffix}").num_rows
+        assert rows == cell["report"]["totals"]["tokens"] > 0
+
+
+def _files(folder: Path) -> dict[str, tuple[int, int, bytes]]:
+    """Each per-cell file of ``folder`` with its inode, modification time and bytes."""
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.iterdir())
+            if p.suffix == ".parquet"}
+
+
+def test_rerunning_a_finished_suite_with_tokens_and_checkpoints_keeps_it(sweep: dict[str, Any],
+                                                                        tmp_path: Path) -> None:
+    """--tokens --save-reference --checkpoint: rerunning the same command after it finished
+    rebuilds every cell from its checkpoint (not an error cell each, over the finished suite
+    report), leaves every per-cell file as it was, and exits 0."""
+    from lleval.cli import main
+
+    out = tmp_path / "s.json"
+    argv = ["score", "-q", "--bootstrap", "0", "-m", sweep["models"][0], "-d", sweep["datasets"][0], "-d",
+            sweep["datasets"][1], "--tokens", str(tmp_path / "t.parquet"), "--save-reference",
+            str(tmp_path / "r.parquet"), "--checkpoint", str(tmp_path / "ck"), "-o", str(out)]
+    assert CliRunner().invoke(main, argv).exit_code == 0
+    first, files = json.loads(out.read_text()), _files(tmp_path)
+    assert len(files) == 4
+    again = CliRunner().invoke(main, argv)
+    assert again.exit_code == 0, again.output
+    second = json.loads(out.read_text())
+    assert second["complete"] and all(cell["error"] is None for cell in second["cells"])
+    for a, b in zip(first["cells"], second["cells"]):
+        assert b["report"]["documents"] == a["report"]["documents"]
+        assert any("rebuilt" in note for note in b["report"]["notes"])
+    assert _files(tmp_path) == files
+    (tmp_path / "t.checkpoint-2000__b.parquet").unlink()  # a finished cell's file gone: refused, nothing lost
+    gone = CliRunner().invoke(main, argv)
+    assert gone.exit_code == 2 and "t.checkpoint-2000__b.parquet" in gone.output
+    assert json.loads(out.read_text()) == second
+
+
+def test_a_stopped_suite_with_tokens_resumes_and_keeps_its_finished_cells(sweep: dict[str, Any],
+                                                                         tmp_path: Path) -> None:
+    """Stopped (Ctrl-C) in its third cell, a suite with --tokens --checkpoint resumes on the same
+    call: the two finished cells are reused with their token files untouched, the stopped one
+    goes on from its checkpoint, the last is scored; every token file equals an uninterrupted
+    suite's."""
+    import pyarrow.parquet as pq
+
+    from lleval.config import EvalConfig
+
+    def config(folder: Path) -> EvalConfig:
+        folder.mkdir()
+        return EvalConfig(bootstrap=0, max_length=16, batch_size=1, block_tokens=8, checkpoint_every=0,
+                          tokens=str(folder / "t.parquet"), checkpoint=str(folder / "ck"))
+
+    asked: list[int] = []
+
+    def stop() -> bool:  # three questions into the third cell (two token files are finished)
+        if len(list((tmp_path / "run").glob("t.*.parquet"))) >= 2:
+            asked.append(1)
+        return len(asked) > 3
+
+    again = config(tmp_path / "run")
+    stopped = _run(sweep, config=again, should_stop=stop)
+    assert not stopped.complete and len(stopped.cells) == 3 and stopped.cells[2].report.documents
+    names = [f"t.{c.model}__{c.dataset}.parquet" for c in stopped.cells[:2]]
+    finished = {k: v for k, v in _files(tmp_path / "run").items() if k in names}
+    assert len(finished) == 2
+    resumed = _run(sweep, config=again)  # the same call again
+    assert resumed.complete and all(c.error is None for c in resumed.cells)
+    assert {k: v for k, v in _files(tmp_path / "run").items() if k in finished} == finished
+    whole = _run(sweep, config=config(tmp_path / "alone"))
+    for a, b in zip(resumed.cells, whole.cells):
+        assert [d.to_dict() for d in a.report.documents] == [d.to_dict() for d in b.report.documents]
+        name = f"t.{a.model}__{a.dataset}.parquet"
+        mine, theirs = pq.read_table(tmp_path / "run" / name), pq.read_table(tmp_path / "alone" / name)
+        assert mine.to_pylist() == theirs.to_pylist() and mine.num_rows > 0
+
+
+
+@pytest.mark.parametrize("labels", [("m 1", "m_1"), ("m/1", "m 1"), ("M1", "m1")])
+@pytest.mark.parametrize("files", [["--tokens", "t.parquet"], ["--save-reference", "r.parquet"],
+                                   ["--checkpoint", "ck"]])
+def test_labels_that_give_one_file_name_are_refused_up_front(sweep: dict[str, Any], tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            labels: tuple[str, str], files: list[str]) -> None:
+    """Two models labelled ``m 1`` and ``m_1`` (or ``M1`` and ``m1``: one file on a case-insensitive
+    disk) would write one per-cell file over the other: refused before anything loads (exit 2),
+    naming both labels; nothing is written."""
+    from lleval.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    suite = tmp_path / "s.yaml"
+    suite.write_text(json.dumps({"models": [{"label": labels[0], "model": sweep["models"][0]},
+                                            {"label": labels[1], "model": sweep["models"][1]}],
+                                 "datasets": [{"label": "a", "dataset": sweep["datasets"][0]}]}))
+    spy = LoadSpy()
+    monkeypatch.setattr("lleval.commands.score.load", spy)
+    result = CliRunner().invoke(main, ["score", "-q", "--suite", str(suite), *files, "-o", "s.json"])
+    assert result.exit_code == 2, result.output
+    assert f"{labels[0]!r}" in result.output and f"{labels[1]!r}" in result.output
+    assert spy.loaded == [] and sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
+
+
+def test_a_model_and_a_dataset_label_that_give_one_cell_name_are_refused(sweep: dict[str, Any]) -> None:
+    """Model 'a__b' with dataset 'c' and model 'a' with dataset 'b__c' are both cell a__b__c."""
+    from lleval.commands.suite import Suite, SuiteEntry, check_suite
+    from lleval.config import EvalConfig
+    from lleval.errors import ConfigError
+
+    suite = Suite((SuiteEntry("a__b", {"model": sweep["models"][0]}), SuiteEntry("a", {"model": sweep["models"][1]})),
+                  (SuiteEntry("c", {"dataset": sweep["datasets"][0]}), SuiteEntry("b__c", {"dataset": sweep["datasets"][1]})))
+    with pytest.raises(ConfigError, match="'a__b' x 'c' and 'a' x 'b__c'"):
+        check_suite(suite, EvalConfig(tokens="t.parquet"))
+
+
+def test_labels_that_differ_only_in_file_names_are_fine_without_per_cell_files(sweep: dict[str, Any]) -> None:
+    from lleval.commands.suite import Suite, SuiteEntry, check_suite
+    from lleval.config import EvalConfig
+
+    suite = Suite((SuiteEntry("m 1", {"model": sweep["models"][0]}), SuiteEntry("m_1", {"model": sweep["models"][1]})),
+                  (SuiteEntry("a", {"dataset": sweep["datasets"][0]}),))
+    check_suite(suite, EvalConfig(output="s.json", html="p.html"))

@@ -24,7 +24,7 @@ import click
 
 from lleval import __version__
 from lleval.config import DEFAULT_HTML_DOCS, DTYPES, FORMATS, EvalConfig
-from lleval.options import config_from_flags, config_options, origin_of
+from lleval.options import CONFIG_FILE_KEY, config_from_flags, config_options, origin_of
 
 if TYPE_CHECKING:
     from lleval.runner.progress import ScoringProgress
@@ -49,7 +49,13 @@ def _check_early(config: EvalConfig) -> None:
     transformers and datasets are imported (seconds)."""
     from lleval.preflight import check_config
 
-    _call(check_config, config)
+    _call(check_config, config, _config_file())
+
+
+def _config_file() -> list[tuple[str, str]]:
+    """The ``--config`` file the command read, as an input no output may be written over."""
+    path = click.get_current_context().meta.get(CONFIG_FILE_KEY)
+    return [("--config", path)] if path else []
 
 
 @click.group(context_settings=CONTEXT_SETTINGS)
@@ -98,10 +104,11 @@ def _score_suite(flags: dict[str, Any], models: tuple[str, ...], datasets: tuple
     if flags["suite"] and (models or datasets):
         raise click.UsageError("--suite names the models and datasets: drop --model and --dataset, or --suite.")
     config = config_from_flags({**flags, "model": None, "dataset": None})
-    _check_early(config)
-    from lleval.commands.suite import run_suite, suite_for
+    from lleval.commands.suite import check_suite, run_suite, suite_for
 
+    _call(config.validate)
     suite = _call(suite_for, config, models, datasets)
+    _call(check_suite, suite, config, _config_file())
     with _command_scope(config.quiet), _Interrupts() as interrupts:
         report = _with_progress(config.quiet, run_suite, suite, config, should_stop=interrupts.should_stop)
         failed = _deliver(report, config.output, config.format)
@@ -148,7 +155,7 @@ def kld(base_model: str | None, base_dtype: str | None, dataset_argument: str | 
     config = dataclasses.replace(config, origins={**config.origins, **base_origins()})
     from lleval.preflight import check_kld
 
-    _call(check_kld, config, base_dtype)
+    _call(check_kld, config, base_dtype, base_model)
     _check_early(config)
     with _command_scope(config.quiet):
         from lleval.commands.kld import kl_divergence
@@ -182,14 +189,18 @@ def kld(base_model: str | None, base_dtype: str | None, dataset_argument: str | 
               help="Write an HTML page here: each candidate's change with its interval, and the gate.")
 @click.option("--cell", default=None, metavar="MODEL/DATASET",
               help="A suite report compared with a score report: the suite's cell to compare.")
+@click.option("--only-common", is_flag=True, default=False,
+              help="Two suite reports whose cells differ (a dataset or a model missing from one): compare only "
+                   "the cells both have (default: refused, exit 2, naming what each lacks).")
 def compare(base: str, candidates: tuple[str, ...], max_regression: float | None, require_significant: bool,
             bootstrap: int, seed: int, format: str, summary: bool, output: str | None, top_documents: int,
-            html: str | None, cell: str | None) -> None:
+            html: str | None, cell: str | None, only_common: bool) -> None:
     """Compare score reports of candidates against a base on the same texts.
 
     Suite reports are compared dataset by dataset (cells matched by dataset
-    label, or by model and dataset labels when a suite has several models); a
-    suite and a score report by the cell of the same texts (or --cell).
+    label, or by model and dataset labels when a suite has several models); two
+    suites must hold the same cells (or give --only-common); a suite and a score
+    report by the cell of the same texts (or --cell).
 
     Exit codes: 0 every candidate passes, 1 a candidate (or a suite's dataset)
     regressed beyond --max-regression, 2 unusable input (unreadable report,
@@ -210,7 +221,7 @@ def compare(base: str, candidates: tuple[str, ...], max_regression: float | None
     _check_compare_paths(base, candidates, output, html, summary_file)
     result = _call(compare_report_files, base, list(candidates), max_regression_pct=max_regression,
                    require_significant=require_significant, n_resamples=bootstrap, seed=seed,
-                   top_documents=top_documents, cell=cell)
+                   top_documents=top_documents, cell=cell, only_common=only_common)
     from lleval.report.html import write_compare_html
 
     earlier = (_try_output(write_compare_html, result, html) if html else []) + (
@@ -264,6 +275,8 @@ def inspect(tokens: str, candidate: str | None, document: int | None, worst: int
         raise click.UsageError("--html draws one token file: drop CANDIDATE or --html.")
     if html is None and html_docs != DEFAULT_HTML_DOCS:
         raise click.UsageError("--html-docs sets how many documents --html shows: give --html.")
+    if html is not None:
+        _check_paths([("--html", html)], [("TOKENS", tokens)])
     suite = _call(read_suite, tokens)
     if suite is not None:
         return _inspect_suite(suite, candidate, document, worst, html, html_docs, format)
@@ -513,10 +526,15 @@ def _append_summary(path: str, markdown: str) -> None:
 def _check_compare_paths(base: str, candidates: tuple[str, ...], output: str | None, html: str | None,
                          summary: str | None) -> None:
     """compare's outputs must be files of their own: not a report it reads, not each other."""
+    outputs = [(flag, path) for flag, path in (("--output", output), ("--html", html), ("--summary", summary)) if path]
+    _check_paths(outputs, [("BASE", base)] + [("CANDIDATE", c) for c in candidates])
+
+
+def _check_paths(outputs: list[tuple[str, str]], inputs: list[tuple[str, str]]) -> None:
+    """A command's outputs must be files of their own: not a file it reads, not each other."""
     from lleval.preflight import check_distinct
 
-    outputs = [(flag, path) for flag, path in (("--output", output), ("--html", html), ("--summary", summary)) if path]
-    _call(check_distinct, outputs, [("BASE", base)] + [("CANDIDATE", c) for c in candidates])
+    _call(check_distinct, outputs, inputs)
 
 
 def _is_main_rank() -> bool:

@@ -107,7 +107,9 @@ class Setting:
     short: str | None = None  # a one-letter form, "-m"
     choices: tuple[str, ...] | None = None  # the only values allowed
     minimum: int | float | None = None  # the least value allowed
-    path: bool = False  # a file the run writes (no folder)
+    path: bool = False  # a file the run writes (no folder): an output, off limits to every other file of the run
+    reads: bool = False  # names a local file or folder the run reads (when it is one): an input no output may touch
+    text: bool = False  # an output that shows each token's text: the units must keep their documents' text
     metavar: str | None = None  # the flag's value in --help, where the type's name does not say it
     flag_value: str | None = None  # the value of the flag given with no value (--concat)
     commands: tuple[str, ...] = ("score", "kld")  # the commands that take the flag
@@ -149,7 +151,7 @@ class EvalConfig:
     model: str | None = _setting(
         None, "model", "Hub id, local model folder, .gguf file, or the URL of an OpenAI-compatible server "
         "(http://127.0.0.1:8000/v1, e.g. vLLM). Default: built-in SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized "
-        "to float32).", short="-m", spec="name")
+        "to float32).", short="-m", spec="name", reads=True)
     revision: str | None = _setting(None, "model", "Hub revision (branch, tag or commit) of a hub model.")
     trust_remote_code: bool = _setting(False, "model", "Allow model code from the hub repository to run.")
     dtype: str = _setting(
@@ -170,7 +172,7 @@ class EvalConfig:
         "(in $LLEVAL_MODEL_CACHE, else under $HF_HOME; LLEVAL_MODEL_CACHE=off turns it off).", spec="cache")
     tokenizer: str | None = _setting(
         None, "model", "With a server --model: the served model's tokenizer (hub id, folder or .gguf file). "
-        "Default: the served model's own folder, when the server names one on this machine.")
+        "Default: the served model's own folder, when the server names one on this machine.", reads=True)
     served_model: str | None = _setting(
         None, "model", "With a server --model: which of its models to score (default: the one it serves).")
     replicas: tuple[str, ...] = _setting(
@@ -181,7 +183,7 @@ class EvalConfig:
         "as a bearer token (never written anywhere).", metavar="NAME")
     dataset: str | None = _setting(
         None, "data", "Hub dataset, .txt/.jsonl/.json/.csv/.parquet file, saved dataset folder, or - "
-        "for stdin. Default: built-in sample prose.", short="-d")
+        "for stdin. Default: built-in sample prose.", short="-d", reads=True)
     dataset_config: str | None = _setting(None, "data", "Hub dataset configuration name.")
     split: str | None = _setting(None, "data", "Split to score. Default: test (hub), train (local files).")
     text_field: str = _setting("text", "data", "Column holding the text.")
@@ -235,7 +237,7 @@ class EvalConfig:
     # what the run shows of its tokens: the per-token export, .parquet or .jsonl (lleval.report.tokens)
     tokens: str | None = _setting(
         None, "outputs", "Write every scored token (document, position, context, id, text, log-prob) here: "
-        "t.parquet for Parquet, t.jsonl for JSON lines (other extensions are refused).", path=True)
+        "t.parquet for Parquet, t.jsonl for JSON lines (other extensions are refused).", path=True, text=True)
     # rank and entropy of every token (in the export and the HTML)
     token_stats: bool = _setting(
         False, "outputs", "Also the rank of each true token and the entropy of each prediction (for --tokens, --html).",
@@ -256,24 +258,24 @@ class EvalConfig:
     save_reference: str | None = _setting(
         None, "outputs", "Write a compact KL reference here (.parquet): per scored token the top-K token ids and "
         "log-probs and the log of the remaining mass, for a later lleval kld --reference.", path=True,
-        commands=("score",))
+        text=True, commands=("score",))
     reference_top_k: int = _setting(
         DEFAULT_REFERENCE_TOP_K, "outputs", "How many of the most likely tokens --save-reference keeps per token "
         "(KL against it is a lower bound, exact when K >= vocabulary - 1).", minimum=1, commands=("score",))
     reference: str | None = _setting(
         None, "outputs", "Compare --model with a reference saved by lleval score --save-reference (instead of "
-        "--base): one model in memory.", commands=("kld",))
+        "--base): one model in memory.", commands=("kld",), reads=True)
     html: str | None = _setting(  # the HTML report (lleval.report.html)
         None, "outputs", "Write a self-contained HTML report here (score: curve, documents, coloured tokens; a "
         "suite: one page, with bits per byte by step and every cell's sections; kld: the divergence's "
-        "distribution).", path=True, commands=("score", "kld"))
+        "distribution).", path=True, text=True, commands=("score", "kld"))
     html_docs: int = _setting(  # documents shown token by token, most and least surprising each
         DEFAULT_HTML_DOCS, "outputs", "How many of the most (and of the least) surprising documents --html shows "
         "token by token.", minimum=0, commands=("score",))
     # a suite: several models x datasets in one run (lleval.commands.suite); repeated -m/-d make one too
     suite: str | None = _setting(
         None, "suite", "YAML file of a suite: its models and datasets, each with a label and its own settings "
-        "(see configs/suites/). -o then writes the suite report.", metavar="FILE", commands=("score",))
+        "(see configs/suites/). -o then writes the suite report.", metavar="FILE", commands=("score",), reads=True)
     step: tuple[str, ...] = _setting(
         (), "suite", "The training step of each --model, in order (repeatable; default: found in the model's "
         "name, such as checkpoint-1000): the suite's report then draws a trend.", multiple=True, metavar="N",
@@ -308,6 +310,22 @@ class EvalConfig:
                 continue
             found[f.name] = origin_entry(value, origin)
         return found
+
+    def outputs(self) -> list[tuple[str, str]]:
+        """Every file this run writes, as ``(flag, path)``: the settings declared ``path`` that are
+        set (a new output is off limits to the others, and to every input, by its declaration)."""
+        return [(self.flag(f.name), value) for f, how in settings() if how.path and (value := getattr(self, f.name))]
+
+    def inputs(self) -> list[tuple[str, str]]:
+        """What this run reads, as ``(flag, value)``: the settings declared ``reads`` that are set
+        (a hub id or a URL among them; `lleval.preflight` keeps those that are local files)."""
+        return [(self.flag(f.name), value) for f, how in settings() if how.reads and (value := getattr(self, f.name))]
+
+    @property
+    def keeps_text(self) -> bool:
+        """Whether an output shows the scored tokens' text (a setting declared ``text``): the units
+        must then keep their documents' text."""
+        return any(getattr(self, f.name) for f, how in settings() if how.text)
 
     def flag(self, name: str, value: object = None, typed: str | None = None) -> str:
         """This config's name for a setting in a message (see `setting`)."""

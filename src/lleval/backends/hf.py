@@ -146,12 +146,13 @@ def _find(spec: ModelSpec) -> tuple[str, str | None, str, str]:
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "tokenizer_config.json")
 
 
-def _load_tokenizer(location: str, gguf_file: str | None, source: str, spec: ModelSpec) -> Any:
+def _load_tokenizer(location: str, gguf_file: str | None, source: str, spec: ModelSpec,
+                    folder: str = "model folder") -> Any:
     from transformers import AutoTokenizer
 
     if source == "local" and not any((Path(location) / name).exists() for name in TOKENIZER_FILES):
         raise ModelLoadError(
-            f"model folder {spec.name} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}): save it "
+            f"{folder} {spec.name} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}): save it "
             "there with tokenizer.save_pretrained(folder)."
         )
     what = f"a tokenizer for {spec.name or location}"
@@ -162,8 +163,12 @@ def _load_tokenizer(location: str, gguf_file: str | None, source: str, spec: Mod
 
 
 def load_tokenizer(name: str) -> Any:
-    """The tokenizer alone of a hub id, model folder or ``.gguf`` file (a served model's)."""
+    """The tokenizer alone of a hub id, a folder (a model's, or one that holds only a tokenizer:
+    no config.json needed) or a ``.gguf`` file (a served model's)."""
     spec = ModelSpec(name)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return _load_tokenizer(str(path.resolve()), None, "local", spec, "tokenizer folder")
     location, gguf_file, source, _display = _locate(spec)
     return _load_tokenizer(location, gguf_file, source, spec)
 

@@ -10,7 +10,7 @@ vocabulary.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -150,17 +150,19 @@ def compare_membership(
     both reports have them; with only one side having them, None and a note saying to
     rerun the other with --membership. Each score counts only the documents that have it
     on both sides; the interval of its mean change is the paired bootstrap over documents
-    (`bootstrap_sums`, the same resamples for all three scores)."""
+    (`bootstrap_sums`, the same resamples for all three scores). A note is the comparison's,
+    shown after the candidate's name: it names the base, and calls the candidate "this
+    candidate" (``candidate_name`` is not repeated)."""
     has = [any(d.membership is not None for d in r.documents) for r in (base, candidate)]
     if not any(has):
         return None, []
     if not all(has):
-        missing, present = (candidate_name, base_name) if has[0] else (base_name, candidate_name)
-        return None, [f"{present} has membership scores and {missing} has none: rerun both with --membership "
-                      "to compare them."]
+        which = (f"the base {base_name} has membership scores and this candidate has none" if has[0] else
+                 f"this candidate has membership scores and the base {base_name} has none")
+        return None, [f"{which}: rerun both with --membership to compare them."]
     ks = [min_k_of(r) for r in (base, candidate)]
     if ks[0] != ks[1]:
-        return None, [f"{base_name} has membership scores with --min-k {ks[0]:g} and {candidate_name} with "
+        return None, [f"the base {base_name} has membership scores with --min-k {ks[0]:g} and this candidate with "
                       f"{ks[1]:g}: Min-K% of different k are not comparable; rerun both with one --min-k."]
     b, c = membership_values(base), membership_values(candidate)
     paired = np.isfinite(b) & np.isfinite(c)  # (documents, 3)
@@ -250,8 +252,9 @@ def changed_documents(
     return worse, better
 
 
-# A pair to compare: (dataset label or None, base report, its name, candidate report, its name).
-Pair = tuple[str | None, Report, str, Report, str]
+# A pair to compare: (dataset label or None, base report, its name, candidate report, its name,
+# notes for its comparison).
+Pair = tuple[str | None, Report, str, Report, str, list[str]]
 
 
 def _cell_report(cell: SuiteCell, path: str) -> Report:
@@ -266,24 +269,37 @@ def _cell_name(path: str, cell: SuiteCell) -> str:
     return f"{path} [{cell.model}/{cell.dataset}]"
 
 
-def suite_pairs(base: SuiteReport, cand: SuiteReport, base_path: str, cand_path: str) -> list[Pair]:
+def suite_pairs(base: SuiteReport, cand: SuiteReport, base_path: str, cand_path: str,
+                only_common: bool = False) -> list[Pair]:
     """The cells of two suites to compare: by dataset label when each suite has one model,
-    else by (model label, dataset label); none in common is a `ReportError` naming the labels."""
+    else by (model label, dataset label). Suites whose cells differ (a dataset or a model
+    dropped from one) are a `ReportError` naming what each lacks, unless ``only_common``
+    (``--only-common``): a gate must not pass on fewer cells than it was given to check
+    without being told to; then the cells both have are compared, and the first comparison
+    says which were left out. None in common is a `ReportError` naming the labels."""
     def key(cell: SuiteCell, single: bool) -> tuple[str, ...]:
         return (cell.dataset,) if single else (cell.model, cell.dataset)
 
     single = len(base.models) == 1 and len(cand.models) == 1
-    theirs = {key(c, single): c for c in cand.cells}
-    pairs = [(b, theirs[key(b, single)]) for b in base.cells if key(b, single) in theirs]
+    mine, theirs = ({key(c, single): c for c in s.cells} for s in (base, cand))
+    pairs = [(b, theirs[k]) for k, b in mine.items() if k in theirs]
+    what = "dataset labels" if single else "model/dataset labels"
     if not pairs:
-        def labels(suite: SuiteReport) -> str:
-            return ", ".join(sorted({"/".join(key(c, single)) for c in suite.cells})) or "none"
-
-        what = "dataset labels" if single else "model/dataset labels"
         raise ReportError(f"{cand_path} and {base_path} have no cell in common (matched by {what}: "
-                          f"{labels(base)} vs {labels(cand)}).")
+                          f"{_labels(mine)} vs {_labels(theirs)}).")
+    missing = ((cand_path, [k for k in mine if k not in theirs]), (base_path, [k for k in theirs if k not in mine]))
+    lacking = [f"{path} has no {_labels(keys)}" for path, keys in missing if keys]
+    if lacking and not only_common:
+        raise ReportError(f"{cand_path} and {base_path} hold different cells (matched by {what}): "
+                          f"{'; '.join(lacking)}. Score the missing cells, or pass --only-common to compare only "
+                          "the cells both have.")
+    notes = [f"--only-common: only the cells both suites have were compared; {'; '.join(lacking)}."] if lacking else []
     return [(b.dataset, _cell_report(b, base_path), _cell_name(base_path, b), _cell_report(c, cand_path),
-             _cell_name(cand_path, c)) for b, c in pairs]
+             _cell_name(cand_path, c), notes if k == 0 else []) for k, (b, c) in enumerate(pairs)]
+
+
+def _labels(keys: Iterable[tuple[str, ...]]) -> str:
+    return ", ".join(sorted("/".join(k) for k in keys)) or "none"
 
 
 def pick_cell(suite: SuiteReport, path: str, single: Report, cell: str | None) -> SuiteCell:
@@ -305,23 +321,27 @@ def pick_cell(suite: SuiteReport, path: str, single: Report, cell: str | None) -
 
 
 def report_pairs(base: Report | SuiteReport, cand: Report | SuiteReport, base_path: str, cand_path: str,
-                 cell: str | None = None) -> list[Pair]:
-    """What to compare for a base and a candidate file, each a score or a suite report."""
+                 cell: str | None = None, only_common: bool = False) -> list[Pair]:
+    """What to compare for a base and a candidate file, each a score or a suite report
+    (``only_common``: two suites whose cells differ compare the cells both have)."""
+    if only_common and not (isinstance(base, SuiteReport) and isinstance(cand, SuiteReport)):
+        raise ReportError("--only-common picks the cells two suite reports both have: drop it, or compare two "
+                          "suites.")
     if isinstance(base, SuiteReport) and isinstance(cand, SuiteReport):
         if cell is not None:
             raise ReportError("--cell picks a suite's cell to compare with a score report; two suites are "
                               "compared cell by cell: drop --cell.")
-        return suite_pairs(base, cand, base_path, cand_path)
+        return suite_pairs(base, cand, base_path, cand_path, only_common)
     if isinstance(base, SuiteReport) and isinstance(cand, Report):
         b = pick_cell(base, base_path, cand, cell)
-        return [(b.dataset, _cell_report(b, base_path), _cell_name(base_path, b), cand, cand_path)]
+        return [(b.dataset, _cell_report(b, base_path), _cell_name(base_path, b), cand, cand_path, [])]
     if isinstance(base, Report) and isinstance(cand, SuiteReport):
         c = pick_cell(cand, cand_path, base, cell)
-        return [(c.dataset, base, base_path, _cell_report(c, cand_path), _cell_name(cand_path, c))]
+        return [(c.dataset, base, base_path, _cell_report(c, cand_path), _cell_name(cand_path, c), [])]
     assert isinstance(base, Report) and isinstance(cand, Report)
     if cell is not None:
         raise ReportError("--cell picks a cell of a suite report, and neither report is one.")
-    return [(None, base, base_path, cand, cand_path)]
+    return [(None, base, base_path, cand, cand_path, [])]
 
 
 def compare_report_files(
@@ -334,10 +354,12 @@ def compare_report_files(
     seed: int = 0,
     top_documents: int = TOP_DOCUMENTS,
     cell: str | None = None,
+    only_common: bool = False,
 ) -> ComparisonReport:
     """Load score (or suite) reports and compare each candidate with the base (``n_resamples``:
     0, or at least `lleval.config.MIN_RESAMPLES`). A suite is compared cell by cell
-    (`report_pairs`), each result naming its dataset."""
+    (`report_pairs`; ``only_common``: two suites whose cells differ compare the cells both
+    have, else they are refused), each result naming its dataset."""
     from lleval.config import resamples_problem
     from lleval.errors import ConfigError
     from lleval.report.blocks import now
@@ -345,13 +367,12 @@ def compare_report_files(
     if problem := resamples_problem(n_resamples):
         raise ConfigError(problem + ".")
     base_report = load_any(base)
-    pairs = [pair for path in candidates for pair in report_pairs(base_report, load_any(path), base, path, cell)]
-    comparisons = [
-        replace(compare_reports(
-            b, c, base_name=b_name, candidate_name=c_name,
-            max_regression_pct=max_regression_pct, require_significant=require_significant,
-            n_resamples=n_resamples, seed=seed, top_documents=top_documents,
-        ), dataset=dataset)
-        for dataset, b, b_name, c, c_name in pairs
-    ]
+    pairs = [pair for path in candidates
+             for pair in report_pairs(base_report, load_any(path), base, path, cell, only_common)]
+    comparisons = []
+    for dataset, b, b_name, c, c_name, notes in pairs:
+        result = compare_reports(b, c, base_name=b_name, candidate_name=c_name, max_regression_pct=max_regression_pct,
+                                 require_significant=require_significant, n_resamples=n_resamples, seed=seed,
+                                 top_documents=top_documents)
+        comparisons.append(replace(result, dataset=dataset, notes=notes + result.notes))
     return ComparisonReport(comparisons, max_regression_pct, require_significant, n_resamples, seed, created=now())

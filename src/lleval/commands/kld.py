@@ -119,7 +119,7 @@ def kl_divergence(
         from lleval.commands.reference import kl_against_reference
 
         return kl_against_reference(config, model=model, progress=progress)
-    check_kld(config, base_dtype)
+    check_kld(config, base_dtype, base_model)
     inputs = open_inputs(config)
     base_config = replace(config, model=base_model, dtype=base_dtype or config.dtype)
     (model, base), protocol = load_and_plan([config, base_config], [model, base], progress, same_tokenizer)

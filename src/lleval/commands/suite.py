@@ -258,7 +258,7 @@ def run_suite(
     tests pass a spy)."""
     from lleval.commands.score import load as load_model
 
-    check_suite_config(base)
+    check_suite(suite, base)
     open_datasets(suite, base)
     plans, run, shown = PlannedUnits(), SuiteRun(), _CellProgress(progress)
     stop = should_stop or (lambda: False)
@@ -319,12 +319,55 @@ def _score_model(suite: Suite, base: EvalConfig, model: SuiteEntry, loaded: Load
             return
 
 
-def check_suite_config(base: EvalConfig) -> None:
-    """The base config's own problems (before any dataset is blamed). ``--tokens`` and
-    ``--save-reference`` write one file per cell (`cell_file`); ``--html`` is one page of the suite."""
-    from lleval.preflight import check_config
+def check_suite(suite: Suite, base: EvalConfig, extra_inputs: Sequence[tuple[str, str]] = ()) -> None:
+    """Everything a suite is refused for before any dataset opens or model loads: the base
+    config's flags, two cells whose labels give their files one name (`check_cell_names`),
+    an output that cannot be written or that names another output or anything a cell reads
+    (every model and dataset, the suite file, ``extra_inputs`` such as the ``--config`` file:
+    `lleval.preflight.check_distinct`), and each dataset's flags, named by its label.
+    ``--tokens`` and ``--save-reference`` write one file per cell (`cell_file`), ``--checkpoint``
+    one checkpoint per cell (`cell_checkpoint`); ``--html`` is one page of the suite."""
+    from lleval.data.spec import check_spec, data_spec
+    from lleval.preflight import check_distinct, check_finished_files, check_writable, run_inputs
 
-    check_config(base)
+    base.validate()
+    check_cell_names(suite, base)
+    cells = [suite.cell_config(base, m, d) for m in suite.models for d in suite.datasets]
+    report = [(base.flag("output"), base.output)] if base.output else []
+    outputs = list(dict.fromkeys(report + [out for cell in cells for out in cell.outputs()]))
+    for flag, path in outputs:
+        check_writable(path, flag)
+    inputs = [(base.flag("suite"), base.suite)] if base.suite else []
+    inputs += [found for cell in cells for found in run_inputs(cell)]
+    check_distinct(outputs, list(dict.fromkeys(inputs)) + list(extra_inputs))
+    for cell in cells:
+        check_finished_files(cell)
+    for dataset, cell in zip(suite.datasets, cells):
+        try:
+            check_spec(data_spec(cell))
+        except LlevalError as exc:
+            raise type(exc)(f"dataset {dataset.label!r} of the suite: {exc}") from None
+
+
+def check_cell_names(suite: Suite, base: EvalConfig) -> None:
+    """Refuse (`ConfigError`) two cells whose files would have one name: a cell's files are named
+    by its labels with characters other than letters, digits and ``._-`` as ``_`` (`cell_name`),
+    so models ``m 1`` and ``m_1`` would write one token file over the other. Names that differ
+    only in case count as one (a case-insensitive disk, as on macOS, holds one of them).
+    Checked only where the suite writes a file per cell (``--checkpoint``, ``--tokens``,
+    ``--save-reference``)."""
+    if not (base.checkpoint or base.tokens or base.save_reference):
+        return
+    seen: dict[str, tuple[SuiteEntry, SuiteEntry]] = {}
+    for model in suite.models:
+        for dataset in suite.datasets:
+            name = cell_name(model, dataset)
+            first = seen.setdefault(name.casefold(), (model, dataset))
+            if first[0] is not model or first[1] is not dataset:
+                raise ConfigError(
+                    f"suite {suite.source}: cells {first[0].label!r} x {first[1].label!r} and {model.label!r} x "
+                    f"{dataset.label!r} would write their files under one name ({name}: file names keep letters, "
+                    "digits and ._- of the labels, and one case): give them labels that differ there.")
 
 
 def open_datasets(suite: Suite, base: EvalConfig) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -40,57 +42,142 @@ def resolve_prefix_token(tokenizer: Any, option: str) -> int | None:
 # several hundred bytes per character of working memory (offsets, encodings),
 # so a 10-million-character document at once can take gigabytes.
 PIECE_CHARS = 1_000_000
+# The pieces of a long text overlap by 4 x this (at most a quarter of half a piece): where
+# two pieces meet, their ids are spliced at a token both agree on, at least this far from
+# either piece's edge.
+MARGIN_CHARS = 2_048
+
+
+def _cut(text: str, start: int, piece_chars: int, least: int = 1) -> int:
+    """Where a piece of ``text`` from ``start`` ends: ``piece_chars`` on, or earlier just before
+    a whitespace character (where pre-tokenizers split anyway), but not before ``start +
+    least``; with no whitespace there it is cut where it is."""
+    cut = back = start + piece_chars
+    while back >= start + least and not text[back].isspace():
+        back -= 1
+    return back if back >= start + least else cut
 
 
 def split_for_tokenizing(text: str, piece_chars: int = PIECE_CHARS) -> list[str]:
     """Cut ``text`` into pieces of about ``piece_chars``, each cut just before a whitespace
-    character, where pre-tokenizers split anyway, so the ids equal one-piece tokenizing
-    for whitespace-splitting tokenizers. A run with no whitespace is cut where it is."""
+    character (`_cut`); `encode` tokenizes a long text in such pieces, overlapped."""
     pieces, start = [], 0
     while len(text) - start > piece_chars:
-        cut = start + piece_chars
-        back = cut
-        while back > start and not text[back].isspace():
-            back -= 1
-        cut = back if back > start else cut
+        cut = _cut(text, start, piece_chars)
         pieces.append(text[start:cut])
         start = cut
     pieces.append(text[start:])
     return pieces
 
 
-def encode(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
-    """Token ids of each text, without special tokens (one batched call for short texts)."""
+@dataclass(frozen=True)
+class _Piece:
+    """The tokens of ``text[lo:hi]``: ids, and the character (in the whole text) each starts at."""
+
+    lo: int
+    hi: int
+    ids: list[int]
+    starts: list[int]
+
+
+def _tokenize_piece(tokenizer: Any, text: str, lo: int, hi: int) -> _Piece:
+    encoding = tokenizer(text[lo:hi], add_special_tokens=False, return_offsets_mapping=True)
+    return _Piece(lo, hi, list(encoding["input_ids"]), [lo + start for start, _ in encoding["offset_mapping"]])
+
+
+def _junction(a: _Piece, b: _Piece, margin: int) -> tuple[int, int] | None:
+    """Where to splice two overlapping pieces: ``(i, j)`` such that ``a``'s tokens before ``i``
+    and ``b``'s from ``j`` on are the whole text's. Token ``j`` of ``b`` starts a stretch of at
+    least ``margin / 2`` characters over which both pieces give the same tokens (ids and
+    starts), at least ``margin`` characters from ``b``'s start (where a SentencePiece
+    tokenizer adds its dummy prefix) and from ``a``'s end (where a word is cut): both
+    tokenizations agree there, away from their edges, so both are the whole text's. None
+    where no such token exists (then the text is tokenized whole)."""
+    stretch = max(1, margin // 2)
+    first, last = b.lo + margin, a.hi - margin - stretch
+    for j in range(bisect.bisect_left(b.starts, first), len(b.starts)):
+        start = b.starts[j]
+        if start > last:
+            return None
+        if j and b.starts[j - 1] == start:
+            continue  # a token that shares its start with the one before (bytes of one character)
+        i = bisect.bisect_left(a.starts, start)
+        if i == len(a.starts) or a.starts[i] != start:
+            continue
+        end_a, end_b = bisect.bisect_left(a.starts, start + stretch), bisect.bisect_left(b.starts, start + stretch)
+        if a.ids[i:end_a] == b.ids[j:end_b] and a.starts[i:end_a] == b.starts[j:end_b]:
+            return i, j
+    return None
+
+
+def _encode_long(tokenizer: Any, text: str, piece_chars: int,
+                 offsets: bool = True) -> tuple[list[int], list[int]] | None:
+    """The ids of ``text`` and (with ``offsets``, else an empty list) the character each starts
+    at, as tokenizing it whole gives them, tokenized in overlapping pieces of about
+    ``piece_chars`` (`_junction` splices each pair); None where a junction cannot be
+    verified, or the tokenizer gives no offsets."""
+    margin = max(1, min(piece_chars // 16, MARGIN_CHARS))
+    half = piece_chars // 2  # a piece holds at least this: each step moves at least half - 4 margin on
+    if 4 * margin >= half:
+        return None  # pieces too small to overlap (a test's injected size)
+    ids: list[int] = []
+    starts: list[int] = []
+    try:
+        piece, taken = _tokenize_piece(tokenizer, text, 0, _cut(text, 0, piece_chars, half)), 0
+        while piece.hi < len(text):
+            lo = piece.hi - 4 * margin
+            hi = len(text) if len(text) - lo <= piece_chars else _cut(text, lo, piece_chars, half)
+            following = _tokenize_piece(tokenizer, text, lo, hi)
+            junction = _junction(piece, following, margin)
+            if junction is None or junction[0] < taken:
+                return None
+            ids += piece.ids[taken:junction[0]]
+            starts += piece.starts[taken:junction[0]] if offsets else []
+            piece, taken = following, junction[1]
+    except NotImplementedError:  # a slow (Python) tokenizer gives no offsets
+        return None
+    return ids + piece.ids[taken:], starts + piece.starts[taken:] if offsets else []
+
+
+def _encode_one(tokenizer: Any, text: str, piece_chars: int, offsets: bool) -> tuple[list[int], list[int] | None]:
+    """The ids of one text (and with ``offsets`` the character each starts at): in pieces when
+    it is longer than ``piece_chars`` (`_encode_long`), else, or where its pieces cannot be
+    spliced with certainty, whole."""
+    if len(text) > piece_chars:
+        found = _encode_long(tokenizer, text, piece_chars, offsets)
+        if found is not None:
+            return found[0], found[1] if offsets else None
+    if not offsets:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"]), None
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return list(encoding["input_ids"]), [start for start, _ in encoding["offset_mapping"]]
+
+
+def encode(tokenizer: Any, texts: Sequence[str], piece_chars: int | None = None) -> list[list[int]]:
+    """Token ids of each text, without special tokens (one batched call for short texts). A
+    text longer than ``piece_chars`` (default `PIECE_CHARS`) is tokenized in overlapping pieces
+    spliced where they agree, which gives the ids of the whole text: cutting it into plain
+    pieces gained a token at each cut with a SentencePiece tokenizer (its dummy prefix)."""
+    piece = PIECE_CHARS if piece_chars is None else piece_chars
     if not texts:
         return []
-    if all(len(t) <= PIECE_CHARS for t in texts):
+    if all(len(t) <= piece for t in texts):
         return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
-    out = []
-    for text in texts:
-        ids: list[int] = []
-        for piece in split_for_tokenizing(text):
-            ids.extend(tokenizer(piece, add_special_tokens=False)["input_ids"])
-        out.append(ids)
-    return out
+    return [_encode_one(tokenizer, text, piece, offsets=False)[0] for text in texts]
 
 
-def encode_with_starts(tokenizer: Any, texts: Sequence[str]) -> list[tuple[list[int], np.ndarray]]:
+def encode_with_starts(tokenizer: Any, texts: Sequence[str],
+                       piece_chars: int | None = None) -> list[tuple[list[int], np.ndarray]]:
     """Like `encode`, with the character where each token starts in its text: ``(ids, starts)``
-    per text (a long text is tokenized in the same pieces as `encode`, so the ids are equal)."""
-    if all(len(t) <= PIECE_CHARS for t in texts) and texts:
+    per text (a long text is tokenized in the same overlapping pieces as `encode`)."""
+    piece = PIECE_CHARS if piece_chars is None else piece_chars
+    if all(len(t) <= piece for t in texts) and texts:
         batch = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
         return [(list(ids), np.asarray([s for s, _ in offsets], dtype=np.int64))
                 for ids, offsets in zip(batch["input_ids"], batch["offset_mapping"])]
     out = []
     for text in texts:
-        ids: list[int] = []
-        starts: list[int] = []
-        offset = 0
-        for piece in split_for_tokenizing(text) if len(text) > PIECE_CHARS else [text]:
-            encoding = tokenizer(piece, add_special_tokens=False, return_offsets_mapping=True)
-            ids.extend(encoding["input_ids"])
-            starts.extend(offset + start for start, _ in encoding["offset_mapping"])
-            offset += len(piece)
+        ids, starts = _encode_one(tokenizer, text, piece, offsets=True)
         out.append((ids, np.asarray(starts, dtype=np.int64)))
     return out
 

@@ -218,6 +218,37 @@ class TokenWriter:
             os.fsync(out.fileno())
 
 
+class FinishedFile:
+    """The token file (or reference) of a finished run that a rerun rebuilds from its
+    checkpoint: nothing is scored again, so nothing is added; the file is kept as that run
+    wrote it, untouched, and its checkpoint's state is kept as it was (a later rerun finds
+    it again). A file gone since is this output's failure (`finish` raises it), not the run's."""
+
+    def __init__(self, path: str, flag: str) -> None:
+        self.path = Path(path).expanduser()
+        self.flag = flag
+        self._state: dict[str, Any] = {}
+
+    def update(self, block: ScoredBlock) -> None:
+        """A finished run's rerun scores nothing: there is nothing to write."""
+
+    def state(self) -> dict[str, Any]:
+        """The state the finished run saved, unchanged."""
+        return dict(self._state)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self._state = dict(state)
+
+    def finish(self, header: dict[str, Any], keep_parts: bool = False) -> None:
+        """Nothing to write; a file that is gone is an `OutputError` naming what to do."""
+        if not self.path.is_file():
+            raise OutputError(f"{self.flag} {self.path} of the finished run this checkpoint comes from is gone, and "
+                              "nothing is scored again to write it: delete the checkpoint and rerun to write it anew.")
+
+    def abandon(self, keep_parts: bool = False) -> None:
+        """Nothing of this run's to remove: the finished run's file stays."""
+
+
 def sweep_parts(path: Path, keep: Path) -> None:
     """Remove the parts folders and merge files that dead runs left for ``path`` (their
     names carry the writer's pid): a SIGKILLed run cannot clean up after itself. A folder

@@ -95,9 +95,8 @@ def _units(job: Job, reducers: dict[str, Any]) -> Iterator[Unit]:
     documents; a resumed run's reducers restored and its units checked against the checkpoint;
     a scorer that reads its own file in step (kld --reference) follows them."""
     config = job.config
-    keep_text = bool(config.tokens or config.html or config.save_reference)
     units = job.units if job.units is not None else job.protocol.units(
-        job.inputs.documents, job.loaded.tokenizer, keep_text=keep_text, zlib=config.membership)
+        job.inputs.documents, job.loaded.tokenizer, keep_text=config.keeps_text, zlib=config.membership)
     if job.resumed is not None:
         Checkpointer.restore(job.resumed, reducers, config.checkpoint or "")
         units = verify_resumed(units, job.resumed, config.checkpoint or "")

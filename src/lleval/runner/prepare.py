@@ -21,7 +21,7 @@ from lleval.config import EvalConfig
 from lleval.data.sources import DataStats, Document, DocumentStream
 from lleval.data.spec import BUILTIN_DATASET, data_spec
 from lleval.engine.distributed import DistContext
-from lleval.errors import ConfigError, DataError
+from lleval.errors import DataError
 from lleval.plan.batching import Batching, auto_batching
 from lleval.plan.protocols import Plan, plan
 from lleval.report.blocks import model_block, tokenizer_block
@@ -155,12 +155,6 @@ def make_job(inputs: Inputs, loaded: LoadedModel, protocol: Plan, others: tuple[
         resumed = ckpt.load(config.checkpoint, fingerprint)
     if config.checkpoint and dist is not None:
         resumed = dist.broadcast(resumed)
-    if resumed is not None and resumed.complete and config.tokens:
-        raise ConfigError(
-            f"checkpoint {config.checkpoint} is of a finished run, which wrote its token file then: nothing is "
-            "scored again now, so there are no tokens to write. Drop --tokens to rebuild the report from the "
-            "checkpoint, or delete the checkpoint to score again."
-        )
     return Job(inputs, loaded, protocol, batching, fingerprint, resumed, others)
 
 

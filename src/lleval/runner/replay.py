@@ -52,7 +52,7 @@ class PlannedUnits:
             inputs = dataclasses.replace(job.inputs, stats=entry.stats, documents=iter(()))
             return dataclasses.replace(job, inputs=inputs, units=(_expanded(u) for u in entry.units))
         self.tokenizations += 1
-        units = job.protocol.units(job.inputs.documents, job.loaded.tokenizer, keep_text=_keeps_text(job),
+        units = job.protocol.units(job.inputs.documents, job.loaded.tokenizer, keep_text=job.config.keeps_text,
                                    zlib=job.config.membership)
         return dataclasses.replace(job, units=self._kept(key, units, job.inputs.stats))
 
@@ -65,7 +65,7 @@ class PlannedUnits:
         fingerprint = held[1]
         spec = job.config.section("data")
         described = job.protocol.describe(tokenizer)
-        return json.dumps([fingerprint, spec, described, _keeps_text(job), job.config.membership], sort_keys=True, default=repr)
+        return json.dumps([fingerprint, spec, described, job.config.keeps_text, job.config.membership], sort_keys=True, default=repr)
 
     def _kept(self, key: str, units: Iterator[Unit], stats: DataStats) -> Iterator[Unit]:
         kept = []
@@ -81,6 +81,3 @@ def _expanded(unit: Unit) -> Unit:
     tokens: Any = unit.tokens
     return dataclasses.replace(unit, tokens=tokens.tolist())
 
-
-def _keeps_text(job: Job) -> bool:
-    return bool(job.config.tokens or job.config.html)

@@ -54,20 +54,27 @@ def run_job(
 
 
 def file_reducers(job: Job, samples: bool = True) -> dict[str, Any]:
-    """The reducers behind ``--tokens`` and ``--html`` (rank 0 alone writes files; ``samples``:
-    whether the page shows documents token by token, as score's does)."""
+    """The reducers behind ``--tokens``, ``--save-reference`` and ``--html`` (rank 0 alone writes
+    files; ``samples``: whether the page shows documents token by token, as score's does). A
+    rerun of a finished run (its checkpoint is complete) scores nothing: its token file and
+    reference are kept as that run wrote them (`FinishedFile`), not written again."""
+    from lleval.report.tokens import FinishedFile
+
     config, dist = job.config, job.inputs.dist
     if dist is not None and not dist.is_main:
         return {}
+    finished = job.resumed is not None and job.resumed.complete
     files: dict[str, Any] = {}
     if config.tokens:
         from lleval.report.tokens import TokenWriter
 
-        files["tokens"] = TokenWriter(config.tokens, config.checkpoint)
+        files["tokens"] = (FinishedFile(config.tokens, config.flag("tokens")) if finished
+                           else TokenWriter(config.tokens, config.checkpoint))
     if config.save_reference:
         from lleval.report.reference import ReferenceWriter
 
-        files["reference"] = ReferenceWriter(config.save_reference, config.checkpoint)
+        files["reference"] = (FinishedFile(config.save_reference, config.flag("save_reference")) if finished
+                              else ReferenceWriter(config.save_reference, config.checkpoint))
     if config.html and samples:
         files["samples"] = DocumentSamples(config.html_docs)
     return files
