@@ -355,15 +355,16 @@ def _links(world: Path) -> None:
 
 OVER_INPUTS = {
     "-o onto the model folder's config.json": "score -m m -d d.jsonl -o m/config.json",
-    "--tokens as a new file in the model folder": "score -m m -d d.jsonl --tokens m/t.parquet",
+    "-o as a new weights file in the model folder": "score -m m -d d.jsonl -o m/extra.safetensors",
+    "-o as a new tokenizer file in the model folder": "score -m m -d d.jsonl -o m/tokenizer_config.json",
     "-o onto the model's .gguf": "score -m g.gguf -d d.jsonl -o g.gguf",
     "-o onto the --config file": "score -m m -d d.jsonl --config c.yaml -o c.yaml",
     "--html onto the --config file of kld": "kld -m m --base-dtype bfloat16 -d d.jsonl --config c.yaml --html c.yaml",
     "-o onto the --suite file": "score --suite s.yaml -o s.yaml",
     "-o of a suite onto its --config file": "score -m m -m g.gguf -d d.jsonl --config c.yaml -o c.yaml",
     "-o onto a dataset the suite file names": "score --suite s.yaml -o d.jsonl",
-    "--html into a model folder the suite file names": "score --suite s.yaml --html m/page.html",
-    "--tokens of a suite's cell onto a model file": "score -m m -m g.gguf -d d.jsonl --tokens m/t.parquet",
+    "--html into a model folder the suite file names": "score --suite s.yaml --html m/generation_config.json",
+    "--tokens of a suite's cell into a saved dataset folder": "score -m m -m g.gguf -d ds --tokens ds/t.parquet",
     "-o of a suite of -m/-d onto its dataset": "score -m m -m g.gguf -d d.jsonl -o d.jsonl",
     "--save-reference onto the dataset": "score -m m -d d.parquet --save-reference d.parquet",
     "--save-reference and --tokens onto one file": "score -m m -d d.jsonl --save-reference x.parquet --tokens x.parquet",
@@ -414,9 +415,10 @@ def test_no_output_is_written_over_anything_the_run_reads(world: Path, monkeypat
     assert _snapshot(world) == before
 
 
-@pytest.mark.parametrize("output", ["m.json", "m-report.json", "../outside.json"])
+@pytest.mark.parametrize("output", ["m.json", "m-report.json", "../outside.json", "m/eval.json", "snap/eval.json"])
 def test_outputs_beside_an_input_are_not_refused(world: Path, monkeypatch: pytest.MonkeyPatch, output: str) -> None:
-    """A name that starts like the model folder's, beside it, is not inside it."""
+    """A name that starts like the model folder's, beside it, is not inside it; a report inside a
+    model folder under a name no loader reads (an eval.json beside a checkpoint) is allowed."""
     from lleval.config import EvalConfig
     from lleval.preflight import check_config
 

@@ -112,14 +112,42 @@ def _folder_inodes(folder: _Place) -> Iterator[tuple[int, int]]:
             yield stat.st_dev, stat.st_ino
 
 
+# The files a model or tokenizer loader may read from a model folder (transformers, GGUF,
+# SentencePiece, tiktoken, remote code): an output by one of these names inside a model folder
+# would change what the next load reads, even as a new file. Other new files there (an
+# eval.json beside a checkpoint, as the Trainer writes) are allowed.
+LOADER_NAMES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt",
+                "chat_template.json", "chat_template.jinja", "preprocessor_config.json")
+LOADER_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".model", ".index.json", ".py", ".tiktoken",
+                   ".msgpack", ".h5")
+
+
+def _is_model_folder(folder: Path) -> bool:
+    """A folder a model loader reads (its config or tokenizer or a .gguf at the top), as against
+    a saved dataset or any other folder, all of which is off limits."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return False
+    return any(name in LOADER_NAMES or name.endswith(".gguf") for name in names)
+
+
+def _loader_reads(path: Path) -> bool:
+    return path.name in LOADER_NAMES or path.name.endswith(LOADER_SUFFIXES)
+
+
 def _clash(output: _Place, other: _Place) -> str | None:
     """How writing ``output`` would touch ``other`` (a file or a folder the run reads, or
-    another output), in words; None when it would not."""
+    another output), in words; None when it would not. Inside a model folder only a file a
+    loader reads (or one the folder holds under another name: a hard link) is refused; inside
+    any other folder the run reads (a saved dataset), every file is."""
     if output.spots & other.spots or (output.inode is not None and output.inode == other.inode):
         return "is the same file as"
     if not other.folder:
         return None
-    if any(spot.is_relative_to(folder) for spot in output.spots for folder in other.spots):
+    inside = [spot for spot in output.spots for folder in other.spots if spot.is_relative_to(folder)]
+    if inside and (not _is_model_folder(other.path) or any(_loader_reads(spot) for spot in inside)):
         return "is inside"
     if output.inode is not None and output.inode in set(_folder_inodes(other)):
         return "is the same file (a hard link) as a file of"
