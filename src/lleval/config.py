@@ -28,6 +28,7 @@ from lleval.windows import window_problem
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 FORMATS = ("table", "json", "markdown")
+COMPARE_METRICS = ("perplexity", "bits_per_byte")  # what compare --metric may compare and gate on
 DEVICE_MAPS = ("auto", "balanced", "sequential")
 PROTOCOLS = ("rolling", "lm-eval", "hf-guide", "llama-cpp")
 SAMPLE_BY = ("document", "paragraph", "line")
@@ -187,7 +188,7 @@ class EvalConfig:
     text_field: str = _setting("text", "data", "Column holding the text.")
     sample_by: str = _setting("document", "data", "How a .txt file or stdin is cut into documents.",
                               choices=SAMPLE_BY)
-    limit: int | None = _setting(None, "data", "Score only the first N rows.", types=(int,), minimum=0)
+    limit: int | None = _setting(None, "data", "Score only the first N rows (1 or more).", types=(int,), minimum=1)
     streaming: bool = _setting(False, "data", "Stream the dataset instead of loading it into memory.")
     encoding: str = _setting(
         "utf-8", "data", "Encoding of .txt/.jsonl/.json/.csv files and stdin (a Python codec name).")
@@ -224,7 +225,8 @@ class EvalConfig:
         DEFAULT_CHECKPOINT_EVERY, "engine", "Seconds between checkpoint saves (needs --checkpoint).",
         types=(int, float), minimum=0)
     bootstrap: int = _setting(
-        1000, "outputs", "Bootstrap resamples over documents for 95% intervals (0: none).", minimum=0)
+        1000, "outputs", f"Bootstrap resamples over documents for 95% intervals: 0 (none), or {MIN_RESAMPLES} and "
+        "more.", minimum=0)
     seed: int = _setting(0, "outputs", "Seed of the bootstrap.")
     output: str | None = _setting(
         None, "outputs", "Write the JSON report here (atomically). An output that cannot be written (a full "
@@ -338,12 +340,12 @@ class EvalConfig:
         if _not_a_batch_size(self.batch_size):
             problems.append(f"{self._field('batch_size')} must be a number of windows or 'auto', got {self.batch_size!r}")
         for name in MINIMUMS:  # the ranges click holds the flags to, for callers of the API
-            if name != "bootstrap" and (problem := range_problem(name, getattr(self, name))):
+            if name not in ("bootstrap", "limit") and (problem := range_problem(name, getattr(self, name))):
                 problems.append(f"{self._field(name)} {problem}")
         if problem := resamples_problem(self.bootstrap, self.flag("bootstrap", self.bootstrap)):
             problems.append(problem)
-        if self.limit == 0:
-            problems.append(f"{self.flag('limit', 0)} scores no row: give 1 or more, or drop it")
+        if self.limit is not None and self.limit < 1:
+            problems.append(f"{self.flag('limit', self.limit)} scores no row: give 1 or more, or drop it")
         if isinstance(self.min_k, (int, float)) and not 0 < self.min_k <= 1:
             problems.append(f"{self.flag('min_k', self.min_k)} is the fraction of tokens Min-K% averages: give a "
                             "number above 0 and at most 1 (0.2 is the papers' default)")
