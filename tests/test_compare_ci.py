@@ -260,7 +260,7 @@ def test_a_junit_file_is_an_output_refused_over_an_input(tmp_path: Path) -> None
     base = write(tmp_path, "a.json", make_report())
     before = Path(base).read_bytes()
     result = run([base, base, "--junit", base])
-    assert result.exit_code == 2 and "--junit" in result.stderr
+    assert result.exit_code == 2 and "--junit" in result.stderr and "same file as BASE" in result.stderr
     assert Path(base).read_bytes() == before
     assert run([base, base, "--junit", str(tmp_path / "j.xml"), "-o", str(tmp_path / "j.xml")]).exit_code == 2
 

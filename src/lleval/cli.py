@@ -127,8 +127,9 @@ def kld(base_model: str | None, base_dtype: str | None, dataset_argument: str | 
 
     --model is the model compared with the base (default: the built-in
     SmolLM2-135M-Instruct, Q4_1 GGUF dequantized to float32). Both run over the same windows, with every option of
-    score; nothing is written to disk but the report. The data is --dataset
-    (or DATASET, the same). Refuses models whose tokenizers differ.
+    score. Files written: the report (-o), and when asked the per-token file (--tokens, with each token's KL)
+    and the page (--html); nothing else. The data is --dataset (or DATASET, the same). Refuses models whose
+    tokenizers differ.
 
     \b
     Examples:

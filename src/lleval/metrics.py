@@ -209,6 +209,12 @@ def interval_reliable(documents: int) -> bool:
     return documents >= MIN_INTERVAL_DOCUMENTS
 
 
+def reliability(documents: int, has_interval: bool) -> dict[str, Any]:
+    """What a report's ``bootstrap`` block says of its intervals: the ``documents`` resampled and
+    whether the intervals are ``reliable`` (`interval_reliable`; None when there is none)."""
+    return {"documents": documents, "reliable": interval_reliable(documents) if has_interval else None}
+
+
 def unreliable_sentence(documents: int) -> str:
     """The note of a report whose intervals come from fewer than `MIN_INTERVAL_DOCUMENTS`."""
     return (f"the 95% intervals come from {documents} document{'' if documents == 1 else 's'}, fewer than "

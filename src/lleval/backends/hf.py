@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from lleval.backends.base import LOGITS_SLICE_BYTES, LoadedModel, ModelInfo, ModelSpec, slice_positions
 from lleval.errors import ConfigError, ModelLoadError
 from lleval.hub import HubAccess, first_line, hub_access, is_hub_id, is_url
+from lleval.quiet import quiet_transformers
 
 if TYPE_CHECKING:  # torch and transformers are imported only when a model is loaded
     import torch  # noqa: F401
@@ -177,10 +178,11 @@ def _from_pretrained(
     local = HubAccess(True, "local") if not spec.trust_remote_code else hub_access()
     access = hub_access() if source == "hub" else local
     try:
-        return loader.from_pretrained(
-            location, revision=spec.revision, trust_remote_code=spec.trust_remote_code, gguf_file=gguf_file,
-            local_files_only=access.offline, **extra
-        )
+        with quiet_transformers():  # no "Loading weights" bar on a caller's stderr
+            return loader.from_pretrained(
+                location, revision=spec.revision, trust_remote_code=spec.trust_remote_code, gguf_file=gguf_file,
+                local_files_only=access.offline, **extra
+            )
     except Exception as exc:
         corrupt = " The .gguf file may be truncated or corrupted: download it again." if gguf_file else ""
         hint = " " + access.hint() if source == "hub" else ""
@@ -302,7 +304,8 @@ def _store_notes(found: ModelSource, model: Any) -> tuple[str | None, tuple[str,
     """Keep a converted .gguf (a cache miss) in the cache: its ``cache`` status and the note
     of a cache that cannot be written (one warning; otherwise every run converts again,
     silently)."""
-    problem = found.cache.store(model, found.tokenizer)
+    with quiet_transformers():  # no "Writing model shards" bar
+        problem = found.cache.store(model, found.tokenizer)
     if problem is None:
         return "stored", ()
     note = (f"the model cache {found.cache.root} cannot be written ({problem}): {found.display} was converted "

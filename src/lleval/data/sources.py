@@ -19,6 +19,7 @@ from lleval.data.checks import check_file, check_text
 from lleval.data.spec import BUILTIN_DATASET, DataSpec, FILE_BUILDERS, LOCAL_SPLIT, check_spec, describe_split, source_kind
 from lleval.errors import ConfigError, DataError
 from lleval.hub import datasets_offline, first_line, hub_access
+from lleval.quiet import quiet_datasets
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,13 @@ class DataStats:
 
 
 def _load(spec: DataSpec) -> Any:
-    """A ``datasets`` Dataset or IterableDataset for the spec (not for stdin)."""
+    """A ``datasets`` Dataset or IterableDataset for the spec (not for stdin), loaded without
+    datasets' own progress bars (`lleval.quiet`)."""
+    with quiet_datasets():
+        return _load_quietly(spec)
+
+
+def _load_quietly(spec: DataSpec) -> Any:
     kind, path = source_kind(spec.dataset)
     if kind == "saved":
         assert path is not None

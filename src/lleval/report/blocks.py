@@ -155,9 +155,22 @@ class ProtocolBlock(Block):
         return self.name == "llama-cpp"
 
     def summary(self) -> str:
-        """One line naming the protocol's choices, for rendered tables."""
+        """One line naming the protocol's choices, for rendered tables: the prefix token by its
+        text (``prefix=<|im_start|> (id 1)``), which says more than its id alone."""
         window = f"L={self.max_length}" + (f", S={self.stride}" if self.stride else "")
-        return f"{self.name}: {window}, prefix={self.prefix_token}, concat={self.concat is not None}"
+        return f"{self.name}: {window}, prefix={self.prefix_shown}, concat={self.concat is not None}"
+
+    @property
+    def prefix_shown(self) -> str:
+        """The prefix token as a reader knows it: its text and id, the id alone when its text
+        is unknown, or ``none``."""
+        if self.prefix_token is None:
+            return "none"
+        text = self.prefix_token_text
+        if text:
+            shown = text if text.isprintable() and text.strip() == text else repr(text)  # "\n" as '\n'
+            return f"{shown} (id {self.prefix_token})"
+        return f"id {self.prefix_token}"
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
