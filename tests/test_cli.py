@@ -228,6 +228,7 @@ TYPED: list[tuple[list[str], str, Any]] = [
     (["--format", "json"], "format", "json"),
     (["-q"], "quiet", True),
     (["--quiet"], "quiet", True),
+    (["--progress", "lines"], "progress", "lines"),
     (["--tokens", "t.parquet"], "tokens", "t.parquet"),
     (["--token-stats"], "token_stats", True),
     (["--html", "r.html"], "html", "r.html"),

@@ -82,7 +82,7 @@ def score(**flags: Any) -> None:
     with _command_scope(config.quiet), _Interrupts() as interrupts:
         from lleval.commands.score import evaluate
 
-        report = _with_progress(config.quiet, evaluate, config, should_stop=interrupts.should_stop)
+        report = _with_progress(config, evaluate, config, should_stop=interrupts.should_stop)
         failed = _deliver(report, config.output, config.format)
     if interrupts.signum is not None:
         what = "after the run had finished: the report is complete" if report.complete else "report marked incomplete"
@@ -103,7 +103,7 @@ def _score_suite(flags: dict[str, Any], models: tuple[str, ...], datasets: tuple
 
     suite = _call(suite_for, config, models, datasets)
     with _command_scope(config.quiet), _Interrupts() as interrupts:
-        report = _with_progress(config.quiet, run_suite, suite, config, should_stop=interrupts.should_stop)
+        report = _with_progress(config, run_suite, suite, config, should_stop=interrupts.should_stop)
         failed = _deliver(report, config.output, config.format)
     if interrupts.signum is not None:
         click.echo(f"stopped by signal {interrupts.signum}: suite report marked incomplete", err=True)
@@ -155,7 +155,7 @@ def kld(base_model: str | None, base_dtype: str | None, dataset_argument: str | 
         from lleval.commands.kld import kl_divergence
 
         base = None if config.reference else base_model or config.model  # --reference: the base is the file
-        result = _with_progress(config.quiet, kl_divergence, config, base, base_dtype=base_dtype)
+        result = _with_progress(config, kl_divergence, config, base, base_dtype=base_dtype)
         failed = _deliver(result, config.output, config.format)
     if failed:
         sys.exit(1)
@@ -504,16 +504,10 @@ class _StderrProgress:
         self._progress.update(self._task, description=f"{text}…")
 
     def update(self, state: "ScoringProgress") -> None:
-        rate, left = state.tokens_per_second, state.seconds_left
-        planned = "" if state.all_planned else "+"  # more blocks to come
-        self._progress.update(
-            self._task, completed=state.tokens, total=state.tokens_planned or None,
-            tokens=f"{state.tokens:,}/{state.tokens_planned:,}{planned} tok",
-            docs=f"{state.documents}/{state.documents_expected} docs" if state.documents_expected
-            else f"{state.documents} docs",
-            rate="… tok/s" if rate is None else f"{rate:,.0f} tok/s",
-            left="" if left is None else f"{int(left) // 60}:{int(left) % 60:02d} left",
-        )
+        from lleval.runner.progress import progress_fields
+
+        fields: dict[str, Any] = dict(progress_fields(state))
+        self._progress.update(self._task, completed=state.tokens, total=state.tokens_planned or None, **fields)
 
 
 def _summary_file() -> str:
@@ -589,14 +583,29 @@ class _Interrupts:
             signal.signal(sig, handler)
 
 
-def _with_progress(quiet: bool, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run a library call with lleval's status line on stderr, unless quiet, not a
-    terminal or not rank 0."""
+def progress_mode(config: EvalConfig, terminal: bool) -> str:
+    """How stderr shows progress: ``none`` with --quiet, else --progress, where ``auto`` is a
+    bar on a terminal and plain lines elsewhere (a CI log, a pipe, a file)."""
+    if config.quiet:
+        return "none"
+    if config.progress == "auto":
+        return "bar" if terminal else "lines"
+    return config.progress
+
+
+def _with_progress(config: EvalConfig, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a library call with lleval's progress on stderr (`progress_mode`; rank 0 only)."""
     from rich.console import Console
 
     err = Console(stderr=True)
-    if quiet or not err.is_terminal or not _is_main_rank():
+    mode = progress_mode(config, err.is_terminal) if _is_main_rank() else "none"
+    if mode == "none":
         return _call(fn, *args, **kwargs)
+    if mode == "lines":
+        from lleval.runner.progress import LineProgress
+
+        with LineProgress(lambda line: click.echo(line, err=True)) as lines:
+            return _call(fn, *args, progress=lines, **kwargs)
     with _StderrProgress(err) as progress:
         return _call(fn, *args, progress=progress, **kwargs)
 

@@ -29,6 +29,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 FORMATS = ("table", "json", "markdown")
 COMPARE_METRICS = ("perplexity", "bits_per_byte")  # what compare --metric may compare and gate on
+PROGRESS = ("auto", "bar", "lines", "none")  # how stderr shows progress (--progress)
 DEVICE_MAPS = ("auto", "balanced", "sequential")
 PROTOCOLS = ("rolling", "lm-eval", "hf-guide", "llama-cpp")
 SAMPLE_BY = ("document", "paragraph", "line")
@@ -234,6 +235,10 @@ class EvalConfig:
     format: str = _setting("table", "outputs", "What stdout gets: a table, the JSON report, or markdown.",
                            choices=FORMATS)
     quiet: bool = _setting(False, "outputs", "Nothing on stderr but errors: no progress, no warnings.", short="-q")
+    # a bar on a terminal; lines in a CI log, a pipe or a file (lleval.runner.progress.LineProgress)
+    progress: str = _setting(
+        "auto", "outputs", "How stderr shows progress: auto (a bar on a terminal; else, as in a CI log, a line at "
+        "each stage and every 20 s), bar, lines or none. --quiet shows none.", choices=PROGRESS)
     # what the run shows of its tokens: the per-token export, .parquet or .jsonl (lleval.report.tokens)
     tokens: str | None = _setting(
         None, "outputs", "Write every scored token (document, position, context, id, text, log-prob) here: "
