@@ -190,6 +190,11 @@ class EvalConfig:
     sample_by: str = _setting("document", "data", "How a .txt file or stdin is cut into documents.",
                               choices=SAMPLE_BY)
     limit: int | None = _setting(None, "data", "Score only the first N rows (1 or more).", types=(int,), minimum=1)
+    # a reproducible random subset of rows (lleval.data.sources.sample_rows), in source order
+    sample: int | None = _setting(
+        None, "data", "Score N rows drawn at random, the same N for the same --seed, in source order (with "
+        "--limit L: N of the first L rows). Rows count as for --limit: an empty row drawn is skipped.",
+        types=(int,), minimum=1, metavar="N")
     streaming: bool = _setting(False, "data", "Stream the dataset instead of loading it into memory.")
     encoding: str = _setting(
         "utf-8", "data", "Encoding of .txt/.jsonl/.json/.csv files and stdin (a Python codec name).")
@@ -228,7 +233,7 @@ class EvalConfig:
     bootstrap: int = _setting(
         1000, "outputs", f"Bootstrap resamples over documents for 95% intervals: 0 (none), or {MIN_RESAMPLES} and "
         "more.", minimum=0)
-    seed: int = _setting(0, "outputs", "Seed of the bootstrap.")
+    seed: int = _setting(0, "outputs", "Seed of the bootstrap, and of the rows --sample draws.")
     output: str | None = _setting(
         None, "outputs", "Write the JSON report here (atomically). An output that cannot be written (a full "
         "disk) is one line on stderr and exit 1; the others are still written.", short="-o", path=True)
@@ -392,9 +397,13 @@ class EvalConfig:
         problems: list[str] = []
         if self.checkpoint is None and self.checkpoint_every != DEFAULT_CHECKPOINT_EVERY:
             problems.append(f"{self.flag('checkpoint_every')} needs --checkpoint (there is nothing to save)")
-        if self.bootstrap == 0 and self.seed != 0:
+        if self.bootstrap == 0 and self.seed != 0 and self.sample is None:
             problems.append(f"{self.flag('seed')} seeds the bootstrap, which {self.flag('bootstrap', 0)} turns off: "
                             "drop one of them")
+        if self.sample is not None and self.limit is not None and self.sample >= self.limit:
+            problems.append(f"{self.flag('sample', self.sample)} draws from the first {self.limit} rows "
+                            f"({self.flag('limit', self.limit)}) and would take every one: give --sample fewer rows "
+                            "than --limit, or drop --sample")
         if self.device_map is not None and self.device != "auto":
             problems.append(f"{self.flag('device_map')} places the model itself: drop {self.flag('device')}")
         if not self.float32_head and self.dtype == "float32":

@@ -278,13 +278,18 @@ def tokenizer_block(tokenizer: Any, name: str) -> TokenizerBlock:
 
 
 def dataset_block(spec: Any, stats: Any, documents: int) -> DatasetBlock:
-    """The report's ``dataset`` block, from a `lleval.data.spec.DataSpec` and its `DataStats`."""
+    """The report's ``dataset`` block, from a `lleval.data.spec.DataSpec` and its `DataStats`;
+    with ``--sample``, its ``sample``: the rows asked for, the seed that drew them and the
+    rows they were drawn from (absent otherwise, so other reports keep their bytes)."""
     from lleval.data.spec import BUILTIN_DATASET, describe_split
 
+    sample = getattr(spec, "sample", None)
+    extra = {} if sample is None else {"sample": {"rows": sample, "seed": spec.seed,
+                                                  "from_rows": getattr(stats, "sampled_from", None)}}
     return DatasetBlock(spec=spec.dataset or BUILTIN_DATASET, config=spec.dataset_config, split=describe_split(spec),
                         text_field=spec.text_field, sample_by=spec.sample_by, limit=spec.limit,
                         streaming=spec.streaming, rows=stats.rows, documents=documents,
-                        skipped_empty=stats.skipped_empty, fingerprint=stats.fingerprint())
+                        skipped_empty=stats.skipped_empty, fingerprint=stats.fingerprint(), extra=extra)
 
 
 def timing_block(total_seconds: float, load_seconds: float, scoring_seconds: float, tokens: int,
