@@ -84,10 +84,10 @@ def resolve_device(device: str) -> str:
 def resolve_dtype(dtype: str, device: str) -> Any:
     """``auto``: bfloat16 on CUDA GPUs that support it, float32 everywhere else (float32
     is exact and the same on every CPU). bf16/fp16 asked for on a CPU times a small
-    matmul in that dtype against float32 (`lleval.hardware.half_matmul_speedup`, a few
-    ms) and warns, with the figure, only where the half dtype measured slower by
-    `lleval.hardware.SLOWER_MARGIN` or more: how much slower depends on the CPU (1.6x
-    end to end on an AVX2 Zen 3), and CPUs with bf16 units run it faster."""
+    matmul in that dtype against float32 (`lleval.hardware.half_matmul_speed`, tens of
+    ms) and warns, with the figure, only where the half dtype measured clearly slower, by
+    `lleval.hardware.SLOWER_MARGIN` or more in most rounds: how much slower depends on the
+    CPU (1.6x end to end on an AVX2 Zen 3), and CPUs with bf16 units run it faster."""
     import torch
 
     from lleval.hardware import half_is_slow, half_speed_sentence
@@ -99,7 +99,7 @@ def resolve_dtype(dtype: str, device: str) -> Any:
         return torch.float32
     if device == "cpu" and dtype != "float32" and half_is_slow(dtype):
         warnings.warn(
-            f"{dtype} on this CPU: {half_speed_sentence(dtype)} (a 512x512x512 matmul, timed just now), "
+            f"{dtype} on this CPU: {half_speed_sentence(dtype)}: a 512x512x512 matmul, timed just now, "
             "so scoring in it is likely slower too. Use --dtype float32.",
             stacklevel=2,
         )

@@ -314,18 +314,22 @@ def environment(cpu_half_dtypes: Iterable[str] = ()) -> dict[str, Any]:
     ``cpu_half_dtypes``: the half precisions (``bfloat16``, ``float16``) the run's
     models ran in on the CPU; for each, ``cpu`` adds ``bf16_matmul_speedup`` /
     ``fp16_matmul_speedup``, the matmul speed against float32 measured in this
-    process (`lleval.hardware.half_matmul_speedup`). Runs in float32 have neither.
+    process (`lleval.hardware.half_matmul_speed`), its ``..._spread`` (the quartiles of
+    the rounds' speedups) and ``..._rounds``. Runs in float32 have none of them.
     """
     import datasets
     import torch
     import transformers
 
     from lleval import __version__
-    from lleval.hardware import cpu_features, half_matmul_speedup
+    from lleval.hardware import cpu_features, half_matmul_speed
 
     cpu = dict(cpu_features())
     for dtype in sorted(set(cpu_half_dtypes)):
-        cpu[f"{'bf16' if dtype == 'bfloat16' else 'fp16'}_matmul_speedup"] = half_matmul_speedup(dtype)
+        short, speed = "bf16" if dtype == "bfloat16" else "fp16", half_matmul_speed(dtype)
+        cpu[f"{short}_matmul_speedup"] = speed.speedup
+        cpu[f"{short}_matmul_speedup_spread"] = [speed.low, speed.high]
+        cpu[f"{short}_matmul_rounds"] = speed.rounds
 
     return {
         "python": platform.python_version(),
