@@ -359,3 +359,54 @@ def test_the_table_names_both_values_alike(tmp_path: Path) -> None:
         tmp_path, "b.json", base), "--format", "json"]).stdout))
     assert report.columns == ("candidate", "metric", "base value", "candidate value", "change", "95% CI",
                               "P(worse)", "verdict")
+
+
+# --- attacks ---------------------------------------------------------------------------------------
+
+def test_require_significant_without_a_bootstrap_is_refused(tmp_path: Path) -> None:
+    """With --bootstrap 0 there is no interval, so --require-significant would let every change pass."""
+    base = make_report()
+    paths = [write(tmp_path, "a.json", base), write(tmp_path, "b.json", worsen(base, {i: 1.5 for i in range(40)}))]
+    result = run([*paths, "--max-regression", "1", "--require-significant", "--bootstrap", "0"])
+    assert result.exit_code == 2 and "--bootstrap 0" in result.stderr
+    assert run([*paths, "--max-regression", "1", "--bootstrap", "0"]).exit_code == 1  # the gate alone still fails
+
+
+def test_ids_that_look_like_markup_stay_text(tmp_path: Path) -> None:
+    ids = [f"a|b <i>{i}</i>" for i in range(40)]
+    base = make_report(ids=ids)
+    page = tmp_path / "c.html"
+    result = run([write(tmp_path, "a.json", base), write(tmp_path, "b.json", worsen(base, {4: 1.3})), "--html",
+                  str(page), "--format", "markdown"])
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.stdout.splitlines() if line.startswith("| 4 |"))
+    assert row.count("|") == 5  # four cells: the id's "|" cannot open a fifth
+    cells = [e for e in parse(page) if e["section"] == "changed-documents" and e["tag"] == "td"]
+    assert cells[1]["text"] == "a|b <i>4</i>"  # the page shows the id as it is
+    assert "<i>4</i>" not in page.read_text()  # escaped, not markup
+
+
+def test_a_junit_file_that_cannot_be_written_costs_that_file_alone(tmp_path: Path) -> None:
+    base = make_report()
+    out = tmp_path / "c.json"
+    result = run([write(tmp_path, "a.json", base), write(tmp_path, "b.json", base), "--junit",
+                  str(tmp_path / "missing" / "j.xml"), "-o", str(out), "--format", "json"])
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["passed"] and json.loads(out.read_text())["passed"]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "--junit" in errors[0]
+
+
+def test_junit_and_annotations_hold_odd_names(tmp_path: Path) -> None:
+    base = make_report()
+    folder = tmp_path / 'we"ird, <name>: 100%'
+    folder.mkdir()
+    bad = worsen(base, {i: 1.05 for i in range(40)})
+    paths = [write(folder, "a.json", base), write(folder, "b&c.json", bad)]
+    junit = tmp_path / "j.xml"
+    result = run([*paths, "--max-regression", "1", "--junit", str(junit)], env={"GITHUB_ACTIONS": "true"})
+    assert result.exit_code == 1
+    case = ET.parse(junit).getroot().find("./testsuite/testcase")
+    assert case is not None and case.get("name") == paths[1]
+    (error,) = [a for a in _annotations(result.stderr) if a[0] == "error"]
+    assert paths[1] in error[2] and "\n" not in error[2]

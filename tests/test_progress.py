@@ -168,3 +168,32 @@ def test_a_progress_mode_out_of_its_choices_is_refused() -> None:
 
     with pytest.raises(ConfigError, match="progress"):
         EvalConfig(progress="sometimes").validate()
+
+
+def test_kld_and_suites_write_lines_too(tiny_model_dir: Path, tiny_llama_dir: Path, tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "d.jsonl", TEXTS)
+    other = write_jsonl(tmp_path / "e.jsonl", TEXTS[:2])
+    kld = CliRunner().invoke(main, ["kld", "--base-dtype", "float32", "--dtype", "bfloat16", "-m",
+                                    str(tiny_llama_dir), "-d", data, "-L", "8", "--format", "json"],
+                             catch_exceptions=False)
+    assert kld.exit_code == 0, kld.output
+    stages = [line.split(" ", 2)[2] for line in kld.stderr.splitlines() if line.startswith("lleval ")]
+    assert stages[0] == "loading models" and stages[-1] == "writing report"
+    suite = CliRunner().invoke(main, ["score", "-m", str(tiny_model_dir), "-d", data, "-d", other, "-L", "8",
+                                      "--format", "json"], catch_exceptions=False)
+    assert suite.exit_code == 0, suite.output
+    cells = [line for line in suite.stderr.splitlines() if line.startswith("lleval ")]
+    assert any("cell 1/2" in line and "scoring" in line for line in cells)
+    assert any("cell 2/2" in line and "writing report" in line for line in cells)
+
+
+def test_a_run_that_fails_ends_its_lines_and_says_why(tiny_model_dir: Path, tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "d.jsonl", TEXTS)
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    result = CliRunner().invoke(main, ["score", "-m", str(broken), "-d", data, "--progress", "lines"],
+                                catch_exceptions=False)
+    assert result.exit_code in (1, 2)
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("lleval 0:00 loading model") and lines[-1].startswith("Error: ")

@@ -35,7 +35,7 @@ def smallest_keys(rows: int, n: int, seed: int) -> list[int]:
     return sorted(i for _key, i in sorted(keys)[:n])
 
 
-@pytest.mark.parametrize("seed", [0, 7, -3])
+@pytest.mark.parametrize("seed", [0, 7, -3, 2**70])
 def test_a_sample_is_n_rows_in_source_order_and_the_same_for_the_same_seed(tmp_path: Path, seed: int) -> None:
     data = write_jsonl(tmp_path / "d.jsonl", TEXTS)
     docs = documents(EvalConfig(dataset=data, sample=10, seed=seed))

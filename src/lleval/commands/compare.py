@@ -373,6 +373,9 @@ def compare_report_files(
 
     if problem := resamples_problem(n_resamples):
         raise ConfigError(problem + ".")
+    if require_significant and n_resamples == 0:
+        raise ConfigError("--require-significant fails a candidate only when the 95% interval lies above zero, "
+                          "and --bootstrap 0 makes no interval (the gate could never fail): drop one of them.")
     base_report = load_any(base)
     pairs = [pair for path in candidates for pair in report_pairs(base_report, load_any(path), base, path, cell)]
     comparisons = [
