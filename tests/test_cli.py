@@ -203,6 +203,7 @@ TYPED: list[tuple[list[str], str, Any]] = [
     (["--text-field", "body"], "text_field", "body"),
     (["--sample-by", "line"], "sample_by", "line"),
     (["--limit", "3"], "limit", 3),
+    (["--sample", "4"], "sample", 4),
     (["--streaming"], "streaming", True),
     (["--encoding", "latin-1"], "encoding", "latin-1"),
     (["--errors", "replace"], "errors", "replace"),
