@@ -195,7 +195,7 @@ def test_progress_counts_tokens_batch_by_batch(tiny_loaded: Any, tmp_path: Path,
                                  block_tokens=block_tokens), loaded=tiny_loaded, progress=progress)
     updates = progress.updates
     tokens = [u.tokens for u in updates]
-    assert progress.stages == ["scoring"] and tokens == sorted(tokens)
+    assert progress.stages == ["tokenizing", "scoring", "writing report"] and tokens == sorted(tokens)
     assert tokens[-1] == report.totals.tokens == updates[-1].tokens_planned
     assert [u.documents for u in updates] == sorted(u.documents for u in updates)
     assert updates[-1].documents == len(texts) == updates[-1].documents_expected

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import shutil
 from html.parser import HTMLParser
@@ -237,9 +238,16 @@ def test_compare_chart_has_y_axis_values(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     row = json.loads(result.stdout)["comparisons"][0]
     ticks = [float(c["text"].rstrip("%")) for c in _parse(out) if c["in"] == "compare-chart" and c["class"] == "y-tick"]
-    assert len(ticks) == 5 and ticks == sorted(ticks)
+    assert 3 <= len(ticks) <= 7 and ticks == sorted(ticks)
     low, high = (100 * v for v in row["relative_change_ci"])
     assert ticks[0] <= min(0.0, low) and ticks[-1] >= max(0.0, high, 100 * row["relative_change"])
+    # round ticks: equal steps of 1, 2, 2.5 or 5 times a power of ten, on multiples of the step
+    steps = {round(b - a, 9) for a, b in zip(ticks, ticks[1:])}
+    assert len(steps) == 1
+    step = steps.pop()
+    mantissa = step / 10 ** math.floor(math.log10(step))
+    assert any(math.isclose(mantissa, m) for m in (1, 2, 2.5, 5)), step
+    assert all(math.isclose(t / step, round(t / step), abs_tol=1e-6) for t in ticks)
 
 
 def test_inspect_page_shows_snippets_from_the_token_file(tiny_loaded: Any, tmp_path: Path) -> None:

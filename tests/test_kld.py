@@ -206,7 +206,7 @@ def test_document_with_nothing_to_score_is_kept(tiny_loaded: Any, tmp_path: Path
 def test_one_model_in_two_dtypes(tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import lleval.hardware as hardware
 
-    monkeypatch.setattr(hardware, "half_matmul_speedup", lambda name: 3.0)  # a stand-in measurement
+    monkeypatch.setattr(hardware, "half_matmul_speed", lambda name: hardware.HalfSpeed(3.0, 3.0, 3.0, 15))  # a stand-in
     # one window per document and one document per batch: the bf16 body computes what the
     # reference's single-document forward computes
     config = EvalConfig(model=str(tiny_llama_dir), dataset=_data(tmp_path), dtype="bfloat16", max_length=64,

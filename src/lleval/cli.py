@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 import click
 
 from lleval import __version__
-from lleval.config import DEFAULT_HTML_DOCS, DTYPES, FORMATS, EvalConfig
-from lleval.options import CONFIG_FILE_KEY, config_from_flags, config_options, origin_of
+from lleval.config import COMPARE_METRICS, DEFAULT_HTML_DOCS, DTYPES, FORMATS, EvalConfig
+from lleval.options import CONFIG_FILE_KEY, Resamples, config_from_flags, config_options, origin_of
 
 if TYPE_CHECKING:
     from lleval.runner.progress import ScoringProgress
@@ -88,7 +88,7 @@ def score(**flags: Any) -> None:
     with _command_scope(config.quiet), _Interrupts() as interrupts:
         from lleval.commands.score import evaluate
 
-        report = _with_progress(config.quiet, evaluate, config, should_stop=interrupts.should_stop)
+        report = _with_progress(config, evaluate, config, should_stop=interrupts.should_stop)
         failed = _deliver(report, config.output, config.format)
     if interrupts.signum is not None:
         what = "after the run had finished: the report is complete" if report.complete else "report marked incomplete"
@@ -110,7 +110,7 @@ def _score_suite(flags: dict[str, Any], models: tuple[str, ...], datasets: tuple
     suite = _call(suite_for, config, models, datasets)
     _call(check_suite, suite, config, _config_file())
     with _command_scope(config.quiet), _Interrupts() as interrupts:
-        report = _with_progress(config.quiet, run_suite, suite, config, should_stop=interrupts.should_stop)
+        report = _with_progress(config, run_suite, suite, config, should_stop=interrupts.should_stop)
         failed = _deliver(report, config.output, config.format)
     if interrupts.signum is not None:
         click.echo(f"stopped by signal {interrupts.signum}: suite report marked incomplete", err=True)
@@ -134,8 +134,9 @@ def kld(base_model: str | None, base_dtype: str | None, dataset_argument: str | 
 
     --model is the model compared with the base (default: the built-in
     SmolLM2-135M-Instruct, Q4_1 GGUF dequantized to float32). Both run over the same windows, with every option of
-    score; nothing is written to disk but the report. The data is --dataset
-    (or DATASET, the same). Refuses models whose tokenizers differ.
+    score. Files written: the report (-o), and when asked the per-token file (--tokens, with each token's KL)
+    and the page (--html); nothing else. The data is --dataset (or DATASET, the same). Refuses models whose
+    tokenizers differ.
 
     \b
     Examples:
@@ -161,7 +162,7 @@ def kld(base_model: str | None, base_dtype: str | None, dataset_argument: str | 
         from lleval.commands.kld import kl_divergence
 
         base = None if config.reference else base_model or config.model  # --reference: the base is the file
-        result = _with_progress(config.quiet, kl_divergence, config, base, base_dtype=base_dtype)
+        result = _with_progress(config, kl_divergence, config, base, base_dtype=base_dtype)
         failed = _deliver(result, config.output, config.format)
     if failed:
         sys.exit(1)
@@ -174,14 +175,19 @@ def kld(base_model: str | None, base_dtype: str | None, dataset_argument: str | 
               help="Exit 1 if a candidate is worse than the base by more than PCT percent.")
 @click.option("--require-significant", is_flag=True, default=False,
               help="With --max-regression: fail only when the 95% interval also excludes zero.")
-@click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True,
-              help="Paired bootstrap resamples over documents.")
+@click.option("--metric", type=click.Choice(COMPARE_METRICS), default="perplexity", show_default=True,
+              help="What is compared and gated when the tokenizers match (bits per byte when they differ).")
+@click.option("--bootstrap", type=Resamples(), default=1000, show_default=True,
+              help="Paired bootstrap resamples over documents: 0 (none), or 100 and more.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")
 @click.option("--format", type=click.Choice(FORMATS), default="table", show_default=True,
               help="What stdout gets: a table, the JSON comparison, or markdown.")
 @click.option("--summary", is_flag=True, default=False,
               help="Append the markdown table to the file named by $GITHUB_STEP_SUMMARY.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write compare.json here.")
+@click.option("--junit", type=click.Path(dir_okay=False), default=None,
+              help="Write JUnit XML here: a test case per candidate (and per dataset of suites), a failure per "
+                   "regression.")
 @click.option("--top-documents", type=click.IntRange(min=0), default=10, show_default=True,
               help="Documents listed per candidate as the most changed, each way (and, with membership "
                    "scores, by Min-K%++ rise).")
@@ -193,8 +199,9 @@ def kld(base_model: str | None, base_dtype: str | None, dataset_argument: str | 
               help="Two suite reports whose cells differ (a dataset or a model missing from one): compare only "
                    "the cells both have (default: refused, exit 2, naming what each lacks).")
 def compare(base: str, candidates: tuple[str, ...], max_regression: float | None, require_significant: bool,
-            bootstrap: int, seed: int, format: str, summary: bool, output: str | None, top_documents: int,
-            html: str | None, cell: str | None, only_common: bool) -> None:
+            metric: str, bootstrap: int, seed: int, format: str, summary: bool, output: str | None,
+            junit: str | None, top_documents: int, html: str | None, cell: str | None,
+            only_common: bool) -> None:
     """Compare score reports of candidates against a base on the same texts.
 
     Suite reports are compared dataset by dataset (cells matched by dataset
@@ -204,12 +211,13 @@ def compare(base: str, candidates: tuple[str, ...], max_regression: float | None
 
     Exit codes: 0 every candidate passes, 1 a candidate (or a suite's dataset)
     regressed beyond --max-regression, 2 unusable input (unreadable report,
-    different texts).
+    different texts). Under GitHub Actions ($GITHUB_ACTIONS) each regression is
+    also an ::error annotation and each protocol difference a ::warning.
 
     \b
     Example (CI gate: fail if perplexity rises by more than 1%):
-      lleval compare base.json new.json --max-regression 1 --summary
-      lleval compare base-suite.json new-suite.json --max-regression 1
+      lleval compare base.json new.json --max-regression 1 --summary --junit lleval.xml
+      lleval compare base-suite.json new-suite.json --max-regression 1 --metric bits_per_byte
     """
     from lleval.commands.compare import compare_report_files
 
@@ -218,22 +226,45 @@ def compare(base: str, candidates: tuple[str, ...], max_regression: float | None
     if bootstrap == 0 and seed != 0:
         raise click.UsageError("--seed seeds the bootstrap, which --bootstrap 0 turns off: drop one of them.")
     summary_file = _summary_file() if summary else None
-    _check_compare_paths(base, candidates, output, html, summary_file)
+    _check_compare_paths(base, candidates, {"--output": output, "--html": html, "--summary": summary_file,
+                                            "--junit": junit})
     result = _call(compare_report_files, base, list(candidates), max_regression_pct=max_regression,
                    require_significant=require_significant, n_resamples=bootstrap, seed=seed,
-                   top_documents=top_documents, cell=cell, only_common=only_common)
-    from lleval.report.html import write_compare_html
-
-    earlier = (_try_output(write_compare_html, result, html) if html else []) + (
-        _try_output(_append_summary, summary_file, result.render_markdown()) if summary_file else [])
+                   top_documents=top_documents, cell=cell, metric=metric, only_common=only_common)
+    earlier = _compare_files(result, html, summary_file, junit)
     failed = _deliver(result, output, format, earlier)
-    for warning in (r.warning for r in result.comparisons if r.warning):
-        click.echo(f"warning: {warning}", err=True)
-    for r in result.regressions:
-        click.echo(f"regression: {r.name} {r.metric} {r.change * 100:+.2f}% (limit +{max_regression:g}%)",
-                   err=True)
+    _compare_messages(result)
     if failed or not result.passed:
         sys.exit(1)
+
+
+def _compare_files(result: Any, html: str | None, summary_file: str | None, junit: str | None) -> list[str]:
+    """Write compare's files besides --output (the page, the step summary, the JUnit XML); each
+    failure is returned, one line, and costs that file alone."""
+    from lleval.report.ci import write_junit
+    from lleval.report.html import write_compare_html
+
+    return ((_try_output(write_compare_html, result, html) if html else [])
+            + (_try_output(_append_summary, summary_file, result.render_markdown()) if summary_file else [])
+            + (_try_output(write_junit, result, junit) if junit else []))
+
+
+def _compare_messages(result: Any) -> None:
+    """compare's lines on stderr: each protocol warning, each change over the limit that
+    --require-significant let pass, each regression; and under GitHub Actions
+    ($GITHUB_ACTIONS=true) the same as workflow annotations."""
+    for warning in (r.warning for r in result.comparisons if r.warning):
+        click.echo(f"warning: {warning}", err=True)
+    for sentence in result.forgiven_sentences():
+        click.echo(f"over the limit, not significant: {sentence}", err=True)
+    for r in result.regressions:
+        click.echo(f"regression: {r.name} {r.metric} {r.change * 100:+.2f}% (limit +{result.max_regression_pct:g}%)",
+                   err=True)
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        from lleval.report.ci import github_annotations
+
+        for line in github_annotations(result):
+            click.echo(line, err=True)
 
 
 @main.command(context_settings=CONTEXT_SETTINGS)
@@ -487,16 +518,10 @@ class _StderrProgress:
         self._progress.update(self._task, description=f"{text}…")
 
     def update(self, state: "ScoringProgress") -> None:
-        rate, left = state.tokens_per_second, state.seconds_left
-        planned = "" if state.all_planned else "+"  # more blocks to come
-        self._progress.update(
-            self._task, completed=state.tokens, total=state.tokens_planned or None,
-            tokens=f"{state.tokens:,}/{state.tokens_planned:,}{planned} tok",
-            docs=f"{state.documents}/{state.documents_expected} docs" if state.documents_expected
-            else f"{state.documents} docs",
-            rate="… tok/s" if rate is None else f"{rate:,.0f} tok/s",
-            left="" if left is None else f"{int(left) // 60}:{int(left) % 60:02d} left",
-        )
+        from lleval.runner.progress import progress_fields
+
+        fields: dict[str, Any] = dict(progress_fields(state))
+        self._progress.update(self._task, completed=state.tokens, total=state.tokens_planned or None, **fields)
 
 
 def _summary_file() -> str:
@@ -523,11 +548,11 @@ def _append_summary(path: str, markdown: str) -> None:
         raise write_failure("--summary", path, exc) from None
 
 
-def _check_compare_paths(base: str, candidates: tuple[str, ...], output: str | None, html: str | None,
-                         summary: str | None) -> None:
-    """compare's outputs must be files of their own: not a report it reads, not each other."""
-    outputs = [(flag, path) for flag, path in (("--output", output), ("--html", html), ("--summary", summary)) if path]
-    _check_paths(outputs, [("BASE", base)] + [("CANDIDATE", c) for c in candidates])
+def _check_compare_paths(base: str, candidates: tuple[str, ...], outputs: dict[str, str | None]) -> None:
+    """compare's outputs (``{flag: path}``) must be files of their own: not a report it reads,
+    not each other."""
+    given = [(flag, path) for flag, path in outputs.items() if path]
+    _check_paths(given, [("BASE", base)] + [("CANDIDATE", c) for c in candidates])
 
 
 def _check_paths(outputs: list[tuple[str, str]], inputs: list[tuple[str, str]]) -> None:
@@ -577,14 +602,29 @@ class _Interrupts:
             signal.signal(sig, handler)
 
 
-def _with_progress(quiet: bool, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run a library call with lleval's status line on stderr, unless quiet, not a
-    terminal or not rank 0."""
+def progress_mode(config: EvalConfig, terminal: bool) -> str:
+    """How stderr shows progress: ``none`` with --quiet, else --progress, where ``auto`` is a
+    bar on a terminal and plain lines elsewhere (a CI log, a pipe, a file)."""
+    if config.quiet:
+        return "none"
+    if config.progress == "auto":
+        return "bar" if terminal else "lines"
+    return config.progress
+
+
+def _with_progress(config: EvalConfig, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a library call with lleval's progress on stderr (`progress_mode`; rank 0 only)."""
     from rich.console import Console
 
     err = Console(stderr=True)
-    if quiet or not err.is_terminal or not _is_main_rank():
+    mode = progress_mode(config, err.is_terminal) if _is_main_rank() else "none"
+    if mode == "none":
         return _call(fn, *args, **kwargs)
+    if mode == "lines":
+        from lleval.runner.progress import LineProgress
+
+        with LineProgress(lambda line: click.echo(line, err=True)) as lines:
+            return _call(fn, *args, progress=lines, **kwargs)
     with _StderrProgress(err) as progress:
         return _call(fn, *args, progress=progress, **kwargs)
 

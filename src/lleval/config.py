@@ -28,6 +28,8 @@ from lleval.windows import window_problem
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 FORMATS = ("table", "json", "markdown")
+COMPARE_METRICS = ("perplexity", "bits_per_byte")  # what compare --metric may compare and gate on
+PROGRESS = ("auto", "bar", "lines", "none")  # how stderr shows progress (--progress)
 DEVICE_MAPS = ("auto", "balanced", "sequential")
 PROTOCOLS = ("rolling", "lm-eval", "hf-guide", "llama-cpp")
 SAMPLE_BY = ("document", "paragraph", "line")
@@ -189,7 +191,12 @@ class EvalConfig:
     text_field: str = _setting("text", "data", "Column holding the text.")
     sample_by: str = _setting("document", "data", "How a .txt file or stdin is cut into documents.",
                               choices=SAMPLE_BY)
-    limit: int | None = _setting(None, "data", "Score only the first N rows.", types=(int,), minimum=0)
+    limit: int | None = _setting(None, "data", "Score only the first N rows (1 or more).", types=(int,), minimum=1)
+    # a reproducible random subset of rows (lleval.data.sources.sample_rows), in source order
+    sample: int | None = _setting(
+        None, "data", "Score N rows drawn at random, the same N for the same --seed, in source order (with "
+        "--limit L: N of the first L rows). Rows count as for --limit: an empty row drawn is skipped.",
+        types=(int,), minimum=1, metavar="N")
     streaming: bool = _setting(False, "data", "Stream the dataset instead of loading it into memory.")
     encoding: str = _setting(
         "utf-8", "data", "Encoding of .txt/.jsonl/.json/.csv files and stdin (a Python codec name).")
@@ -226,14 +233,19 @@ class EvalConfig:
         DEFAULT_CHECKPOINT_EVERY, "engine", "Seconds between checkpoint saves (needs --checkpoint).",
         types=(int, float), minimum=0)
     bootstrap: int = _setting(
-        1000, "outputs", "Bootstrap resamples over documents for 95% intervals (0: none).", minimum=0)
-    seed: int = _setting(0, "outputs", "Seed of the bootstrap.")
+        1000, "outputs", f"Bootstrap resamples over documents for 95% intervals: 0 (none), or {MIN_RESAMPLES} and "
+        "more.", minimum=0)
+    seed: int = _setting(0, "outputs", "Seed of the bootstrap, and of the rows --sample draws.")
     output: str | None = _setting(
         None, "outputs", "Write the JSON report here (atomically). An output that cannot be written (a full "
         "disk) is one line on stderr and exit 1; the others are still written.", short="-o", path=True)
     format: str = _setting("table", "outputs", "What stdout gets: a table, the JSON report, or markdown.",
                            choices=FORMATS)
     quiet: bool = _setting(False, "outputs", "Nothing on stderr but errors: no progress, no warnings.", short="-q")
+    # a bar on a terminal; lines in a CI log, a pipe or a file (lleval.runner.progress.LineProgress)
+    progress: str = _setting(
+        "auto", "outputs", "How stderr shows progress: auto (a bar on a terminal; else, as in a CI log, a line at "
+        "each stage and every 20 s), bar, lines or none. --quiet shows none.", choices=PROGRESS)
     # what the run shows of its tokens: the per-token export, .parquet or .jsonl (lleval.report.tokens)
     tokens: str | None = _setting(
         None, "outputs", "Write every scored token (document, position, context, id, text, log-prob) here: "
@@ -356,12 +368,12 @@ class EvalConfig:
         if _not_a_batch_size(self.batch_size):
             problems.append(f"{self._field('batch_size')} must be a number of windows or 'auto', got {self.batch_size!r}")
         for name in MINIMUMS:  # the ranges click holds the flags to, for callers of the API
-            if name != "bootstrap" and (problem := range_problem(name, getattr(self, name))):
+            if name not in ("bootstrap", "limit") and (problem := range_problem(name, getattr(self, name))):
                 problems.append(f"{self._field(name)} {problem}")
         if problem := resamples_problem(self.bootstrap, self.flag("bootstrap", self.bootstrap)):
             problems.append(problem)
-        if self.limit == 0:
-            problems.append(f"{self.flag('limit', 0)} scores no row: give 1 or more, or drop it")
+        if self.limit is not None and self.limit < 1:
+            problems.append(f"{self.flag('limit', self.limit)} scores no row: give 1 or more, or drop it")
         if isinstance(self.min_k, (int, float)) and not 0 < self.min_k <= 1:
             problems.append(f"{self.flag('min_k', self.min_k)} is the fraction of tokens Min-K% averages: give a "
                             "number above 0 and at most 1 (0.2 is the papers' default)")
@@ -403,9 +415,13 @@ class EvalConfig:
         problems: list[str] = []
         if self.checkpoint is None and self.checkpoint_every != DEFAULT_CHECKPOINT_EVERY:
             problems.append(f"{self.flag('checkpoint_every')} needs --checkpoint (there is nothing to save)")
-        if self.bootstrap == 0 and self.seed != 0:
+        if self.bootstrap == 0 and self.seed != 0 and self.sample is None:
             problems.append(f"{self.flag('seed')} seeds the bootstrap, which {self.flag('bootstrap', 0)} turns off: "
                             "drop one of them")
+        if self.sample is not None and self.limit is not None and self.sample >= self.limit:
+            problems.append(f"{self.flag('sample', self.sample)} draws from the first {self.limit} rows "
+                            f"({self.flag('limit', self.limit)}) and would take every one: give --sample fewer rows "
+                            "than --limit, or drop --sample")
         if self.device_map is not None and self.device != "auto":
             problems.append(f"{self.flag('device_map')} places the model itself: drop {self.flag('device')}")
         if not self.float32_head and self.dtype == "float32":

@@ -40,8 +40,34 @@ class BatchSize(click.ParamType):
         return number
 
 
+class WholeNumber(click.ParamType):
+    """A whole number whose allowed values the flag's help states, as its refusal does
+    (``--limit``: 1 or more; ``--bootstrap``: 0, or 100 and more). click's ranges would show
+    ``[x>=0]`` where the library refuses 0 (or 1-99) with a message that says why; the
+    library's checks (`EvalConfig.validate`, `lleval.config.resamples_problem`) decide."""
+
+    name = "N"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        else:
+            try:
+                number = int(str(value).strip())
+            except ValueError:
+                self.fail(f"{value!r} is not a whole number.", param, ctx)
+        if number < 0:
+            self.fail(f"{number} is below 0.", param, ctx)
+        return number
+
+
+class Resamples(WholeNumber):
+    """Bootstrap resamples: 0 (none), or `lleval.config.MIN_RESAMPLES` and more."""
+
+
 # Flags whose values no click type of `Setting` describes.
-CUSTOM_TYPES: dict[str, click.ParamType] = {"batch_size": BatchSize()}
+CUSTOM_TYPES: dict[str, click.ParamType] = {"batch_size": BatchSize(), "limit": WholeNumber(),
+                                            "bootstrap": Resamples()}
 
 
 def load_config(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from lleval.backends.base import LOGITS_SLICE_BYTES, LoadedModel, ModelInfo, ModelSpec, slice_positions
 from lleval.errors import ConfigError, ModelLoadError
 from lleval.hub import HubAccess, first_line, hub_access, is_hub_id, is_url
+from lleval.quiet import quiet_transformers
 
 if TYPE_CHECKING:  # torch and transformers are imported only when a model is loaded
     import torch  # noqa: F401
@@ -83,10 +84,10 @@ def resolve_device(device: str) -> str:
 def resolve_dtype(dtype: str, device: str) -> Any:
     """``auto``: bfloat16 on CUDA GPUs that support it, float32 everywhere else (float32
     is exact and the same on every CPU). bf16/fp16 asked for on a CPU times a small
-    matmul in that dtype against float32 (`lleval.hardware.half_matmul_speedup`, a few
-    ms) and warns, with the figure, only where the half dtype measured slower by
-    `lleval.hardware.SLOWER_MARGIN` or more: how much slower depends on the CPU (1.6x
-    end to end on an AVX2 Zen 3), and CPUs with bf16 units run it faster."""
+    matmul in that dtype against float32 (`lleval.hardware.half_matmul_speed`, tens of
+    ms) and warns, with the figure, only where the half dtype measured clearly slower, by
+    `lleval.hardware.SLOWER_MARGIN` or more in most rounds: how much slower depends on the
+    CPU (1.6x end to end on an AVX2 Zen 3), and CPUs with bf16 units run it faster."""
     import torch
 
     from lleval.hardware import half_is_slow, half_speed_sentence
@@ -98,7 +99,7 @@ def resolve_dtype(dtype: str, device: str) -> Any:
         return torch.float32
     if device == "cpu" and dtype != "float32" and half_is_slow(dtype):
         warnings.warn(
-            f"{dtype} on this CPU: {half_speed_sentence(dtype)} (a 512x512x512 matmul, timed just now), "
+            f"{dtype} on this CPU: {half_speed_sentence(dtype)}: a 512x512x512 matmul, timed just now, "
             "so scoring in it is likely slower too. Use --dtype float32.",
             stacklevel=2,
         )
@@ -182,10 +183,11 @@ def _from_pretrained(
     local = HubAccess(True, "local") if not spec.trust_remote_code else hub_access()
     access = hub_access() if source == "hub" else local
     try:
-        return loader.from_pretrained(
-            location, revision=spec.revision, trust_remote_code=spec.trust_remote_code, gguf_file=gguf_file,
-            local_files_only=access.offline, **extra
-        )
+        with quiet_transformers():  # no "Loading weights" bar on a caller's stderr
+            return loader.from_pretrained(
+                location, revision=spec.revision, trust_remote_code=spec.trust_remote_code, gguf_file=gguf_file,
+                local_files_only=access.offline, **extra
+            )
     except Exception as exc:
         corrupt = " The .gguf file may be truncated or corrupted: download it again." if gguf_file else ""
         hint = " " + access.hint() if source == "hub" else ""
@@ -307,7 +309,8 @@ def _store_notes(found: ModelSource, model: Any) -> tuple[str | None, tuple[str,
     """Keep a converted .gguf (a cache miss) in the cache: its ``cache`` status and the note
     of a cache that cannot be written (one warning; otherwise every run converts again,
     silently)."""
-    problem = found.cache.store(model, found.tokenizer)
+    with quiet_transformers():  # no "Writing model shards" bar
+        problem = found.cache.store(model, found.tokenizer)
     if problem is None:
         return "stored", ()
     note = (f"the model cache {found.cache.root} cannot be written ({problem}): {found.display} was converted "

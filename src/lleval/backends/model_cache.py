@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from lleval.errors import os_cause
-from lleval.files import pid_alive
+from lleval.files import file_mode, pid_alive
 
 CACHE_ENV = "LLEVAL_MODEL_CACHE"
 MANIFEST = "lleval-cache.json"
@@ -178,6 +178,7 @@ class CacheEntry:
             tmp = self.root / f".tmp-{self.folder.name}-{os.getpid()}-{uuid.uuid4().hex}"
             tmp.mkdir()
             _save_plain(model, tokenizer, tmp)
+            share(tmp)  # before the files' identities are noted: a chmod moves their change time
             files = {p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in sorted(tmp.iterdir())}
             manifest = {"format": CACHE_FORMAT, "source_sha256": self.sha256, "dtype": self.dtype,
                         "transformers": transformers.__version__, "files": files}
@@ -199,6 +200,18 @@ class CacheEntry:
         finally:
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
+
+
+def share(folder: Path) -> None:
+    """Give every file of a new entry the mode a file the user creates gets (``0o666`` less the
+    umask, `lleval.files.file_mode`): safetensors writes ``model.safetensors`` 0600, so a
+    cache shared by a team (one ``$LLEVAL_MODEL_CACHE``) was unreadable to the others.
+    Called before `remember_verified` notes the files' identities (a chmod moves a file's
+    change time, which would make the first warm load hash them again)."""
+    mode = file_mode()
+    for path in folder.iterdir():
+        if path.is_file():
+            os.chmod(path, mode)
 
 
 def sweep(root: Path) -> None:

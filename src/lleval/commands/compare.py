@@ -100,14 +100,14 @@ def compare_reports(
     seed: int = 0,
     level: float = 0.95,
     top_documents: int = TOP_DOCUMENTS,
+    metric: str = "perplexity",
 ) -> Comparison:
-    """Paired bootstrap of the relative change of perplexity (or bits per byte), and the
-    documents that changed most."""
+    """Paired bootstrap of the relative change of ``metric`` (perplexity, or bits per byte;
+    bits per byte whatever is asked when the tokenizers differ), and the documents that
+    changed most. ``exceeded``: the change is beyond ``max_regression_pct``; ``regressed``:
+    and, with ``require_significant``, its interval lies above zero too."""
     check_same_texts(base, candidate, base_name, candidate_name)
-    if base.tokenizer.fingerprint == candidate.tokenizer.fingerprint:
-        metric, why = "perplexity", "tokenizers match, so per-token perplexity is comparable"
-    else:
-        metric, why = "bits_per_byte", "tokenizers differ, so per-token numbers are not comparable; bits per byte is"
+    metric, why = gated_metric(base, candidate, metric, base_name, candidate_name)
     b_nll, b_tok, n_bytes = _arrays(base)
     c_nll, c_tok, _ = _arrays(candidate)
     if b_tok.sum() <= 0 or c_tok.sum() <= 0 or n_bytes.sum() <= 0:
@@ -117,17 +117,42 @@ def compare_reports(
     columns = np.column_stack([b_nll, b_den, c_nll, c_den])
     base_value, cand_value, interval, p_worse = paired_change(columns, metric, n_resamples, seed, level)
     change = cand_value / base_value - 1.0
-    regressed = False
-    if max_regression_pct is not None:
-        regressed = change * 100.0 > max_regression_pct
-        if require_significant:
-            regressed = regressed and interval is not None and interval[0] > 0
+    exceeded = max_regression_pct is not None and change * 100.0 > max_regression_pct
+    regressed = exceeded and (not require_significant or (interval is not None and interval[0] > 0))
     worst, best = changed_documents(base, candidate, top_documents)
     membership, notes = compare_membership(base, candidate, base_name, candidate_name, n_resamples=n_resamples,
                                            seed=seed, level=level, top=top_documents)
     return Comparison(base_name, candidate_name, metric, why, base_value, cand_value, change, interval, p_worse,
                       regressed, worst, best, protocol_differences(base, candidate), membership=membership,
-                      notes=notes)
+                      notes=notes, exceeded=exceeded, documents=len(base.documents),
+                      limit_pct=max_regression_pct)
+
+
+def gated_metric(base: Report, candidate: Report, asked: str, base_name: str, candidate_name: str) -> tuple[str, str]:
+    """The metric to compare and why: ``asked`` (``--metric``) when the tokenizers match, else bits
+    per byte, which does not depend on the vocabulary. Bits per byte of a protocol that leaves
+    tokens unscored (llama-cpp) would divide part of the log-likelihood by every byte: refused."""
+    from lleval.config import COMPARE_METRICS
+
+    if asked not in COMPARE_METRICS:
+        raise ReportError(f"--metric {asked!r}: compare gates on one of {', '.join(COMPARE_METRICS)}.")
+    if base.tokenizer.fingerprint != candidate.tokenizer.fingerprint:
+        metric = "bits_per_byte"
+        why = "tokenizers differ, so per-token numbers are not comparable; bits per byte is"
+        if asked == "perplexity":
+            why += " (compared instead of the perplexity --metric asks for)"
+    elif asked == "perplexity":
+        metric, why = "perplexity", "tokenizers match, so per-token perplexity is comparable"
+    else:
+        metric, why = "bits_per_byte", "--metric bits_per_byte (the tokenizers match: perplexity would be comparable too)"
+    unscored = [name for name, r in ((base_name, base), (candidate_name, candidate))
+                if not r.protocol.has_per_byte_metrics]
+    if metric == "bits_per_byte" and unscored:
+        raise ReportError(f"bits per byte is not defined for {' and '.join(unscored)}: its {base.protocol.name} "
+                          "protocol leaves tokens unscored" + (" (the tokenizers differ, so perplexity is not "
+                          "comparable either)." if asked == "perplexity" else "; compare perplexity (--metric "
+                          "perplexity)."))
+    return metric, why
 
 
 def membership_values(report: Report) -> np.ndarray:
@@ -240,13 +265,15 @@ def changed_documents(
     base: Report, candidate: Report, top: int
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The ``top`` documents whose negative log-likelihood rose most (worst first) and fell
-    most (best first), with the change in nats and in bits per byte. Texts must be paired."""
-    rows = []
+    most (best first), with the change in nats and in bits per byte, and the document's
+    ``id`` when the data has one. Texts must be paired."""
+    rows: list[dict[str, Any]] = []
     for b, c in zip(base.documents, candidate.documents):
         delta = float(b.log_likelihood) - float(c.log_likelihood)  # candidate NLL - base NLL
         per_byte = bits_per_byte(delta, b.bytes) if b.bytes else 0.0
-        rows.append({"index": b.index, "delta_nats": delta, "delta_bits_per_byte": per_byte,
-                     "base_log_likelihood": b.log_likelihood, "candidate_log_likelihood": c.log_likelihood})
+        rows.append({"index": b.index, **({} if b.id is None else {"id": b.id}), "delta_nats": delta,
+                     "delta_bits_per_byte": per_byte, "base_log_likelihood": b.log_likelihood,
+                     "candidate_log_likelihood": c.log_likelihood})
     worse = sorted((r for r in rows if r["delta_nats"] > 0), key=lambda r: -r["delta_nats"])[:top]
     better = sorted((r for r in rows if r["delta_nats"] < 0), key=lambda r: r["delta_nats"])[:top]
     return worse, better
@@ -355,17 +382,22 @@ def compare_report_files(
     top_documents: int = TOP_DOCUMENTS,
     cell: str | None = None,
     only_common: bool = False,
+    metric: str = "perplexity",
 ) -> ComparisonReport:
     """Load score (or suite) reports and compare each candidate with the base (``n_resamples``:
     0, or at least `lleval.config.MIN_RESAMPLES`). A suite is compared cell by cell
     (`report_pairs`; ``only_common``: two suites whose cells differ compare the cells both
-    have, else they are refused), each result naming its dataset."""
+    have, else they are refused), each result naming its dataset. ``metric``: what is gated
+    when the tokenizers match (`gated_metric`)."""
     from lleval.config import resamples_problem
     from lleval.errors import ConfigError
     from lleval.report.blocks import now
 
     if problem := resamples_problem(n_resamples):
         raise ConfigError(problem + ".")
+    if require_significant and n_resamples == 0:
+        raise ConfigError("--require-significant fails a candidate only when the 95% interval lies above zero, "
+                          "and --bootstrap 0 makes no interval (the gate could never fail): drop one of them.")
     base_report = load_any(base)
     pairs = [pair for path in candidates
              for pair in report_pairs(base_report, load_any(path), base, path, cell, only_common)]
@@ -373,6 +405,6 @@ def compare_report_files(
     for dataset, b, b_name, c, c_name, notes in pairs:
         result = compare_reports(b, c, base_name=b_name, candidate_name=c_name, max_regression_pct=max_regression_pct,
                                  require_significant=require_significant, n_resamples=n_resamples, seed=seed,
-                                 top_documents=top_documents)
+                                 top_documents=top_documents, metric=metric)
         comparisons.append(replace(result, dataset=dataset, notes=notes + result.notes))
     return ComparisonReport(comparisons, max_regression_pct, require_significant, n_resamples, seed, created=now())

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from lleval.config import EvalConfig
-from lleval.metrics import bootstrap_sums, percentile_interval, perplexity
+from lleval.metrics import bootstrap_sums, percentile_interval, perplexity, reliability, unreliable_sentence
 from lleval.reducers.documents import DocumentSums, StreamCounts
 from lleval.reducers.kl import KLStats
 from lleval.report.blocks import ModelBlock
@@ -34,6 +34,10 @@ def kl_fields(
     for ll in stats.base_log_likelihood:  # document by document, as `DocumentSums.totals` adds a score run's
         base_ll += ll
     nll_base = -base_ll
+    ln_ratio_ci = _ln_ratio_interval(config, sums, base_lls)
+    shaky = reliability(len(sums.documents), ln_ratio_ci is not None)
+    if shaky["reliable"] is False:
+        notes = [*notes, unreliable_sentence(len(sums.documents))]
     header = header_fields(job, run, counts, totals, notes)
     header["settings"] = {**header["settings"], **(settings or {})}
     return KLReport(
@@ -47,9 +51,9 @@ def kl_fields(
             "base": perplexity(nll_base / n),
             "model": perplexity(nll_model / n),
             "ln_ratio": (nll_model - nll_base) / n,
-            "ln_ratio_ci": _ln_ratio_interval(config, sums, base_lls),
+            "ln_ratio_ci": ln_ratio_ci,
         },
-        bootstrap={"resamples": config.bootstrap, "seed": config.seed, "level": 0.95, "unit": "document"},
+        bootstrap={"resamples": config.bootstrap, "seed": config.seed, "level": 0.95, "unit": "document", **shaky},
     )
 
 

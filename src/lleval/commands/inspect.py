@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from lleval.errors import ReportError
-from lleval.metrics import perplexity, to_bits
+from lleval.metrics import LN2, perplexity, to_bits
 from lleval.reducers.samples import SNIPPET_CHARS, document_sample, document_snippet
 from lleval.report.tokens import open_parquet, read_token_file, token_header
 
@@ -162,10 +162,23 @@ class TokenView:
     document: dict[str, Any] | None = None  # the one printed: its tokens and their values
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form (``--format json``)."""
+        """The JSON form (``--format json``); ``legend``: what the colours of the printed
+        document mean (`legend`), when a document is printed."""
         return {"schema_version": 1, "kind": "inspect", "tokens_file": self.path, "candidate_file": self.candidate,
                 "tokens": self.tokens, "documents": self.documents, "log_likelihood": self.log_likelihood,
-                "nll": -self.log_likelihood / self.tokens, "spans": self.spans, "document": self.document}
+                "nll": -self.log_likelihood / self.tokens, "spans": self.spans, "document": self.document,
+                **({"legend": self.legend()} if self.document is not None else {})}
+
+    def legend(self) -> list[dict[str, Any]]:
+        """The colour scale of the printed document, as swatches: ``value`` (surprisal in bits,
+        or a difference in nats), its ``colour`` (`_rgb`) and its ``label``."""
+        if self.candidate is not None:
+            steps = [(-4.0, "−4 nats: candidate less surprised"), (-1.0, "−1"), (0.0, "0"), (1.0, "+1"),
+                     (4.0, "+4 nats or more: candidate more surprised")]
+            return [{"value": v, "unit": "nats", "colour": _rgb(v, True), "label": label} for v, label in steps]
+        return [{"value": bits, "unit": "bits", "colour": _rgb(bits * LN2, False),
+                 "label": f"{bits:g} bit{'' if bits == 1 else 's'}" + (" or more" if bits == 16 else "")}
+                for bits in (0, 1, 2, 4, 8, 16)]
 
     def to_json(self) -> str:
         """The JSON form as text."""
@@ -192,6 +205,12 @@ class TokenView:
             for piece, value in zip(doc["text"], doc["values"]):
                 text.append(piece, style=f"on {_rgb(value, self.candidate is not None)}")
             console.print(text)
+            key = Text("legend: " + ("difference, candidate − base log-prob: " if self.candidate else
+                                     "surprisal (−log₂ p): "))
+            for swatch in self.legend():
+                key.append(f" {swatch['label']} ", style=f"black on {swatch['colour']}")
+                key.append(" ")
+            console.print(key)
         if self.spans:
             table = Table(title="most surprising spans" if not self.candidate else "spans that got most worse")
             for column in ("document", "position", "Δ nats" if self.candidate else "nats", "text"):
@@ -224,7 +243,7 @@ def inspect_tokens(
     ``worst=None`` means "what the user asked for": with a ``document`` only that
     document (someone reading document 3 did not ask for the corpus' worst
     spans), without one the `DEFAULT_WORST` most surprising spans; an explicit
-    ``worst`` lists that many spans in both cases.
+    ``worst`` lists that many spans, with a ``document`` that document's own.
     """
     if worst is None:
         worst = 0 if document is not None else DEFAULT_WORST
@@ -235,12 +254,15 @@ def inspect_tokens(
         _check_same_tokens(base, other)
         surprise = base.columns["logprob"] - other.columns["logprob"]  # > 0: the candidate is more surprised
     chosen = None
-    if document is not None:
+    rows = np.arange(len(base))
+    if document is not None:  # the document shown, and its spans only: the reader asked about it
         rows = base.document(document)
         chosen = {"index": document, "text": [base.text[r] for r in rows], "values": surprise[rows].tolist()}
-    spans = [{"document": int(base.columns["document"][first]), "position": int(base.columns["position"][first]),
-              "value": float(surprise[first : first + width].sum()), "text": "".join(base.text[first : first + width])}
-             for first, width in worst_spans(surprise, base.columns["document"], worst, span)]
+    spans = [{"document": int(base.columns["document"][rows[first]]),
+              "position": int(base.columns["position"][rows[first]]),
+              "value": float(surprise[rows[first : first + width]].sum()),
+              "text": "".join(base.text[r] for r in rows[first : first + width])}
+             for first, width in worst_spans(surprise[rows], base.columns["document"][rows], worst, span)]
     return TokenView(path, candidate, base.header, len(base), len(np.unique(base.columns["document"])),
                      float(base.columns["logprob"].sum()), spans, chosen)
 

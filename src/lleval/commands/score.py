@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 
 from lleval.backends.base import FULL_VOCABULARY, LoadedModel
 from lleval.config import EvalConfig
-from lleval.metrics import ratio_intervals
+from lleval.metrics import ratio_intervals, reliability, unreliable_sentence
 from lleval.reducers.base import Statistic
 from lleval.reducers.calibration import Calibration
 from lleval.reducers.membership import MembershipScores
@@ -101,6 +101,8 @@ def score_report(
     totals = sums.totals()
     intervals, bootstrap = document_intervals(job.config, sums, job.protocol.scores_every_token)
     notes = score_notes(job, run, sums, counts) + ([str(bootstrap["skipped"])] if "skipped" in bootstrap else [])
+    if bootstrap["reliable"] is False:
+        notes.append(unreliable_sentence(bootstrap["documents"]))
     bins = [] if curve is None else context_bins(job.config, curve, job.protocol.max_length)
     return Report(**header_fields(job, run, counts, totals, notes), totals=totals, documents=sums.documents,
                   intervals=intervals, bootstrap=bootstrap, by_context_length=bins,
@@ -148,7 +150,9 @@ def document_intervals(
     config: EvalConfig, sums: DocumentSums, per_byte: bool
 ) -> tuple[dict[str, tuple[float, float] | None], dict[str, Any]]:
     """95% bootstrap intervals over documents for perplexity and bits per byte, and the
-    report's ``bootstrap`` block (with a ``skipped`` sentence when there are none)."""
+    report's ``bootstrap`` block (with a ``skipped`` sentence when there are none; ``documents``
+    and ``reliable``: false when the intervals come from too few documents to mean much,
+    `lleval.metrics.MIN_INTERVAL_DOCUMENTS`)."""
     import numpy as np
 
     info: dict[str, Any] = {"resamples": config.bootstrap, "seed": config.seed, "level": 0.95, "unit": "document"}
@@ -163,4 +167,5 @@ def document_intervals(
     intervals = ratio_intervals(nll, tokens, n_bytes, config.bootstrap, config.seed)
     if not per_byte:
         intervals["bits_per_byte"] = None
+    info.update(reliability(len(docs), any(v is not None for v in intervals.values())))
     return intervals, info

@@ -36,7 +36,7 @@ from lleval.config import FIELD_TYPES, EvalConfig, settings
 from lleval.errors import ConfigError, LlevalError, OutputError
 from lleval.report.blocks import now
 from lleval.report.score import Report
-from lleval.report.suite import MacroAverage, SuiteCell, SuiteModel, SuiteReport
+from lleval.report.suite import MacroAverage, SuiteCell, SuiteModel, SuiteReport, count_of
 from lleval.runner.progress import Progress, ScoringProgress
 from lleval.runner.replay import PlannedUnits
 
@@ -129,8 +129,12 @@ def suite_for(config: EvalConfig, models: Sequence[str], datasets: Sequence[str]
 def suite_from_flags(models: Sequence[str], datasets: Sequence[str], steps: Sequence[int] = ()) -> Suite:
     """The suite of repeated ``-m``/``-d``: every model with every dataset, labelled by name
     (``--step``, one per model, overrides the steps found in the names)."""
+    if steps and not models:
+        raise ConfigError("--step numbers the --model flags, and none was given (the built-in model is scored): "
+                          "give a --model for each --step, or drop --step.")
     if steps and len(steps) != len(models):
-        raise ConfigError(f"--step was given {len(steps)} times for {len(models)} models: give one per --model.")
+        given = "once" if len(steps) == 1 else f"{len(steps)} times"
+        raise ConfigError(f"--step was given {given} for {count_of(len(models), 'model')}: give one per --model.")
     entries = []
     for k, value in enumerate(list(models) or [None]):
         label = default_label(value)

@@ -15,10 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
+
 from lleval.data.checks import check_file, check_text
 from lleval.data.spec import BUILTIN_DATASET, DataSpec, FILE_BUILDERS, LOCAL_SPLIT, check_spec, describe_split, source_kind
 from lleval.errors import ConfigError, DataError
 from lleval.hub import datasets_offline, first_line, hub_access
+from lleval.quiet import quiet_datasets
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class DataStats:
     rows: int = 0
     skipped_empty: int = 0
     expected_rows: int | None = None  # known for in-memory datasets, not for streams
+    sampled_from: int | None = None  # --sample: the rows it drew from (those --limit leaves), once known
     _hash: Any = field(default_factory=hashlib.sha256)
 
     def fingerprint(self) -> str:
@@ -56,7 +60,13 @@ class DataStats:
 
 
 def _load(spec: DataSpec) -> Any:
-    """A ``datasets`` Dataset or IterableDataset for the spec (not for stdin)."""
+    """A ``datasets`` Dataset or IterableDataset for the spec (not for stdin), loaded without
+    datasets' own progress bars (`lleval.quiet`)."""
+    with quiet_datasets():
+        return _load_quietly(spec)
+
+
+def _load_quietly(spec: DataSpec) -> Any:
     kind, path = source_kind(spec.dataset)
     if kind == "saved":
         assert path is not None
@@ -145,7 +155,9 @@ def split_text(text: str, sample_by: str) -> list[str]:
     return [text]  # "document" (EvalConfig.validate allows only SAMPLE_BY)
 
 
-def _rows(spec: DataSpec, stats: DataStats) -> Iterator[Any]:
+def _rows(spec: DataSpec, stats: DataStats) -> Iterator[tuple[int, Any]]:
+    """(row number in the source, row) of every row to read: the first ``--limit``, or the
+    rows ``--sample`` draws (`chosen_rows`)."""
     if spec.dataset == "-":
         raw = sys.stdin.buffer.read()
         try:
@@ -156,22 +168,93 @@ def _rows(spec: DataSpec, stats: DataStats) -> Iterator[Any]:
                 "with its encoding, or --errors replace to substitute bad bytes."
             ) from None
         text = text.replace("\r\n", "\n").replace("\r", "\n")  # universal newlines, as for .txt files
-        for text_part in split_text(text, spec.sample_by):
-            yield {"text": text_part}
+        yield from chosen_rows([{"text": part} for part in split_text(text, spec.sample_by)], spec, stats)
         return
     dataset = _load(spec)
-    if hasattr(dataset, "__len__"):
-        total = len(dataset)
-        stats.expected_rows = total if spec.limit is None else min(total, spec.limit)
     columns = dataset.column_names
     if columns is not None and spec.text_field not in columns:
         raise DataError(_missing_field(spec, columns))
     if source_kind(spec.dataset)[0] == "hub":
         # a streamed hub dataset reads its files while it is iterated: offline then too
         with datasets_offline(hub_access()):
-            yield from dataset
+            yield from chosen_rows(dataset, spec, stats)
     else:
-        yield from dataset
+        yield from chosen_rows(dataset, spec, stats)
+
+
+def chosen_rows(rows: Any, spec: DataSpec, stats: DataStats) -> Iterator[tuple[int, Any]]:
+    """(row number, row) of the rows of ``rows`` (a list, a Dataset or a stream) that the run
+    reads: in order up to ``--limit``; with ``--sample N``, the N of them (of the first
+    ``--limit``) whose `sample_keys` are smallest, in source order. A source of known size
+    draws them by index (the others are never read); a stream is read to its end (or
+    ``--limit``), holding N rows. Both draw the same rows."""
+    total = len(rows) if hasattr(rows, "__len__") else None
+    within = None if total is None else total if spec.limit is None else min(total, spec.limit)
+    if within is not None:
+        stats.expected_rows = within if spec.sample is None else min(within, spec.sample)
+    if spec.sample is None:
+        for index, row in enumerate(rows):
+            if spec.limit is not None and index >= spec.limit:
+                return
+            yield index, row
+    elif within is not None:
+        stats.sampled_from = within
+        picked = sample_rows(within, spec.sample, spec.seed)
+        source = rows.select(picked) if hasattr(rows, "select") else (rows[int(i)] for i in picked)
+        yield from zip(picked.tolist(), source)
+    else:
+        yield from _sampled_stream(rows, spec, stats)
+
+
+def _sampled_stream(rows: Any, spec: DataSpec, stats: DataStats) -> Iterator[tuple[int, Any]]:
+    """``--sample`` of a stream of unknown length: the N rows of smallest key, kept in a heap."""
+    import heapq
+
+    assert spec.sample is not None
+    heap: list[tuple[int, int, Any]] = []  # (-key, index, row): the largest key kept on top
+    seen = 0
+    for index, row in enumerate(rows):
+        if spec.limit is not None and index >= spec.limit:
+            break
+        seen += 1
+        key = -int(sample_keys(np.asarray([index]), spec.seed)[0])
+        if len(heap) < spec.sample:
+            heapq.heappush(heap, (key, index, row))
+        elif key > heap[0][0]:
+            heapq.heapreplace(heap, (key, index, row))
+    stats.sampled_from = seen
+    stats.expected_rows = min(seen, spec.sample)
+    for _key, index, row in sorted(heap, key=lambda entry: entry[1]):
+        yield index, row
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser over uint64 values (wrapping arithmetic)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def sample_keys(indices: np.ndarray, seed: int) -> np.ndarray:
+    """A pseudo-random uint64 key per row number, fixed by ``seed``: ``--sample N`` takes the N
+    rows of smallest key. A key depends on the row and the seed alone, so the rows drawn are
+    the same whether the source is read whole or streamed, and ``--sample 100`` holds every
+    row of ``--sample 50`` (same seed, same source)."""
+    base = _mix(np.asarray([seed % 2**64], dtype=np.uint64) + _GOLDEN)  # the seed, mixed
+    with np.errstate(over="ignore"):
+        return _mix(np.asarray(indices, dtype=np.uint64) * _GOLDEN + base)
+
+
+def sample_rows(total: int, n: int, seed: int) -> np.ndarray:
+    """The row numbers (sorted) of ``--sample n`` among rows ``0 .. total - 1``: all of them when
+    ``n >= total``."""
+    if n >= total:
+        return np.arange(total, dtype=np.int64)
+    keys = sample_keys(np.arange(total), seed)
+    return np.sort(np.argpartition(keys, n - 1)[:n]).astype(np.int64)
 
 
 def _missing_field(spec: DataSpec, columns: list[str]) -> str:
@@ -182,11 +265,11 @@ def _missing_field(spec: DataSpec, columns: list[str]) -> str:
 
 
 class DocumentStream:
-    """The non-empty documents of a source, in order, up to ``spec.limit`` rows, and in
-    `stats` what reading them found so far.
+    """The non-empty documents of a source, in order, up to ``spec.limit`` rows (or the rows
+    ``spec.sample`` draws), and in `stats` what reading them found so far.
 
-    Empty texts are skipped and counted; ``--limit N`` counts rows, so skipped
-    rows count towards it. The source is opened at the first ``next``.
+    Empty texts are skipped and counted; ``--limit N`` and ``--sample N`` count rows, so
+    skipped rows count towards them. The source is opened at the first ``next``.
     """
 
     def __init__(self, spec: DataSpec) -> None:
@@ -208,9 +291,7 @@ class DocumentStream:
 
     def _read(self) -> Iterator[Document]:
         spec, stats = self.spec, self._stats
-        for index, row in enumerate(_rows(spec, stats)):
-            if spec.limit is not None and index >= spec.limit:
-                return
+        for index, row in _rows(spec, stats):
             if spec.text_field not in row:
                 raise DataError(_missing_field(spec, list(row)))
             check_text(row, spec, f"row {index} of {spec.dataset or BUILTIN_DATASET}")

@@ -39,9 +39,11 @@ class DataSpec:
     text_field: str = "text"
     sample_by: str = "document"  # for .txt and stdin
     limit: int | None = None
+    sample: int | None = None  # --sample N: N rows drawn at random (of the first --limit rows)
     streaming: bool = False
     encoding: str = "utf-8"  # of .txt, .jsonl, .json and .csv files
     errors: str = "strict"  # what to do with bytes that do not decode: strict | replace | ignore
+    seed: int = 0  # which rows --sample draws (the run's --seed)
     # field -> "config file PATH" for values from a config file: messages name them so (`lleval.config.setting`)
     origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -52,7 +54,8 @@ class DataSpec:
 
 def data_spec(config: EvalConfig) -> DataSpec:
     """The data part of a config (with the origins of its values, for messages)."""
-    return DataSpec(**config.section("data"), origins=config.origins)
+    return DataSpec(**config.section("data"), seed=config.seed if config.sample is not None else 0,
+                    origins=config.origins)
 
 
 def builtin_sample_path() -> Path:

@@ -155,9 +155,22 @@ class ProtocolBlock(Block):
         return self.name == "llama-cpp"
 
     def summary(self) -> str:
-        """One line naming the protocol's choices, for rendered tables."""
+        """One line naming the protocol's choices, for rendered tables: the prefix token by its
+        text (``prefix=<|im_start|> (id 1)``), which says more than its id alone."""
         window = f"L={self.max_length}" + (f", S={self.stride}" if self.stride else "")
-        return f"{self.name}: {window}, prefix={self.prefix_token}, concat={self.concat is not None}"
+        return f"{self.name}: {window}, prefix={self.prefix_shown}, concat={self.concat is not None}"
+
+    @property
+    def prefix_shown(self) -> str:
+        """The prefix token as a reader knows it: its text and id, the id alone when its text
+        is unknown, or ``none``."""
+        if self.prefix_token is None:
+            return "none"
+        text = self.prefix_token_text
+        if text:
+            shown = text if text.isprintable() and text.strip() == text else repr(text)  # "\n" as '\n'
+            return f"{shown} (id {self.prefix_token})"
+        return f"id {self.prefix_token}"
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -265,13 +278,18 @@ def tokenizer_block(tokenizer: Any, name: str) -> TokenizerBlock:
 
 
 def dataset_block(spec: Any, stats: Any, documents: int) -> DatasetBlock:
-    """The report's ``dataset`` block, from a `lleval.data.spec.DataSpec` and its `DataStats`."""
+    """The report's ``dataset`` block, from a `lleval.data.spec.DataSpec` and its `DataStats`;
+    with ``--sample``, its ``sample``: the rows asked for, the seed that drew them and the
+    rows they were drawn from (absent otherwise, so other reports keep their bytes)."""
     from lleval.data.spec import BUILTIN_DATASET, describe_split
 
+    sample = getattr(spec, "sample", None)
+    extra = {} if sample is None else {"sample": {"rows": sample, "seed": spec.seed,
+                                                  "from_rows": getattr(stats, "sampled_from", None)}}
     return DatasetBlock(spec=spec.dataset or BUILTIN_DATASET, config=spec.dataset_config, split=describe_split(spec),
                         text_field=spec.text_field, sample_by=spec.sample_by, limit=spec.limit,
                         streaming=spec.streaming, rows=stats.rows, documents=documents,
-                        skipped_empty=stats.skipped_empty, fingerprint=stats.fingerprint())
+                        skipped_empty=stats.skipped_empty, fingerprint=stats.fingerprint(), extra=extra)
 
 
 def timing_block(total_seconds: float, load_seconds: float, scoring_seconds: float, tokens: int,
@@ -296,18 +314,22 @@ def environment(cpu_half_dtypes: Iterable[str] = ()) -> dict[str, Any]:
     ``cpu_half_dtypes``: the half precisions (``bfloat16``, ``float16``) the run's
     models ran in on the CPU; for each, ``cpu`` adds ``bf16_matmul_speedup`` /
     ``fp16_matmul_speedup``, the matmul speed against float32 measured in this
-    process (`lleval.hardware.half_matmul_speedup`). Runs in float32 have neither.
+    process (`lleval.hardware.half_matmul_speed`), its ``..._spread`` (the quartiles of
+    the rounds' speedups) and ``..._rounds``. Runs in float32 have none of them.
     """
     import datasets
     import torch
     import transformers
 
     from lleval import __version__
-    from lleval.hardware import cpu_features, half_matmul_speedup
+    from lleval.hardware import cpu_features, half_matmul_speed
 
     cpu = dict(cpu_features())
     for dtype in sorted(set(cpu_half_dtypes)):
-        cpu[f"{'bf16' if dtype == 'bfloat16' else 'fp16'}_matmul_speedup"] = half_matmul_speedup(dtype)
+        short, speed = "bf16" if dtype == "bfloat16" else "fp16", half_matmul_speed(dtype)
+        cpu[f"{short}_matmul_speedup"] = speed.speedup
+        cpu[f"{short}_matmul_speedup_spread"] = [speed.low, speed.high]
+        cpu[f"{short}_matmul_rounds"] = speed.rounds
 
     return {
         "python": platform.python_version(),

@@ -226,6 +226,31 @@ def _grid(bottom: float, top: float, y: Any, x_from: float, x_to: float, label: 
                    for v in steps)
 
 
+def nice_ticks(bottom: float, top: float, count: int = 5) -> list[float]:
+    """About ``count`` round values that cover ``bottom`` to ``top`` (the first at or below it,
+    the last at or above): multiples of a step of 1, 2, 2.5 or 5 times a power of ten
+    (``-0.5, 0, 0.5, 1``), as chart axes are read. An axis drawn from the first to the last
+    ends on labelled values."""
+    span = top - bottom
+    if not math.isfinite(span) or span <= 0:
+        return [bottom - 1.0, bottom + 1.0] if math.isfinite(bottom) else [0.0, 1.0]
+    raw = span / max(1, count - 1)
+    power = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1.0, 2.0, 2.5, 5.0, 10.0) if m * power >= raw * (1 - 1e-9))
+    first, last = math.floor(bottom / step + 1e-9), math.ceil(top / step - 1e-9)
+    return [round(k * step, 12) + 0.0 for k in range(first, last + 1)]
+
+
+def _nice_grid(ticks: list[float], y: Any, x_from: float, x_to: float, unit: str = "") -> str:
+    """Horizontal grid lines at ``ticks`` (`nice_ticks`), each labelled signed, with the decimals
+    its step needs (``+0.5%``, ``+1%``, ``+0.25%``)."""
+    step = abs(ticks[1] - ticks[0])
+    decimals = next((d for d in range(0, 13) if abs(round(step, d) - step) <= 1e-9 * step), 12)
+    return "".join(f'<line x1="{x_from}" x2="{x_to}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#eee"/>'
+                   f'<text class="y-tick" data-value="{v!r}" x="{x_from - 6}" y="{y(v) + 4:.1f}" text-anchor="end">'
+                   f"{v:+.{decimals}f}{unit}</text>" for v in ticks)
+
+
 def _documents(page: Page, scope: str = "") -> str:
     if not page.documents:  # a kld or compare page
         return ""
@@ -364,8 +389,9 @@ def compare_chart(comparisons: list[Any], max_regression_pct: float | None) -> s
     highs = [100 * c.interval[1] if c.interval else v for c, v in zip(comparisons, changes)]
     bound = [] if max_regression_pct is None else [max_regression_pct]
     top, bottom = max(highs + bound + [0.0]), min(lows + [0.0])
-    pad = (top - bottom) * 0.1 or 1.0
-    top, bottom = top + pad, bottom - pad
+    pad = (top - bottom) * 0.05 or 1.0
+    ticks = nice_ticks(bottom - pad, top + pad)  # the axis ends on round values
+    top, bottom = ticks[-1], ticks[0]
     width, height, left, right, up, down = 760, 320, 72, 16, 16, 80
 
     def x(k: float) -> float:
@@ -376,14 +402,18 @@ def compare_chart(comparisons: list[Any], max_regression_pct: float | None) -> s
 
     marks = []
     for k, (c, v, lo, hi) in enumerate(zip(comparisons, changes, lows, highs)):
-        colour = "#c0392b" if c.regressed else "#2c7a7b"
+        # red: regressed; amber: over the limit but not significant (--require-significant)
+        colour = "#c0392b" if c.regressed else "#d68910" if c.exceeded else "#2c7a7b"
+        shaky = " (unreliable: few documents)" if c.interval_reliable is False else ""
+        dashes = ' stroke-dasharray="3 3"' if shaky else ""
         marks.append(
             f'<line class="interval" x1="{x(k):.1f}" x2="{x(k):.1f}" y1="{y(lo):.1f}" y2="{y(hi):.1f}" '
-            f'stroke="{colour}" stroke-width="2"/><circle class="point" cx="{x(k):.1f}" cy="{y(v):.1f}" r="5" '
-            f'fill="{colour}"><title>{esc(c.candidate)}: {v:+.3f}% [{lo:+.3f}%, {hi:+.3f}%]</title></circle>'
+            f'stroke="{colour}" stroke-width="2"{dashes}/><circle class="point" '
+            f'cx="{x(k):.1f}" cy="{y(v):.1f}" r="5" fill="{colour}"><title>{esc(c.candidate)}: {v:+.3f}% '
+            f'[{lo:+.3f}%, {hi:+.3f}%]{shaky}</title></circle>'
             f'<text x="{x(k):.1f}" y="{height - down + 16}" text-anchor="end" transform="rotate(-30 {x(k):.1f} '
             f'{height - down + 16})">{esc(c.dataset or c.candidate.rsplit("/", 1)[-1])}</text>')
-    zero = _grid(bottom, top, y, left, width - right, "{:+.2f}%") + (
+    zero = _nice_grid(ticks, y, left, width - right, "%") + (
         f'<line x1="{left}" x2="{width - right}" y1="{y(0):.1f}" y2="{y(0):.1f}" stroke="#999"/>')
     gate = "" if max_regression_pct is None else (
         f'<line id="gate" x1="{left}" x2="{width - right}" y1="{y(max_regression_pct):.1f}" '
@@ -400,22 +430,42 @@ def compare_chart(comparisons: list[Any], max_regression_pct: float | None) -> s
 
 def write_compare_html(result: Any, path: str) -> None:
     """Write the HTML page of a comparison (atomically)."""
-    rows = [(r.name, f"{r.metric} {r.base_value:.4f} → {r.candidate_value:.4f} ({r.change * 100:+.2f}%), "
-             f"{result.verdict(r)}") for r in result.comparisons]
     page = Page(title=f"lleval compare — base {result.comparisons[0].base if result.comparisons else ''}",
-                summary=rows, extra=compare_chart(result.comparisons, result.max_regression_pct)
+                summary=compare_summary(result),
+                extra="".join(f'<p class="note compare-note">{esc(line)}</p>' for line in result.notes())
+                + compare_chart(result.comparisons, result.max_regression_pct)
                 + _changed_documents(result.comparisons) + membership_section(result.comparisons))
     write_text_atomic(path, render(page), "--html")
 
 
+def compare_summary(result: Any) -> list[tuple[str, str]]:
+    """One summary row per comparison: the metric's values, the change with its interval
+    (marked when it comes from too few documents) and the verdict."""
+    rows = []
+    for r, row in zip(result.comparisons, result.rows()):
+        interval = row[result.columns.index("95% CI")]
+        rows.append((r.name, f"{r.metric} {r.base_value:.4f} → {r.candidate_value:.4f} ({r.change * 100:+.2f}%, "
+                             f"95% CI {interval}), {result.verdict(r)}"))
+    return rows
+
+
 def _changed_documents(comparisons: list[Any]) -> str:
+    """The documents that changed most, per comparison and direction, with their id when the
+    data has one; nothing at all when no comparison lists any (``--top-documents 0``)."""
+    from lleval.report.compare import document_columns, document_rows
+
     blocks = []
     for c in comparisons:
         for title, docs in (("got worse", c.worst_documents), ("got better", c.best_documents)):
-            rows = "".join(f"<tr><td>{d['index']}</td><td>{d['delta_nats']:+.3f}</td><td>{d['delta_bits_per_byte']:+.5f}"
-                           f"</td></tr>" for d in docs)
-            blocks.append(f"<h3>{esc(c.candidate)}: documents that {title}</h3><table><thead><tr><th>document</th>"
-                          f"<th>Δ nats</th><th>Δ bits/byte</th></tr></thead><tbody>{rows}</tbody></table>")
+            if not docs:
+                continue
+            head = "".join(f"<th>{esc(column)}</th>" for column in document_columns(docs))
+            rows = "".join("<tr>" + "".join(f"<td>{esc(cell)}</td>" for cell in row) + "</tr>"
+                           for row in document_rows(docs))
+            blocks.append(f"<h3>{esc(c.name)}: documents that {title}</h3><table class=\"changed\"><thead><tr>{head}"
+                          f"</tr></thead><tbody>{rows}</tbody></table>")
+    if not blocks:
+        return ""
     return f'<section id="changed-documents"><h2>Documents that changed most</h2>{"".join(blocks)}</section>'
 
 

@@ -85,6 +85,7 @@ class KLReport(ReportHeader):
         return [
             ("base / model", f"{self.base.name} ({self.base.dtype}) / {self.model.name} ({self.model.dtype})"),
             *self._reference_rows(),
+            ("dataset", f"{self.dataset.spec} [{self.dataset.split}], {self.dataset.documents} documents"),
             ("protocol", self.protocol.summary()),
             ("tokens", str(self.tokens)),
             ("mean KL (nats)", f"{kl['mean']:.6f} ± {kl['stderr'] or 0:.6f}"),
@@ -94,7 +95,9 @@ class KLReport(ReportHeader):
             ("mean Δp", f"{dp['mean'] * 100:+.4f}%"),
             ("perplexity base / model", f"{fmt(ppl['base'])} / {fmt(ppl['model'])}"),
             ("ln(PPL_model / PPL_base)",
-             f"{ppl['ln_ratio']:+.6f}" + (f"  [{ci[0]:+.6f}, {ci[1]:+.6f}] 95% CI" if ci else "")),
+             f"{ppl['ln_ratio']:+.6f}" + (f"  [{ci[0]:+.6f}, {ci[1]:+.6f}] 95% CI" if ci else "")
+             + (f", unreliable ({self.bootstrap.get('documents')} documents)"
+                if ci and self.bootstrap.get("reliable") is False else "")),
         ]
 
     def _reference_rows(self) -> list[tuple[str, str]]:

@@ -161,11 +161,14 @@ def summary_rows(report: Report) -> list[tuple[str, str]]:
         ("tokens / bytes / words", f"{t.tokens} / {t.bytes} / {t.words}"),
         ("log-likelihood (nats)", fmt(t.log_likelihood, 2)),
     ]
+    shaky = report.bootstrap.get("reliable") is False
     for key, value in report.metrics.items():
         interval = report.intervals.get(key)
         shown = fmt(value)
         if interval is not None:
             shown += f"  [{fmt(interval[0])}, {fmt(interval[1])}] 95% CI"
+            if shaky:
+                shown += f", unreliable ({report.bootstrap.get('documents')} documents)"
         rows.append((METRIC_LABELS[key], shown))
     rows += statistic_rows(report)
     rows.append(("throughput", f"{report.timing.tokens_per_second:.0f} tokens/s"))

@@ -131,8 +131,33 @@ class SuiteReport:
                     "bits_per_byte_ci": json_interval(intervals.get("bits_per_byte")),
                     "tokens": None if report is None else report.totals.tokens,
                     "complete": None if report is None else report.complete,
+                    # false: the cell's intervals come from too few documents (its bootstrap block)
+                    "ci_reliable": None if report is None else report.bootstrap.get("reliable"),
                 })
         return rows
+
+    def macro_reliable(self, model: str) -> bool | None:
+        """Whether a model's macro interval comes from enough documents in every dataset (None:
+        no macro interval, or no cell that says)."""
+        macro = next((m for m in self.macro if m.model == model), None)
+        if macro is None or macro.interval is None:
+            return None
+        said = [c.report.bootstrap.get("reliable") for c in self.cells if c.model == model and c.report is not None]
+        return None if all(r is None for r in said) else not any(r is False for r in said)
+
+    @property
+    def title(self) -> str:
+        """``lleval suite — 1 model x 2 datasets``."""
+        return f"lleval suite — {count_of(len(self.models), 'model')} x {count_of(len(self.datasets), 'dataset')}"
+
+    def interval_notes(self) -> list[str]:
+        """A note when some interval shown comes from too few documents (marked ``unreliable``)."""
+        from lleval.metrics import MIN_INTERVAL_DOCUMENTS
+
+        if not any(row["ci_reliable"] is False for row in self.matrix()):
+            return []
+        return [f"intervals marked unreliable come from fewer than {MIN_INTERVAL_DOCUMENTS} documents: a bootstrap "
+                "over so few covers the true value far less often than 95%."]
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON export, schema version 1."""
@@ -141,7 +166,9 @@ class SuiteReport:
             "created": self.created, "complete": self.complete,
             "models": [m.to_dict() for m in self.models], "datasets": list(self.datasets),
             "counts": dict(self.counts), "bootstrap": dict(self.bootstrap),
-            "matrix": self.matrix(), "macro": [m.to_dict() for m in self.macro], "notes": list(self.notes),
+            "matrix": self.matrix(),
+            "macro": [{**m.to_dict(), "bits_per_byte_ci_reliable": self.macro_reliable(m.model)} for m in self.macro],
+            "notes": list(self.notes),
             "cells": [c.to_dict() for c in self.cells],
         }
 
@@ -163,27 +190,27 @@ class SuiteReport:
         """The matrix and the macro averages as rich tables on ``console``, then the notes."""
         from rich.table import Table
 
-        table = Table(title=f"lleval suite — {len(self.models)} models x {len(self.datasets)} datasets")
-        for column in MATRIX_COLUMNS:
+        table = Table(title=self.title)
+        for column in matrix_columns(self):
             table.add_column(column, justify="left" if column in ("model", "dataset") else "right")
         for row in matrix_rows(self):
             table.add_row(*row)
         console.print(table)
         macro = Table(title="macro average over datasets (each dataset weighs the same)")
-        for column in MACRO_COLUMNS:
+        for column in macro_columns(self):
             macro.add_column(column, justify="left" if column == "model" else "right")
         for row in macro_rows(self):
             macro.add_row(*row)
         console.print(macro)
-        for note in self.notes:
+        for note in self.notes + self.interval_notes():
             console.print(f"note: {note}")
 
     def render_markdown(self) -> str:
         """The matrix and the macro averages as markdown (for a GitHub step summary)."""
-        lines = [f"### lleval suite — {len(self.models)} models x {len(self.datasets)} datasets", "",
-                 *markdown_table(MATRIX_COLUMNS, matrix_rows(self))]
-        lines += ["", "#### Macro average over datasets", "", *markdown_table(MACRO_COLUMNS, macro_rows(self))]
-        lines += [f"\n> note: {note}" for note in self.notes]
+        lines = [f"### {self.title}", "", *markdown_table(matrix_columns(self), matrix_rows(self))]
+        lines += ["", "#### Macro average over datasets", "",
+                  *markdown_table(macro_columns(self), macro_rows(self))]
+        lines += [f"\n> note: {note}" for note in self.notes + self.interval_notes()]
         return "\n".join(lines) + "\n"
 
 
@@ -191,11 +218,31 @@ MATRIX_COLUMNS = ("model", "dataset", "tokens", "perplexity [95% CI]", "bits per
 MACRO_COLUMNS = ("model", "datasets", "bits per byte [95% CI]")
 
 
-def _with_interval(value: float | None, interval: Any) -> str:
+def count_of(n: int, word: str) -> str:
+    """``1 model``, ``2 models``."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _without_ci(columns: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(c.removesuffix(" [95% CI]") for c in columns)
+
+
+def matrix_columns(report: SuiteReport) -> tuple[str, ...]:
+    """The matrix's headers: "[95% CI]" only when some cell shows an interval."""
+    shown = any(row["perplexity_ci"] is not None or row["bits_per_byte_ci"] is not None for row in report.matrix())
+    return MATRIX_COLUMNS if shown else _without_ci(MATRIX_COLUMNS)
+
+
+def macro_columns(report: SuiteReport) -> tuple[str, ...]:
+    """The macro table's headers: "[95% CI]" only when some model's macro average has an interval."""
+    return MACRO_COLUMNS if any(m.interval is not None for m in report.macro) else _without_ci(MACRO_COLUMNS)
+
+
+def _with_interval(value: float | None, interval: Any, reliable: bool | None = None) -> str:
     shown = fmt(value)
     if interval is not None:
         low, high = (None if end is None else float(end) for end in interval)
-        shown += f" [{fmt(low)}, {fmt(high)}]"
+        shown += f" [{fmt(low)}, {fmt(high)}]" + (" unreliable" if reliable is False else "")
     return shown
 
 
@@ -209,8 +256,8 @@ def matrix_rows(report: SuiteReport) -> list[tuple[str, ...]]:
             rows.append((row["model"], row["dataset"], "", error, ""))
             continue
         rows.append((row["model"], row["dataset"], str(row["tokens"]),
-                     _with_interval(row["perplexity"], row["perplexity_ci"]),
-                     _with_interval(row["bits_per_byte"], row["bits_per_byte_ci"])))
+                     _with_interval(row["perplexity"], row["perplexity_ci"], row["ci_reliable"]),
+                     _with_interval(row["bits_per_byte"], row["bits_per_byte_ci"], row["ci_reliable"])))
     return rows
 
 
@@ -218,5 +265,6 @@ def macro_rows(report: SuiteReport) -> list[tuple[str, ...]]:
     """The macro averages as text rows, models in the matrix's order."""
     by_model = {m.model: m for m in report.macro}
     return [(m.label, str(by_model[m.label].datasets), _with_interval(by_model[m.label].bits_per_byte,
-                                                                       by_model[m.label].interval))
+                                                                       by_model[m.label].interval,
+                                                                       report.macro_reliable(m.label)))
             for m in report.ordered_models if m.label in by_model]

@@ -27,7 +27,7 @@ from typing import Any
 from lleval.report.html import Page, _grid, _summary as summary_section, body, document, esc, score_page
 from lleval.report.output import write_text_atomic
 from lleval.report.render import fmt
-from lleval.report.suite import MACRO_COLUMNS, SuiteCell, SuiteReport, macro_rows, matrix_rows
+from lleval.report.suite import SuiteCell, SuiteReport, macro_columns, macro_rows, matrix_columns, matrix_rows
 
 #: one colour per dataset, in the suite's order (repeating after eight)
 PALETTE = ("#c0392b", "#2e86c1", "#27ae60", "#8e44ad", "#d68910", "#17a589", "#7f8c8d", "#a04000")
@@ -47,7 +47,7 @@ section.cell > details > summary { cursor: pointer; font-weight: 600; }
 
 def suite_page(report: SuiteReport) -> str:
     """The suite's page as one HTML document."""
-    title = f"lleval suite — {len(report.models)} models x {len(report.datasets)} datasets"
+    title = report.title
     sections = [_summary(report), _matrix(report), _macro(report), trend_chart(report), _cells(report)]
     return document(title, sections, SUITE_STYLE)
 
@@ -87,7 +87,7 @@ def _summary(report: SuiteReport) -> str:
                           f"{report.bootstrap.get('unit', 'document')})" if report.bootstrap.get("resamples")
              else "none (--bootstrap 0)"),
             ("lleval", f"{report.lleval_version}, {report.created}")]
-    return summary_section(Page(title="", summary=rows, notes=list(report.notes)))
+    return summary_section(Page(title="", summary=rows, notes=list(report.notes) + report.interval_notes()))
 
 
 def _matrix(report: SuiteReport) -> str:
@@ -109,8 +109,8 @@ def _matrix(report: SuiteReport) -> str:
         body_rows.append(f'<tr data-model="{esc(model)}" data-dataset="{esc(dataset)}" data-step="{step}" '
                          f'data-bpb="{"" if row["bits_per_byte"] is None else repr(row["bits_per_byte"])}">'
                          f"<td>{name}</td><td class=\"num\">{step}</td><td>{esc(dataset)}</td>{values}</tr>")
-    head = "".join(f"<th>{esc(c)}</th>" for c in ("model", "step", "dataset", "tokens", "perplexity [95% CI]",
-                                                   "bits per byte [95% CI]"))
+    columns = matrix_columns(report)
+    head = "".join(f"<th>{esc(c)}</th>" for c in (columns[0], "step", *columns[1:]))
     order = " ordered by step" if report.has_trend else ""
     return (f'<section id="matrix"><h2>Models x datasets{order}</h2><table id="matrix-table" class="matrix">'
             f'<thead><tr>{head}</tr></thead><tbody>{"".join(body_rows)}</tbody></table></section>')
@@ -119,7 +119,7 @@ def _matrix(report: SuiteReport) -> str:
 def _macro(report: SuiteReport) -> str:
     rows = "".join(f'<tr data-model="{esc(r[0])}"><td>{esc(r[0])}</td><td class="num">{esc(r[1])}</td>'
                    f'<td class="num">{esc(r[2])}</td></tr>' for r in macro_rows(report))
-    head = "".join(f"<th>{esc(c)}</th>" for c in MACRO_COLUMNS)
+    head = "".join(f"<th>{esc(c)}</th>" for c in macro_columns(report))
     return (f'<section id="macro"><h2>Macro average over datasets</h2><p class="note">Each dataset weighs the same; '
             "the interval is a bootstrap over documents within each dataset.</p>"
             f'<table id="macro-table" class="matrix"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'

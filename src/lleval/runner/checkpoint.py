@@ -31,10 +31,12 @@ from lleval.report.output import write_text_atomic
 from lleval.stream import Unit
 
 CHECKPOINT_VERSION = 2
-FINGERPRINT_PARTS = ("model", "tokenizer", "protocol", "columns")
+FINGERPRINT_PARTS = ("model", "tokenizer", "protocol", "columns", "sample")
 # How a refusal names a part of the fingerprint; "columns" are the scorer's further per-token
-# columns, which the token file's parts hold (a checkpoint before them had none).
-PART_NAMES = {"columns": "set of per-token columns (--token-stats adds rank and entropy)"}
+# columns, which the token file's parts hold (a checkpoint before them had none); "sample" the
+# rows --sample drew and the --seed that drew them (None: every row, as before --sample).
+PART_NAMES = {"columns": "set of per-token columns (--token-stats adds rank and entropy)",
+              "sample": "random sample of rows (--sample, --seed)"}
 # The flag behind a reducer that a checkpoint may lack.
 REDUCER_FLAGS = {"tokens": "--tokens", "samples": "--html"}
 
@@ -81,7 +83,7 @@ def load(path: str, fingerprint: dict[str, Any]) -> Checkpoint | None:
         raise ConfigError(
             f"checkpoint {path} cannot be read ({exc}): delete it or pass another --checkpoint."
         ) from None
-    empty: dict[str, Any] = {"columns": []}  # what a checkpoint from before a part was fingerprinted held
+    empty: dict[str, Any] = {"columns": [], "sample": None}  # what a checkpoint from before a part was fingerprinted held
     differs = [PART_NAMES.get(part, part) for part in FINGERPRINT_PARTS
                if checkpoint.fingerprint.get(part, empty.get(part)) != fingerprint.get(part, empty.get(part))]
     if differs:

@@ -35,9 +35,20 @@ def header_fields(
                                totals.tokens, run.engine, job.batching),
         "environment": environment(half_on_cpu),
         "distributed": None if job.inputs.dist is None else job.inputs.dist.describe(),
-        "notes": notes,
+        "notes": notes + data_notes(job),
         "settings": job.config.provenance(),
     }
+
+
+def data_notes(job: Job) -> list[str]:
+    """What a reader must know of the rows read: a ``--sample`` that asked for as many rows as
+    there are, or more, took every row."""
+    config, stats = job.config, job.inputs.stats
+    if config.sample is None or stats.sampled_from is None or stats.sampled_from > config.sample:
+        return []
+    return [f"{config.flag('sample', config.sample)} asked for at least as many rows as there are "
+            f"({stats.sampled_from}{' within --limit' if config.limit is not None else ''}): every row was scored, "
+            "not a random part of them."]
 
 
 def model_notes(info: Any) -> list[str]:

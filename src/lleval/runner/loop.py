@@ -59,7 +59,7 @@ def run_loop(
     engine, started, complete = EngineStats(), time.perf_counter(), True
     done_tokens = sum(d.tokens for d in sums.documents)
     if progress is not None:
-        progress.stage("scoring")
+        progress.stage("tokenizing")  # the first block is read and planned before its first tick
     meter = ProgressMeter(progress, job.inputs.stats.expected_rows, len(sums.documents), done_tokens)
     stream = engine_stream(job.loaded.scorer, units, options, shard=dist)
     try:

@@ -167,6 +167,8 @@ def _fingerprint(config: EvalConfig, loaded: LoadedModel, protocol: Plan) -> dic
         "protocol": {**protocol.describe(loaded.tokenizer), "batch_size": config.batch_size,
                      "max_batch_tokens": config.max_batch_tokens, "block_tokens": config.block_tokens},
         "columns": list(getattr(loaded.scorer, "columns", ())),  # the token file's further columns
+        # --sample's rows and seed: the data's rows (their hash chain would likely differ too)
+        "sample": None if config.sample is None else {"rows": config.sample, "seed": config.seed},
     }
 
 

@@ -46,6 +46,8 @@ def run_job(
     except BaseException:
         abandon_files(job, files)
         raise
+    if progress is not None:
+        progress.stage("writing report")
     report = build_report(run)
     report.failed_outputs = write_files(job, run, report, files, write_page)
     if not write_page:
