@@ -303,3 +303,42 @@ def test_resuming_with_an_output_added_names_its_flag(tiny_loaded: Any, tmp_path
     evaluate(_config(tmp_path, checkpoint=ckpt, checkpoint_every=0), loaded=tiny_loaded, should_stop=_stop_after(12))
     with pytest.raises(ConfigError, match="was made without --html: drop --html to resume it"):
         evaluate(_config(tmp_path, checkpoint=ckpt, html=str(tmp_path / "r.html")), loaded=tiny_loaded)
+
+
+def test_the_engine_takes_a_block_part_back_for_the_block_it_belongs_to() -> None:
+    """`engine_stream` with ``keep_done``: a tick carries the block's batches done; handed back
+    as ``resume``, those batches are not scored again and the block is the same, value for
+    value; handed to another block (or a block with other batches), it is ignored."""
+    from helpers import units_of
+    from lleval.engine.scoring import EngineOptions, engine_stream
+    from lleval.plan.batching import Batching
+    from lleval.stream import EngineTick, ScoredBlock
+
+    calls = {"n": 0}
+
+    def scorer(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+               score_mask: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        return -(labels[score_mask].float() % 7 + 0.5) / 3
+
+    units = units_of([list(range(3, 3 + n)) for n in (40, 25, 33, 12, 50)], 16, 8)
+    options = EngineOptions(Batching(2), block_tokens=1 << 20, keep_done=True)
+    items = list(engine_stream(scorer, units, options))
+    ticks = [i for i in items if isinstance(i, EngineTick)]
+    whole = [i for i in items if isinstance(i, ScoredBlock)][0]
+    part = ticks[3].done
+    assert part is not None and part.batches == 3 and ticks[0].done is not None and ticks[0].done.batches == 0
+    calls["n"] = 0
+    again = [i for i in engine_stream(scorer, units, dataclasses.replace(options, resume=part))
+             if isinstance(i, ScoredBlock)][0]
+    assert calls["n"] == len(ticks) - 1 - 3  # only the batches not in the part
+    assert [(s.row.tolist(), s.logprob.tolist()) for s in again.units] == \
+        [(s.row.tolist(), s.logprob.tolist()) for s in whole.units]
+    threes = dataclasses.replace(options, batching=Batching(3))
+    batches_of_three = sum(1 for i in engine_stream(scorer, units, threes) if isinstance(i, EngineTick)) - 1
+    for other, batches in ((dataclasses.replace(threes, resume=part), batches_of_three),
+                           (dataclasses.replace(options, resume=dataclasses.replace(part, first_row=1)), len(ticks) - 1),
+                           (dataclasses.replace(options, resume=dataclasses.replace(part, key="0" * 64)), len(ticks) - 1)):
+        calls["n"] = 0
+        list(engine_stream(scorer, units, other))
+        assert calls["n"] == batches  # every batch scored: the part is not this block's
