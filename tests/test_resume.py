@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -66,7 +67,7 @@ def test_checkpoint_of_other_protocol_model_or_data_is_refused(tiny_loaded: Any,
 
     ckpt = str(tmp_path / "run.ckpt")
     evaluate(_config(tmp_path, checkpoint=ckpt, checkpoint_every=0), loaded=tiny_loaded, should_stop=_stop_after(12))
-    with pytest.raises(ConfigError, match="different protocol"):
+    with pytest.raises(ConfigError, match=r"made with --stride 16 \(this run: --stride 8\)"):
         evaluate(_config(tmp_path, checkpoint=ckpt, stride=8), loaded=tiny_loaded)
     with pytest.raises(ConfigError, match="different model"):
         evaluate(_config(tmp_path, checkpoint=ckpt), loaded=load(EvalConfig(model=str(tiny_llama_dir))))
@@ -289,7 +290,7 @@ def test_resuming_with_token_stats_added_is_refused_and_keeps_the_parts(tiny_loa
     evaluate(base, loaded=tiny_loaded, should_stop=_stop_after(12))
     parts = sorted(p.name for p in tmp_path.iterdir() if ".parts" in p.name)
     assert len(parts) == 1
-    with pytest.raises(ConfigError, match=r"different set of per-token columns \(--token-stats"):
+    with pytest.raises(ConfigError, match=r"made with --no-token-stats \(this run: --token-stats\)"):
         evaluate(dataclasses.replace(base, token_stats=True), loaded=tiny_loaded)
     assert sorted(p.name for p in tmp_path.iterdir() if ".parts" in p.name) == parts
     resumed = evaluate(base, loaded=tiny_loaded)
@@ -303,6 +304,239 @@ def test_resuming_with_an_output_added_names_its_flag(tiny_loaded: Any, tmp_path
     evaluate(_config(tmp_path, checkpoint=ckpt, checkpoint_every=0), loaded=tiny_loaded, should_stop=_stop_after(12))
     with pytest.raises(ConfigError, match="was made without --html: drop --html to resume it"):
         evaluate(_config(tmp_path, checkpoint=ckpt, html=str(tmp_path / "r.html")), loaded=tiny_loaded)
+
+
+# Issue 28: a resumed run adds its numbers to the checkpoint's, so everything that decides a
+# number must be what it was: the model by what it does (a probe text's log-probs), every
+# setting that changes a number, named as the user gave it; and a checkpoint is saved
+# between batches, not only at the ends of blocks of a million tokens.
+
+def _other_weights(folder: Path, seed: int = 1, scale: float = 0.5) -> None:
+    """Save over ``folder``'s weights a model of the same architecture with other weights (the
+    files keep their sizes, as a copy of another training step's would)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * scale)
+    model.save_pretrained(folder)
+
+
+def _documents(report: Any) -> list[dict[str, Any]]:
+    return [d.to_dict() for d in report.documents]
+
+
+def test_resume_onto_other_weights_in_the_same_folder_is_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, folder)
+    sizes = {p.name: p.stat().st_size for p in folder.iterdir()}
+    config = _config(tmp_path, model=str(folder), checkpoint=str(tmp_path / "run.ckpt"), checkpoint_every=0)
+    assert not evaluate(config, should_stop=_stop_after(12)).complete
+    _other_weights(folder)
+    assert {p.name: p.stat().st_size for p in folder.iterdir()} == sizes  # nothing a size check would see
+    with pytest.raises(ConfigError, match="answered otherwise") as info:
+        evaluate(config)
+    assert "model.safetensors changed" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_resume_onto_the_same_weights_rewritten_is_accepted(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The weight files copied again (a new modification time, the same bytes): the probe comes
+    out exactly as before, so the run resumes, to the uninterrupted run's numbers."""
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, folder)
+    config = _config(tmp_path, model=str(folder), checkpoint=str(tmp_path / "run.ckpt"), checkpoint_every=0)
+    partial = evaluate(config, should_stop=_stop_after(12))
+    assert not partial.complete
+    time.sleep(0.01)
+    (folder / "model.safetensors").unlink()
+    shutil.copy(tiny_model_dir / "model.safetensors", folder / "model.safetensors")
+    saved = json.loads((tmp_path / "run.ckpt").read_text())["fingerprint"]["files"]["model.safetensors"]
+    assert saved[1] != (folder / "model.safetensors").stat().st_mtime_ns
+    resumed = evaluate(config)
+    assert resumed.complete and _documents(resumed) == _documents(evaluate(_config(tmp_path, model=str(folder))))
+
+
+def _shifted(inner: Any, by: float) -> Any:
+    """A scorer whose every log-prob is ``by`` nats lower than ``inner``'s."""
+    def scorer(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, score_mask: torch.Tensor) -> torch.Tensor:
+        return inner(input_ids, attention_mask, labels, score_mask) - by
+
+    return scorer
+
+
+@pytest.mark.parametrize("by,accepted", [(0.0, True), (2e-4, True), (5e-3, False), (0.3, False)])
+def test_the_probe_tolerance_of_a_float32_model(tiny_loaded: Any, tmp_path: Path, by: float, accepted: bool) -> None:
+    """The same model description and files, answering the probe ``by`` nats otherwise: within
+    1e-3 on average (a float32 model) it resumes; beyond, it is refused."""
+    config = _config(tmp_path, checkpoint=str(tmp_path / "run.ckpt"), checkpoint_every=0)
+    evaluate(config, loaded=tiny_loaded, should_stop=_stop_after(12))
+    other = dataclasses.replace(tiny_loaded, scorer=_shifted(tiny_loaded.scorer, by))
+    if accepted:
+        assert evaluate(config, loaded=other).complete
+    else:
+        with pytest.raises(ConfigError, match=f"differ from the checkpoint's by {by:.3g} nats on average"):
+            evaluate(config, loaded=other)
+
+
+@pytest.mark.parametrize("by,accepted", [(5e-3, True), (0.05, False)])
+def test_the_probe_tolerance_of_a_half_precision_model(tiny_loaded: Any, tmp_path: Path, by: float,
+                                                       accepted: bool) -> None:
+    """A model run in bfloat16 (or a server, which batches the probe with other requests) is
+    allowed 1e-2 nats on average: rounding noise, not other weights."""
+    half = dataclasses.replace(tiny_loaded, info=dataclasses.replace(tiny_loaded.info, dtype="bfloat16"))
+    config = _config(tmp_path, checkpoint=str(tmp_path / "run.ckpt"), checkpoint_every=0)
+    evaluate(config, loaded=half, should_stop=_stop_after(12))
+    other = dataclasses.replace(half, scorer=_shifted(half.scorer, by))
+    if accepted:
+        assert evaluate(config, loaded=other).complete
+    else:
+        with pytest.raises(ConfigError, match="the same model stays within 0.01"):
+            evaluate(config, loaded=other)
+
+
+def test_resume_onto_a_server_restarted_with_other_weights_is_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from test_served import FakeServer
+
+    server = FakeServer(tiny_model_dir)
+    try:
+        common = dict(model=server.url, max_length=32, stride=16, batch_size=2, block_tokens=64, bootstrap=0)
+        config = EvalConfig(dataset=_data(tmp_path, TEXTS[:8]), checkpoint=str(tmp_path / "c.json"),
+                            checkpoint_every=0, **common)
+        assert not evaluate(config, should_stop=_stop_after(4)).complete
+        weights = server.model
+        other = tmp_path / "other"
+        shutil.copytree(tiny_model_dir, other)
+        _other_weights(other)
+        server.model = AutoModelForCausalLM.from_pretrained(other, dtype=torch.float32).eval()
+        with pytest.raises(ConfigError, match="answered otherwise"):
+            evaluate(config)
+        server.model = weights  # the server back on the weights the checkpoint was made with
+        resumed = evaluate(config)
+        whole = evaluate(EvalConfig(dataset=config.dataset, **common))
+        assert _documents(resumed) == _documents(whole)
+    finally:
+        server.http.shutdown()
+
+
+# (setting, value when checkpointed, value on resume, further settings of both runs)
+CHANGED = [
+    ("min_k", 0.2, 0.5, {"membership": True}),
+    ("membership", False, True, {}),
+    ("calibration", False, True, {}),
+    ("allow_nonfinite", False, True, {}),
+    ("batch_size", 3, 4, {}),
+    ("block_tokens", 300, 400, {}),
+    ("prefix_token", "auto", "none", {}),
+    ("max_length", 32, 24, {}),
+    ("concat", None, "\n\n", {}),
+    ("dtype", "auto", "float32", {}),
+    ("html_docs", 20, 5, {"html": "r.html"}),
+    ("reference_top_k", 32, 8, {"save_reference": "ref.parquet"}),
+]
+
+
+@pytest.mark.parametrize("name,before,after,both", CHANGED, ids=[c[0] for c in CHANGED])
+def test_a_setting_that_changes_numbers_cannot_change_on_resume(tiny_loaded: Any, tmp_path: Path, name: str,
+                                                               before: Any, after: Any, both: dict[str, Any]) -> None:
+    """Checkpointed with one value, resumed with another: refused before anything is scored or
+    written, naming the setting with both values (--min-k 0.2 then 0.5 gave a report labelled
+    0.5 holding k = 0.2 values; --membership added named --token-stats)."""
+    files = {k: str(tmp_path / v) for k, v in both.items() if isinstance(v, str)}
+    ckpt, out = str(tmp_path / "run.ckpt"), tmp_path / "out"
+    first = _config(tmp_path, checkpoint=ckpt, checkpoint_every=0, **{**both, **files, name: before})
+    evaluate(first, loaded=tiny_loaded, should_stop=_stop_after(12))
+    saved = Path(ckpt).read_text()
+    flag = "--" + name.replace("_", "-")
+    with pytest.raises(ConfigError) as info:
+        evaluate(dataclasses.replace(first, output=str(out), **{name: after}), loaded=tiny_loaded)
+    message = str(info.value)
+    assert f"made with " in message and f"(this run: {flag}" in message and "--token-stats" not in message, message
+    assert Path(ckpt).read_text() == saved and not out.exists()
+
+
+def test_a_setting_from_a_config_file_is_named_as_its_key(tiny_loaded: Any, tmp_path: Path) -> None:
+    ckpt = str(tmp_path / "run.ckpt")
+    evaluate(_config(tmp_path, checkpoint=ckpt, membership=True), loaded=tiny_loaded, should_stop=_stop_after(12))
+    again = _config(tmp_path, checkpoint=ckpt, membership=True, min_k=0.5, origins={"min_k": "config file c.yaml"})
+    with pytest.raises(ConfigError, match=r"made with --min-k 0.2 \(this run: min_k: 0.5 \(from config file c.yaml\)\)"):
+        evaluate(again, loaded=tiny_loaded)
+
+
+def test_the_min_k_refusal_from_the_command_line(tiny_model_dir: Path, tmp_path: Path) -> None:
+    ckpt, data = tmp_path / "c.ckpt", _data(tmp_path, TEXTS[:3])
+    assert _cli(tiny_model_dir, data, ckpt, tmp_path / "a.json", "--membership", "--min-k", "0.2").exit_code == 0
+    again = _cli(tiny_model_dir, data, ckpt, tmp_path / "b.json", "--membership", "--min-k", "0.5")
+    assert again.exit_code == 2 and "--min-k 0.2 (this run: --min-k 0.5)" in again.output
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_every_setting_says_how_a_resume_treats_it() -> None:
+    """Every `Setting` is classified (a new flag cannot be forgotten by the checkpoint), and the
+    fingerprint holds exactly those that change a number: each of them changed is refused by
+    name, and no other changes the fingerprint."""
+    from lleval.config import RESUME_SAME, RESUMES, settings
+    from lleval.runner.fingerprint import check, settings_values
+
+    assert [f.name for f, how in settings() if how.resume not in RESUMES] == []
+    base = EvalConfig()
+    saved = {"settings": settings_values(base), "model": {}, "tokenizer": "", "protocol": {}, "columns": []}
+    same = {f.name for f, how in settings() if how.resume == RESUME_SAME}
+    assert set(saved["settings"]) == same
+    for f, how in settings():
+        changed = dataclasses.replace(base, **{f.name: "changed"})
+        now = {**saved, "settings": settings_values(changed)}
+        if f.name not in same:
+            assert now["settings"] == saved["settings"], f.name
+            continue
+        with pytest.raises(ConfigError, match=f"this run: --{f.name.replace('_', '-')} changed"):
+            check(saved, now, changed, "c.ckpt")
+
+
+def test_settings_that_change_no_stored_number_may_change_on_resume(tiny_loaded: Any, tmp_path: Path) -> None:
+    """Bootstrap and its seed (derived at the end from the documents), where the report goes,
+    how often to save, and the data file's path (its texts are checked by content)."""
+    ckpt = str(tmp_path / "run.ckpt")
+    evaluate(_config(tmp_path, checkpoint=ckpt, checkpoint_every=0), loaded=tiny_loaded, should_stop=_stop_after(12))
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    again = _config(tmp_path, checkpoint=ckpt, checkpoint_every=5, bootstrap=100, seed=3, format="json", quiet=True,
+                    output=str(tmp_path / "r.json"), dataset=_data(moved))
+    resumed = evaluate(again, loaded=tiny_loaded)
+    assert resumed.complete and _documents(resumed) == _documents(evaluate(_config(tmp_path), loaded=tiny_loaded))
+    assert resumed.bootstrap["resamples"] == 100 and resumed.bootstrap["seed"] == 3
+
+
+def test_an_older_checkpoint_is_refused_with_what_to_do(tiny_loaded: Any, tmp_path: Path) -> None:
+    ckpt = tmp_path / "run.ckpt"
+    evaluate(_config(tmp_path, checkpoint=str(ckpt), checkpoint_every=0), loaded=tiny_loaded, should_stop=_stop_after(12))
+    old = json.loads(ckpt.read_text())
+    old["lleval_checkpoint"] = 2
+    del old["fingerprint"]["settings"], old["fingerprint"]["probe"]
+    ckpt.write_text(json.dumps(old))
+    with pytest.raises(ConfigError, match=r"older lleval \(checkpoint version 2\).*delete it"):
+        evaluate(_config(tmp_path, checkpoint=str(ckpt)), loaded=tiny_loaded)
+
+
+def test_a_resume_batches_as_the_checkpoint_did(tiny_loaded: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--batch-size auto sizes batches by the memory free, which changes between runs (a GPU):
+    a resumed run forms the batches the checkpoint's run formed, else its numbers would not
+    be an uninterrupted run's."""
+    import lleval.runner.prepare as prepare
+    from lleval.plan.batching import Batching
+
+    budgets = iter([200, 200, 90])
+    monkeypatch.setattr(prepare, "auto_batching", lambda *a, **k: Batching(256, next(budgets), auto=True,
+                                                                           overhead_tokens=32))
+    config = _config(tmp_path, batch_size="auto", checkpoint=str(tmp_path / "run.ckpt"), checkpoint_every=0)
+    full = evaluate(_config(tmp_path, batch_size="auto"), loaded=tiny_loaded)
+    evaluate(config, loaded=tiny_loaded, should_stop=_stop_after(12))
+    resumed = evaluate(config, loaded=tiny_loaded)  # auto would give 90 tokens a batch now
+    assert resumed.timing["batching"]["max_batch_tokens"] == 200
+    assert _documents(resumed) == _documents(full)
 
 
 def test_the_engine_takes_a_block_part_back_for_the_block_it_belongs_to() -> None:
