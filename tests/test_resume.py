@@ -7,7 +7,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -187,23 +186,43 @@ def test_report_loader_survives_mutations(tmp_path_factory: pytest.TempPathFacto
         assert loaded.totals.tokens >= 0
 
 
+# A process that sends itself SIGTERM while its Nth batch is scored (the handler runs then, in
+# the main thread), then runs the CLI: where the signal lands is fixed by N, not by timing.
+_SIGTERM_AT_BATCH = """
+import os, signal, sys
+import lleval.engine.scoring as scoring
+real, calls = scoring._run_batch, [0]
+def counted(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == int(sys.argv[1]):
+        os.kill(os.getpid(), signal.SIGTERM)
+    return real(*args, **kwargs)
+scoring._run_batch = counted
+from lleval.cli import main
+main(sys.argv[2:], prog_name="lleval")
+"""
+
+
 @pytest.mark.subprocess
 def test_sigterm_writes_incomplete_report_and_exits_143(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """SIGTERM during the 120th batch (of one window each; the probe of the checkpoint's
+    fingerprint is a call of the scorer, not a batch): the run stops after that batch, writes
+    its report with the documents finished and ``complete`` false, saves its checkpoint and
+    exits 143."""
     out, ckpt = tmp_path / "r.json", tmp_path / "run.ckpt"
     many = [t * 3 for t in TEXTS] * 20
-    cmd = [str(Path(sys.executable).parent / "lleval"), "score", "-q", "-m", str(tiny_model_dir),
-           "-d", _data(tmp_path, many), "-L", "32", "-S", "4", "-b", "1", "--block-tokens", "200",
-           "--checkpoint", str(ckpt), "--checkpoint-every", "0", "-o", str(out), "--bootstrap", "0"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ)
-    deadline = time.time() + 120
-    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err
+    args = ["score", "-q", "-m", str(tiny_model_dir), "-d", _data(tmp_path, many), "-L", "32", "-S", "4", "-b", "1",
+            "--block-tokens", "200", "--checkpoint", str(ckpt), "--checkpoint-every", "0", "-o", str(out),
+            "--bootstrap", "0"]
+    proc = subprocess.run([sys.executable, "-c", _SIGTERM_AT_BATCH, "120", *args], capture_output=True, text=True,
+                          timeout=300, env=os.environ)
+    assert proc.returncode == 143, proc.stderr
     data = json.loads(out.read_text())
     assert data["complete"] is False and 0 < len(data["documents"]) < len(many)
-    assert "stopped by signal" in err
+    assert data["timing"]["batches"] == 120  # the batch the signal came in finished; none after it
+    assert "stopped by signal 15" in proc.stderr
+    saved = json.loads(ckpt.read_text())
+    assert saved["rows"] == len(data["documents"]) and saved["complete"] is False
 
 
 # Issue 17: "a resumed run gives exactly the numbers of an uninterrupted run on the data it was given
