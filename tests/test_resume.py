@@ -558,6 +558,75 @@ def test_a_resume_batches_as_the_checkpoint_did(tiny_loaded: Any, tmp_path: Path
     assert _documents(resumed) == _documents(full)
 
 
+class _Clock:
+    """A clock that the scorer moves on: each batch is ``step`` seconds of work."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        return self.now
+
+    def scorer(self, inner: Any) -> Any:
+        def scorer(*args: Any) -> Any:
+            self.now += self.step
+            return inner(*args)
+
+        return scorer
+
+
+def _first_save(ckpt: Path, seen: list[dict[str, Any]]) -> Any:
+    """A should_stop that stops as soon as a checkpoint exists, keeping what it held."""
+    def should_stop() -> bool:
+        if ckpt.exists() and not seen:
+            seen.append(json.loads(ckpt.read_text()))
+        return bool(seen)
+
+    return should_stop
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
+def test_a_save_comes_between_batches_and_resumes_to_the_same_numbers(
+        tiny_loaded: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str) -> None:
+    """At the default block size every document is in one block, which used to be saved only
+    when it ended. With 10 s of work a batch and --checkpoint-every 60, the first save comes
+    after the sixth batch, before any document is finished; stopped right after it, the run
+    resumes to the uninterrupted run's documents, totals and token file, and scores only the
+    batches left."""
+    from lleval.runner.checkpoint import Checkpointer
+
+    clock = _Clock(10.0)
+    monkeypatch.setattr(Checkpointer, "clock", clock)
+    loaded = dataclasses.replace(tiny_loaded, scorer=clock.scorer(tiny_loaded.scorer))
+    ckpt, tokens, whole_tokens = tmp_path / "run.ckpt", tmp_path / f"t{suffix}", tmp_path / f"whole{suffix}"
+    full = evaluate(_config(tmp_path, tokens=str(whole_tokens), block_tokens=1 << 20), loaded=tiny_loaded)
+    config = _config(tmp_path, checkpoint=str(ckpt), tokens=str(tokens), block_tokens=1 << 20, checkpoint_every=60.0)
+    seen: list[dict[str, Any]] = []
+    partial = evaluate(config, loaded=loaded, should_stop=_first_save(ckpt, seen))
+    assert not partial.complete and partial.documents == []
+    assert seen[0]["rows"] == 0 and len(seen[0]["partial"]["shapes"]) == 6  # 60 s of work: six batches
+    assert partial.timing["batches"] == 6
+    resumed = evaluate(config, loaded=tiny_loaded)
+    assert resumed.complete and _documents(resumed) == _documents(full)
+    assert resumed.totals == full.totals
+    assert resumed.timing["batches"] == full.timing["batches"] - 6
+    assert _token_rows(tokens) == _token_rows(whole_tokens)
+
+
+def test_a_block_stopped_twice_resumes_to_the_same_numbers(tiny_loaded: Any, tmp_path: Path) -> None:
+    """Stopped in the block, resumed and stopped again in it (the batches saved before and
+    those scored since are saved together), then resumed to the end."""
+    ckpt = tmp_path / "run.ckpt"
+    config = _config(tmp_path, block_tokens=1 << 20, checkpoint=str(ckpt), checkpoint_every=0)
+    first = evaluate(config, loaded=tiny_loaded, should_stop=_stop_after(4))
+    second = evaluate(config, loaded=tiny_loaded, should_stop=_stop_after(5))
+    assert (first.timing["batches"], second.timing["batches"]) == (4, 5)  # a stop is asked before each batch
+    assert len(json.loads(ckpt.read_text())["partial"]["shapes"]) == 9
+    resumed = evaluate(config, loaded=tiny_loaded)
+    full = evaluate(_config(tmp_path, block_tokens=1 << 20), loaded=tiny_loaded)
+    assert _documents(resumed) == _documents(full) and resumed.timing["batches"] == full.timing["batches"] - 9
+
+
 def test_the_engine_takes_a_block_part_back_for_the_block_it_belongs_to() -> None:
     """`engine_stream` with ``keep_done``: a tick carries the block's batches done; handed back
     as ``resume``, those batches are not scored again and the block is the same, value for
@@ -595,3 +664,75 @@ def test_the_engine_takes_a_block_part_back_for_the_block_it_belongs_to() -> Non
         calls["n"] = 0
         list(engine_stream(scorer, units, other))
         assert calls["n"] == batches  # every batch scored: the part is not this block's
+
+
+def _token_rows(path: Path) -> list[dict[str, Any]]:
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in path.read_text().splitlines()]
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+def test_a_run_that_fails_mid_block_keeps_its_batches(tiny_loaded: Any, tmp_path: Path) -> None:
+    """A server that dies (a `ScoringError` from the scorer) after minutes of work in one block:
+    the batches done are in the checkpoint, and the rerun resumes from them."""
+    calls = {"n": 0}
+
+    def dying(*args: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] > 8:  # the probe, then seven batches
+            raise ScoringError("served model http://x/v1: the server answered 502: bad gateway.")
+        return tiny_loaded.scorer(*args)
+
+    ckpt = tmp_path / "run.ckpt"
+    config = _config(tmp_path, block_tokens=1 << 20, checkpoint=str(ckpt), checkpoint_every=3600)
+    with pytest.raises(ScoringError):
+        evaluate(config, loaded=dataclasses.replace(tiny_loaded, scorer=dying))
+    saved = json.loads(ckpt.read_text())
+    assert saved["rows"] == 0 and len(saved["partial"]["shapes"]) == 7
+    resumed = evaluate(config, loaded=tiny_loaded)
+    full = evaluate(_config(tmp_path, block_tokens=1 << 20), loaded=tiny_loaded)
+    assert _documents(resumed) == _documents(full) and resumed.timing["batches"] == full.timing["batches"] - 7
+
+
+def test_a_saved_block_part_is_dropped_when_its_documents_changed(tiny_loaded: Any, tmp_path: Path) -> None:
+    """Documents after those finished may change between runs (an interrupted run resumes onto
+    the data given now): the saved batches of a block whose texts changed are not used, and
+    the numbers are an uninterrupted run's on the new data."""
+    ckpt = tmp_path / "run.ckpt"
+    config = _config(tmp_path, block_tokens=1 << 20, checkpoint=str(ckpt), checkpoint_every=0)
+    evaluate(config, loaded=tiny_loaded, should_stop=_stop_after(5))
+    assert json.loads(ckpt.read_text())["partial"] is not None
+    changed = TEXTS[:-1] + [TEXTS[-1] + " And a new ending."]
+    other = tmp_path / "other"
+    other.mkdir()
+    resumed = evaluate(dataclasses.replace(config, dataset=_data(other, changed)), loaded=tiny_loaded)
+    full = evaluate(_config(tmp_path, block_tokens=1 << 20, dataset=_data(other, changed)), loaded=tiny_loaded)
+    assert _documents(resumed) == _documents(full)
+
+
+def test_a_damaged_block_part_is_refused_in_one_line(tiny_loaded: Any, tmp_path: Path) -> None:
+    ckpt = tmp_path / "run.ckpt"
+    config = _config(tmp_path, block_tokens=1 << 20, checkpoint=str(ckpt), checkpoint_every=0)
+    evaluate(config, loaded=tiny_loaded, should_stop=_stop_after(5))
+    saved = json.loads(ckpt.read_text())
+    saved["partial"]["values"] = saved["partial"]["values"][:-8]
+    ckpt.write_text(json.dumps(saved))
+    with pytest.raises(ConfigError, match="cannot be read") as info:
+        evaluate(config, loaded=tiny_loaded)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.model
+def test_the_real_model_resumes_onto_itself(tmp_path: Path) -> None:
+    """SmolLM2-135M, loaded afresh for each run (the model cache's hit, then its stored
+    conversion): its probe comes out the same, so a stopped run resumes, to the same numbers."""
+    texts = [t * 2 for t in TEXTS[:6]]
+    common = dict(dataset=_data(tmp_path, texts), max_length=64, stride=32, batch_size=2, block_tokens=256,
+                  bootstrap=0)
+    config = EvalConfig(**common, checkpoint=str(tmp_path / "c.ckpt"), checkpoint_every=0)
+    assert not evaluate(config, should_stop=_stop_after(6)).complete
+    resumed = evaluate(config)
+    assert resumed.complete and any(n.startswith("resumed from") for n in resumed.notes)
+    assert _documents(resumed) == _documents(evaluate(EvalConfig(**common)))
