@@ -474,6 +474,7 @@ def test_a_setting_that_changes_numbers_cannot_change_on_resume(tiny_loaded: Any
         evaluate(dataclasses.replace(first, output=str(out), **{name: after}), loaded=tiny_loaded)
     message = str(info.value)
     assert f"made with " in message and f"(this run: {flag}" in message and "--token-stats" not in message, message
+    assert "\n" not in message
     assert Path(ckpt).read_text() == saved and not out.exists()
 
 

@@ -135,14 +135,21 @@ def _flag_form(name: str, value: Any) -> str:
         return flag if value else f"--no-{flag[2:]}"
     if value is None or value == []:
         return f"no {flag}"
-    return f"{flag} {' '.join(map(str, value)) if isinstance(value, list) else value}"
+    return f"{flag} {' '.join(map(_shown, value)) if isinstance(value, list) else _shown(value)}"
+
+
+def _shown(value: Any) -> str:
+    """A value as a message shows it on one line: quoted where it holds spaces or controls
+    (``--concat "\\n\\n"``)."""
+    text = str(value)
+    return text if text.isprintable() and " " not in text and text else json.dumps(text)
 
 
 def _current_form(name: str, value: Any, config: EvalConfig) -> str:
     from lleval.config import config_file_of
 
     if config_file_of(config.origins, name) is not None:
-        shown = json.dumps(value) if isinstance(value, (bool, list)) or value is None else value
+        shown = json.dumps(value) if isinstance(value, (bool, list)) or value is None else _shown(value)
         return setting(config.origins, name, shown)
     return _flag_form(name, value)
 
