@@ -560,20 +560,21 @@ def test_a_resume_batches_as_the_checkpoint_did(tiny_loaded: Any, tmp_path: Path
 
 
 class _Clock:
-    """A clock that the scorer moves on: each batch is ``step`` seconds of work."""
+    """A clock that the engine's batches move on: each is ``step`` seconds of work."""
 
-    def __init__(self, step: float) -> None:
-        self.now, self.step = 0.0, step
+    def __init__(self, step: float, monkeypatch: pytest.MonkeyPatch) -> None:
+        import lleval.engine.scoring as scoring
+
+        self.now, self.step, run_batch = 0.0, step, scoring._run_batch
+
+        def timed(*args: Any) -> Any:
+            self.now += self.step
+            return run_batch(*args)
+
+        monkeypatch.setattr(scoring, "_run_batch", timed)
 
     def __call__(self) -> float:
         return self.now
-
-    def scorer(self, inner: Any) -> Any:
-        def scorer(*args: Any) -> Any:
-            self.now += self.step
-            return inner(*args)
-
-        return scorer
 
 
 def _first_save(ckpt: Path, seen: list[dict[str, Any]]) -> Any:
@@ -586,32 +587,35 @@ def _first_save(ckpt: Path, seen: list[dict[str, Any]]) -> Any:
     return should_stop
 
 
-@pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
+@pytest.mark.parametrize("suffix,stats", [(".parquet", True), (".jsonl", False)])
 def test_a_save_comes_between_batches_and_resumes_to_the_same_numbers(
-        tiny_loaded: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str) -> None:
+        tiny_loaded: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str, stats: bool) -> None:
     """At the default block size every document is in one block, which used to be saved only
     when it ended. With 10 s of work a batch and --checkpoint-every 60, the first save comes
     after the sixth batch, before any document is finished; stopped right after it, the run
-    resumes to the uninterrupted run's documents, totals and token file, and scores only the
+    resumes to the uninterrupted run's documents, totals and token file (with --token-stats,
+    the scorer's rank and entropy columns are saved with the batches), and scores only the
     batches left."""
     from lleval.runner.checkpoint import Checkpointer
 
-    clock = _Clock(10.0)
-    monkeypatch.setattr(Checkpointer, "clock", clock)
-    loaded = dataclasses.replace(tiny_loaded, scorer=clock.scorer(tiny_loaded.scorer))
+    monkeypatch.setattr(Checkpointer, "clock", _Clock(10.0, monkeypatch))
     ckpt, tokens, whole_tokens = tmp_path / "run.ckpt", tmp_path / f"t{suffix}", tmp_path / f"whole{suffix}"
-    full = evaluate(_config(tmp_path, tokens=str(whole_tokens), block_tokens=1 << 20), loaded=tiny_loaded)
-    config = _config(tmp_path, checkpoint=str(ckpt), tokens=str(tokens), block_tokens=1 << 20, checkpoint_every=60.0)
+    full = evaluate(_config(tmp_path, tokens=str(whole_tokens), block_tokens=1 << 20, token_stats=stats),
+                    loaded=tiny_loaded)
+    config = _config(tmp_path, checkpoint=str(ckpt), tokens=str(tokens), block_tokens=1 << 20, checkpoint_every=60.0,
+                     token_stats=stats)
     seen: list[dict[str, Any]] = []
-    partial = evaluate(config, loaded=loaded, should_stop=_first_save(ckpt, seen))
+    partial = evaluate(config, loaded=tiny_loaded, should_stop=_first_save(ckpt, seen))
     assert not partial.complete and partial.documents == []
     assert seen[0]["rows"] == 0 and len(seen[0]["partial"]["shapes"]) == 6  # 60 s of work: six batches
+    assert all(len(shape) == (2 if stats else 1) for shape in seen[0]["partial"]["shapes"])
     assert partial.timing["batches"] == 6
     resumed = evaluate(config, loaded=tiny_loaded)
     assert resumed.complete and _documents(resumed) == _documents(full)
     assert resumed.totals == full.totals
     assert resumed.timing["batches"] == full.timing["batches"] - 6
-    assert _token_rows(tokens) == _token_rows(whole_tokens)
+    rows = _token_rows(tokens)
+    assert rows == _token_rows(whole_tokens) and ("rank" in rows[0]) == stats
 
 
 def test_a_block_stopped_twice_resumes_to_the_same_numbers(tiny_loaded: Any, tmp_path: Path) -> None:
