@@ -7,6 +7,7 @@ resumed report's documents must equal the uninterrupted report's and the
 totals agree to 1e-12. Prints one line per kill and a verdict.
 
     .venv/bin/python scripts/kill_resume.py --kills 5 --limit 8 --max-length 256
+    .venv/bin/python scripts/kill_resume.py --block-tokens 1048576   # one block: saves between batches
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--kills", type=int, default=5)
+    parser.add_argument("--block-tokens", type=int, default=256,
+                        help="lleval's own default, 1048576, puts a short run in one block: saves come between batches")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="lleval-kill-"))
     base = ["score", "-q", "--bootstrap", "0", "-L", str(args.max_length), "-S", str(args.max_length // 4),
-            "-b", "2", "--block-tokens", "256", "--limit", str(args.limit)]
+            "-b", "2", "--block-tokens", str(args.block_tokens), "--limit", str(args.limit)]
     if args.model:
         base += ["-m", args.model]
     if args.data:
@@ -66,8 +69,10 @@ def main() -> int:
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            done = json.loads(ckpt.read_text())["rows"] if ckpt.exists() else 0
-            print(f"kill {kill + 1}: SIGKILL {moment}; checkpoint holds {done} documents", flush=True)
+            saved = json.loads(ckpt.read_text()) if ckpt.exists() else {"rows": 0}
+            batches = len((saved.get("partial") or {}).get("shapes", []))
+            print(f"kill {kill + 1}: SIGKILL {moment}; checkpoint holds {saved['rows']} documents and {batches} "
+                  "batches of the next block", flush=True)
         else:
             print(f"kill {kill + 1}: the run had already finished ({moment})", flush=True)
     subprocess.run(command, check=True, env=env, capture_output=True)

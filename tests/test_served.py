@@ -311,8 +311,9 @@ def test_a_served_run_stopped_early_resumes_from_its_checkpoint(server: FakeServ
     resumed = evaluate(config)
     assert [d.to_dict() for d in resumed.documents] == [d.to_dict() for d in whole.documents]
     assert any(note.startswith("resumed from") for note in resumed.notes)
-    # one probe, then one request per window the resumed process scored: fewer than a whole run's
-    assert server.requests - before == 1 + resumed.timing["windows"]
+    # the backend's probe and the checkpoint's (the model's answers, `lleval.runner.fingerprint`), then
+    # one request per window the resumed process scored: fewer than a whole run's
+    assert server.requests - before == 2 + resumed.timing["windows"]
     assert 0 < resumed.timing["windows"] < whole.timing["windows"]
 
 

@@ -73,6 +73,23 @@ def setting(origins: Mapping[str, str], name: str, value: object = None, typed: 
     return f"{name}:{shown} (from {origin})" if shown else f"{name} (from {origin})"
 
 
+#: How a resumed checkpoint treats a setting (`Setting.resume`; every setting has one, which
+#: tests/test_resume.py checks, so a new flag cannot be forgotten by the checkpoint):
+#: ``RESUME_SAME``: it changes a number, or what the checkpoint holds: a resumed run must have the
+#: checkpoint's value (a refusal names the setting; `lleval.runner.fingerprint`).
+RESUME_SAME = "same"
+#: ``RESUME_DATA``: it picks the texts: those are checked by content as they are read (a hash chain
+#: over the documents done), so the file may move, and documents may follow an interrupted run's.
+RESUME_DATA = "data"
+#: ``RESUME_OUTPUT``: a file output whose reducer state the checkpoint holds: asked for on resume
+#: and not when the checkpoint was made, it is refused, naming the flag.
+RESUME_OUTPUT = "output"
+#: ``RESUME_FREE``: it changes no number the checkpoint holds (derived at the end from the
+#: documents, where files go, how much is shown, who does the work).
+RESUME_FREE = "free"
+RESUMES = (RESUME_SAME, RESUME_DATA, RESUME_OUTPUT, RESUME_FREE)
+
+
 #: Fewest bootstrap resamples that give a 95% interval. Its ends are the 2.5th and 97.5th
 #: percentiles of the resamples: with 100, 2.5 resamples lie beyond each end; with fewer
 #: the "interval" is a resample or two (``--bootstrap 1`` gave one value twice).
@@ -117,6 +134,7 @@ class Setting:
     commands: tuple[str, ...] = ("score", "kld")  # the commands that take the flag
     spec: str | None = None  # its name in its section's spec, where that differs (ModelSpec.cache)
     multiple: bool = False  # the flag may be given several times; the field is a tuple (a config file: a list)
+    resume: str | None = None  # how a resumed checkpoint treats it: one of RESUMES (every setting gives one)
 
 
 def without_credentials(value: Any) -> Any:
@@ -153,145 +171,164 @@ class EvalConfig:
     model: str | None = _setting(
         None, "model", "Hub id, local model folder, .gguf file, or the URL of an OpenAI-compatible server "
         "(http://127.0.0.1:8000/v1, e.g. vLLM). Default: built-in SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized "
-        "to float32).", short="-m", spec="name", reads=True)
-    revision: str | None = _setting(None, "model", "Hub revision (branch, tag or commit) of a hub model.")
-    trust_remote_code: bool = _setting(False, "model", "Allow model code from the hub repository to run.")
+        "to float32).", short="-m", spec="name", reads=True, resume=RESUME_SAME)
+    revision: str | None = _setting(None, "model", "Hub revision (branch, tag or commit) of a hub model.",
+                                    resume=RESUME_SAME)
+    trust_remote_code: bool = _setting(False, "model", "Allow model code from the hub repository to run.",
+                                       resume=RESUME_SAME)
     dtype: str = _setting(
         "auto", "model", "auto: bfloat16 on CUDA GPUs that support it, float32 elsewhere. bfloat16/float16 on a CPU "
         "time a small matmul against float32 and warn where it measured slower (e.g. --dtype bfloat16).",
-        choices=DTYPES)
-    device: str = _setting("auto", "model", "auto: CUDA, else MPS, else CPU.", choices=DEVICES)
+        choices=DTYPES, resume=RESUME_SAME)
+    device: str = _setting("auto", "model", "auto: CUDA, else MPS, else CPU.", choices=DEVICES, resume=RESUME_SAME)
     device_map: str | None = _setting(
         None, "model", "Spread a model too large for one device over all visible devices (accelerate).",
-        choices=DEVICE_MAPS)
+        choices=DEVICE_MAPS, resume=RESUME_SAME)
     # bf16/fp16 models: output projection and log-softmax in float32
     float32_head: bool = _setting(
         True, "model", "With --dtype bfloat16/float16: project to logits and log-softmax in float32 (most of "
-        "bf16's error is in rounding the logits; costs little on large models).")
+        "bf16's error is in rounding the logits; costs little on large models).", resume=RESUME_SAME)
     # keep a converted .gguf for later runs (lleval.backends.model_cache)
     model_cache: bool = _setting(
         True, "model", "Keep a .gguf model converted after its first load, so later runs load in a second "
-        "(in $LLEVAL_MODEL_CACHE, else under $HF_HOME; LLEVAL_MODEL_CACHE=off turns it off).", spec="cache")
+        "(in $LLEVAL_MODEL_CACHE, else under $HF_HOME; LLEVAL_MODEL_CACHE=off turns it off).", spec="cache",
+        resume=RESUME_FREE)
     tokenizer: str | None = _setting(
         None, "model", "With a server --model: the served model's tokenizer (hub id, folder or .gguf file). "
-        "Default: the served model's own folder, when the server names one on this machine.", reads=True)
+        "Default: the served model's own folder, when the server names one on this machine.", reads=True,
+        resume=RESUME_SAME)
     served_model: str | None = _setting(
-        None, "model", "With a server --model: which of its models to score (default: the one it serves).")
+        None, "model", "With a server --model: which of its models to score (default: the one it serves).",
+        resume=RESUME_SAME)
     replicas: tuple[str, ...] = _setting(
         (), "model", "With a server --model: another server of the same model (repeatable); the run's windows "
-        "are shared among them all.", multiple=True, types=(list,), metavar="URL")
+        "are shared among them all.", multiple=True, types=(list,), metavar="URL", resume=RESUME_FREE)
     api_key_env: str = _setting(
         "OPENAI_API_KEY", "model", "With a server --model: the environment variable holding its API key, sent "
-        "as a bearer token (never written anywhere).", metavar="NAME")
+        "as a bearer token (never written anywhere).", metavar="NAME", resume=RESUME_FREE)
     dataset: str | None = _setting(
         None, "data", "Hub dataset, .txt/.jsonl/.json/.csv/.parquet file, saved dataset folder, or - "
-        "for stdin. Default: built-in sample prose.", short="-d", reads=True)
-    dataset_config: str | None = _setting(None, "data", "Hub dataset configuration name.")
-    split: str | None = _setting(None, "data", "Split to score. Default: test (hub), train (local files).")
-    text_field: str = _setting("text", "data", "Column holding the text.")
+        "for stdin. Default: built-in sample prose.", short="-d", reads=True, resume=RESUME_DATA)
+    dataset_config: str | None = _setting(None, "data", "Hub dataset configuration name.", resume=RESUME_DATA)
+    split: str | None = _setting(None, "data", "Split to score. Default: test (hub), train (local files).",
+                                 resume=RESUME_DATA)
+    text_field: str = _setting("text", "data", "Column holding the text.", resume=RESUME_DATA)
     sample_by: str = _setting("document", "data", "How a .txt file or stdin is cut into documents.",
-                              choices=SAMPLE_BY)
-    limit: int | None = _setting(None, "data", "Score only the first N rows (1 or more).", types=(int,), minimum=1)
-    # a reproducible random subset of rows (lleval.data.sources.sample_rows), in source order
+                              choices=SAMPLE_BY, resume=RESUME_DATA)
+    limit: int | None = _setting(None, "data", "Score only the first N rows (1 or more).", types=(int,), minimum=1,
+                                 resume=RESUME_DATA)
+    # a reproducible random subset of rows (lleval.data.sources.sample_rows), in source order; which
+    # rows are drawn depends on --seed too (the fingerprint's "sample" part holds both)
     sample: int | None = _setting(
         None, "data", "Score N rows drawn at random, the same N for the same --seed, in source order (with "
         "--limit L: N of the first L rows). Rows count as for --limit: an empty row drawn is skipped.",
-        types=(int,), minimum=1, metavar="N")
-    streaming: bool = _setting(False, "data", "Stream the dataset instead of loading it into memory.")
+        types=(int,), minimum=1, metavar="N", resume=RESUME_SAME)
+    streaming: bool = _setting(False, "data", "Stream the dataset instead of loading it into memory.",
+                               resume=RESUME_DATA)
     encoding: str = _setting(
-        "utf-8", "data", "Encoding of .txt/.jsonl/.json/.csv files and stdin (a Python codec name).")
+        "utf-8", "data", "Encoding of .txt/.jsonl/.json/.csv files and stdin (a Python codec name).",
+        resume=RESUME_DATA)
     errors: str = _setting("strict", "data", "Bytes that do not decode: stop (strict), or replace/ignore them.",
-                           choices=DECODE_ERRORS)
+                           choices=DECODE_ERRORS, resume=RESUME_DATA)
     protocol: str = _setting(
         "rolling", "protocol", "Scoring protocol: rolling (lleval's), lm-eval, hf-guide or llama-cpp.",
-        choices=PROTOCOLS)
+        choices=PROTOCOLS, resume=RESUME_SAME)
     max_length: int | None = _setting(
         None, "protocol", "Input tokens per window. Default: min(model positions, 2048).", types=(int,),
-        short="-L", minimum=1)
+        short="-L", minimum=1, resume=RESUME_SAME)
     stride: int | None = _setting(
         None, "protocol", "New tokens scored per window after the first. Default: max length.", types=(int,),
-        short="-S", minimum=1)
+        short="-S", minimum=1, resume=RESUME_SAME)
     prefix_token: str = _setting(
         "auto", "protocol", "Token that predicts each document's first token: auto (BOS, else EOS), an id, or none.",
-        types=(str, int))
+        types=(str, int), resume=RESUME_SAME)
     concat: str | None = _setting(
         None, "protocol", "Join all documents with SEP (default: two newlines) into one stream.", types=(str, bool),
-        flag_value=DEFAULT_SEPARATOR, metavar="[SEP]")
+        flag_value=DEFAULT_SEPARATOR, metavar="[SEP]", resume=RESUME_SAME)
     # a token budget per device (see lleval.plan.batching), or windows per pass
     batch_size: int | str = _setting(
         "auto", "engine", "auto: a token budget per forward pass sized for the device, batches cut to waste "
-        "least; or N windows per pass, filled greedily.", types=(int, str), short="-b", minimum=1, metavar="N|auto")
+        "least; or N windows per pass, filled greedily.", types=(int, str), short="-b", minimum=1, metavar="N|auto",
+        resume=RESUME_SAME)
     max_batch_tokens: int | None = _setting(
-        None, "engine", "Also cap a batch at this many padded tokens (rows x width).", types=(int,), minimum=1)
+        None, "engine", "Also cap a batch at this many padded tokens (rows x width).", types=(int,), minimum=1,
+        resume=RESUME_SAME)
     block_tokens: int = _setting(
-        1 << 20, "engine", "Sequence tokens read, sorted and batched together (memory bound of the sort).", minimum=1)
+        1 << 20, "engine", "Sequence tokens read, sorted and batched together (memory bound of the sort).", minimum=1,
+        resume=RESUME_SAME)
     allow_nonfinite: bool = _setting(
-        False, "engine", "Count NaN/inf token log-probs and leave them out, instead of stopping.")
+        False, "engine", "Count NaN/inf token log-probs and leave them out, instead of stopping.", resume=RESUME_SAME)
     checkpoint: str | None = _setting(
-        None, "engine", "Save progress here; rerunning the same command resumes from it.", path=True)
+        None, "engine", "Save progress here; rerunning the same command resumes from it.", path=True,
+        resume=RESUME_FREE)
     checkpoint_every: float = _setting(
         DEFAULT_CHECKPOINT_EVERY, "engine", "Seconds between checkpoint saves (needs --checkpoint).",
-        types=(int, float), minimum=0)
+        types=(int, float), minimum=0, resume=RESUME_FREE)
     bootstrap: int = _setting(
         1000, "outputs", f"Bootstrap resamples over documents for 95% intervals: 0 (none), or {MIN_RESAMPLES} and "
-        "more.", minimum=0)
-    seed: int = _setting(0, "outputs", "Seed of the bootstrap, and of the rows --sample draws.")
+        "more.", minimum=0, resume=RESUME_FREE)
+    seed: int = _setting(0, "outputs", "Seed of the bootstrap, and of the rows --sample draws.", resume=RESUME_FREE)
     output: str | None = _setting(
         None, "outputs", "Write the JSON report here (atomically). An output that cannot be written (a full "
-        "disk) is one line on stderr and exit 1; the others are still written.", short="-o", path=True)
+        "disk) is one line on stderr and exit 1; the others are still written.", short="-o", path=True,
+        resume=RESUME_FREE)
     format: str = _setting("table", "outputs", "What stdout gets: a table, the JSON report, or markdown.",
-                           choices=FORMATS)
-    quiet: bool = _setting(False, "outputs", "Nothing on stderr but errors: no progress, no warnings.", short="-q")
+                           choices=FORMATS, resume=RESUME_FREE)
+    quiet: bool = _setting(False, "outputs", "Nothing on stderr but errors: no progress, no warnings.", short="-q",
+                           resume=RESUME_FREE)
     # a bar on a terminal; lines in a CI log, a pipe or a file (lleval.runner.progress.LineProgress)
     progress: str = _setting(
         "auto", "outputs", "How stderr shows progress: auto (a bar on a terminal; else, as in a CI log, a line at "
-        "each stage and every 20 s), bar, lines or none. --quiet shows none.", choices=PROGRESS)
+        "each stage and every 20 s), bar, lines or none. --quiet shows none.", choices=PROGRESS, resume=RESUME_FREE)
     # what the run shows of its tokens: the per-token export, .parquet or .jsonl (lleval.report.tokens)
     tokens: str | None = _setting(
         None, "outputs", "Write every scored token (document, position, context, id, text, log-prob) here: "
-        "t.parquet for Parquet, t.jsonl for JSON lines (other extensions are refused).", path=True, text=True)
+        "t.parquet for Parquet, t.jsonl for JSON lines (other extensions are refused).", path=True, text=True,
+        resume=RESUME_OUTPUT)
     # rank and entropy of every token (in the export and the HTML)
     token_stats: bool = _setting(
         False, "outputs", "Also the rank of each true token and the entropy of each prediction (for --tokens, --html).",
-        commands=("score",))
+        commands=("score",), resume=RESUME_SAME)
     # contamination (membership) scores per document (lleval.reducers.membership)
     membership: bool = _setting(
         False, "outputs", "Also each document's membership (contamination) scores: Min-K% Prob, Min-K%++ and "
-        "the zlib ratio (documents[] in the JSON report, --tokens, --html).", commands=("score",))
+        "the zlib ratio (documents[] in the JSON report, --tokens, --html).", commands=("score",), resume=RESUME_SAME)
     min_k: float = _setting(
         DEFAULT_MIN_K, "outputs", "The k of Min-K% and Min-K%++ (--membership): the fraction of each document's "
         "least likely tokens they average, 0 < k <= 1; a document of n tokens takes max(1, floor(k n)).",
-        types=(int, float), commands=("score",))
+        types=(int, float), commands=("score",), resume=RESUME_SAME)
     # expected calibration error of the top-1 next-token probability (lleval.reducers.calibration)
     calibration: bool = _setting(
         False, "outputs", "Also the calibration of the top-1 next-token probability: ECE over 15 bins and top-1 "
-        "accuracy (statistics.calibration).", commands=("score",))
+        "accuracy (statistics.calibration).", commands=("score",), resume=RESUME_SAME)
     # the base's top-K distribution per token, for a later kld --reference (lleval.report.reference)
     save_reference: str | None = _setting(
         None, "outputs", "Write a compact KL reference here (.parquet): per scored token the top-K token ids and "
         "log-probs and the log of the remaining mass, for a later lleval kld --reference.", path=True,
-        text=True, commands=("score",))
+        text=True, commands=("score",), resume=RESUME_OUTPUT)
     reference_top_k: int = _setting(
         DEFAULT_REFERENCE_TOP_K, "outputs", "How many of the most likely tokens --save-reference keeps per token "
-        "(KL against it is a lower bound, exact when K >= vocabulary - 1).", minimum=1, commands=("score",))
+        "(KL against it is a lower bound, exact when K >= vocabulary - 1).", minimum=1, commands=("score",),
+        resume=RESUME_SAME)
     reference: str | None = _setting(
         None, "outputs", "Compare --model with a reference saved by lleval score --save-reference (instead of "
-        "--base): one model in memory.", commands=("kld",), reads=True)
+        "--base): one model in memory.", commands=("kld",), reads=True, resume=RESUME_SAME)
     html: str | None = _setting(  # the HTML report (lleval.report.html)
         None, "outputs", "Write a self-contained HTML report here (score: curve, documents, coloured tokens; a "
         "suite: one page, with bits per byte by step and every cell's sections; kld: the divergence's "
-        "distribution).", path=True, text=True, commands=("score", "kld"))
+        "distribution).", path=True, text=True, commands=("score", "kld"), resume=RESUME_OUTPUT)
     html_docs: int = _setting(  # documents shown token by token, most and least surprising each
         DEFAULT_HTML_DOCS, "outputs", "How many of the most (and of the least) surprising documents --html shows "
-        "token by token.", minimum=0, commands=("score",))
+        "token by token.", minimum=0, commands=("score",), resume=RESUME_SAME)
     # a suite: several models x datasets in one run (lleval.commands.suite); repeated -m/-d make one too
     suite: str | None = _setting(
         None, "suite", "YAML file of a suite: its models and datasets, each with a label and its own settings "
-        "(see configs/suites/). -o then writes the suite report.", metavar="FILE", commands=("score",), reads=True)
+        "(see configs/suites/). -o then writes the suite report.", metavar="FILE", commands=("score",), reads=True,
+        resume=RESUME_FREE)
     step: tuple[str, ...] = _setting(
         (), "suite", "The training step of each --model, in order (repeatable; default: found in the model's "
         "name, such as checkpoint-1000): the suite's report then draws a trend.", multiple=True, metavar="N",
-        commands=("score",))
+        commands=("score",), resume=RESUME_FREE)
     # where values came from: field -> FLAG, or "config file PATH" (the CLI fills it; a field
     # absent was left at its default or set through the API); for messages and `provenance`.
     # Not a setting, so it takes no part in equality, hashing or checkpoints

@@ -10,12 +10,15 @@ loading a deep-learning framework (about a second and a few hundred MB).
 - `ScoredBlock`: what the engine yields per block of units, in input order.
 - `EngineTick`: where scoring stands, yielded between batches.
 - `EngineStats`: what the engine has done, carried by both.
+- `BlockPart`: the batches of a block scored so far, which a checkpoint saves mid-block.
 - `token_columns`: one unit's scored tokens as the columns of the ``--tokens`` file and the
   HTML report (document, position, context, token id, its text and span, log-prob).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any, Sequence, Union
 
@@ -126,6 +129,40 @@ class ScoredBlock:
 
 
 @dataclass(frozen=True)
+class BlockPart:
+    """The batches of one block scored so far, in the block's batch order: what a checkpoint
+    saves between the ends of blocks (a block holds a million tokens: tens of minutes on a
+    CPU), and what a resumed run puts back instead of scoring them again.
+
+    The block's batches depend only on its units and the batching (both checked: ``key``),
+    so a resumed run forms the same batches, takes the first ``batches`` of them from
+    here, scores the rest, and yields the block an uninterrupted run yields.
+    """
+
+    first_row: int  # the block's first row
+    key: str  # `block_key` of the block's units and batches
+    values: tuple[np.ndarray, ...] = ()  # per batch done: its windows' scored values, in batch order
+
+    @property
+    def batches(self) -> int:
+        """How many of the block's batches are done."""
+        return len(self.values)
+
+
+def block_key(units: Sequence[Unit], batches: Sequence[Sequence[int]]) -> str:
+    """sha256 of what decides a block's scored values: every unit's token ids, windows, rows
+    (their text hashes) and window head, and how its windows were cut into batches."""
+    digest = hashlib.sha256()
+    for unit in units:
+        spans = [(s.start, s.end, s.n_scored) for s in unit.spans]
+        head = [unit.first_row, len(unit.tokens), spans, unit.window_head, [row.text_sha for row in unit.rows]]
+        digest.update(json.dumps(head).encode("utf-8"))
+        digest.update(np.asarray(unit.tokens, dtype=np.int64).tobytes())
+    digest.update(json.dumps([list(map(int, batch)) for batch in batches]).encode("utf-8"))
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
 class EngineTick:
     """Where scoring stands: yielded once a block is planned, then after each of its batches.
 
@@ -142,6 +179,8 @@ class EngineTick:
     last_block: bool  # no unit is left to read: ``planned`` is every token this call scores
     block_rows_done: int = 0  # rows (documents) of this block whose every window is scored
     batches_left: int = 0  # batches of this block still to run
+    #: the block's batches done so far, kept when asked (``EngineOptions.keep_done``): a checkpoint saves it
+    done: BlockPart | None = None
 
     @property
     def scored(self) -> int:

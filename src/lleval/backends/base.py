@@ -70,6 +70,9 @@ class ModelInfo:
     head_dtype: str | None = None  # dtype of the output projection and log-softmax, when not the model's
     notes: tuple[str, ...] = ()  # what loading met that the report must say (a model cache problem)
     server: dict[str, Any] | None = None  # a served model: url (no credentials), model, version, request style
+    #: a local folder's weight files and config: (name, bytes, modification time in ns), a ``stat`` each,
+    #: which a checkpoint records (`lleval.runner.fingerprint`); not part of the report
+    files: tuple[tuple[str, int, int], ...] = ()
 
 
 @dataclass

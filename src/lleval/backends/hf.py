@@ -373,6 +373,7 @@ def load_weights(found: ModelSource) -> LoadedModel:
         cache=cache_status,
         head_dtype="float32" if spec.float32_head and _half(model) and has_plain_head(model) else None,
         notes=found.notes + store_notes,
+        files=weight_files(Path(found.location)) if found.source == "local" else (),
     )
     tokenizer = found.tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -383,6 +384,21 @@ def load_weights(found: ModelSource) -> LoadedModel:
     return LoadedModel(scorer_from_slices(slices, slice_positions(vocab)), tokenizer, info, int(pad or 0), model,
                        slices, vocab, activation_bytes_per_token(model), accelerator=device.startswith("cuda"),
                        free_memory=_free_memory(device) if device.startswith("cuda") else None)
+
+
+#: The files of a model folder that decide its numbers: weights, their index, the config.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".index.json")
+
+
+def weight_files(folder: Path) -> tuple[tuple[str, int, int], ...]:
+    """``(name, bytes, mtime_ns)`` of the weight files and config.json of a model folder (a
+    ``stat`` each: what a checkpoint can record cheaply, where hashing gigabytes is not)."""
+    found = []
+    for path in sorted(folder.iterdir()):
+        if (path.name == "config.json" or path.name.endswith(WEIGHT_SUFFIXES)) and path.is_file():
+            stat = path.stat()
+            found.append((path.name, stat.st_size, stat.st_mtime_ns))
+    return tuple(found)
 
 
 def _device_name(placed: Any) -> str:

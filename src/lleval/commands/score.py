@@ -120,7 +120,9 @@ def score_notes(job: Job, run: ScoringRun, sums: DocumentSums, counts: StreamCou
     config, protocol, info = job.config, job.protocol, job.loaded.info
     notes = []
     if not run.complete:
-        notes.append(f"stopped early: {len(sums.documents)} documents finished; rerun with --checkpoint to resume.")
+        notes.append(f"stopped early: {len(sums.documents)} documents finished; " + (
+            f"rerun the same command to resume from {config.checkpoint}." if config.checkpoint else
+            "nothing was saved to resume from (--checkpoint FILE makes a run resumable)."))
     if job.resumed is not None and job.resumed.complete:
         notes.append(f"checkpoint {config.checkpoint} is of a finished run on the same {job.resumed.rows} documents: "
                      "this report is rebuilt from it, nothing was scored again.")

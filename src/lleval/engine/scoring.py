@@ -35,7 +35,7 @@ import torch
 
 from lleval.plan.batching import Batching, make_batches
 from lleval.engine.kernels import TokenScorer
-from lleval.stream import EngineItem, EngineStats, EngineTick, ScoredBlock, TokenScores, Unit
+from lleval.stream import BlockPart, EngineItem, EngineStats, EngineTick, ScoredBlock, TokenScores, Unit, block_key
 from lleval.windows import Span
 
 
@@ -50,12 +50,16 @@ class WindowTooLarge(Exception):
 @dataclass(frozen=True)
 class EngineOptions:
     """How the engine batches: the `Batching` (rows, padded tokens and the cost of a pass),
-    the pad id, how many tokens a block holds, and the rows a resumed run skips."""
+    the pad id, how many tokens a block holds, and the rows a resumed run skips; whether
+    ticks carry the block's batches done so far (``keep_done``: a checkpoint saves them),
+    and such a part of a block that a resumed run takes instead of scoring it (``resume``)."""
 
     batching: Batching = field(default_factory=lambda: Batching(8))
     pad_id: int = 0
     block_tokens: int = 1 << 20
     skip_rows: int = 0  # rows already done (resume): their units are read but not scored
+    keep_done: bool = False  # ticks carry the block's batches done (`EngineTick.done`); one process only
+    resume: BlockPart | None = None  # the first batches of the block at ``skip_rows``, done before
 
 
 @dataclass(frozen=True)
@@ -167,43 +171,100 @@ def _release_cached_memory() -> None:
         torch.cuda.empty_cache()
 
 
+class _BlockPlan:
+    """One block's windows (``jobs``) cut into batches, and what a block done in part brings
+    back: the values of its first batches, when ``resume`` is a part of this very block."""
+
+    def __init__(self, scorer: TokenScorer, units: list[Unit], options: EngineOptions, keep: bool) -> None:
+        self.units = units
+        self.jobs = [_Job(u, span) for u, unit in enumerate(units) for span in unit.spans]
+        # Longest first: similar lengths share a batch, so little is padded, and an
+        # out-of-memory error shows up on the first batch rather than the last.
+        self.lengths = [job.span.input_length for job in self.jobs]
+        self.batches = make_batches(self.lengths, options.batching)
+        self.widths = [max(self.lengths[j] for j in batch) for batch in self.batches]
+        self.first_row = units[0].first_row
+        self.key = block_key(units, self.batches) if keep or options.resume is not None else ""
+        self.width = 1 + len(tuple(getattr(scorer, "columns", ())))
+        self.done: list[np.ndarray] = self._restored(options.resume)
+        # a document is done once its unit's last window is scored (batches are sorted by
+        # length, so within a block documents finish out of order)
+        self.windows_left = [len(unit.spans) for unit in units]
+        self.rows_done = sum(len(unit.rows) for unit in units if not unit.spans)
+
+    def finish(self, batch: list[int]) -> None:
+        """Count the documents whose last window is in ``batch``."""
+        for j in batch:
+            unit = self.jobs[j].unit
+            self.windows_left[unit] -= 1
+            self.rows_done += len(self.units[unit].rows) if self.windows_left[unit] == 0 else 0
+
+    def _restored(self, resume: BlockPart | None) -> list[np.ndarray]:
+        """The values of the first batches from ``resume`` when it is a part of this block (its
+        units, windows and batches), each of the shape the scorer gives; else none."""
+        if resume is None or (resume.first_row, resume.key) != (self.first_row, self.key):
+            return []
+        if resume.batches > len(self.batches):
+            return []
+        for k, values in enumerate(resume.values):
+            rows = sum(self.jobs[j].span.n_scored for j in self.batches[k])
+            if values.shape != ((rows,) if self.width == 1 else (rows, self.width)):
+                return []
+        return list(resume.values)
+
+    def split(self, k: int, values: np.ndarray) -> list[np.ndarray]:
+        """Batch ``k``'s values cut into its windows' (as `_run_batch` returns them)."""
+        ends = np.cumsum([self.jobs[j].span.n_scored for j in self.batches[k]])
+        return np.split(values, ends[:-1])
+
+    def part(self, keep: bool) -> BlockPart | None:
+        """The batches done so far, when kept."""
+        return BlockPart(self.first_row, self.key, tuple(self.done)) if keep else None
+
+
 def _score_block(
     scorer: TokenScorer, units: list[Unit], options: EngineOptions, tally: _Tally, shard: Shard | None,
     backoff: _Backoff, last_block: bool,
 ) -> Iterator[EngineItem]:
-    """Score one block: a tick once it is planned and after each batch, then the block."""
-    jobs = [_Job(u, span) for u, unit in enumerate(units) for span in unit.spans]
-    # Longest first: similar lengths share a batch, so little is padded, and an
-    # out-of-memory error shows up on the first batch rather than the last.
-    lengths = [job.span.input_length for job in jobs]
-    batches = make_batches(lengths, options.batching)
-    widths = [max(lengths[j] for j in batch) for batch in batches]
+    """Score one block: a tick once it is planned and after each batch, then the block. The
+    batches a resumed part of this block holds (``options.resume``) are taken from it."""
+    keep = options.keep_done and shard is None  # a rank holds only its own batches' values
+    plan = _BlockPlan(scorer, units, options, keep)
+    jobs, batches, widths, lengths = plan.jobs, plan.batches, plan.widths, plan.lengths
     # Every rank forms the same batches a single process would, and runs its
     # share: each window meets the same batch-mates, so numbers are identical.
     owners = assign_batches([len(b) * w for b, w in zip(batches, widths)], shard.world_size) if shard else None
     block_start = tally.stats.batch_tokens
     tally.add(planned_tokens=sum(job.span.n_scored for job in jobs))
-    # a document is done once its unit's last window is scored (batches are sorted by length,
-    # so within a block documents finish out of order)
-    windows_left = [len(unit.spans) for unit in units]
-    rows_done = sum(len(unit.rows) for unit in units if not unit.spans)
     results: dict[int, np.ndarray] = {}
 
     def tick(k: int) -> EngineTick:
-        return EngineTick(tally.stats, tally.stats.batch_tokens - block_start, last_block, rows_done,
-                          len(batches) - k)
+        return EngineTick(tally.stats, tally.stats.batch_tokens - block_start, last_block, plan.rows_done,
+                          len(batches) - k, plan.part(keep))
 
-    yield tick(0)
-    for k, batch in enumerate(batches):
+    restored = len(plan.done)
+    for k in range(restored):  # scored before the run was resumed
+        results.update(zip(batches[k], plan.split(k, plan.done[k])))
+        tally.add(batch_tokens=sum(jobs[j].span.n_scored for j in batches[k]))
+        plan.finish(batches[k])
+    yield tick(restored)
+    for k in range(restored, len(batches)):
+        batch = batches[k]
         if owners is None or owners[k] == shard.rank:  # type: ignore[union-attr]
             results.update(zip(batch, backoff.run(scorer, units, [jobs[j] for j in batch], options.pad_id, tally)))
-        tally.add(batches=1, computed_tokens=len(batch) * widths[k],
+        tally.add(batches=1, windows=len(batch), computed_tokens=len(batch) * widths[k],
                   padding_tokens=sum(widths[k] - lengths[j] for j in batch),
                   batch_tokens=sum(jobs[j].span.n_scored for j in batch))
-        for j in batch:
-            windows_left[jobs[j].unit] -= 1
-            rows_done += len(units[jobs[j].unit].rows) if windows_left[jobs[j].unit] == 0 else 0
+        if keep:
+            plan.done.append(np.concatenate([results[j] for j in batch]))
+        plan.finish(batch)
         yield tick(k + 1)
+    yield _finished_block(scorer, units, jobs, results, shard, tally)
+
+
+def _finished_block(scorer: TokenScorer, units: list[Unit], jobs: list[_Job], results: dict[int, np.ndarray],
+                    shard: Shard | None, tally: _Tally) -> ScoredBlock:
+    """The block's scored tokens, every rank's windows gathered, unit by unit in input order."""
     if shard is not None:
         results = shard.exchange(results)
     by_unit: list[list[tuple[Span, np.ndarray]]] = [[] for _ in units]
@@ -211,8 +272,8 @@ def _score_block(
         by_unit[job.unit].append((job.span, results[j]))
     columns = tuple(getattr(scorer, "columns", ()))
     scored = [_token_scores(unit, windows, columns) for unit, windows in zip(units, by_unit)]
-    tally.add(windows=len(jobs), scored_tokens=sum(len(s) for s in scored))
-    yield ScoredBlock(scored, tally.stats)
+    tally.add(scored_tokens=sum(len(s) for s in scored))
+    return ScoredBlock(scored, tally.stats)
 
 
 def _token_scores(unit: Unit, windows: list[tuple[Span, np.ndarray]], columns: tuple[str, ...]) -> TokenScores:

@@ -1,13 +1,21 @@
-"""Checkpoints: the reducers' state after the last finished block, and what it was computed with.
+"""Checkpoints: the reducers' state after the last finished block, the batches of the block
+being scored, and what it was all computed with.
 
 A checkpoint is a JSON file written atomically (temp file, fsync, rename) at
-most every ``--checkpoint-every`` seconds, always at a block boundary of the
-engine. Re-running the same command with the same ``--checkpoint`` re-reads
-the data, checks that the documents already done are the same texts (a hash
-chain over their text hashes), skips the blocks already done (forming the
-remaining blocks and batches exactly as an uninterrupted run would), and
-restores every resumable reducer, so it produces the same numbers. A
-checkpoint made with another model, tokenizer, data or protocol is refused,
+most every ``--checkpoint-every`` seconds: at the end of a block, and between
+two batches of a block (a block holds a million tokens, tens of minutes on a
+CPU), where it also holds the values of the block's batches done so far
+(`lleval.stream.BlockPart`); and whenever the run ends (finished, stopped, or
+failed after scoring something). So a Ctrl-C, a server that dies or a crash loses
+at most ``--checkpoint-every`` seconds and a batch. Re-running the same command with
+the same ``--checkpoint`` re-reads the data, checks that the documents already
+done are the same texts (a hash chain over their text hashes), skips the blocks
+already done (forming the remaining blocks and batches exactly as an
+uninterrupted run would, with the batching the checkpoint recorded), takes the
+saved batches of the block it stopped in instead of scoring them again, and
+restores every resumable reducer, so it produces the same numbers. A checkpoint
+made with another model (as its answers to a probe text show, `lleval.runner.fingerprint`),
+tokenizer, data, protocol or any setting that changes a number is refused,
 naming which; so is one whose documents the data given now does not hold
 (fewer documents, another ``--limit``), and a checkpoint of a *finished* run
 resumes only onto exactly the documents it finished: its last block may have
@@ -17,28 +25,28 @@ differently from an uninterrupted run.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
+import numpy as np
+
+from lleval.config import EvalConfig
 from lleval.errors import ConfigError, OutputError
+from lleval.plan.batching import Batching
 from lleval.reducers.base import Resumable
 from lleval.reducers.documents import EMPTY_CHAIN, chain_hash
 from lleval.report.output import write_text_atomic
-from lleval.stream import Unit
+from lleval.runner.fingerprint import check
+from lleval.stream import BlockPart, Unit
 
-CHECKPOINT_VERSION = 2
-FINGERPRINT_PARTS = ("model", "tokenizer", "protocol", "columns", "sample")
-# How a refusal names a part of the fingerprint; "columns" are the scorer's further per-token
-# columns, which the token file's parts hold (a checkpoint before them had none); "sample" the
-# rows --sample drew and the --seed that drew them (None: every row, as before --sample).
-PART_NAMES = {"columns": "set of per-token columns (--token-stats adds rank and entropy)",
-              "sample": "random sample of rows (--sample, --seed)"}
+CHECKPOINT_VERSION = 3
 # The flag behind a reducer that a checkpoint may lack.
-REDUCER_FLAGS = {"tokens": "--tokens", "samples": "--html"}
+REDUCER_FLAGS = {"tokens": "--tokens", "samples": "--html", "reference": "--save-reference"}
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,8 @@ class Checkpoint:
     data_hash: str  # hash chain over the finished documents' text hashes
     states: dict[str, dict[str, Any]]  # reducer name -> its state
     complete: bool = False  # saved when the run had scored every document
+    batching: Batching | None = None  # the run's batches: a resumed run forms the same
+    partial: BlockPart | None = None  # the batches done of the block after ``rows``
 
     def to_json(self) -> str:
         """The checkpoint file's text."""
@@ -60,37 +70,67 @@ class Checkpoint:
             "data_hash": self.data_hash,
             "reducers": self.states,
             "complete": self.complete,
+            "batching": None if self.batching is None else self.batching.describe(),
+            "partial": None if self.partial is None else _part_json(self.partial),
         })
 
+    @classmethod
+    def from_json(cls, text: str) -> Checkpoint:
+        """Read a checkpoint file's text (`ValueError`, `KeyError`, `TypeError` for what is not one)."""
+        data = json.loads(text)
+        version = data.get("lleval_checkpoint")
+        if version != CHECKPOINT_VERSION:
+            older = isinstance(version, int) and version < CHECKPOINT_VERSION
+            raise ValueError(f"it was written by an older lleval (checkpoint version {version}), which recorded "
+                             "neither every setting nor the model's answers" if older else
+                             f"not a version-{CHECKPOINT_VERSION} lleval checkpoint")
+        partial, batching = data.get("partial"), data.get("batching")
+        return cls(dict(data["fingerprint"]), int(data["rows"]), str(data["data_hash"]), dict(data["reducers"]),
+                   bool(data.get("complete", False)), None if batching is None else Batching(**batching),
+                   None if partial is None else _part_from_json(partial))
 
-def load(path: str, fingerprint: dict[str, Any]) -> Checkpoint | None:
+
+def _part_json(part: BlockPart) -> dict[str, Any]:
+    """A block's batches done, as JSON: their float32 values in one base64 string, with each
+    batch's shape (5.3 characters a token per column: a whole block of a million tokens is
+    about 5 MB)."""
+    values = [np.ascontiguousarray(v, dtype="<f4") for v in part.values]
+    return {"first_row": part.first_row, "key": part.key, "shapes": [list(v.shape) for v in values],
+            "values": base64.b64encode(b"".join(v.tobytes() for v in values)).decode("ascii")}
+
+
+def _part_from_json(data: dict[str, Any]) -> BlockPart:
+    flat = np.frombuffer(base64.b64decode(data["values"], validate=True), dtype="<f4")
+    shapes = [tuple(int(n) for n in shape) for shape in data["shapes"]]
+    sizes = [int(np.prod(shape)) for shape in shapes]
+    if sum(sizes) != len(flat):
+        raise ValueError("its partial block holds fewer values than its shapes say")
+    ends = np.cumsum(sizes)
+    values = tuple(flat[end - size: end].reshape(shape).astype(np.float32)
+                   for end, size, shape in zip(ends, sizes, shapes))
+    return BlockPart(int(data["first_row"]), str(data["key"]), values)
+
+
+def load(path: str, fingerprint: dict[str, Any], config: EvalConfig) -> Checkpoint | None:
     """The checkpoint at ``path`` if it exists and matches ``fingerprint``; None if no file.
 
-    A file made with a different model, tokenizer or protocol (or a file that
-    is not an lleval checkpoint of this version) is a `ConfigError` naming
-    what differs.
+    A file made with a different model, tokenizer, protocol or setting (or a file that
+    is not an lleval checkpoint of this version) is a `ConfigError` naming what differs
+    (`lleval.runner.fingerprint.check`).
     """
     file = Path(path)
     if not file.exists():
         return None
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-        if data.get("lleval_checkpoint") != CHECKPOINT_VERSION:
-            raise ValueError(f"not a version-{CHECKPOINT_VERSION} lleval checkpoint")
-        checkpoint = Checkpoint(dict(data["fingerprint"]), int(data["rows"]), str(data["data_hash"]),
-                                dict(data["reducers"]), bool(data.get("complete", False)))
+        checkpoint = Checkpoint.from_json(file.read_text(encoding="utf-8"))
+        saved = checkpoint.fingerprint
+        if not isinstance(saved.get("settings"), dict):
+            raise ValueError("it has no settings")
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(
             f"checkpoint {path} cannot be read ({exc}): delete it or pass another --checkpoint."
         ) from None
-    empty: dict[str, Any] = {"columns": [], "sample": None}  # what a checkpoint from before a part was fingerprinted held
-    differs = [PART_NAMES.get(part, part) for part in FINGERPRINT_PARTS
-               if checkpoint.fingerprint.get(part, empty.get(part)) != fingerprint.get(part, empty.get(part))]
-    if differs:
-        raise ConfigError(
-            f"checkpoint {path} was made with a different {' and '.join(differs)}: it cannot be resumed "
-            "with this command. Rerun it as it was made, delete it, or pass another --checkpoint."
-        )
+    check(saved, fingerprint, config, path)
     return checkpoint
 
 
@@ -125,41 +165,51 @@ def verify_resumed(units: Iterator[Unit], checkpoint: Checkpoint, path: str) -> 
 
 
 class Checkpointer:
-    """Decides when to save, and saves the reducers' state at a block boundary.
+    """Decides when to save, and saves the reducers' state (and the current block's batches
+    done) between batches.
 
     ``path`` None (no ``--checkpoint``) or a rank other than 0 makes every
     call a no-op, so the scoring loop asks the same questions either way. A
     save that fails (a full disk) does not stop the run: the checkpoint only
     saves time, the run's results do not depend on it. The first failure is
-    one warning and is kept in `problem` for the report's notes.
+    one warning and is kept in `problem` for the report's notes. ``clock`` is
+    what `due` measures with (tests give their own).
     """
 
-    def __init__(self, path: str | None, every_seconds: float, fingerprint: dict[str, Any]) -> None:
+    clock: Callable[[], float] = staticmethod(time.monotonic)
+
+    def __init__(self, path: str | None, every_seconds: float, fingerprint: dict[str, Any],
+                 batching: Batching | None = None) -> None:
         self.path = path
         self.every = every_seconds
         self.fingerprint = fingerprint
-        self.last_save = time.monotonic()
+        self.batching = batching
+        self.last_save = self.clock()
+        self.saves = 0  # saves written (or tried)
         self.problem: str | None = None  # why a save failed, the first time one did
 
     def due(self) -> bool:
         """Whether ``--checkpoint-every`` seconds have passed since the last save."""
-        return self.path is not None and time.monotonic() - self.last_save >= self.every
+        return self.path is not None and self.clock() - self.last_save >= self.every
 
-    def save(self, rows: int, data_hash: str, reducers: Mapping[str, Resumable], complete: bool = False) -> None:
+    def save(self, rows: int, data_hash: str, reducers: Mapping[str, Resumable], complete: bool = False,
+             partial: BlockPart | None = None) -> None:
         """Write the state of ``reducers`` after ``rows`` finished documents (``complete``:
-        the run scored every document); a failed write warns once and is retried at the
-        next save."""
+        the run scored every document; ``partial``: the batches done of the block after
+        them); a failed write warns once and is retried at the next save."""
         if self.path is None:
             return
         states = {name: reducer.state() for name, reducer in reducers.items()}
+        checkpoint = Checkpoint(self.fingerprint, rows, data_hash, states, complete, self.batching,
+                                partial if partial is not None and partial.batches else None)
         try:
-            write_text_atomic(self.path, Checkpoint(self.fingerprint, rows, data_hash, states, complete).to_json(),
-                              "--checkpoint")
+            write_text_atomic(self.path, checkpoint.to_json(), "--checkpoint")
         except OutputError as exc:
             if self.problem is None:
                 warnings.warn(f"{exc} The run goes on without it.", stacklevel=2)
                 self.problem = str(exc)
-        self.last_save = time.monotonic()
+        self.saves += 1
+        self.last_save = self.clock()
 
     @staticmethod
     def restore(checkpoint: Checkpoint, reducers: Mapping[str, Resumable], path: str = "") -> None:

@@ -1,12 +1,13 @@
 """The one scoring loop every command runs, and what it tells a progress display.
 
-`run_loop` reads what the engine yields: each scored block goes to the
-reducers (restored first from a resumed checkpoint) and then the checkpointer
-is asked whether a save is due; each tick between batches goes to the
-progress display, and the loop asks ``should_stop`` whether to stop reading
-(a batch is never cut in two). The engine's counts come with what it yields.
-A command is then a scorer (in its `Job`), a set of reducers and a report
-builder (`lleval.runner.run.run_job`).
+`run_loop` reads what the engine yields: each scored block goes to the reducers
+(restored first from a resumed checkpoint) and then the checkpointer is asked
+whether a save is due; each tick between batches goes to the progress display,
+the checkpointer is asked again (a save between batches keeps the batches of the
+block done so far), and the loop asks ``should_stop`` whether to stop reading (a
+batch is never cut in two). The engine's counts come with what it yields. A
+command is then a scorer (in its `Job`), a set of reducers and a report builder
+(`lleval.runner.run.run_job`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 
 from lleval.data.spec import BUILTIN_DATASET
-from lleval.stream import EngineStats, EngineTick, Unit
+from lleval.stream import BlockPart, EngineStats, EngineTick, Unit
 from lleval.errors import DataError, ScoringError
 from lleval.reducers.base import NonFiniteLogProb, Reducer, finite_only
 from lleval.reducers.documents import DocumentSums
@@ -42,52 +43,70 @@ def run_loop(
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> ScoringRun:
-    """The scoring loop: every scored block goes to the reducers (``sums`` and ``others``,
-    restored first from a resumed checkpoint), then to the progress display, then the
-    checkpointer is asked whether a save is due; every tick between batches goes to the
-    progress display. Stops early (``complete`` false) when ``should_stop`` turns true at
-    a tick before a batch; a checkpoint is saved whenever the run ends."""
-    from lleval.engine.scoring import EngineOptions, WindowTooLarge, engine_stream
+    """The scoring loop (see the module's docstring): stops early (``complete`` false) when
+    ``should_stop`` turns true at a tick before a batch; a checkpoint is saved whenever the
+    run ends, a failure included once this process has scored a batch."""
+    from lleval.engine.scoring import WindowTooLarge, engine_stream
 
     config, dist = job.config, job.inputs.dist
     reducers: dict[str, Any] = {"documents": sums, **(others or {})}
     checkpointer = Checkpointer(config.checkpoint if dist is None or dist.is_main else None,
-                                config.checkpoint_every, job.fingerprint)
+                                config.checkpoint_every, job.fingerprint, job.batching)
     units = _units(job, reducers)
-    options = EngineOptions(job.batching, pad_id=job.loaded.pad_id, block_tokens=config.block_tokens,
-                            skip_rows=len(sums.documents))
+    options = _engine_options(job, len(sums.documents), checkpointer.path is not None)
     engine, started, complete = EngineStats(), time.perf_counter(), True
     done_tokens = sum(d.tokens for d in sums.documents)
     if progress is not None:
         progress.stage("tokenizing")  # the first block is read and planned before its first tick
     meter = ProgressMeter(progress, job.inputs.stats.expected_rows, len(sums.documents), done_tokens)
     stream = engine_stream(job.loaded.scorer, units, options, shard=dist)
+    part: BlockPart | None = None  # the batches done of the block being scored: a save between batches keeps them
+    folding = False  # the reducers are taking a block: a failure now leaves them out of step with each other
     try:
         for item in stream:
             engine = item.stats
             if isinstance(item, EngineTick):
+                part = item.done
                 meter.show(item, len(sums.documents) + item.block_rows_done, done_tokens + item.block_scored)
+                if item.batches_left and checkpointer.due():
+                    checkpointer.save(len(sums.documents), sums.data_hash, reducers, partial=part)
                 if item.batches_left and should_stop is not None and should_stop():
                     complete = False
                     break
                 continue
             block = finite_only(item, config.allow_nonfinite)
+            folding = True
             for reducer in reducers.values():
                 reducer.update(block)
+            folding, part = False, None
             done_tokens += block.tokens
             meter.show(None, len(sums.documents), done_tokens)
             if checkpointer.due():
                 checkpointer.save(len(sums.documents), sums.data_hash, reducers)
-    except (WindowTooLarge, NonFiniteLogProb) as exc:
-        checkpointer.save(len(sums.documents), sums.data_hash, reducers)
-        raise _scoring_error(job, exc) from None
+    except BaseException as exc:
+        if not folding and engine.batches:  # this process scored something: keep it for a rerun
+            checkpointer.save(len(sums.documents), sums.data_hash, reducers, partial=part)
+        if isinstance(exc, (WindowTooLarge, NonFiniteLogProb)):
+            raise _scoring_error(job, exc) from None
+        raise
     finally:
         stream.close()
-    if complete or sums.documents:
-        checkpointer.save(len(sums.documents), sums.data_hash, reducers, complete=complete)
+    if complete or sums.documents or (part is not None and part.batches):
+        checkpointer.save(len(sums.documents), sums.data_hash, reducers, complete=complete, partial=part)
     if complete and not any(d.tokens for d in sums.documents):
         raise _nothing_scored(job, sums)
     return ScoringRun(engine, time.perf_counter() - started, complete, checkpointer.problem)
+
+
+def _engine_options(job: Job, done_rows: int, saves: bool) -> Any:
+    """How the engine runs this job: the job's batching, a resumed run's rows skipped and the
+    batches of its block taken back; ticks keep the block's batches done when a checkpoint
+    is saved by this one process (``saves``)."""
+    from lleval.engine.scoring import EngineOptions
+
+    return EngineOptions(job.batching, pad_id=job.loaded.pad_id, block_tokens=job.config.block_tokens,
+                         skip_rows=done_rows, keep_done=saves and job.inputs.dist is None,
+                         resume=None if job.resumed is None else job.resumed.partial)
 
 
 def _units(job: Job, reducers: dict[str, Any]) -> Iterator[Unit]:

@@ -24,7 +24,6 @@ from lleval.engine.distributed import DistContext
 from lleval.errors import DataError
 from lleval.plan.batching import Batching, auto_batching
 from lleval.plan.protocols import Plan, plan
-from lleval.report.blocks import model_block, tokenizer_block
 from lleval.runner.checkpoint import Checkpoint
 from lleval.runner.progress import Progress
 from lleval.stream import Unit
@@ -140,36 +139,28 @@ def with_scorer_columns(config: EvalConfig, loaded: LoadedModel) -> LoadedModel:
 
 
 def make_job(inputs: Inputs, loaded: LoadedModel, protocol: Plan, others: tuple[LoadedModel, ...] = ()) -> Job:
-    """Size the batches and read the checkpoint to resume, if there is one."""
+    """Size the batches and read the checkpoint to resume, if there is one: a resumed run
+    batches as the checkpoint's run did (``--batch-size auto`` sizes batches by the memory
+    free, which changes between runs)."""
     from lleval.runner import checkpoint as ckpt
+    from lleval.runner.fingerprint import make_fingerprint
 
     config, dist = inputs.config, inputs.dist
     loaded = with_scorer_columns(config, loaded)
     batching = batching_for(config, loaded, protocol.max_length)
     if dist is not None and batching.auto:  # every rank must form the same batches: rank 0's
         batching = dist.broadcast(batching)
-    fingerprint = _fingerprint(config, loaded, protocol) if config.checkpoint else {}
+    main = dist is None or dist.is_main
+    fingerprint = make_fingerprint(config, loaded, protocol, probe=main) if config.checkpoint else {}
     # Rank 0 reads the checkpoint and hands it to every rank, so all skip the same rows.
     resumed = None
-    if config.checkpoint and (dist is None or dist.is_main):
-        resumed = ckpt.load(config.checkpoint, fingerprint)
+    if config.checkpoint and main:
+        resumed = ckpt.load(config.checkpoint, fingerprint, config)
     if config.checkpoint and dist is not None:
         resumed = dist.broadcast(resumed)
+    if resumed is not None and resumed.batching is not None:
+        batching = resumed.batching
     return Job(inputs, loaded, protocol, batching, fingerprint, resumed, others)
-
-
-def _fingerprint(config: EvalConfig, loaded: LoadedModel, protocol: Plan) -> dict[str, Any]:
-    """What decides every number of a run: hashing the tokenizer costs a pass over its
-    vocabulary, so this is computed only when a checkpoint is used."""
-    return {
-        "model": {k: v for k, v in model_block(loaded.info).items() if k != "cache"},  # a cache hit is the same model
-        "tokenizer": tokenizer_block(loaded.tokenizer, loaded.info.name)["fingerprint"],
-        "protocol": {**protocol.describe(loaded.tokenizer), "batch_size": config.batch_size,
-                     "max_batch_tokens": config.max_batch_tokens, "block_tokens": config.block_tokens},
-        "columns": list(getattr(loaded.scorer, "columns", ())),  # the token file's further columns
-        # --sample's rows and seed: the data's rows (their hash chain would likely differ too)
-        "sample": None if config.sample is None else {"rows": config.sample, "seed": config.seed},
-    }
 
 
 def batching_for(config: EvalConfig, loaded: LoadedModel, max_length: int) -> Batching:
