@@ -23,6 +23,7 @@ from lleval.reducers.documents import DocumentSums
 from lleval.runner.checkpoint import Checkpointer, verify_resumed
 from lleval.runner.prepare import Job
 from lleval.runner.progress import Progress, ProgressMeter
+from lleval.stopping import Interrupted
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,8 @@ def run_loop(
     restored first from a resumed checkpoint), then to the progress display, then the
     checkpointer is asked whether a save is due; every tick between batches goes to the
     progress display. Stops early (``complete`` false) when ``should_stop`` turns true at
-    a tick before a batch; a checkpoint is saved whenever the run ends."""
+    a tick before a batch, or while a batch waits on a server (`lleval.stopping`); a
+    checkpoint is saved whenever the run ends, a scoring error included."""
     from lleval.engine.scoring import EngineOptions, WindowTooLarge, engine_stream
 
     config, dist = job.config, job.inputs.dist
@@ -78,9 +80,11 @@ def run_loop(
             meter.show(None, len(sums.documents), done_tokens)
             if checkpointer.due():
                 checkpointer.save(len(sums.documents), sums.data_hash, reducers)
-    except (WindowTooLarge, NonFiniteLogProb) as exc:
+    except Interrupted:  # a wait on a server cut short: as a stop before the batch it was in
+        complete = False
+    except (WindowTooLarge, NonFiniteLogProb, ScoringError) as exc:
         checkpointer.save(len(sums.documents), sums.data_hash, reducers)
-        raise _scoring_error(job, exc) from None
+        raise (exc if isinstance(exc, ScoringError) else _scoring_error(job, exc)) from None
     finally:
         stream.close()
     if complete or sums.documents:
