@@ -245,7 +245,8 @@ class ServedScorer:
         try:
             answers = self.ask(prompts, [clients[i % len(clients)] for i in range(len(prompts))])
         except ServerProblem as exc:
-            raise ScoringError(f"served model {self.model} at {self.where(exc)}: {exc}.") from None
+            model = self.client.endpoint.redact(self.model)
+            raise ScoringError(f"served model {model} at {self.where(exc)}: {exc}.") from None
         width = labels.shape[1]
         if self.top_k:  # (n, 2 + 2K) rows per window, row j for label position j: those scored, in order
             mask = score_mask.cpu().numpy()
@@ -318,7 +319,13 @@ class OpenedServer:
 
     @property
     def name(self) -> str:
-        return f"{self.model} at {self.endpoint.url}"
+        """The served model's name (as the server gives it, redacted) at the main URL."""
+        return f"{self.shown_model} at {self.endpoint.url}"
+
+    @property
+    def shown_model(self) -> str:
+        """The server's name of the model, with anything secret it may hold taken out."""
+        return self.endpoint.redact(self.model)
 
     @property
     def max_positions(self) -> int | None:
@@ -332,7 +339,7 @@ class OpenedServer:
         for replica in self.replicas:  # each passes every check the first does, and answers as it does
             self._compare(replica, main, self.check(replica))
         scorer = self._scorer(main.style, replicas=self.replicas)
-        server: dict[str, Any] = {"url": self.endpoint.url, "model": self.model, "version": self.version,
+        server: dict[str, Any] = {"url": self.endpoint.url, "model": self.shown_model, "version": self.version,
                                   "request": main.style}
         if self.replicas:
             server["replicas"] = [replica.endpoint.url for replica in self.replicas]
@@ -404,7 +411,7 @@ class OpenedServer:
             raise ModelLoadError(
                 f"replica {replica.endpoint.url} gives the probe text's tokens log-probs {gap:.3g} nats apart from "
                 f"{self.endpoint.url}'s on average (at most {REPLICA_TOLERANCE} for the same model): it serves other "
-                f"weights, or another precision, under the name {self.model}. Serve the same model alike on every "
+                f"weights, or another precision, under the name {self.shown_model}. Serve the same model alike on every "
                 "replica.")
 
 

@@ -198,9 +198,23 @@ class Client:
 
     def _attempt(self, method: str, target: str, payload: bytes | None, headers: dict[str, str], flight: _Flight,
                  deadline: float) -> tuple[int, bytes]:
-        """One try on a kept-alive connection (or a new one), registered with ``flight`` so the
-        waiting thread can cut it; raises what the connection raises."""
-        conn = self._take()
+        """One try, on a kept-alive connection if there is one (once more on a new one when the
+        server had closed it meanwhile, which is not a failure), registered with ``flight`` so
+        the waiting thread can cut it; raises what the connection raises."""
+        with self._lock:
+            idle = self._idle.pop() if self._idle else None
+        if idle is not None:
+            try:
+                return self._on(idle, method, target, payload, headers, flight, deadline)
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                if flight.cancelled.is_set():
+                    raise
+        kind = http.client.HTTPSConnection if self.endpoint.address.scheme == "https" else http.client.HTTPConnection
+        conn = kind(self.endpoint.address.host, self.endpoint.address.port, timeout=self.deadline)
+        return self._on(conn, method, target, payload, headers, flight, deadline)
+
+    def _on(self, conn: http.client.HTTPConnection, method: str, target: str, payload: bytes | None,
+            headers: dict[str, str], flight: _Flight, deadline: float) -> tuple[int, bytes]:
         conn.timeout = max(deadline - time.monotonic(), 1e-3)  # also bounds the connect
         if conn.sock is not None:
             conn.sock.settimeout(conn.timeout)
@@ -220,13 +234,6 @@ class Client:
             with self._lock:
                 self._idle.append(conn)
         return response.status, text
-
-    def _take(self) -> http.client.HTTPConnection:
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()
-        kind = http.client.HTTPSConnection if self.endpoint.address.scheme == "https" else http.client.HTTPConnection
-        return kind(self.endpoint.address.host, self.endpoint.address.port, timeout=self.deadline)
 
     def _slot(self, flight: _Flight) -> "_Slot":
         return _Slot(self._slots, flight, self.endpoint.url)
