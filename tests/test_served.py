@@ -300,6 +300,11 @@ def test_the_api_key_is_sent_and_never_written(server: FakeServer, tmp_path: Pat
     in_url = server.url.replace("http://", f"http://user:{KEY}@")  # a key in the URL is used, and not shown
     shown = evaluate(EvalConfig(model=in_url, dataset=data, max_length=32, bootstrap=0)).to_json()
     assert KEY not in shown and "user" not in shown
+    # a replica's URL too, in the report's settings (a list) and its model block
+    replicas = (in_url, f"{in_url}?token={KEY}")
+    both = evaluate(EvalConfig(model=in_url, replicas=replicas, dataset=data, max_length=32, bootstrap=0)).to_dict()
+    assert KEY not in json.dumps(both)
+    assert list(both["settings"]["replicas"]["value"]) == [server.url, server.url]
 
 
 def test_a_window_longer_than_the_server_takes_is_refused_before_it_is_sent(server: FakeServer,
