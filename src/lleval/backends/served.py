@@ -52,15 +52,17 @@ UNIFORM_MIN_TOKENS = 4  # an answer is judged uniform only over at least this ma
 #: nats: how far the log-prob of a token may move when only a token after it changes (or is
 #: dropped), and how far the replaced token's own must move at least. A causal model's value at a
 #: position depends on the tokens up to it alone: a server that is right moves it by nothing
-#: (the same prefix, the same computation; float32 vLLM: 0, measured) or by the rounding of
-#: another batch shape; ten times the largest change seen at positions no shift can touch is
-#: allowed too. One position off, the value is another token's: apart by nats, not thousandths.
+#: (the same prefix, the same computation) or by the rounding of another batch shape, which ten
+#: times the largest change seen at positions no shift can touch allows for (vLLM in float32
+#: passes: tests/test_vllm.py). One position off, the value is another token's: apart by
+#: nats, not thousandths.
 ALIGNMENT_TOLERANCE = 1e-3
 REPLACEMENTS = 3  # tokens tried in place of the probe's last one
 #: nats per token, the mean absolute difference allowed between a replica's probe log-probs and
-#: the main server's. The same weights in the same precision agree to rounding (float32 servers:
-#: ~1e-6); SmolLM2-135M in bfloat16 against float32 is 0.033 apart (measured on an Intel Xeon
-#: Sapphire Rapids), and other weights tenths of a nat: a replica that far off would blend two models.
+#: the main server's. The same weights in the same precision agree to rounding (vLLM against
+#: itself passes: tests/test_vllm.py); SmolLM2-135M in bfloat16 against float32 is 0.033 apart
+#: (measured locally on an Intel Xeon Sapphire Rapids), and other weights tenths of a nat: a
+#: replica that far off would blend two models.
 REPLICA_TOLERANCE = 0.02
 MIN_MODEL_LEN = 16  # a server must take this many tokens per request: windows of 14, and the probe
 
