@@ -780,3 +780,29 @@ def test_two_servers_in_m_get_labels_of_their_own_and_a_clash_says_how_to_label(
         suite_from_flags([server.url, server.url.replace("http://", "http://u:" + KEY + "@")], ["d.jsonl"])
     text = _one_line(info.value)
     assert "--suite file" in text and "label:" in text and KEY not in text
+
+
+@pytest.mark.subprocess
+def test_a_signal_while_the_probe_hangs_exits_at_once_having_scored_nothing(server: FakeServer,
+                                                                             tmp_path: Path) -> None:
+    """The first SIGTERM while the model loads (its probe unanswered): exit 128 + 15 within a
+    second or two, one line saying where it stopped, and no report (nothing was scored)."""
+    data = write_jsonl(tmp_path / "d.jsonl", TEXTS)
+    out = tmp_path / "r.json"
+    server.mode = "hang"
+    command = [sys.executable, "-m", "lleval", "score", "-q", "-m", server.url, "-d", data, "--max-length", "32",
+               "-o", str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.hanging.wait(120), proc.communicate(timeout=5)
+        time.sleep(0.3)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+        took = time.monotonic() - sent
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM and took < 2.5, (proc.returncode, took, stderr)
+    assert f"stopped while waiting for {server.url}" in stderr and "Traceback" not in stderr
+    assert not out.exists()
