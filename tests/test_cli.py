@@ -195,6 +195,7 @@ TYPED: list[tuple[list[str], str, Any]] = [
     (["--tokenizer", "org/tok"], "tokenizer", "org/tok"),
     (["--served-model", "big"], "served_model", "big"),
     (["--api-key-env", "MY_KEY"], "api_key_env", "MY_KEY"),
+    (["--request-timeout", "90"], "request_timeout", 90.0),
     (["--replicas", "http://b/v1", "--replicas", "http://c/v1"], "replicas", ("http://b/v1", "http://c/v1")),
     (["-d", "d.jsonl"], "dataset", "d.jsonl"),
     (["--dataset", "-"], "dataset", "-"),

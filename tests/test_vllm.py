@@ -137,3 +137,17 @@ def test_a_reference_saved_from_vllm_compares_with_the_local_model(vllm_url: str
     assert kl.tokens == served.totals.tokens > 0
     assert kl.kl_divergence["mean"] < 1e-4 and kl.top_token_agreement > 0.99
     assert abs(kl.perplexity["ln_ratio"]) < 1e-4
+
+
+def test_vllm_passes_the_probe_and_is_its_own_replica(vllm_url: str) -> None:
+    """The probe's value checks (the last token replaced and dropped) and the replica checks
+    accept a real server: the same vLLM under another host name is a replica of itself, its
+    probe log-probs equal to the main server's, and the run's numbers are the run alone's."""
+    common = dict(limit=4, max_length=128, bootstrap=0)
+    alone = evaluate(EvalConfig(model=vllm_url, **common))
+    twin = vllm_url.replace("127.0.0.1", "localhost")
+    shared = evaluate(EvalConfig(model=vllm_url, replicas=(twin,), **common))
+    assert shared.to_dict()["model"]["server"]["replicas"] == [twin]
+    for a, b in zip(shared.documents, alone.documents):
+        assert rel_close(a.log_likelihood, b.log_likelihood, 1e-4), (a.index, a.log_likelihood, b.log_likelihood)
+

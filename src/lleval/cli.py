@@ -569,8 +569,9 @@ def _is_main_rank() -> bool:
 
 
 class _Interrupts:
-    """SIGINT/SIGTERM: the first asks the run to stop after the current batch (the report
-    is then written with ``complete: false``); a second Ctrl-C exits at once."""
+    """SIGINT/SIGTERM: the first asks the run to stop after the current batch, or at once
+    while a batch waits on a server (the report is then written with ``complete: false``);
+    a second Ctrl-C exits at once."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -595,11 +596,17 @@ class _Interrupts:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
+        """Put the handlers back; a run that failed once a signal came (a wait on a server cut
+        short while the model loaded: nothing scored) exits as a stopped one, 128 + the signal."""
         import signal
 
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        if self.signum is not None and isinstance(exc, click.ClickException):
+            exc.show()
+            click.echo(f"stopped by signal {self.signum}", err=True)
+            sys.exit(128 + self.signum)
 
 
 def progress_mode(config: EvalConfig, terminal: bool) -> str:

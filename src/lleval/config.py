@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from lleval.errors import ConfigError, read_text_file
-from lleval.hub import is_url
+from lleval.hub import display_url, is_url
 from lleval.windows import window_problem
 
 # Allowed values, defined here once; the CLI, the config-file reader and the library use these.
@@ -37,6 +37,11 @@ DECODE_ERRORS = ("strict", "replace", "ignore")
 DEFAULT_SEPARATOR = "\n\n"
 DEFAULT_MAX_LENGTH_CAP = 2048
 DEFAULT_CHECKPOINT_EVERY = 60.0
+DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
+#: Seconds one request to a server may take, from sending it to the last byte of its answer,
+#: retries included: a server batches what it is sent, and a 2,048-token window queued behind
+#: others on a busy CPU server takes minutes (`lleval.backends.server_http`).
+DEFAULT_REQUEST_TIMEOUT = 600.0
 DEFAULT_HTML_DOCS = 20
 DEFAULT_MIN_K = 0.2  # Min-K% Prob's k (Shi et al., 2023; Zhang et al., 2024)
 DEFAULT_REFERENCE_TOP_K = 32  # see the README's table: KL error and file size by K
@@ -138,13 +143,12 @@ class Setting:
 
 
 def without_credentials(value: Any) -> Any:
-    """``value`` with the user name and password of a URL taken out (``http://u:key@host``
-    becomes ``http://host``): what a report or a message may show of a served model's URL."""
-    if not isinstance(value, str) or "://" not in value or "@" not in value.split("://", 1)[1].split("/", 1)[0]:
-        return value
-    scheme, rest = value.split("://", 1)
-    netloc, _, path = rest.partition("/")
-    return f"{scheme}://{netloc.rsplit('@', 1)[1]}" + (f"/{path}" if path else "")
+    """``value`` with what a URL may hold of credentials taken out (`lleval.hub.display_url`:
+    ``http://u:key@host/v1?api_key=k`` becomes ``http://host/v1``), in each item of a list or
+    tuple too (``--replicas``): what a report or a message may show of a served model's URL."""
+    if isinstance(value, (list, tuple)):
+        return type(value)(without_credentials(item) for item in value)
+    return display_url(value) if isinstance(value, str) else value
 
 
 def origin_entry(value: Any, origin: str | None) -> dict[str, Any]:
@@ -204,8 +208,13 @@ class EvalConfig:
         (), "model", "With a server --model: another server of the same model (repeatable); the run's windows "
         "are shared among them all.", multiple=True, types=(list,), metavar="URL", resume=RESUME_FREE)
     api_key_env: str = _setting(
-        "OPENAI_API_KEY", "model", "With a server --model: the environment variable holding its API key, sent "
+        DEFAULT_API_KEY_ENV, "model", "With a server --model: the environment variable holding its API key, sent "
         "as a bearer token (never written anywhere).", metavar="NAME", resume=RESUME_FREE)
+    request_timeout: float = _setting(
+        DEFAULT_REQUEST_TIMEOUT, "model", "With a server --model: the most seconds one request may take, from "
+        "sending it to the last byte of its answer, retries included; a server that does not answer in time (or "
+        "trickles) fails the run, its finished documents kept. Default: 600.", types=(int, float), minimum=1,
+        metavar="SECONDS", resume=RESUME_FREE)
     dataset: str | None = _setting(
         None, "data", "Hub dataset, .txt/.jsonl/.json/.csv/.parquet file, saved dataset folder, or - "
         "for stdin. Default: built-in sample prose.", short="-d", reads=True, resume=RESUME_DATA)
@@ -480,7 +489,7 @@ class EvalConfig:
         if self.html is None and self.html_docs != DEFAULT_HTML_DOCS:
             problems.append(f"{self.flag('html_docs')} sets how many documents --html shows: give --html")
         served = self.model is not None and is_url(self.model)
-        for name in ("tokenizer", "served_model", "api_key_env", "replicas"):
+        for name in ("tokenizer", "served_model", "api_key_env", "replicas", "request_timeout"):
             changed = getattr(self, name) != EvalConfig.__dataclass_fields__[name].default
             if changed and not served:
                 problems.append(f"{self.flag(name)} applies to a --model that is a server URL (http://...)")

@@ -17,6 +17,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
+from lleval.config import DEFAULT_API_KEY_ENV, DEFAULT_REQUEST_TIMEOUT
 from lleval.errors import ConfigError
 
 #: Bytes of float32 logits one slice of positions may hold: 128 MiB is 680
@@ -49,8 +50,9 @@ class ModelSpec:
     float32_head: bool = True  # a bf16/fp16 model projects to logits in float32 (see make_logits_slices)
     tokenizer: str | None = None  # a server's model: the tokenizer to load here
     served_model: str | None = None  # a server's model: which of those it serves
-    api_key_env: str = "OPENAI_API_KEY"  # a server's model: the variable holding its API key
+    api_key_env: str = DEFAULT_API_KEY_ENV  # a server's model: the variable holding its API key
     replicas: tuple[str, ...] = ()  # a server's model: more servers of it, sharing the windows
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT  # a server's model: seconds per request, retries included
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from lleval.runner.progress import Progress, ScoringProgress
 from lleval.runner.prepare import Job, load_and_plan, make_job, model_spec, open_inputs
 from lleval.runner.replay import PlannedUnits
 from lleval.runner.run import run_job
+from lleval.stopping import heeds_should_stop
 
 __all__ = ["evaluate", "load", "LoadedModel", "Progress", "ScoringProgress", "STATISTICS"]
 
@@ -53,6 +54,7 @@ def load(config: EvalConfig) -> LoadedModel:
     return load_model(model_spec(config))
 
 
+@heeds_should_stop
 def evaluate(
     config: EvalConfig,
     *,
@@ -65,7 +67,9 @@ def evaluate(
     """Score the dataset a config names with the model it names, and return the `Report`.
 
     A run stopped by ``should_stop`` returns a report with ``complete`` false
-    holding the documents finished so far. ``plans`` (a suite's) replays units another
+    holding the documents finished so far; it is heard within a second while a served
+    model's batch waits on its server too (`lleval.stopping`), and a stop while the model
+    loads raises `lleval.stopping.Interrupted` (nothing is scored yet). ``plans`` (a suite's) replays units another
     model of the same tokenizer planned on the same data, and keeps the ones planned now.
     ``write_page`` false (a suite's cell): the ``--html`` samples stay on
     ``report.page_samples`` for the suite's page, and no page is written for this run.

@@ -32,13 +32,15 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from lleval.backends.base import LoadedModel
-from lleval.config import FIELD_TYPES, EvalConfig, settings
+from lleval.config import FIELD_TYPES, EvalConfig, settings, without_credentials
 from lleval.errors import ConfigError, LlevalError, OutputError
+from lleval.hub import display_url, is_url
 from lleval.report.blocks import now
 from lleval.report.score import Report
 from lleval.report.suite import MacroAverage, SuiteCell, SuiteModel, SuiteReport, count_of
 from lleval.runner.progress import Progress, ScoringProgress
 from lleval.runner.replay import PlannedUnits
+from lleval.stopping import Interrupted, heeds_should_stop
 
 #: a model's step, from its label, folder name or hub revision: step-1000, step1000,
 #: checkpoint-1000, global_step1000 (the last match of the last name that has one)
@@ -108,7 +110,10 @@ def find_step(*names: str | None) -> int | None:
 
 
 def default_label(value: str | None) -> str:
-    """A short label for a model or dataset: its last path part without the suffix."""
+    """A short label for a model or dataset: its last path part without the suffix; a server's
+    URL without its scheme, credentials, query and ``/v1`` (``127.0.0.1:8000``)."""
+    if value and is_url(value):
+        return re.sub(r"/v1/?$", "", display_url(value).split("://", 1)[1].split("?", 1)[0]).rstrip("/")
     name = Path(value.rstrip("/")).name if value else "default"
     return Path(name).stem if Path(name).suffix in (".gguf", ".jsonl", ".json", ".txt", ".csv", ".parquet") else name
 
@@ -154,7 +159,9 @@ def check_labels(suite: Suite) -> None:
         problems += [f"two {kind}s are labelled {label!r}" for label in sorted({x for x in labels
                                                                                 if labels.count(x) > 1})]
     if problems:
-        raise ConfigError(f"suite {suite.source}: " + "; ".join(problems) + ": give each a label of its own.")
+        how = ("-m and -d cannot label what they name: write a --suite file giving each model and dataset its own "
+               "'label:'" if suite.source == "flags" else "give each a 'label:' of its own")
+        raise ConfigError(f"suite {suite.source}: " + "; ".join(problems) + f": {how}.")
 
 
 def load_suite_file(path: str) -> Suite:
@@ -249,6 +256,7 @@ class SuiteRun:
     complete: bool = True
 
 
+@heeds_should_stop
 def run_suite(
     suite: Suite,
     base: EvalConfig,
@@ -274,6 +282,9 @@ def run_suite(
         shown.stage("loading model")
         try:
             loaded = (load or load_model)(suite.cell_config(base, model, suite.datasets[0]))
+        except Interrupted:  # stopped while a served model was probed: the finished cells stand
+            run.complete = False
+            break
         except LlevalError as exc:
             run.cells += [SuiteCell(model.label, d.label, None, f"model did not load: {exc}", exc.exit_code)
                           for d in suite.datasets]
@@ -314,6 +325,9 @@ def _score_model(suite: Suite, base: EvalConfig, model: SuiteEntry, loaded: Load
         try:
             report = evaluate(suite.cell_config(base, model, dataset), loaded=loaded, progress=shown,
                               should_stop=stop, plans=plans, write_page=False)
+        except Interrupted:
+            run.complete = False
+            return
         except LlevalError as exc:
             run.cells.append(SuiteCell(model.label, dataset.label, None, str(exc), exc.exit_code))
             continue
@@ -388,7 +402,8 @@ def open_datasets(suite: Suite, base: EvalConfig) -> None:
 
 def suite_report(suite: Suite, base: EvalConfig, run: SuiteRun, plans: PlannedUnits) -> SuiteReport:
     """The `SuiteReport` of a run: its cells, each model's macro average, what it did once."""
-    models = [SuiteModel(m.label, m.fields.get("model"), m.fields.get("revision"), m.step) for m in suite.models]
+    models = [SuiteModel(m.label, without_credentials(m.fields.get("model")), m.fields.get("revision"), m.step)
+              for m in suite.models]
     finished = [c for c in run.cells if c.report is not None]
     complete = run.complete and len(finished) == len(suite.models) * len(suite.datasets)
     return SuiteReport(

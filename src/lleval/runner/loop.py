@@ -24,6 +24,7 @@ from lleval.reducers.documents import DocumentSums
 from lleval.runner.checkpoint import Checkpointer, verify_resumed
 from lleval.runner.prepare import Job
 from lleval.runner.progress import Progress, ProgressMeter
+from lleval.stopping import Interrupted
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,9 @@ def run_loop(
     should_stop: Callable[[], bool] | None = None,
 ) -> ScoringRun:
     """The scoring loop (see the module's docstring): stops early (``complete`` false) when
-    ``should_stop`` turns true at a tick before a batch; a checkpoint is saved whenever the
-    run ends, a failure included once this process has scored a batch."""
+    ``should_stop`` turns true at a tick before a batch, or while a batch waits on a server
+    (`lleval.stopping`); a checkpoint is saved whenever the run ends, a failure included once
+    this process has scored a batch."""
     from lleval.engine.scoring import WindowTooLarge, engine_stream
 
     config, dist = job.config, job.inputs.dist
@@ -83,6 +85,8 @@ def run_loop(
             meter.show(None, len(sums.documents), done_tokens)
             if checkpointer.due():
                 checkpointer.save(len(sums.documents), sums.data_hash, reducers)
+    except Interrupted:  # a wait on a server cut short: as a stop before the batch it was in
+        complete = False
     except BaseException as exc:
         if not folding and engine.batches:  # this process scored something: keep it for a rerun
             checkpointer.save(len(sums.documents), sums.data_hash, reducers, partial=part)
