@@ -1,8 +1,10 @@
 """`EvalConfig`: every choice a score run makes, validated in one place.
 
-Each field declares itself once, in its `Setting`: its section (model, data,
-protocol, engine, outputs), flag, help and allowed values. The CLI's options
-(`lleval.options`) and the config-file reader are derived from those.
+Each field declares itself once, in its `Setting`: its section (`SECTIONS`:
+model, data, protocol, statistics, outputs, engine, run control...), flag, help
+and allowed values. The CLI's options and their ``--help`` headings
+(`lleval.options`), the config-file reader and the generated reference
+(``scripts/make_docs.py``) are derived from those.
 
 Config files are YAML mappings whose keys are the long flag names
 (``max_length`` or ``max-length``). The CLI loads them into click's
@@ -38,7 +40,13 @@ DEFAULT_CHECKPOINT_EVERY = 60.0
 DEFAULT_HTML_DOCS = 20
 DEFAULT_MIN_K = 0.2  # Min-K% Prob's k (Shi et al., 2023; Zhang et al., 2024)
 DEFAULT_REFERENCE_TOP_K = 32  # see the README's table: KL error and file size by K
-SECTIONS = ("model", "data", "protocol", "engine", "outputs", "suite")  # the parts of a run, as `EvalConfig.section` gives them
+#: The parts of a run, as `EvalConfig.section` gives them, each with its ``--help`` heading, in the
+#: order a user decides: what to score (the model, kld's base, the data, or a suite of several),
+#: how (protocol), what to compute beyond the sums (statistics), what to write (outputs), how fast
+#: (engine), and how the run itself behaves (run control: settings file, checkpoints, faults, stderr).
+SECTION_TITLES = {"model": "Model", "base": "Base (kld)", "data": "Data", "suite": "Suite", "protocol": "Protocol",
+                  "statistics": "Statistics", "outputs": "Outputs", "engine": "Engine", "run": "Run control"}
+SECTIONS = tuple(SECTION_TITLES)
 TOKEN_SUFFIXES = (".parquet", ".jsonl")  # what --tokens writes: Parquet, or JSON lines (lleval.report.tokens)
 
 
@@ -101,7 +109,7 @@ class Setting:
     field back to its default.
     """
 
-    section: str  # one of SECTIONS
+    section: str  # one of SECTIONS: its part of the run, and its heading in --help
     help: str  # the flag's help text
     types: tuple[type, ...] = ()  # what a config file may give; () means the default's type, else str
     short: str | None = None  # a one-letter form, "-m"
@@ -217,40 +225,41 @@ class EvalConfig:
     block_tokens: int = _setting(
         1 << 20, "engine", "Sequence tokens read, sorted and batched together (memory bound of the sort).", minimum=1)
     allow_nonfinite: bool = _setting(
-        False, "engine", "Count NaN/inf token log-probs and leave them out, instead of stopping.")
+        False, "run", "Count NaN/inf token log-probs and leave them out, instead of stopping.")
     checkpoint: str | None = _setting(
-        None, "engine", "Save progress here; rerunning the same command resumes from it.", path=True)
+        None, "run", "Save progress here; rerunning the same command resumes from it.", path=True)
     checkpoint_every: float = _setting(
-        DEFAULT_CHECKPOINT_EVERY, "engine", "Seconds between checkpoint saves (needs --checkpoint).",
+        DEFAULT_CHECKPOINT_EVERY, "run", "Seconds between checkpoint saves (needs --checkpoint).",
         types=(int, float), minimum=0)
     bootstrap: int = _setting(
-        1000, "outputs", "Bootstrap resamples over documents for 95% intervals (0: none).", minimum=0)
-    seed: int = _setting(0, "outputs", "Seed of the bootstrap.")
+        1000, "statistics", "Bootstrap resamples over documents for 95% intervals (0: none).", minimum=0)
+    seed: int = _setting(0, "statistics", "Seed of the bootstrap.")
     output: str | None = _setting(
         None, "outputs", "Write the JSON report here (atomically). An output that cannot be written (a full "
         "disk) is one line on stderr and exit 1; the others are still written.", short="-o", path=True)
     format: str = _setting("table", "outputs", "What stdout gets: a table, the JSON report, or markdown.",
                            choices=FORMATS)
-    quiet: bool = _setting(False, "outputs", "Nothing on stderr but errors: no progress, no warnings.", short="-q")
+    quiet: bool = _setting(False, "run", "Nothing on stderr but errors: no progress, no warnings.", short="-q")
     # what the run shows of its tokens: the per-token export, .parquet or .jsonl (lleval.report.tokens)
     tokens: str | None = _setting(
         None, "outputs", "Write every scored token (document, position, context, id, text, log-prob) here: "
         "t.parquet for Parquet, t.jsonl for JSON lines (other extensions are refused).", path=True)
     # rank and entropy of every token (in the export and the HTML)
     token_stats: bool = _setting(
-        False, "outputs", "Also the rank of each true token and the entropy of each prediction (for --tokens, --html).",
+        False, "statistics", "Also the rank of each true token and the entropy of each prediction (for --tokens, "
+        "--html).",
         commands=("score",))
     # contamination (membership) scores per document (lleval.reducers.membership)
     membership: bool = _setting(
-        False, "outputs", "Also each document's membership (contamination) scores: Min-K% Prob, Min-K%++ and "
+        False, "statistics", "Also each document's membership (contamination) scores: Min-K% Prob, Min-K%++ and "
         "the zlib ratio (documents[] in the JSON report, --tokens, --html).", commands=("score",))
     min_k: float = _setting(
-        DEFAULT_MIN_K, "outputs", "The k of Min-K% and Min-K%++ (--membership): the fraction of each document's "
+        DEFAULT_MIN_K, "statistics", "The k of Min-K% and Min-K%++ (--membership): the fraction of each document's "
         "least likely tokens they average, 0 < k <= 1; a document of n tokens takes max(1, floor(k n)).",
         types=(int, float), commands=("score",))
     # expected calibration error of the top-1 next-token probability (lleval.reducers.calibration)
     calibration: bool = _setting(
-        False, "outputs", "Also the calibration of the top-1 next-token probability: ECE over 15 bins and top-1 "
+        False, "statistics", "Also the calibration of the top-1 next-token probability: ECE over 15 bins and top-1 "
         "accuracy (statistics.calibration).", commands=("score",))
     # the base's top-K distribution per token, for a later kld --reference (lleval.report.reference)
     save_reference: str | None = _setting(
@@ -261,7 +270,7 @@ class EvalConfig:
         DEFAULT_REFERENCE_TOP_K, "outputs", "How many of the most likely tokens --save-reference keeps per token "
         "(KL against it is a lower bound, exact when K >= vocabulary - 1).", minimum=1, commands=("score",))
     reference: str | None = _setting(
-        None, "outputs", "Compare --model with a reference saved by lleval score --save-reference (instead of "
+        None, "base", "Compare --model with a reference saved by lleval score --save-reference (instead of "
         "--base): one model in memory.", commands=("kld",))
     html: str | None = _setting(  # the HTML report (lleval.report.html)
         None, "outputs", "Write a self-contained HTML report here (score: curve, documents, coloured tokens; a "
