@@ -5,6 +5,8 @@ section's heading, and the generated reference in ``docs/reference/`` is what
 from __future__ import annotations
 
 import dataclasses
+import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -14,6 +16,8 @@ from lleval.cli import main
 from lleval.config import SECTION_TITLES, SECTIONS, EvalConfig, settings
 from lleval.options import OTHER_OPTIONS, SectionedCommand, SectionOption, option_groups
 
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = ROOT / "docs" / "reference"
 #: the headings of --help, in the order a user decides (issue 33): what to score, how, what to
 #: compute, what to write, how fast, how the run behaves; then --help itself
 SCORE_HEADINGS = ["Model", "Data", "Suite", "Protocol", "Statistics", "Outputs", "Engine", "Run control", "Options"]
@@ -103,3 +107,76 @@ def test_the_sections_of_the_specs_are_unchanged_by_the_headings() -> None:
 def test_an_option_of_an_unknown_section_is_refused() -> None:
     with pytest.raises(ValueError, match="no section 'statistic'"):
         SectionOption(["--x"], section="statistic")
+
+
+# ---- the generated reference ---------------------------------------------------------------------
+
+def _make_docs() -> Any:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import make_docs
+
+    return make_docs
+
+
+def test_the_generated_reference_is_up_to_date(tmp_path: Path) -> None:
+    """Regenerated into a folder of its own, every file equals the committed one, byte for
+    byte, and the committed folder holds nothing the script no longer writes."""
+    make_docs = _make_docs()
+    assert make_docs.main_(["--out", str(tmp_path)]) == 0
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == ["cli.md", "config.md", "report.md"]
+    committed = sorted(p.name for p in REFERENCE.iterdir())
+    assert committed == written, "docs/reference/ holds other files: run python scripts/make_docs.py"
+    for name in written:
+        assert (REFERENCE / name).read_bytes() == (tmp_path / name).read_bytes(), \
+            f"docs/reference/{name} is out of date: run python scripts/make_docs.py"
+
+
+def test_check_names_a_stale_file_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_docs = _make_docs()
+    make_docs.main_(["--out", str(tmp_path)])
+    assert make_docs.main_(["--check", "--out", str(tmp_path)]) == 0
+    (tmp_path / "config.md").write_text("# hand-edited\n")
+    (tmp_path / "report.md").unlink()
+    assert make_docs.main_(["--check", "--out", str(tmp_path)]) == 1
+    assert "config.md is out of date" in capsys.readouterr().err
+    assert (tmp_path / "config.md").read_text() == "# hand-edited\n" and not (tmp_path / "report.md").exists()
+
+
+def test_the_reference_depends_on_the_code_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not on the terminal's width or the environment click reads."""
+    make_docs = _make_docs()
+    monkeypatch.setenv("COLUMNS", "300")
+    wide = make_docs.documents()
+    monkeypatch.setenv("COLUMNS", "20")
+    monkeypatch.setenv("LLEVAL_MODEL_CACHE", "/elsewhere")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-not-in-the-docs")
+    assert make_docs.documents() == wide
+    assert "sk-not-in-the-docs" not in "".join(wide.values())
+
+
+def test_every_flag_and_argument_of_every_command_is_in_the_cli_reference() -> None:
+    make_docs = _make_docs()
+    text = make_docs.documents()["cli.md"]
+    for name, command in main.commands.items():
+        section = text.split(f"## `lleval {name}`", 1)[1].split("\n## ", 1)[0]
+        ctx = click.Context(command, info_name=name)
+        for param in command.get_params(ctx):
+            shown = make_docs.param_flags(param) if isinstance(param, click.Option) else f"`{param.make_metavar(ctx)}`"
+            assert f"| {shown} |" in section, (name, param.name)
+
+
+def test_every_key_and_every_report_field_is_in_the_reference() -> None:
+    """Every setting is a config-file key; every property of every shipped schema is a row."""
+    import json
+
+    make_docs = _make_docs()
+    docs = make_docs.documents()
+    for f, _how in settings():
+        assert f"| `{f.name}` |" in docs["config.md"], f.name
+    assert "| `base` |" in docs["config.md"] and "| `base_dtype` |" in docs["config.md"]  # kld's own keys
+    for path in sorted((ROOT / "src" / "lleval" / "schemas").glob("*.schema.json")):
+        schema = json.loads(path.read_text())
+        section = docs["report.md"].split(f"## {path.name}", 1)[1].split("\n## ", 1)[0]
+        for name in schema["properties"]:
+            assert f"| `{name}` |" in section, (path.name, name)
