@@ -5,7 +5,7 @@ page order, in one folder per page (a later block may read what an earlier one w
 with ``lleval`` and ``python`` on the PATH running this tree's code. The folder holds what
 the examples name: ``my-model`` (and ``old``, ``new``, ``model-fp32``, ``model-int8``,
 ``run/checkpoint-1000``, ``run/checkpoint-2000``, ``model.gguf``), a tiny random Llama with
-the test tokenizer, and the text files of `DATA`. Examples without ``-m`` score the
+the test tokenizer, the repository's ``configs/``, and the text files of `DATA`. Examples without ``-m`` score the
 built-in SmolLM2, hence the ``model`` marker.
 
 An HTML comment on the line before a block changes what is done with it:
@@ -116,7 +116,8 @@ ALL = [e for page in PAGES for e in examples(page)]
 def test_the_pages_have_examples_and_every_marker_is_known() -> None:
     """A marker that is misspelt would leave a block run or skipped by accident; a skip must
     say why, and a file must be named."""
-    assert sum(e.runs for e in ALL) >= 1, [e.name for e in ALL]
+    readme = [e for e in ALL if e.page.name == "README.md" and e.runs]
+    assert len(readme) >= 5 and sum(e.runs for e in ALL) >= 20, [e.name for e in ALL if e.runs]
     for e in ALL:
         if e.marker in (None, "set-up"):
             continue
@@ -130,6 +131,7 @@ def _make_folder(folder: Path, model: Path, gguf: Path) -> dict[str, str]:
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).symlink_to(model, target_is_directory=True)
     shutil.copy(gguf, folder / "model.gguf")
+    (folder / "configs").symlink_to(ROOT / "configs", target_is_directory=True)
     for name, text in DATA.items():
         (folder / name).write_text(text, encoding="utf-8")
     bin_dir = folder / ".bin"
