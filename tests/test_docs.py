@@ -5,6 +5,7 @@ section's heading, and the generated reference in ``docs/reference/`` is what
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -180,3 +181,86 @@ def test_every_key_and_every_report_field_is_in_the_reference() -> None:
         section = docs["report.md"].split(f"## {path.name}", 1)[1].split("\n## ", 1)[0]
         for name in schema["properties"]:
             assert f"| `{name}` |" in section, (path.name, name)
+
+
+# ---- the README and the pages ---------------------------------------------------------------------
+
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def _set_up_lines(text: str) -> set[int]:
+    """The line numbers of the README's set-up commands (between their markers): .ci/run reads the
+    test command from there, so they stay as they are, whatever their length."""
+    lines, inside, found = text.split("\n"), False, set()
+    for k, line in enumerate(lines):
+        if line.strip() in ("<!-- run-command -->", "<!-- test-command -->"):
+            inside = True
+        elif line.strip() in ("<!-- /run-command -->", "<!-- /test-command -->"):
+            inside = False
+        elif inside:
+            found.add(k)
+    return found
+
+
+def test_the_readme_is_read_in_five_minutes() -> None:
+    """At most 150 lines, none over 200 characters but the set-up commands (issue 33), both
+    set-up blocks with their markers, a screenshot, and a map of docs/ that names every page."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    lines = text.split("\n")
+    assert len(lines) <= 150, len(lines)
+    kept = _set_up_lines(text)
+    assert len(kept) == 6  # two blocks of a fence, a command and a fence
+    long = [k + 1 for k, line in enumerate(lines) if len(line) > 200 and k not in kept]
+    assert not long, long
+    commands = [lines[k] for k in sorted(kept) if not lines[k].startswith("```")]
+    assert commands[0].endswith("lleval score") and "python -m pytest" in commands[1], commands
+    assert "](docs/report.png)" in text
+    pages = {p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md")}
+    assert pages and all(f"]({page})" in text for page in pages), pages - {p for p in pages if f"]({p})" in text}
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation but - and _ dropped, spaces as -."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower().replace("`", ""))
+    return text.replace(" ", "-")
+
+
+def _anchors(page: Path) -> set[str]:
+    seen: dict[str, int] = {}
+    anchors = set()
+    fence = False
+    for line in page.read_text(encoding="utf-8").split("\n"):
+        fence ^= line.strip().startswith("```")
+        if not fence and (m := re.match(r"^#+ (.*)$", line)):
+            slug = _slug(m.group(1))
+            anchors.add(slug if slug not in seen else f"{slug}-{seen[slug]}")
+            seen[slug] = seen.get(slug, 0) + 1
+    return anchors
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_every_relative_link_points_at_a_file_and_heading_that_exist(page: Path) -> None:
+    text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target):
+            continue  # http:, https:, mailto:
+        path, _, anchor = target.partition("#")
+        linked = (page.parent / path).resolve() if path else page
+        if not linked.exists() or (anchor and linked.suffix == ".md" and anchor not in _anchors(linked)):
+            broken.append(target)
+    assert not broken, broken
+
+
+def test_how_it_works_names_every_module_in_its_folders_row() -> None:
+    """The architecture table once left out five modules; now a module it does not name fails."""
+    rows = {}
+    for line in (ROOT / "docs" / "how-it-works.md").read_text(encoding="utf-8").split("\n"):
+        if (m := re.match(r"^\| [\d-]+ \| (`\w+/`|top level|`cli.py`) \|(.*)$", line)):
+            rows[m.group(1).strip("`")] = m.group(2)
+    src = ROOT / "src" / "lleval"
+    missing = [f"{folder.name}/{p.name}" for folder in src.iterdir() if folder.is_dir() and (folder / "__init__.py").exists()
+               for p in sorted(folder.glob("*.py")) if p.name != "__init__.py" and f"`{p.name}`" not in rows.get(f"{folder.name}/", "")]
+    top = rows.get("top level", "") + rows.get("cli.py", "") + "`cli.py`"
+    missing += [p.name for p in sorted(src.glob("*.py")) if f"`{p.name}`" not in top]
+    assert rows and not missing, missing
