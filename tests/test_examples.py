@@ -27,6 +27,7 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,8 @@ def examples(page: Path) -> list[Example]:
             end = next((j for j in range(k + 1, len(lines)) if lines[j].strip() == "```"), len(lines))
             marked = MARKER.match(previous or "")
             marker = "set-up" if previous in SET_UP else (marked.group(1) if marked else None)
-            found.append(Example(page, k + 1, line[3:].strip(), "\n".join(lines[k + 1:end]) + "\n", marker))
+            text = textwrap.dedent("\n".join(lines[k + 1:end]) + "\n")  # a block indented in a list item
+            found.append(Example(page, k + 1, line[3:].strip(), text, marker))
             k, previous = end + 1, None
             continue
         if line:
@@ -122,6 +124,26 @@ def test_the_pages_have_examples_and_every_marker_is_known() -> None:
         if e.marker in (None, "set-up"):
             continue
         assert re.fullmatch(r"skip \(.+\)|file [\w./-]+|needs [\w.-]+", e.marker), (e.name, e.marker)
+
+
+def test_markers_say_what_is_done_with_each_block(tmp_path: Path) -> None:
+    """The parser on a page written here: set-up blocks, skips, files and needs, blank lines
+    between a marker and its block, an indented block in a list, and a block with no marker."""
+    page = tmp_path / "page.md"
+    page.write_text("\n".join([
+        "<!-- test-command -->", "```bash", "pip install x", "```", "<!-- /test-command -->",
+        "<!-- example: skip (needs a GPU) -->", "", "```bash", "lleval score --device cuda", "```",
+        "<!-- example: file s.yaml -->", "```yaml", "models: [m]", "```",
+        "- a list item:", "  <!-- example: needs jq -->", "  ```bash", "  lleval score | jq .", "  ```",
+        "Some prose.", "```bash", "lleval score", "```", "```python", "print(1)", "```", "```text", "lleval x", "```",
+    ]))
+    found = examples(page)
+    assert [(e.line, e.language, e.marker) for e in found] == [
+        (2, "bash", "set-up"), (8, "bash", "skip (needs a GPU)"), (12, "yaml", "file s.yaml"),
+        (17, "bash", "needs jq"), (21, "bash", None), (24, "python", None), (27, "text", None)]
+    assert [e.runs for e in found] == [False, False, False, True, True, True, False]
+    assert found[2].file == "s.yaml" and found[2].text == "models: [m]\n"
+    assert found[3].text == "lleval score | jq .\n"
 
 
 def _make_folder(folder: Path, model: Path, gguf: Path) -> dict[str, str]:
