@@ -121,9 +121,16 @@ def help_text(command: click.Command) -> list[str]:
     return lines
 
 
+def context(command: click.Command, name: str) -> click.Context:
+    """The context ``lleval NAME`` runs in, with the command's own settings (``-h``/``--help``):
+    click builds a command's help option once, from the first context that asks for it."""
+    return click.Context(command, info_name=name, parent=click.Context(main, info_name="lleval"),
+                         **command.context_settings)
+
+
 def command_reference(name: str, command: click.Command) -> list[str]:
     """A command's section: usage, help, arguments, then a table of flags per --help heading."""
-    ctx = click.Context(command, info_name=name, parent=click.Context(main, info_name="lleval"))
+    ctx = context(command, name)
     usage = " ".join([ctx.command_path, *command.collect_usage_pieces(ctx)])
     lines = [f"## `lleval {name}`", "", f"Usage: {code(usage)}", "", *help_text(command)]
     arguments = [p for p in command.params if isinstance(p, click.Argument)]

@@ -5,6 +5,7 @@ section's heading, and the generated reference in ``docs/reference/`` is what
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import sys
 from pathlib import Path
@@ -28,7 +29,7 @@ KLD_HEADINGS = ["Model", "Base (kld)", "Data", "Protocol", "Statistics", "Output
 def _groups(command: str) -> dict[str, list[str]]:
     """``{heading: [the options' long flags]}`` of a command's --help, in order."""
     cmd = main.commands[command]
-    ctx = click.Context(cmd, info_name=command)
+    ctx = click.Context(cmd, info_name=command, **cmd.context_settings)
     return {title: [max(p.opts, key=len) for p in params] for title, params in option_groups(cmd, ctx)}
 
 
@@ -50,7 +51,7 @@ class _Recorder(click.HelpFormatter):
 def test_help_shows_the_options_under_their_sections_in_order(command: str, headings: list[str]) -> None:
     cmd = main.commands[command]
     assert isinstance(cmd, SectionedCommand)
-    ctx = click.Context(cmd, info_name=command)
+    ctx = click.Context(cmd, info_name=command, **cmd.context_settings)
     recorder = _Recorder()
     cmd.format_options(ctx, recorder)
     assert [title for title, _ in recorder.sections] == headings
@@ -133,6 +134,17 @@ def test_the_generated_reference_is_up_to_date(tmp_path: Path) -> None:
             f"docs/reference/{name} is out of date: run python scripts/make_docs.py"
 
 
+@pytest.mark.subprocess
+def test_the_script_in_a_fresh_process_agrees_with_the_committed_files() -> None:
+    """What a developer runs: nothing imported before it (click builds a command's help option
+    once, from the first context that asks; a test run asks in another order)."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_docs.py"), "--check"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "40"})
+    assert done.returncode == 0, done.stderr
+
+
 def test_check_names_a_stale_file_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     make_docs = _make_docs()
     make_docs.main_(["--out", str(tmp_path)])
@@ -161,7 +173,7 @@ def test_every_flag_and_argument_of_every_command_is_in_the_cli_reference() -> N
     text = make_docs.documents()["cli.md"]
     for name, command in main.commands.items():
         section = text.split(f"## `lleval {name}`", 1)[1].split("\n## ", 1)[0]
-        ctx = click.Context(command, info_name=name)
+        ctx = _make_docs().context(command, name)
         for param in command.get_params(ctx):
             shown = make_docs.param_flags(param) if isinstance(param, click.Option) else f"`{param.make_metavar(ctx)}`"
             assert f"| {shown} |" in section, (name, param.name)
