@@ -24,7 +24,8 @@ import click
 
 from lleval import __version__
 from lleval.config import COMPARE_METRICS, DEFAULT_HTML_DOCS, DTYPES, FORMATS, EvalConfig
-from lleval.options import CONFIG_FILE_KEY, Resamples, config_from_flags, config_options, origin_of
+from lleval.options import (CONFIG_FILE_KEY, Resamples, SectionedGroup, SectionOption, config_from_flags,
+                            config_options, origin_of)
 
 if TYPE_CHECKING:
     from lleval.runner.progress import ScoringProgress
@@ -58,7 +59,7 @@ def _config_file() -> list[tuple[str, str]]:
     return [("--config", path)] if path else []
 
 
-@click.group(context_settings=CONTEXT_SETTINGS)
+@click.group(cls=SectionedGroup, context_settings=CONTEXT_SETTINGS)
 @click.version_option(__version__, "--version", "-V", prog_name="lleval")
 def main() -> None:
     """Exact, fast log-likelihood and perplexity of causal LMs on text datasets."""
@@ -123,9 +124,9 @@ def _score_suite(flags: dict[str, Any], models: tuple[str, ...], datasets: tuple
 
 
 @main.command(context_settings=CONTEXT_SETTINGS)
-@click.option("--base", "base_model", default=None,
+@click.option("--base", "base_model", default=None, cls=SectionOption, section="base",
               help="Reference model (hub id, folder or .gguf file). Default: the same model as --model.")
-@click.option("--base-dtype", type=click.Choice(DTYPES), default=None,
+@click.option("--base-dtype", type=click.Choice(DTYPES), default=None, cls=SectionOption, section="base",
               help="dtype of the base model. Default: --dtype. With no --base: the same model in two dtypes.")
 @click.argument("dataset_argument", metavar="[DATASET]", required=False, default=None)
 @config_options("kld")

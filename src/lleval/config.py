@@ -1,8 +1,10 @@
 """`EvalConfig`: every choice a score run makes, validated in one place.
 
-Each field declares itself once, in its `Setting`: its section (model, data,
-protocol, engine, outputs), flag, help and allowed values. The CLI's options
-(`lleval.options`) and the config-file reader are derived from those.
+Each field declares itself once, in its `Setting`: its section (`SECTIONS`:
+model, data, protocol, statistics, outputs, engine, run control...), flag, help
+and allowed values. The CLI's options and their ``--help`` headings
+(`lleval.options`), the config-file reader and the generated reference
+(``scripts/make_docs.py``) are derived from those.
 
 Config files are YAML mappings whose keys are the long flag names
 (``max_length`` or ``max-length``). The CLI loads them into click's
@@ -45,7 +47,13 @@ DEFAULT_REQUEST_TIMEOUT = 600.0
 DEFAULT_HTML_DOCS = 20
 DEFAULT_MIN_K = 0.2  # Min-K% Prob's k (Shi et al., 2023; Zhang et al., 2024)
 DEFAULT_REFERENCE_TOP_K = 32  # see the README's table: KL error and file size by K
-SECTIONS = ("model", "data", "protocol", "engine", "outputs", "suite")  # the parts of a run, as `EvalConfig.section` gives them
+#: The parts of a run, as `EvalConfig.section` gives them, each with its ``--help`` heading, in the
+#: order a user decides: what to score (the model, kld's base, the data, or a suite of several),
+#: how (protocol), what to compute beyond the sums (statistics), what to write (outputs), how fast
+#: (engine), and how the run itself behaves (run control: settings file, checkpoints, faults, stderr).
+SECTION_TITLES = {"model": "Model", "base": "Base (kld)", "data": "Data", "suite": "Suite", "protocol": "Protocol",
+                  "statistics": "Statistics", "outputs": "Outputs", "engine": "Engine", "run": "Run control"}
+SECTIONS = tuple(SECTION_TITLES)
 TOKEN_SUFFIXES = (".parquet", ".jsonl")  # what --tokens writes: Parquet, or JSON lines (lleval.report.tokens)
 
 
@@ -125,7 +133,7 @@ class Setting:
     field back to its default.
     """
 
-    section: str  # one of SECTIONS
+    section: str  # one of SECTIONS: its part of the run, and its heading in --help
     help: str  # the flag's help text
     types: tuple[type, ...] = ()  # what a config file may give; () means the default's type, else str
     short: str | None = None  # a one-letter form, "-m"
@@ -266,28 +274,28 @@ class EvalConfig:
         1 << 20, "engine", "Sequence tokens read, sorted and batched together (memory bound of the sort).", minimum=1,
         resume=RESUME_SAME)
     allow_nonfinite: bool = _setting(
-        False, "engine", "Count NaN/inf token log-probs and leave them out, instead of stopping.", resume=RESUME_SAME)
+        False, "run", "Count NaN/inf token log-probs and leave them out, instead of stopping.", resume=RESUME_SAME)
     checkpoint: str | None = _setting(
-        None, "engine", "Save progress here; rerunning the same command resumes from it.", path=True,
+        None, "run", "Save progress here; rerunning the same command resumes from it.", path=True,
         resume=RESUME_FREE)
     checkpoint_every: float = _setting(
-        DEFAULT_CHECKPOINT_EVERY, "engine", "Seconds between checkpoint saves (needs --checkpoint).",
+        DEFAULT_CHECKPOINT_EVERY, "run", "Seconds between checkpoint saves (needs --checkpoint).",
         types=(int, float), minimum=0, resume=RESUME_FREE)
     bootstrap: int = _setting(
-        1000, "outputs", f"Bootstrap resamples over documents for 95% intervals: 0 (none), or {MIN_RESAMPLES} and "
+        1000, "statistics", f"Bootstrap resamples over documents for 95% intervals: 0 (none), or {MIN_RESAMPLES} and "
         "more.", minimum=0, resume=RESUME_FREE)
-    seed: int = _setting(0, "outputs", "Seed of the bootstrap, and of the rows --sample draws.", resume=RESUME_FREE)
+    seed: int = _setting(0, "statistics", "Seed of the bootstrap, and of the rows --sample draws.", resume=RESUME_FREE)
     output: str | None = _setting(
         None, "outputs", "Write the JSON report here (atomically). An output that cannot be written (a full "
         "disk) is one line on stderr and exit 1; the others are still written.", short="-o", path=True,
         resume=RESUME_FREE)
     format: str = _setting("table", "outputs", "What stdout gets: a table, the JSON report, or markdown.",
                            choices=FORMATS, resume=RESUME_FREE)
-    quiet: bool = _setting(False, "outputs", "Nothing on stderr but errors: no progress, no warnings.", short="-q",
+    quiet: bool = _setting(False, "run", "Nothing on stderr but errors: no progress, no warnings.", short="-q",
                            resume=RESUME_FREE)
     # a bar on a terminal; lines in a CI log, a pipe or a file (lleval.runner.progress.LineProgress)
     progress: str = _setting(
-        "auto", "outputs", "How stderr shows progress: auto (a bar on a terminal; else, as in a CI log, a line at "
+        "auto", "run", "How stderr shows progress: auto (a bar on a terminal; else, as in a CI log, a line at "
         "each stage and every 20 s), bar, lines or none. --quiet shows none.", choices=PROGRESS, resume=RESUME_FREE)
     # what the run shows of its tokens: the per-token export, .parquet or .jsonl (lleval.report.tokens)
     tokens: str | None = _setting(
@@ -296,19 +304,20 @@ class EvalConfig:
         resume=RESUME_OUTPUT)
     # rank and entropy of every token (in the export and the HTML)
     token_stats: bool = _setting(
-        False, "outputs", "Also the rank of each true token and the entropy of each prediction (for --tokens, --html).",
+        False, "statistics", "Also the rank of each true token and the entropy of each prediction (for --tokens, "
+        "--html).",
         commands=("score",), resume=RESUME_SAME)
     # contamination (membership) scores per document (lleval.reducers.membership)
     membership: bool = _setting(
-        False, "outputs", "Also each document's membership (contamination) scores: Min-K% Prob, Min-K%++ and "
+        False, "statistics", "Also each document's membership (contamination) scores: Min-K% Prob, Min-K%++ and "
         "the zlib ratio (documents[] in the JSON report, --tokens, --html).", commands=("score",), resume=RESUME_SAME)
     min_k: float = _setting(
-        DEFAULT_MIN_K, "outputs", "The k of Min-K% and Min-K%++ (--membership): the fraction of each document's "
+        DEFAULT_MIN_K, "statistics", "The k of Min-K% and Min-K%++ (--membership): the fraction of each document's "
         "least likely tokens they average, 0 < k <= 1; a document of n tokens takes max(1, floor(k n)).",
         types=(int, float), commands=("score",), resume=RESUME_SAME)
     # expected calibration error of the top-1 next-token probability (lleval.reducers.calibration)
     calibration: bool = _setting(
-        False, "outputs", "Also the calibration of the top-1 next-token probability: ECE over 15 bins and top-1 "
+        False, "statistics", "Also the calibration of the top-1 next-token probability: ECE over 15 bins and top-1 "
         "accuracy (statistics.calibration).", commands=("score",), resume=RESUME_SAME)
     # the base's top-K distribution per token, for a later kld --reference (lleval.report.reference)
     save_reference: str | None = _setting(
@@ -320,7 +329,7 @@ class EvalConfig:
         "(KL against it is a lower bound, exact when K >= vocabulary - 1).", minimum=1, commands=("score",),
         resume=RESUME_SAME)
     reference: str | None = _setting(
-        None, "outputs", "Compare --model with a reference saved by lleval score --save-reference (instead of "
+        None, "base", "Compare --model with a reference saved by lleval score --save-reference (instead of "
         "--base): one model in memory.", commands=("kld",), reads=True, resume=RESUME_SAME)
     html: str | None = _setting(  # the HTML report (lleval.report.html)
         None, "outputs", "Write a self-contained HTML report here (score: curve, documents, coloured tokens; a "

@@ -4,6 +4,8 @@ Each field declares its flag once, in its `lleval.config.Setting`; `config_optio
 turns those into click options (the same names, defaults and help on both commands),
 and `config_from_flags` turns what click parsed back into an `EvalConfig` that knows
 where each value came from: typed (``flag``), the ``--config`` file, or the default.
+Each option knows its section (`SectionOption`), and ``--help`` shows the options under
+their section's heading (`SectionedCommand`, `option_groups`).
 Imports click and `lleval.config` only, so ``lleval --help`` stays fast.
 """
 
@@ -15,10 +17,50 @@ from typing import Any, Callable, Iterable
 import click
 from click.core import ParameterSource
 
-from lleval.config import CONFIG_FILE, FIELD_TYPES, FLAG, EvalConfig, Setting, settings
+from lleval.config import CONFIG_FILE, FIELD_TYPES, FLAG, SECTION_TITLES, EvalConfig, Setting, settings
 
 CONFIG_FILE_KEY = "lleval.config_file"  # ctx.meta: the --config file's path
 UNDONE_KEY = "lleval.undone"  # ctx.meta: the fields a --no-x set back to their default (--no-concat)
+OTHER_OPTIONS = "Options"  # the heading of the options of no section (--help, and every option of compare, inspect)
+
+
+class SectionOption(click.Option):
+    """A click option that knows its section (a key of `SECTION_TITLES`), under whose heading
+    ``--help`` shows it: ``click.option(..., cls=SectionOption, section="base")``."""
+
+    def __init__(self, *args: Any, section: str | None = None, **kwargs: Any) -> None:
+        if section is not None and section not in SECTION_TITLES:
+            raise ValueError(f"no section {section!r}: pick one of {', '.join(SECTION_TITLES)}")
+        super().__init__(*args, **kwargs)
+        self.section = section
+
+
+def option_groups(command: click.Command, ctx: click.Context) -> list[tuple[str, list[click.Parameter]]]:
+    """The command's options under their ``--help`` headings: one group per section that has
+    options, in `SECTION_TITLES` order, then the options of no section (``--help`` last) under
+    `OTHER_OPTIONS`; each group in the order the options are declared. Arguments are left out."""
+    options: list[click.Parameter] = [p for p in command.get_params(ctx) if isinstance(p, click.Option)]
+    groups = [(title, [p for p in options if getattr(p, "section", None) == key])
+              for key, title in SECTION_TITLES.items()]
+    groups.append((OTHER_OPTIONS, [p for p in options if getattr(p, "section", None) is None]))
+    return [(title, params) for title, params in groups if params]
+
+
+class SectionedCommand(click.Command):
+    """A command whose ``--help`` lists its options under their section's heading (`option_groups`)."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        for title, params in option_groups(self, ctx):
+            rows = [record for p in params if (record := p.get_help_record(ctx)) is not None]
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+
+class SectionedGroup(click.Group):
+    """The ``lleval`` group: each of its commands is a `SectionedCommand`."""
+
+    command_class = SectionedCommand
 
 
 class BatchSize(click.ParamType):
@@ -77,12 +119,8 @@ def load_config(ctx: click.Context, param: click.Parameter, value: str | None) -
     from lleval.config import load_config_file
     from lleval.errors import ConfigError
 
-    # the command's own options (kld's --base, --base-dtype) are keys of its config file too
-    own = {opt[2:].replace("-", "_"): p.name for p in ctx.command.params
-           if p.name and p.name not in FIELD_TYPES and p.expose_value
-           for opt in p.opts if opt.startswith("--")}
     try:
-        values = load_config_file(value, own)
+        values = load_config_file(value, own_keys(ctx.command))
     except ConfigError as exc:
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
     repeated = {p.name for p in ctx.command.params if getattr(p, "multiple", False)}
@@ -90,6 +128,14 @@ def load_config(ctx: click.Context, param: click.Parameter, value: str | None) -
     ctx.default_map = {**(ctx.default_map or {}), **values}
     ctx.meta[CONFIG_FILE_KEY] = value
     return value
+
+
+def own_keys(command: click.Command) -> dict[str, str]:
+    """The config-file keys of a command's own options, those no `EvalConfig` field declares
+    (kld's ``base``, ``base_dtype``), each with its parameter's name (``base_model``)."""
+    return {opt[2:].replace("-", "_"): p.name for p in command.params
+            if p.name and p.name not in FIELD_TYPES and p.expose_value
+            for opt in p.opts if opt.startswith("--")}
 
 
 def _undo(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -124,10 +170,11 @@ def field_options(field: dataclasses.Field[Any], how: Setting, repeatable: bool 
     short = [how.short] if how.short else []
     shown: dict[str, Any] = {"show_default": True} if field.default not in (None, ()) else {}
     if isinstance(field.default, bool):
-        return [click.option(f"{flag}/--no-{flag[2:]}", *short, default=field.default, help=how.help, **shown)]
+        return [click.option(f"{flag}/--no-{flag[2:]}", *short, default=field.default, help=how.help, **shown,
+                             cls=SectionOption, section=how.section)]
     types = (str,) if how.multiple else FIELD_TYPES[field.name]
     kwargs: dict[str, Any] = {"type": _click_type(field.name, how, types), "metavar": how.metavar,
-                              "multiple": how.multiple or repeatable}
+                              "multiple": how.multiple or repeatable, "cls": SectionOption, "section": how.section}
     if repeatable:
         kwargs["default"] = ()
     if how.flag_value is not None:
@@ -136,7 +183,8 @@ def field_options(field: dataclasses.Field[Any], how: Setting, repeatable: bool 
     options = [click.option(flag, *short, help=how.help, **shown, **kwargs)]
     if how.flag_value is not None:
         options.append(click.option(f"--no-{flag[2:]}", is_flag=True, default=False, expose_value=False,
-                                    callback=_undo, help=f"Turn {flag} off (a config file's {field.name} too)."))
+                                    callback=_undo, help=f"Turn {flag} off (a config file's {field.name} too).",
+                                    cls=SectionOption, section=how.section))
     return options
 
 
@@ -145,7 +193,8 @@ def config_options(command: str) -> Callable[[Any], Any]:
     in the order the fields are declared."""
     options: list[Callable[[Any], Any]] = [click.option(
         "--config", type=click.Path(dir_okay=False), callback=load_config, is_eager=True, expose_value=False,
-        help="YAML file of defaults for any flag below (keys: flag names, each once); flags win.")]
+        help="YAML file of defaults for any flag of this command (keys: flag names, each once); flags win.",
+        cls=SectionOption, section="run")]
     for field, how in settings():
         if command in how.commands:
             options += field_options(field, how, field.name in REPEATABLE.get(command, ()))
