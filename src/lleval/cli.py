@@ -24,7 +24,7 @@ import click
 
 from lleval import __version__
 from lleval.config import DEFAULT_HTML_DOCS, DTYPES, FORMATS, EvalConfig
-from lleval.options import config_from_flags, config_options, origin_of
+from lleval.options import config_from_flags, config_options, origin_of, setting_options
 
 if TYPE_CHECKING:
     from lleval.runner.progress import ScoringProgress
@@ -83,7 +83,7 @@ def score(**flags: Any) -> None:
         from lleval.commands.score import evaluate
 
         report = _with_progress(config.quiet, evaluate, config, should_stop=interrupts.should_stop)
-        failed = _deliver(report, config.output, config.format)
+        failed = _deliver(report, config.output, config.format, _log(report, config, "score"))
     if interrupts.signum is not None:
         what = "after the run had finished: the report is complete" if report.complete else "report marked incomplete"
         click.echo(f"stopped by signal {interrupts.signum}: {what}", err=True)
@@ -104,7 +104,7 @@ def _score_suite(flags: dict[str, Any], models: tuple[str, ...], datasets: tuple
     suite = _call(suite_for, config, models, datasets)
     with _command_scope(config.quiet), _Interrupts() as interrupts:
         report = _with_progress(config.quiet, run_suite, suite, config, should_stop=interrupts.should_stop)
-        failed = _deliver(report, config.output, config.format)
+        failed = _deliver(report, config.output, config.format, _log(report, config, "suite"))
     if interrupts.signum is not None:
         click.echo(f"stopped by signal {interrupts.signum}: suite report marked incomplete", err=True)
         sys.exit(128 + interrupts.signum)
@@ -155,7 +155,7 @@ def kld(base_model: str | None, base_dtype: str | None, dataset_argument: str | 
 
         base = None if config.reference else base_model or config.model  # --reference: the base is the file
         result = _with_progress(config.quiet, kl_divergence, config, base, base_dtype=base_dtype)
-        failed = _deliver(result, config.output, config.format)
+        failed = _deliver(result, config.output, config.format, _log(result, config, "kld"))
     if failed:
         sys.exit(1)
 
@@ -182,9 +182,10 @@ def kld(base_model: str | None, base_dtype: str | None, dataset_argument: str | 
               help="Write an HTML page here: each candidate's change with its interval, and the gate.")
 @click.option("--cell", default=None, metavar="MODEL/DATASET",
               help="A suite report compared with a score report: the suite's cell to compare.")
+@setting_options("compare")
 def compare(base: str, candidates: tuple[str, ...], max_regression: float | None, require_significant: bool,
             bootstrap: int, seed: int, format: str, summary: bool, output: str | None, top_documents: int,
-            html: str | None, cell: str | None) -> None:
+            html: str | None, cell: str | None, log_to: tuple[str, ...], log_dir: str | None) -> None:
     """Compare score reports of candidates against a base on the same texts.
 
     Suite reports are compared dataset by dataset (cells matched by dataset
@@ -208,6 +209,7 @@ def compare(base: str, candidates: tuple[str, ...], max_regression: float | None
         raise click.UsageError("--seed seeds the bootstrap, which --bootstrap 0 turns off: drop one of them.")
     summary_file = _summary_file() if summary else None
     _check_compare_paths(base, candidates, output, html, summary_file)
+    tracking = _compare_tracking(log_to, log_dir, html)
     result = _call(compare_report_files, base, list(candidates), max_regression_pct=max_regression,
                    require_significant=require_significant, n_resamples=bootstrap, seed=seed,
                    top_documents=top_documents, cell=cell)
@@ -215,6 +217,9 @@ def compare(base: str, candidates: tuple[str, ...], max_regression: float | None
 
     earlier = (_try_output(write_compare_html, result, html) if html else []) + (
         _try_output(_append_summary, summary_file, result.render_markdown()) if summary_file else [])
+    earlier += _log(result, tracking, "compare", {"base": base, "candidates": list(candidates), "cell": cell,
+                                                  "max_regression": max_regression, "bootstrap": bootstrap,
+                                                  "require_significant": require_significant, "seed": seed})
     failed = _deliver(result, output, format, earlier)
     for warning in (r.warning for r in result.comparisons if r.warning):
         click.echo(f"warning: {warning}", err=True)
@@ -284,6 +289,29 @@ def _inspect_suite(suite: Any, candidate: str | None, document: int | None, wors
 
         _call(write_suite_html, suite, html)
     _deliver(suite, None, format)
+
+
+def _log(result: Any, config: EvalConfig, command: str, params: dict[str, Any] | None = None) -> list[str]:
+    """``--log-to``: the result to each tracker (`lleval.trackers.log_results`) with the run's
+    settings; each tracker that failed is one line, and the command exits 1."""
+    if not config.log_to:
+        return []
+    from lleval.trackers import config_params, log_results
+
+    settings = config_params(config) if params is None else params
+    failed = _call(log_results, result, config.log_to, config.log_dir, f"lleval {command}", settings, config.html)
+    return [str(exc) for exc in failed]
+
+
+def _compare_tracking(log_to: tuple[str, ...], log_dir: str | None, html: str | None) -> EvalConfig:
+    """compare's --log-to and --log-dir (and the page they send), checked as score's are: a
+    missing tracker package is refused before any report is read."""
+    from lleval.preflight import check_trackers
+
+    config = EvalConfig(log_to=log_to, log_dir=log_dir, html=html, origins={"log_to": "flag", "log_dir": "flag"})
+    _call(config.validate)
+    _call(check_trackers, log_to)
+    return config
 
 
 def base_origins() -> dict[str, str]:
