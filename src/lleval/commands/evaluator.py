@@ -42,6 +42,7 @@ from lleval.data.sources import DataStats
 from lleval.engine.distributed import DistContext
 from lleval.errors import ConfigError, OutputError
 from lleval.plan.protocols import Plan
+from lleval.preflight import check_config
 from lleval.report.score import Report
 from lleval.report.suite import SuiteCell, SuiteReport
 from lleval.runner.replay import PlannedUnits
@@ -52,7 +53,6 @@ from lleval.trackers import Trackers, config_params
 NOT_FOR_A_LIVE_MODEL = {
     **{name: "sets how lleval loads a model, and the evaluator's is in memory as it is" for name in MODEL_FIELDS
        if name != "float32_head"},
-    "dataset": "is the evaluator's third argument (a path, hub id, or a list of them)",
     "checkpoint": "resumes a run, and each call is a run of its own",
     "checkpoint_every": "resumes a run, and each call is a run of its own",
     "suite": "names models, and the evaluator has one: give the datasets as its third argument",
@@ -96,9 +96,12 @@ class Evaluator:
         self._datasets = tuple(SuiteEntry(default_label(d), {"dataset": d}) for d in
                                (None if d is None else str(d) for d in datasets))
         check_labels(Suite((SuiteEntry(self._label, {}),), self._datasets, "evaluator"))
+        configs = [self._dataset_config(base, entry) for entry in self._datasets]
+        for config in configs:  # settings, output paths, data sources, tracker packages: before the model runs
+            check_config(config)
         self.live: LiveModel = open_live(model, tokenizer, name, base.float32_head)
         self.tokenizations = 0  # datasets read and tokenized: once each, when the evaluator is built
-        self._data = [self._read(self._dataset_config(base, entry)) for entry in self._datasets]
+        self._data = [self._read(config) for config in configs]
         self._base = base
         self._trackers = Trackers(base.log_to, name or self.live.name, base.log_dir) if base.log_to else None
 
