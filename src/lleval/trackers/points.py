@@ -17,7 +17,8 @@ TensorBoard all draw as a group):
 - ``kld``: the divergence's statistics (``kl_divergence_mean``, ``kl_divergence_p99``...),
   ``top_token_agreement``, ``delta_p_mean`` and both perplexities;
 - ``compare``: each candidate's relative change with its interval, the probability it is
-  worse and whether it regressed, prefixed ``CANDIDATE/`` (``DATASET/`` for suites).
+  worse and whether it regressed, prefixed ``CANDIDATE/`` (its file's stem; then
+  ``DATASET/`` for suites).
 
 Labels are cleaned to the characters every tracker accepts in a name (letters, digits,
 ``_ - . /`` and spaces; anything else becomes ``_``).
@@ -122,13 +123,24 @@ def compare_points(data: Mapping[str, Any]) -> list[Point]:
     """One point: each comparison's numbers under its candidate (or its suite dataset), and
     whether every candidate passed."""
     metrics: dict[str, float] = {}
+    names = short_names([row["candidate"] for row in data["comparisons"]])
     for row in data["comparisons"]:
-        lead = label(row["candidate"]) + (f"/{label(row['dataset'])}" if row.get("dataset") else "")
+        lead = names[row["candidate"]] + (f"/{label(row['dataset'])}" if row.get("dataset") else "")
         metrics.update(flat({key: row[key] for key in ("base_value", "candidate_value", "relative_change",
                                                        "relative_change_ci", "probability_worse", "regressed")},
                             f"{lead}/"))
     metrics.update(flat({"passed": data["passed"]}))
     return [Point(None, metrics)]
+
+
+def short_names(paths: list[str]) -> dict[str, str]:
+    """Report files as names: each file's stem (``runs/new.json``: ``new``) when the stems tell
+    them apart, else the whole path, cleaned (`label`)."""
+    from pathlib import PurePath
+
+    stems = {path: PurePath(path).stem for path in paths}
+    unique = len(set(stems.values())) == len(set(paths))
+    return {path: label(stems[path] if unique else path) for path in paths}
 
 
 #: each report kind's points, by its JSON ``kind``
