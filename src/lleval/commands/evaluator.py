@@ -153,9 +153,10 @@ class Evaluator:
         from lleval.runner.prepare import Inputs, make_job
 
         config, dist = _at_step(data.config, step), _group()
-        if self.live.sharded and dist is not None:  # FSDP: every rank scores every batch, rank 0 writes
-            config = config if dist.is_main else dataclasses.replace(config, html=None, tokens=None,
-                                                                     save_reference=None)
+        group = dist if self.live.sharded else None
+        if group is not None:  # FSDP: every rank scores every batch (no split), rank 0 writes
+            config = config if group.is_main else dataclasses.replace(config, html=None, tokens=None,
+                                                                      save_reference=None)
             dist = None
         if config.save_reference:
             from lleval.commands.reference import with_reference
@@ -166,9 +167,9 @@ class Evaluator:
                                   units=(_expanded(u) for u in data.units))
         report = score_job(job, write_page=len(self._data) == 1)  # several: one page of them all (`_suite`)
         report.model = dataclasses.replace(report.model, extra={**report.model.extra, "step": step})
-        if self.live.sharded and _group() is not None:
-            report.notes.append(f"FSDP: each of the {_group_size()} ranks scored every batch (its forward gathers "
-                                "the sharded weights), so the numbers are one process's.")
+        if group is not None:
+            report.distributed = {**group.describe(), "work_split": "none: FSDP shards the weights, so every rank "
+                                  "scores every batch (its forward gathers them)"}
         return report
 
     def _suite(self, reports: list[Report], step: int | None) -> SuiteReport:
@@ -269,11 +270,6 @@ def _group() -> DistContext | None:
 def _rank() -> int:
     group = _group()
     return 0 if group is None else group.rank
-
-
-def _group_size() -> int:
-    group = _group()
-    return 1 if group is None else group.world_size
 
 
 def _refuse_inside_backward() -> None:
