@@ -293,7 +293,7 @@ def _refused(build: Any, model: Any, error: type[LlevalError], match: str) -> st
         build()
     after = _untouched(model)
     assert before["modes"] == after["modes"] and torch.equal(before["torch"], after["torch"])
-    assert all(torch.equal(a, b) for a, b in zip(before["weights"], after["weights"]))
+    assert all(torch.allclose(a, b, rtol=0, atol=0, equal_nan=True) for a, b in zip(before["weights"], after["weights"]))
     message = str(caught.value)
     assert "\n" not in message and "Traceback" not in message
     return message
@@ -412,3 +412,44 @@ def test_a_missing_tracker_package_is_refused_before_the_model_runs(tiny_model_d
     with pytest.raises(ConfigError, match=r"pip install 'lleval\[wandb\]'"):
         Evaluator(model, _tokenizer(tiny_model_dir), write_jsonl(tmp_path / "d.jsonl", TEXTS), log_to="wandb")
     assert calls == []
+
+
+def test_a_diverged_model_fails_the_call_and_leaves_the_state_as_it_was(tiny_model_dir: Path,
+                                                                        tmp_path: Path) -> None:
+    """Weights gone NaN mid-training: the call raises one `ScoringError` line (that names the
+    setting to count and leave out such tokens), the training flags, RNG and weights as they were."""
+    import torch
+
+    from lleval.errors import ScoringError
+
+    model, tokenizer = _model(tiny_model_dir), _tokenizer(tiny_model_dir)
+    data = write_jsonl(tmp_path / "d.jsonl", TEXTS)
+    evaluator = Evaluator(model, tokenizer, data, **SETTINGS)
+    with torch.no_grad():
+        model.lm_head.weight[5].fill_(float("nan"))
+    message = _refused(lambda: evaluator(step=9), model, ScoringError, "non-finite log-prob")
+    assert "allow-nonfinite" in message
+
+
+def test_labelled_datasets_and_labels_that_clash(tiny_model_dir: Path, tmp_path: Path) -> None:
+    model, tokenizer = _model(tiny_model_dir), _tokenizer(tiny_model_dir)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    same_name = [write_jsonl(tmp_path / "a" / "eval.jsonl", TEXTS), write_jsonl(tmp_path / "b" / "eval.jsonl", OTHER)]
+    with pytest.raises(ConfigError, match="two datasets are labelled 'eval'"):
+        Evaluator(model, tokenizer, same_name, **SETTINGS)
+    report = Evaluator(model, tokenizer, {"prose": same_name[0], "notes": same_name[1]}, **SETTINGS)(step=1)
+    assert isinstance(report, SuiteReport) and report.datasets == ["prose", "notes"]
+    with pytest.raises(ConfigError, match="no dataset"):
+        Evaluator(model, tokenizer, [])
+
+
+def test_a_model_moved_after_the_evaluator_was_built_is_scored_where_it_is_now(tiny_model_dir: Path,
+                                                                               tmp_path: Path) -> None:
+    """The device is read at each call: a model whose weights went to the meta device (freed,
+    offloaded) is refused then, one line, not a traceback from the middle of a batch."""
+    model = _model(tiny_model_dir)
+    evaluator = Evaluator(model, _tokenizer(tiny_model_dir), write_jsonl(tmp_path / "d.jsonl", TEXTS), **SETTINGS)
+    model.to("meta")
+    with pytest.raises(ModelLoadError, match="meta device"):
+        evaluator(step=1)

@@ -301,3 +301,21 @@ def test_log_dir_without_log_to_is_refused(command: list[str]) -> None:
 def test_an_unknown_tracker_is_refused_by_name() -> None:
     result = run(["score", "--log-to", "tensorbored"])
     assert result.exit_code == 2 and "tensorbored" in result.stderr and "tensorboard" in result.stderr
+
+
+def test_wandb_with_no_credentials_fails_in_one_line_and_never_prompts(tiny_model_dir: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Online mode with no key anywhere: W&B would prompt for one and block the command; lleval
+    refuses the run in one line instead, and the report is written."""
+    for name in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("NETRC", str(tmp_path / "home" / ".netrc"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "home" / "wandb-config"))
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(main, ["score", "-m", str(tiny_model_dir), "-d", write_jsonl(tmp_path / "d.jsonl", TEXTS),
+                                       "-L", "24", "-q", "-o", str(out), "--log-to", "wandb",
+                                       "--log-dir", str(tmp_path / "wb")], input="", catch_exceptions=False)
+    assert result.exit_code == 1 and json.loads(out.read_text())["complete"]
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert "--log-to wandb: logging failed (W&B has no credentials" in error

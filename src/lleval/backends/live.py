@@ -57,8 +57,11 @@ class LiveModel:
         return None if config is None else _max_positions(config)
 
     def loaded(self) -> LoadedModel:
-        """A `LoadedModel` over the weights as they are now (cheap: no copy, but a bf16
-        model's float32 head)."""
+        """A `LoadedModel` over the weights as they are now, where they are now (a loop may have
+        moved the model; cheap: no copy, but a bf16 model's float32 head)."""
+        return dataclasses.replace(self, device=_device(self.module))._loaded()
+
+    def _loaded(self) -> LoadedModel:
         from lleval.backends import hf
         from lleval.engine.kernels import scorer_from_slices
 
@@ -224,12 +227,9 @@ def _probe(module: Any, device: Any, name: str) -> int:
         raise ModelLoadError(f"{name} returned no logits (B, T, V) for input_ids (it gave a "
                              f"{type(output).__name__}): it is not a causal language model. Pass one with its LM "
                              "head (AutoModelForCausalLM), not its base model.")
-    if not torch.allclose(logits[0, :3].float(), logits[1, :3].float(), rtol=1e-3, atol=1e-4):
+    if not torch.allclose(logits[0, :3].float(), logits[1, :3].float(), rtol=1e-3, atol=1e-4, equal_nan=True):
         raise ModelLoadError(f"{name} is not causal: its logits at a position change with a later token (a masked "
                              "or bidirectional model). lleval scores causal language models.")
     return int(logits.shape[-1])
 
 
-def with_float32_head(live: LiveModel, on: bool) -> LiveModel:
-    """``live`` with the float32 head switched ``on`` or off (the ``float32_head`` setting)."""
-    return dataclasses.replace(live, float32_head=on)

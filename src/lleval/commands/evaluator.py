@@ -30,9 +30,10 @@ import difflib
 import os
 import time
 import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from lleval.backends.live import LiveModel, open_live
 from lleval.commands.suite import (MODEL_FIELDS, Suite, SuiteEntry, SuiteRun, cell_file, check_labels, default_label,
@@ -79,22 +80,18 @@ class Evaluator:
 
     ``model``: a ``torch.nn.Module`` causal LM on any device and dtype, wrapped in DDP,
     FSDP or ``torch.compile`` or not; ``tokenizer``: its tokenizer; ``dataset``: what
-    ``-d`` takes (a file, a saved dataset, a hub id; None: the built-in sample) or a list of
-    them; ``settings``: `EvalConfig` fields (``max_length=1024``, ``protocol="lm-eval"``,
+    ``-d`` takes (a file, a saved dataset, a hub id; None: the built-in sample), a list of
+    them (labelled by file name) or a mapping of labels to them; ``settings``: `EvalConfig` fields (``max_length=1024``, ``protocol="lm-eval"``,
     ``limit=200``, ``calibration=True``...; ``log_to=["mlflow"]`` logs every call). Refuses
     bad input with one `LlevalError` line, the model untouched. Use it as a context manager,
     or call `close`, to finish the trackers' runs.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, dataset: str | Sequence[str] | None = None, *,
-                 name: str | None = None, **settings: Any) -> None:
+    def __init__(self, model: Any, tokenizer: Any, dataset: str | Sequence[str] | Mapping[str, str] | None = None,
+                 *, name: str | None = None, **settings: Any) -> None:
         base = live_config(settings)
-        datasets = [dataset] if dataset is None or isinstance(dataset, (str, os.PathLike)) else list(dataset)
-        if not datasets:
-            raise ConfigError("the evaluator was given no dataset: pass a path or hub id, or a list of them.")
         self._label = name or "model"
-        self._datasets = tuple(SuiteEntry(default_label(d), {"dataset": d}) for d in
-                               (None if d is None else str(d) for d in datasets))
+        self._datasets = dataset_entries(dataset)
         check_labels(Suite((SuiteEntry(self._label, {}),), self._datasets, "evaluator"))
         configs = [self._dataset_config(base, entry) for entry in self._datasets]
         for config in configs:  # settings, output paths, data sources, tracker packages: before the model runs
@@ -104,6 +101,8 @@ class Evaluator:
         self._data = [self._read(config) for config in configs]
         self._base = base
         self._trackers = Trackers(base.log_to, name or self.live.name, base.log_dir) if base.log_to else None
+        if self._trackers is not None:  # a script that never closes the evaluator still finishes its runs
+            weakref.finalize(self, self._trackers.close)
 
     def _dataset_config(self, base: EvalConfig, entry: SuiteEntry) -> EvalConfig:
         """The settings with one dataset; of several, each its own token and reference files, as
@@ -215,6 +214,20 @@ class Evaluator:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def dataset_entries(dataset: Any) -> tuple[SuiteEntry, ...]:
+    """The evaluator's datasets, each with its label: one source (a path or hub id; None: the
+    built-in sample), a list of them (labelled by file name), or a mapping of label to source."""
+    if isinstance(dataset, Mapping):
+        pairs = [(str(label), None if d is None else str(d)) for label, d in dataset.items()]
+    else:
+        found = [dataset] if dataset is None or isinstance(dataset, (str, os.PathLike)) else list(dataset)
+        pairs = [(default_label(None if d is None else str(d)), None if d is None else str(d)) for d in found]
+    if not pairs:
+        raise ConfigError("the evaluator was given no dataset: pass a path or hub id, a list of them, or a mapping "
+                          "of labels to them.")
+    return tuple(SuiteEntry(label, {"dataset": d}) for label, d in pairs)
 
 
 def live_config(values: dict[str, Any]) -> EvalConfig:

@@ -74,8 +74,9 @@ def failure(name: str, exc: BaseException) -> OutputError:
     """A tracker's failure as one line: which tracker, what went wrong, that nothing else was lost."""
     from lleval.hub import first_line
 
-    return OutputError(f"--log-to {name}: logging failed ({type(exc).__name__}: {first_line(exc)}); the report "
-                       "and the other outputs are written. Check the tracker (its server, its folder, its disk).")
+    cause = first_line(exc) if isinstance(exc, OutputError) else f"{type(exc).__name__}: {first_line(exc)}"
+    return OutputError(f"--log-to {name}: logging failed ({cause}); the report and the other outputs are written. "
+                       "Check the tracker (its server, its folder, its disk).")
 
 
 class Trackers:

@@ -1,7 +1,8 @@
 """Weights & Biases: a run of the project ``$WANDB_PROJECT`` (else ``lleval``), or the run the
 process already has open (a training script's ``wandb.init``), which lleval then leaves open.
 
-lleval passes no credentials: W&B reads its own (``WANDB_API_KEY``, ``wandb login``), and
+lleval passes no credentials: W&B reads its own (``WANDB_API_KEY``, ``wandb login``); with none,
+the run is refused (one line) rather than W&B's interactive prompt blocking the command, and
 ``WANDB_MODE=offline`` keeps the run on disk for a later ``wandb sync``. Runs lleval opens
 are silent (no console capture, no banner on stdout) and live in ``$WANDB_DIR``, else
 ``--log-dir``; the report and the page are saved as files of the run.
@@ -14,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
+from lleval.errors import OutputError
 from lleval.trackers.points import Point
 
 
@@ -49,6 +51,10 @@ def open_run(run_name: str, log_dir: Path) -> WandbRun:
 
     if wandb.run is not None:
         return WandbRun(wandb.run, owned=False)
+    offline = os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun", "disabled")
+    if not offline and not wandb.login(prompt=False, verify=False):  # never the interactive prompt
+        raise OutputError("W&B has no credentials: set WANDB_API_KEY or run `wandb login` (or WANDB_MODE=offline "
+                           "to keep the run on disk)")
     folder = Path(os.environ.get("WANDB_DIR") or log_dir)
     folder.mkdir(parents=True, exist_ok=True)
     run = wandb.init(project=os.environ.get("WANDB_PROJECT") or "lleval", name=run_name, dir=str(folder),
