@@ -319,3 +319,15 @@ def test_wandb_with_no_credentials_fails_in_one_line_and_never_prompts(tiny_mode
     assert result.exit_code == 1 and json.loads(out.read_text())["complete"]
     (error,) = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
     assert "--log-to wandb: logging failed (W&B has no credentials" in error
+
+
+def test_a_config_file_names_trackers_as_a_list(tmp_path: Path) -> None:
+    from lleval.config import load_config_file
+    from lleval.errors import ConfigError
+
+    path = tmp_path / "c.yaml"
+    path.write_text("log_to: [tensorboard, mlflow]\nlog-dir: runs\n")
+    assert load_config_file(path) == {"log_to": ("tensorboard", "mlflow"), "log_dir": "runs"}
+    path.write_text("log_to: [tensorbored]\n")
+    with pytest.raises(ConfigError, match="'log_to' must be one of mlflow, tensorboard, wandb, got 'tensorbored'"):
+        load_config_file(path)
