@@ -1,8 +1,8 @@
 """`lleval.Evaluator` against ``lleval score`` on the same model and data (issue 32's benchmark).
 
 One run, on one machine, builds an evaluator on the model in memory (its construction,
-which reads and tokenizes the data, timed apart), then ``--rounds`` times, alternated so
-both meet the same load of the machine:
+which reads and tokenizes the data, timed apart), then ``--rounds`` times, alternated (each
+going first in half the rounds) so both meet the same load of the machine:
 
 - cli: ``lleval score -m FOLDER -d DATA -o r.json`` in a process of its own; its time is the
   report's ``timing.seconds - timing.load_seconds``: what the run spent from opening the
@@ -19,7 +19,7 @@ model cache warm: run ``lleval score --limit 4`` once) and saved with ``save_pre
 as a folder, and the built-in sample as a jsonl file (``--scale`` copies of each
 document, each tagged, for a longer run). The CPU is named in the output.
 
-    PYTHONPATH=src python scripts/bench_evaluator.py [--rounds 3] [--scale 1] [--max-length 512]
+    PYTHONPATH=src python scripts/bench_evaluator.py [--rounds 4] [--scale 1] [--max-length 512]
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class Counted:
 
 def run(folder: Path, data: Path, work: Path, rounds: int, max_length: int) -> dict[str, Any]:
     """An evaluator built on the model in memory, then ``rounds`` times: one ``lleval score``
-    process, one evaluator call (alternated, so both meet the same load of the machine)."""
+    process and one evaluator call (each first in half the rounds, so both meet the same load)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lleval import Evaluator
@@ -95,10 +95,13 @@ def run(folder: Path, data: Path, work: Path, rounds: int, max_length: int) -> d
     built, after_build = time.perf_counter() - started, dict(counter.counts)
     found: dict[str, Any] = {"built": built, "read_at_build": after_build, "calls": [], "cli": []}
     for step in range(rounds):
-        found["cli"].append(cli_run(folder, data, work / f"cli-{step}.json", max_length))
-        started = time.perf_counter()
-        report = evaluator(step=step).to_dict()
-        found["calls"].append((time.perf_counter() - started, report))
+        for who in ("cli", "call") if step % 2 == 0 else ("call", "cli"):  # each goes first in half the rounds
+            if who == "cli":
+                found["cli"].append(cli_run(folder, data, work / f"cli-{step}.json", max_length))
+                continue
+            started = time.perf_counter()
+            report = evaluator(step=step).to_dict()
+            found["calls"].append((time.perf_counter() - started, report))
     found["read_by_calls"] = {k: counter.counts[k] - after_build[k] for k in after_build}
     return found
 
@@ -106,7 +109,7 @@ def run(folder: Path, data: Path, work: Path, rounds: int, max_length: int) -> d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/lleval-bench-evaluator"))
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--scale", type=int, default=1)
     parser.add_argument("--max-length", type=int, default=512)
     args = parser.parse_args()
@@ -130,7 +133,8 @@ def main() -> None:
     print(f"evaluator call: median {statistics.median(call_seconds):.2f} s {[round(s, 2) for s in call_seconds]}; "
           f"built once in {found['built']:.2f} s (reads and tokenizes)")
     print(f"ratio call / cli, round by round: {[round(a / b, 3) for a, b in zip(call_seconds, cli_seconds)]}")
-    print(f"read at construction: {found['read_at_build']}; read again by {args.rounds} calls: {found['read_by_calls']}")
+    print(f"read at construction: {found['read_at_build']}; "
+          f"read again by {args.rounds} calls: {found['read_by_calls']}")
     print(f"every call's documents equal the CLI's: {same}")
     if not same or any(found["read_by_calls"].values()):
         sys.exit(1)

@@ -293,7 +293,8 @@ def _refused(build: Any, model: Any, error: type[LlevalError], match: str) -> st
         build()
     after = _untouched(model)
     assert before["modes"] == after["modes"] and torch.equal(before["torch"], after["torch"])
-    assert all(torch.allclose(a, b, rtol=0, atol=0, equal_nan=True) for a, b in zip(before["weights"], after["weights"]))
+    assert all(torch.allclose(a, b, rtol=0, atol=0, equal_nan=True)
+               for a, b in zip(before["weights"], after["weights"]))
     message = str(caught.value)
     assert "\n" not in message and "Traceback" not in message
     return message

@@ -313,9 +313,10 @@ def test_wandb_with_no_credentials_fails_in_one_line_and_never_prompts(tiny_mode
     monkeypatch.setenv("NETRC", str(tmp_path / "home" / ".netrc"))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "home" / "wandb-config"))
     out = tmp_path / "r.json"
-    result = CliRunner().invoke(main, ["score", "-m", str(tiny_model_dir), "-d", write_jsonl(tmp_path / "d.jsonl", TEXTS),
-                                       "-L", "24", "-q", "-o", str(out), "--log-to", "wandb",
-                                       "--log-dir", str(tmp_path / "wb")], input="", catch_exceptions=False)
+    data = write_jsonl(tmp_path / "d.jsonl", TEXTS)
+    result = CliRunner().invoke(main, ["score", "-m", str(tiny_model_dir), "-d", data, "-L", "24", "-q", "-o", str(out),
+                                       "--log-to", "wandb", "--log-dir", str(tmp_path / "wb")], input="",
+                                catch_exceptions=False)
     assert result.exit_code == 1 and json.loads(out.read_text())["complete"]
     (error,) = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
     assert "--log-to wandb: logging failed (W&B has no credentials" in error

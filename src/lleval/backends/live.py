@@ -192,8 +192,8 @@ def _device(module: Any) -> Any:
                              "model.to('cuda')).")
     if len(devices) > 1 and _placement(module) is None:
         shown = ", ".join(sorted(str(d) for d in devices))
-        raise ModelLoadError(f"the model's weights are on several devices ({shown}) with no device map to move the data "
-                             "between them: move it onto one device (model.to(...)), or load it with device_map=.")
+        raise ModelLoadError(f"the model's weights are on several devices ({shown}) with no device map to move the "
+                             "data between them: move it onto one device (model.to(...)), or load it with device_map=.")
     first = next(module.parameters()).device
     if first.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError(f"the model is on {first}, which this process cannot reach: move it to a device it sees.")

@@ -81,8 +81,9 @@ class Evaluator:
     ``model``: a ``torch.nn.Module`` causal LM on any device and dtype, wrapped in DDP,
     FSDP or ``torch.compile`` or not; ``tokenizer``: its tokenizer; ``dataset``: what
     ``-d`` takes (a file, a saved dataset, a hub id; None: the built-in sample), a list of
-    them (labelled by file name) or a mapping of labels to them; ``settings``: `EvalConfig` fields (``max_length=1024``, ``protocol="lm-eval"``,
-    ``limit=200``, ``calibration=True``...; ``log_to=["mlflow"]`` logs every call). Refuses
+    them (labelled by file name) or a mapping of labels to them; ``settings``: `EvalConfig`
+    fields (``max_length=1024``, ``protocol="lm-eval"``, ``limit=200``, ``calibration=True``,
+    ``output="eval-{step}.json"``...; ``log_to=["mlflow"]`` logs every call). Refuses
     bad input with one `LlevalError` line, the model untouched. Use it as a context manager,
     or call `close`, to finish the trackers' runs.
     """
