@@ -23,14 +23,19 @@ SECRET = "lleval-test-secret-api-key-7f3a9c"
 
 
 @pytest.fixture(autouse=True)
-def _tracker_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def _tracker_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No tracker server or account of the machine's: MLflow's store is lleval's SQLite
-    default, W&B runs offline (with a key set, which must never be written)."""
+    default, W&B runs offline (with a key set, which must never be written), and what either
+    keeps beside a run (MLflow's default artifact folder ./mlruns, W&B's cache and settings)
+    goes to the test's folder, not the checkout's or the home's."""
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "WANDB_DIR", "WANDB_PROJECT"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_API_KEY", SECRET)
     monkeypatch.setenv("WANDB_SILENT", "true")
+    for name in ("WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR"):
+        monkeypatch.setenv(name, str(tmp_path / "wandb-home" / name.lower()))
+    monkeypatch.chdir(tmp_path)
 
 
 def run(args: list[str]) -> Any:
