@@ -241,6 +241,8 @@ TYPED: list[tuple[list[str], str, Any]] = [
     (["--save-reference", "ref.parquet"], "save_reference", "ref.parquet"),
     (["--reference-top-k", "8"], "reference_top_k", 8),
     (["--reference", "ref.parquet"], "reference", "ref.parquet"),
+    (["--log-to", "tensorboard", "--log-to", "mlflow"], "log_to", ("tensorboard", "mlflow")),
+    (["--log-dir", "runs"], "log_dir", "runs"),
 ]
 # what score alone shows of its tokens, or saves for a later kld
 SCORE_ONLY = {"token_stats", "html_docs", "membership", "min_k", "calibration", "save_reference",

@@ -1,6 +1,7 @@
 """lleval: exact, fast log-likelihood and perplexity of causal LMs on text datasets.
 
-Public API: `evaluate` (a score run, returns a `Report`), `kl_divergence`
+Public API: `evaluate` (a score run, returns a `Report`), `Evaluator` (a model a
+training loop holds, scored at each call on data read once), `kl_divergence`
 (returns a `KLReport`), `compare_files` (returns a `ComparisonReport`),
 `EvalConfig` and `LoadedModel`. Heavy modules (torch, transformers) load
 only when first used, so ``import lleval`` and ``lleval --help`` stay fast.
@@ -15,6 +16,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "evaluate": "lleval.commands.score",
+    "Evaluator": "lleval.commands.evaluator",
     "LoadedModel": "lleval.backends.base",
     "EvalConfig": "lleval.config",
     "Report": "lleval.report.score",

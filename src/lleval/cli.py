@@ -25,7 +25,7 @@ import click
 from lleval import __version__
 from lleval.config import COMPARE_METRICS, DEFAULT_HTML_DOCS, DTYPES, FORMATS, EvalConfig
 from lleval.options import (CONFIG_FILE_KEY, Resamples, SectionedGroup, SectionOption, config_from_flags,
-                            config_options, origin_of)
+                            config_options, origin_of, setting_options)
 
 if TYPE_CHECKING:
     from lleval.runner.progress import ScoringProgress
@@ -90,7 +90,7 @@ def score(**flags: Any) -> None:
         from lleval.commands.score import evaluate
 
         report = _with_progress(config, evaluate, config, should_stop=interrupts.should_stop)
-        failed = _deliver(report, config.output, config.format)
+        failed = _deliver(report, config.output, config.format, _log(report, config, "score"))
     if interrupts.signum is not None:
         what = "after the run had finished: the report is complete" if report.complete else "report marked incomplete"
         click.echo(f"stopped by signal {interrupts.signum}: {what}", err=True)
@@ -112,7 +112,7 @@ def _score_suite(flags: dict[str, Any], models: tuple[str, ...], datasets: tuple
     _call(check_suite, suite, config, _config_file())
     with _command_scope(config.quiet), _Interrupts() as interrupts:
         report = _with_progress(config, run_suite, suite, config, should_stop=interrupts.should_stop)
-        failed = _deliver(report, config.output, config.format)
+        failed = _deliver(report, config.output, config.format, _log(report, config, "suite"))
     if interrupts.signum is not None:
         click.echo(f"stopped by signal {interrupts.signum}: suite report marked incomplete", err=True)
         sys.exit(128 + interrupts.signum)
@@ -164,7 +164,7 @@ def kld(base_model: str | None, base_dtype: str | None, dataset_argument: str | 
 
         base = None if config.reference else base_model or config.model  # --reference: the base is the file
         result = _with_progress(config, kl_divergence, config, base, base_dtype=base_dtype)
-        failed = _deliver(result, config.output, config.format)
+        failed = _deliver(result, config.output, config.format, _log(result, config, "kld"))
     if failed:
         sys.exit(1)
 
@@ -199,10 +199,11 @@ def kld(base_model: str | None, base_dtype: str | None, dataset_argument: str | 
 @click.option("--only-common", is_flag=True, default=False,
               help="Two suite reports whose cells differ (a dataset or a model missing from one): compare only "
                    "the cells both have (default: refused, exit 2, naming what each lacks).")
+@setting_options("compare")
 def compare(base: str, candidates: tuple[str, ...], max_regression: float | None, require_significant: bool,
             metric: str, bootstrap: int, seed: int, format: str, summary: bool, output: str | None,
             junit: str | None, top_documents: int, html: str | None, cell: str | None,
-            only_common: bool) -> None:
+            only_common: bool, log_to: tuple[str, ...], log_dir: str | None) -> None:
     """Compare score reports of candidates against a base on the same texts.
 
     Suite reports are compared dataset by dataset (cells matched by dataset
@@ -229,10 +230,15 @@ def compare(base: str, candidates: tuple[str, ...], max_regression: float | None
     summary_file = _summary_file() if summary else None
     _check_compare_paths(base, candidates, {"--output": output, "--html": html, "--summary": summary_file,
                                             "--junit": junit})
+    tracking = _compare_tracking(log_to, log_dir, html)
     result = _call(compare_report_files, base, list(candidates), max_regression_pct=max_regression,
                    require_significant=require_significant, n_resamples=bootstrap, seed=seed,
                    top_documents=top_documents, cell=cell, metric=metric, only_common=only_common)
     earlier = _compare_files(result, html, summary_file, junit)
+    earlier += _log(result, tracking, "compare", {"base": base, "candidates": list(candidates), "cell": cell,
+                                                  "max_regression": max_regression, "bootstrap": bootstrap,
+                                                  "require_significant": require_significant, "seed": seed,
+                                                  "metric": metric, "only_common": only_common})
     failed = _deliver(result, output, format, earlier)
     _compare_messages(result)
     if failed or not result.passed:
@@ -329,6 +335,29 @@ def _inspect_suite(suite: Any, candidate: str | None, document: int | None, wors
 
         _call(write_suite_html, suite, html)
     _deliver(suite, None, format)
+
+
+def _log(result: Any, config: EvalConfig, command: str, params: dict[str, Any] | None = None) -> list[str]:
+    """``--log-to``: the result to each tracker (`lleval.trackers.log_results`) with the run's
+    settings; each tracker that failed is one line, and the command exits 1."""
+    if not config.log_to:
+        return []
+    from lleval.trackers import config_params, log_results
+
+    settings = config_params(config) if params is None else params
+    failed = _call(log_results, result, config.log_to, config.log_dir, f"lleval {command}", settings, config.html)
+    return [str(exc) for exc in failed]
+
+
+def _compare_tracking(log_to: tuple[str, ...], log_dir: str | None, html: str | None) -> EvalConfig:
+    """compare's --log-to and --log-dir (and the page they send), checked as score's are: a
+    missing tracker package is refused before any report is read."""
+    from lleval.preflight import check_trackers
+
+    config = EvalConfig(log_to=log_to, log_dir=log_dir, html=html, origins={"log_to": "flag", "log_dir": "flag"})
+    _call(config.validate)
+    _call(check_trackers, log_to)
+    return config
 
 
 def base_origins() -> dict[str, str]:

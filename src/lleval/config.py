@@ -55,6 +55,14 @@ SECTION_TITLES = {"model": "Model", "base": "Base (kld)", "data": "Data", "suite
                   "statistics": "Statistics", "outputs": "Outputs", "engine": "Engine", "run": "Run control"}
 SECTIONS = tuple(SECTION_TITLES)
 TOKEN_SUFFIXES = (".parquet", ".jsonl")  # what --tokens writes: Parquet, or JSON lines (lleval.report.tokens)
+#: --log-to's trackers (lleval.trackers): each by name -> (the modules it imports, the extra that installs them;
+#: MLflow's SQLite store needs SQLAlchemy and Alembic, which mlflow-skinny leaves out)
+TRACKERS: dict[str, tuple[tuple[str, ...], str]] = {
+    "mlflow": (("mlflow", "sqlalchemy", "alembic"), "mlflow"),
+    "tensorboard": (("tensorboard",), "tensorboard"),
+    "wandb": (("wandb",), "wandb"),
+}
+DEFAULT_LOG_DIR = "lleval-logs"
 
 
 #: ``EvalConfig.origins`` values: ``FLAG`` for a value typed on the command line, ``CONFIG_FILE``
@@ -347,6 +355,17 @@ class EvalConfig:
         (), "suite", "The training step of each --model, in order (repeatable; default: found in the model's "
         "name, such as checkpoint-1000): the suite's report then draws a trend.", multiple=True, metavar="N",
         commands=("score",), resume=RESUME_FREE)
+    # trackers the results also go to (lleval.trackers), and the folder of their local files
+    log_to: tuple[str, ...] = _setting(
+        (), "outputs", "Also log the results to a tracker (repeatable): mlflow (MLFLOW_TRACKING_URI, else a SQLite "
+        "store in --log-dir), wandb (WANDB_MODE=offline works offline), tensorboard (event files in --log-dir). A "
+        "tracker that fails is one line on stderr and exit 1; the other outputs are still written.",
+        multiple=True, types=(list,), choices=tuple(TRACKERS), metavar="NAME", commands=("score", "kld", "compare"),
+        resume=RESUME_FREE)
+    log_dir: str | None = _setting(
+        None, "outputs", f"Folder of the trackers' local files: TensorBoard's event files, MLflow's SQLite store "
+        f"(when MLFLOW_TRACKING_URI is unset), W&B's run folder (when WANDB_DIR is unset). Default: {DEFAULT_LOG_DIR}.",
+        metavar="DIR", commands=("score", "kld", "compare"), resume=RESUME_FREE)
     # where values came from: field -> FLAG, or "config file PATH" (the CLI fills it; a field
     # absent was left at its default or set through the API); for messages and `provenance`.
     # Not a setting, so it takes no part in equality, hashing or checkpoints
@@ -495,6 +514,8 @@ class EvalConfig:
             problems.append(f"{self.flag('token_stats')} adds rank and entropy to --tokens and --html: give one of them")
         if not self.membership and self.min_k != DEFAULT_MIN_K:
             problems.append(f"{self.flag('min_k')} sets the k of the membership scores: give --membership")
+        if self.log_dir is not None and not self.log_to:
+            problems.append(f"{self.flag('log_dir')} is where --log-to's trackers write: give --log-to")
         if self.html is None and self.html_docs != DEFAULT_HTML_DOCS:
             problems.append(f"{self.flag('html_docs')} sets how many documents --html shows: give --html")
         served = self.model is not None and is_url(self.model)
@@ -609,8 +630,10 @@ def range_problem(name: str, value: Any) -> str | None:
     `CHOICES` or `MINIMUMS` (None, "not set", is never out of range); the caller names the
     setting, as a field of `EvalConfig.validate` or a key of a config file."""
     allowed = CHOICES.get(name)
-    if allowed is not None and value is not None and value not in allowed:
-        return f"must be one of {', '.join(allowed)}, got {value!r}"
+    values = value if isinstance(value, (tuple, list)) else (value,)  # a repeatable setting: each value
+    wrong = [v for v in values if v is not None and v not in (allowed or (v,))]
+    if wrong:
+        return f"must be one of {', '.join(allowed or ())}, got {wrong[0]!r}"
     least = MINIMUMS.get(name)
     if least is not None and isinstance(value, (int, float)) and not isinstance(value, bool) and value < least:
         return f"must be at least {least}, got {value}"

@@ -195,10 +195,24 @@ def config_options(command: str) -> Callable[[Any], Any]:
         "--config", type=click.Path(dir_okay=False), callback=load_config, is_eager=True, expose_value=False,
         help="YAML file of defaults for any flag of this command (keys: flag names, each once); flags win.",
         cls=SectionOption, section="run")]
+    return _decorator(options + _setting_options(command))
+
+
+def setting_options(command: str) -> Callable[[Any], Any]:
+    """Decorate a command that builds no `EvalConfig` (compare) with the flags of the fields
+    that name it in their `Setting`'s ``commands`` (--log-to, --log-dir), without ``--config``."""
+    return _decorator(_setting_options(command))
+
+
+def _setting_options(command: str) -> list[Callable[[Any], Any]]:
+    options: list[Callable[[Any], Any]] = []
     for field, how in settings():
         if command in how.commands:
             options += field_options(field, how, field.name in REPEATABLE.get(command, ()))
+    return options
 
+
+def _decorator(options: list[Callable[[Any], Any]]) -> Callable[[Any], Any]:
     def decorate(func: Any) -> Any:
         for option in reversed(options):
             func = option(func)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from lleval.config import DTYPES, EvalConfig
+from lleval.config import DTYPES, TRACKERS, EvalConfig
 from lleval.data.spec import builtin_sample_path, check_spec, data_spec
 from lleval.errors import ConfigError, OutputError
 
@@ -33,6 +33,7 @@ def check_config(config: EvalConfig, extra_inputs: Sequence[tuple[str, str]] = (
     check_distinct(outputs, run_inputs(config) + list(extra_inputs))
     check_finished_files(config)
     check_spec(data_spec(config))
+    check_trackers(config.log_to)
 
 
 #: the outputs written while scoring, a part at a time: a rerun of a finished run cannot write them
@@ -206,3 +207,17 @@ def check_writable(path: str, flag: str = "--output") -> None:
         raise OutputError(f"{flag} {path}: folder {folder} does not exist. Create it or pick another {flag}.")
     if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
         raise OutputError(f"{flag} {path} is not writable: pick another {flag}.")
+
+
+def check_trackers(names: tuple[str, ...] | list[str]) -> None:
+    """Refuse (`ConfigError`) a ``--log-to`` tracker whose packages are not installed, naming
+    the extra that installs them, before any model loads (finding a module imports nothing)."""
+    import importlib.util
+
+    for name in dict.fromkeys(names):
+        modules, extra = TRACKERS.get(name, ((), ""))
+        missing = [module for module in modules if importlib.util.find_spec(module) is None]
+        if missing:
+            raise ConfigError(f"--log-to {name} needs the {' and '.join(missing)} package"
+                              f"{'s' if len(missing) > 1 else ''}, which {'are' if len(missing) > 1 else 'is'} not "
+                              f"installed: pip install 'lleval[{extra}]'.")

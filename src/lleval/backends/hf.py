@@ -476,7 +476,7 @@ def _half(model: Any) -> bool:
     return next(model.parameters()).dtype in (torch.bfloat16, torch.float16)
 
 
-def make_logits_slices(model: Any, float32_head: bool = True) -> Any:
+def make_logits_slices(model: Any, float32_head: bool = True, inference: bool = True) -> Any:
     """A `LogitsSlices` for a transformers causal LM: logits at scored positions, a slice at a time.
 
     For plain-head architectures the decoder runs once, hidden states are
@@ -495,6 +495,10 @@ def make_logits_slices(model: Any, float32_head: bool = True) -> Any:
     A model in bfloat16 or float16 runs its body in that dtype but, with
     ``float32_head`` (the default), the output projection in float32 (see
     `float32_projection`).
+
+    ``inference`` false: under ``torch.no_grad`` rather than inference mode, for a model a
+    training loop goes on training (`lleval.backends.live`): a tensor a module caches in
+    inference mode (a rotary table it recomputes) could not be saved for a later backward.
     """
     import torch
 
@@ -505,7 +509,7 @@ def make_logits_slices(model: Any, float32_head: bool = True) -> Any:
         head = float32_projection(head)
     keeps = "logits_to_keep" in inspect.signature(model.forward).parameters
 
-    @torch.inference_mode()
+    @(torch.inference_mode() if inference else torch.no_grad())
     def slices(
         input_ids: torch.Tensor, attention_mask: torch.Tensor, score_mask: torch.Tensor, per_slice: int
     ) -> Iterator[torch.Tensor]:

@@ -37,7 +37,7 @@ from lleval.runner.replay import PlannedUnits
 from lleval.runner.run import run_job
 from lleval.stopping import heeds_should_stop
 
-__all__ = ["evaluate", "load", "LoadedModel", "Progress", "ScoringProgress", "STATISTICS"]
+__all__ = ["evaluate", "score_job", "load", "LoadedModel", "Progress", "ScoringProgress", "STATISTICS"]
 
 #: Further statistics a score run folds and reports (``statistics.<key>`` in its JSON):
 #: each entry makes the `Statistic` for a config, or None where the run does not ask for it.
@@ -83,6 +83,15 @@ def evaluate(
     job = make_job(inputs, model, protocol)
     if plans is not None:
         job = plans.attach(job)
+    return score_job(job, progress, should_stop, write_page)
+
+
+def score_job(job: Job, progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
+              write_page: bool = True) -> Report:
+    """Score a prepared `Job` with score's reducers and build its `Report`: what `evaluate` does
+    once the job is made, and what `lleval.commands.evaluator.Evaluator` does at each call with
+    a job of its own (a model in memory, units planned once)."""
+    config = job.config
     sums, counts, curve = DocumentSums(), StreamCounts(), ContextCurve()
     statistics = [s for s in (make(config) for make in STATISTICS) if s is not None]
     membership = MembershipScores(config.min_k) if config.membership else None

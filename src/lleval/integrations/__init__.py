@@ -1,0 +1,1 @@
+"""Callbacks that run `lleval.Evaluator` inside the loops of training frameworks (each imports its own)."""
