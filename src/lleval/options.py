@@ -162,19 +162,21 @@ def _click_type(name: str, how: Setting, types: tuple[type, ...]) -> Any:
 REPEATABLE = {"score": ("model", "dataset")}
 
 
-def field_options(field: dataclasses.Field[Any], how: Setting, repeatable: bool = False) -> list[Callable[[Any], Any]]:
+def field_options(field: dataclasses.Field[Any], how: Setting, repeatable: bool = False,
+                  sectioned: bool = True) -> list[Callable[[Any], Any]]:
     """The click option(s) of one field: ``--x/--no-x`` for a boolean, ``--x VALUE`` else, and
     ``--no-x`` beside a flag with an optional value; ``repeatable``: ``--x`` may be given
-    several times (the command gets a tuple)."""
+    several times (the command gets a tuple); ``sectioned`` false: under no section heading."""
+    section = how.section if sectioned else None
     flag = "--" + field.name.replace("_", "-")
     short = [how.short] if how.short else []
     shown: dict[str, Any] = {"show_default": True} if field.default not in (None, ()) else {}
     if isinstance(field.default, bool):
         return [click.option(f"{flag}/--no-{flag[2:]}", *short, default=field.default, help=how.help, **shown,
-                             cls=SectionOption, section=how.section)]
+                             cls=SectionOption, section=section)]
     types = (str,) if how.multiple else FIELD_TYPES[field.name]
     kwargs: dict[str, Any] = {"type": _click_type(field.name, how, types), "metavar": how.metavar,
-                              "multiple": how.multiple or repeatable, "cls": SectionOption, "section": how.section}
+                              "multiple": how.multiple or repeatable, "cls": SectionOption, "section": section}
     if repeatable:
         kwargs["default"] = ()
     if how.flag_value is not None:
@@ -184,7 +186,7 @@ def field_options(field: dataclasses.Field[Any], how: Setting, repeatable: bool 
     if how.flag_value is not None:
         options.append(click.option(f"--no-{flag[2:]}", is_flag=True, default=False, expose_value=False,
                                     callback=_undo, help=f"Turn {flag} off (a config file's {field.name} too).",
-                                    cls=SectionOption, section=how.section))
+                                    cls=SectionOption, section=section))
     return options
 
 
@@ -200,15 +202,16 @@ def config_options(command: str) -> Callable[[Any], Any]:
 
 def setting_options(command: str) -> Callable[[Any], Any]:
     """Decorate a command that builds no `EvalConfig` (compare) with the flags of the fields
-    that name it in their `Setting`'s ``commands`` (--log-to, --log-dir), without ``--config``."""
-    return _decorator(_setting_options(command))
+    that name it in their `Setting`'s ``commands`` (--log-to, --log-dir), without ``--config``; its
+    ``--help`` keeps one list of options (no section headings)."""
+    return _decorator(_setting_options(command, sectioned=False))
 
 
-def _setting_options(command: str) -> list[Callable[[Any], Any]]:
+def _setting_options(command: str, sectioned: bool = True) -> list[Callable[[Any], Any]]:
     options: list[Callable[[Any], Any]] = []
     for field, how in settings():
         if command in how.commands:
-            options += field_options(field, how, field.name in REPEATABLE.get(command, ()))
+            options += field_options(field, how, field.name in REPEATABLE.get(command, ()), sectioned)
     return options
 
 

@@ -52,15 +52,12 @@ def run_loop(
 
     config, dist = job.config, job.inputs.dist
     reducers: dict[str, Any] = {"documents": sums, **(others or {})}
-    checkpointer = Checkpointer(config.checkpoint if dist is None or dist.is_main else None,
-                                config.checkpoint_every, job.fingerprint, job.batching)
+    checkpointer = _checkpointer(job)
     units = _units(job, reducers)
     options = _engine_options(job, len(sums.documents), checkpointer.path is not None)
     engine, started, complete = EngineStats(), time.perf_counter(), True
     done_tokens = sum(d.tokens for d in sums.documents)
-    if progress is not None:
-        progress.stage("tokenizing")  # the first block is read and planned before its first tick
-    meter = ProgressMeter(progress, job.inputs.stats.expected_rows, len(sums.documents), done_tokens)
+    meter = _meter(job, progress, len(sums.documents), done_tokens)
     stream = engine_stream(job.loaded.scorer, units, options, shard=dist)
     part: BlockPart | None = None  # the batches done of the block being scored: a save between batches keeps them
     folding = False  # the reducers are taking a block: a failure now leaves them out of step with each other
@@ -111,6 +108,20 @@ def _engine_options(job: Job, done_rows: int, saves: bool) -> Any:
     return EngineOptions(job.batching, pad_id=job.loaded.pad_id, block_tokens=job.config.block_tokens,
                          skip_rows=done_rows, keep_done=saves and job.inputs.dist is None,
                          resume=None if job.resumed is None else job.resumed.partial)
+
+
+def _checkpointer(job: Job) -> Checkpointer:
+    """The run's checkpointer: rank 0 alone saves (the others ask the same questions of a no-op)."""
+    config, dist = job.config, job.inputs.dist
+    return Checkpointer(config.checkpoint if dist is None or dist.is_main else None, config.checkpoint_every,
+                        job.fingerprint, job.batching)
+
+
+def _meter(job: Job, progress: Progress | None, rows_done: int, tokens_done: int) -> ProgressMeter:
+    """What the progress display is told, starting at the stage before the first tick."""
+    if progress is not None:
+        progress.stage("tokenizing")  # the first block is read and planned before its first tick
+    return ProgressMeter(progress, job.inputs.stats.expected_rows, rows_done, tokens_done)
 
 
 def _units(job: Job, reducers: dict[str, Any]) -> Iterator[Unit]:
