@@ -97,7 +97,7 @@ def test_compare_and_inspect_keep_one_list_of_options() -> None:
 def test_the_sections_of_the_specs_are_unchanged_by_the_headings() -> None:
     """Moving flags between headings must not move them between the model's and the data's
     specs: those sections are what ModelSpec and DataSpec are built from."""
-    from lleval.backends.hf import ModelSpec
+    from lleval.backends.base import ModelSpec
     from lleval.data.spec import DataSpec
 
     config = EvalConfig()
