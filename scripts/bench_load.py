@@ -76,10 +76,15 @@ def import_models():
     from transformers import AutoTokenizer  # noqa: F401
     spent["imports"] = T() - start
 from lleval.backends import model_cache
-timed(hf, "_cached_conversion", "cache check")
+def step(old, module, name):  # a backend step: hf.py's own (an older tree), else the hf/ module that looks it up
+    if hasattr(hf, old):
+        return hf, old
+    import importlib
+    return importlib.import_module(f"lleval.backends.hf.{module}"), name
+timed(*step("_cached_conversion", "backend", "cached_conversion"), "cache check")
 timed(model_cache.Verification, "passed", "hash wait")
-timed(hf, "_load_tokenizer", "tokenizer+")
-timed(hf, "_load_model", "weights+")
+timed(*step("_load_tokenizer", "pretrained", "_load_tokenizer"), "tokenizer+")
+timed(*step("_load_model", "backend", "_load_model"), "weights+")
 real_open = hf.open_model
 def open_model(spec):
     import_models()

@@ -20,7 +20,8 @@ import torch
 from lleval.commands.score import load
 from lleval.config import EvalConfig
 from lleval.commands.kld import kl_divergence
-from lleval.backends.hf import make_logits_slices, slice_positions
+from lleval.backends.base import slice_positions
+from lleval.backends.hf import make_logits_slices
 from lleval.engine.kernels import scorer_from_slices
 
 

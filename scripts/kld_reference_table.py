@@ -29,7 +29,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from lleval.backends.hf import make_logits_slices, slice_positions
+from lleval.backends.base import slice_positions
+from lleval.backends.hf import make_logits_slices
 from lleval.commands.kld import kl_divergence
 from lleval.commands.score import evaluate, load
 from lleval.config import DEFAULT_REFERENCE_TOP_K, EvalConfig

@@ -182,7 +182,7 @@ def test_provenance_gives_each_set_value_and_its_origin() -> None:
 
 
 def test_each_setting_is_in_one_section_named_as_its_spec_names_it() -> None:
-    from lleval.backends.hf import ModelSpec
+    from lleval.backends.base import ModelSpec
     from lleval.config import SECTIONS
     from lleval.data.spec import DataSpec
 

@@ -97,7 +97,7 @@ def test_compare_and_inspect_keep_one_list_of_options() -> None:
 def test_the_sections_of_the_specs_are_unchanged_by_the_headings() -> None:
     """Moving flags between headings must not move them between the model's and the data's
     specs: those sections are what ModelSpec and DataSpec are built from."""
-    from lleval.backends.hf import ModelSpec
+    from lleval.backends.base import ModelSpec
     from lleval.data.spec import DataSpec
 
     config = EvalConfig()
@@ -277,3 +277,20 @@ def test_how_it_works_names_every_module_in_its_folders_row() -> None:
     top = rows.get("top level", "") + rows.get("cli.py", "") + "`cli.py`"
     missing += [p.name for p in sorted(src.glob("*.py")) if f"`{p.name}`" not in top]
     assert rows and not missing, missing
+
+
+def test_how_it_works_names_every_module_of_a_package_inside_a_folder() -> None:
+    """The check above reads a folder's own modules only: a package inside a stage folder
+    (``backends/hf/``) is named in its folder's row as ``hf/``, and each of its modules after it."""
+    rows = {}
+    for line in (ROOT / "docs" / "how-it-works.md").read_text(encoding="utf-8").split("\n"):
+        if (m := re.match(r"^\| [\d-]+ \| `(\w+)/` \|(.*)$", line)):
+            rows[m.group(1)] = m.group(2)
+    packages = [init.parent for init in sorted((ROOT / "src" / "lleval").glob("*/*/__init__.py"))]
+    assert packages  # backends/hf/ at least
+    missing = []
+    for package in packages:
+        _, found, after = rows.get(package.parent.name, "").partition(f"`{package.name}/`")
+        missing += [f"{package.parent.name}/{package.name}/{p.name}" for p in sorted(package.glob("*.py"))
+                    if p.name != "__init__.py" and (not found or f"`{p.name}`" not in after)]
+    assert not missing, missing

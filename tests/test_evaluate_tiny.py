@@ -80,7 +80,7 @@ def test_llama_plain_head_path_equals_full_logits(tiny_llama_dir: Path, tmp_path
 
 
 def test_generic_head_path_equals_plain(tiny_model_dir: Path, tiny_loaded: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import lleval.backends.hf as model_mod
+    import lleval.backends.hf.logits as model_mod
     from lleval.commands.score import load
 
     data = _jsonl(tmp_path, [t[:300] for t in TEXTS[:4]])
@@ -140,13 +140,13 @@ def test_tokenizer_checks_fail_before_the_weights_load(tiny_model_dir: Path, tmp
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """A --prefix-token outside the vocabulary, or --max-length past the model's positions,
     is found from the tokenizer and config alone: the weights are never loaded."""
-    import lleval.backends.hf
+    import lleval.backends.hf.backend
     from lleval.errors import ConfigError
 
     def no_weights(*args: Any) -> Any:
         raise AssertionError("weights loaded before the flags were checked")
 
-    monkeypatch.setattr(lleval.backends.hf, "load_weights", no_weights)
+    monkeypatch.setattr(lleval.backends.hf.backend, "load_weights", no_weights)
     data = _jsonl(tmp_path, ["a short text"])
     with pytest.raises(ConfigError, match="not in the tokenizer's vocabulary"):
         evaluate(EvalConfig(model=str(tiny_model_dir), dataset=data, prefix_token="99999"))
@@ -158,7 +158,7 @@ def test_kld_compares_tokenizers_before_the_weights_load(tiny_model_dir: Path, t
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
 
-    import lleval.backends.hf
+    import lleval.backends.hf.backend
     from lleval.errors import ConfigError
     from lleval.commands.kld import kl_divergence
     from transformers import AutoTokenizer
@@ -168,7 +168,7 @@ def test_kld_compares_tokenizers_before_the_weights_load(tiny_model_dir: Path, t
     tokenizer = AutoTokenizer.from_pretrained(other)
     tokenizer.add_tokens(["<|extra|>"])
     tokenizer.save_pretrained(other)
-    monkeypatch.setattr(lleval.backends.hf, "load_weights", lambda *a: (_ for _ in ()).throw(AssertionError("loaded")))
+    monkeypatch.setattr(lleval.backends.hf.backend, "load_weights", lambda *a: (_ for _ in ()).throw(AssertionError("loaded")))
     with pytest.raises(ConfigError, match="tokenizers .* differ"):
         kl_divergence(EvalConfig(model=str(tiny_model_dir), dataset=_jsonl(tmp_path, ["text"])), str(other))
 

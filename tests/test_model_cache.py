@@ -59,7 +59,8 @@ def test_cached_load_gives_bit_identical_logprobs(tiny_gguf: Path, cache: Path, 
 
 
 def _weights(dtype: str, gguf: Path) -> tuple[dict[str, Any], dict[str, Any], str | None]:
-    from lleval.backends.hf import ModelSpec, load
+    from lleval.backends.base import ModelSpec
+    from lleval.backends.hf import load
 
     loaded = load(ModelSpec(name=str(gguf), dtype=dtype, device="cpu"))
     return dict(loaded.model.named_parameters()), dict(loaded.model.named_buffers()), loaded.info.cache
@@ -384,7 +385,8 @@ def _cached_tokenizer_check(gguf: Path, monkeypatch: pytest.MonkeyPatch) -> tupl
     entry, the files transformers' Python opened while loading it, and the entry."""
     import transformers.tokenization_utils_base as base
 
-    from lleval.backends.hf import ModelSpec, load, open_model
+    from lleval.backends.base import ModelSpec
+    from lleval.backends.hf import load, open_model
 
     direct = load(ModelSpec(name=str(gguf), cache=False)).tokenizer
     assert load(ModelSpec(name=str(gguf))).info.cache == "stored"

@@ -190,7 +190,7 @@ VOCAB = 320  # the tiny tokenizer's vocabulary
 
 
 def _fake(logits: Any) -> Any:
-    from lleval.backends.hf import LoadedModel, ModelInfo
+    from lleval.backends.base import LoadedModel, ModelInfo
     from transformers import AutoTokenizer
 
     from conftest import TINY_TOKENIZER

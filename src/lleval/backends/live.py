@@ -2,7 +2,7 @@
 
 `open_live` checks the module once, when the evaluator is built, and `LiveModel.loaded`
 makes a fresh `LoadedModel` at every call, so the scorer reads the weights as they are
-now (a bf16 model's float32 head copy, `lleval.backends.hf.float32_projection`, is made
+now (a bf16 model's float32 head copy, `lleval.backends.hf.logits.float32_projection`, is made
 again from the current head). What it accepts and what it refuses (one `ModelLoadError`
 line each, the module untouched):
 
@@ -51,10 +51,10 @@ class LiveModel:
     @property
     def max_positions(self) -> int | None:
         """The longest input its config names, when it has one."""
-        from lleval.backends.hf import _max_positions
+        from lleval.backends.hf.pretrained import max_positions
 
         config = getattr(self.module, "config", None)
-        return None if config is None else _max_positions(config)
+        return None if config is None else max_positions(config)
 
     def loaded(self) -> LoadedModel:
         """A `LoadedModel` over the weights as they are now, where they are now (a loop may have
@@ -62,14 +62,15 @@ class LiveModel:
         return dataclasses.replace(self, device=_device(self.module))._loaded()
 
     def _loaded(self) -> LoadedModel:
-        from lleval.backends import hf
+        from lleval.backends.hf import logits
+        from lleval.backends.hf.placement import free_memory
         from lleval.engine.kernels import scorer_from_slices
 
         module, tokenizer = self.module, self.tokenizer
         if self.hf and not self.sharded:
-            slices = hf.make_logits_slices(module, self.float32_head, inference=False)
-            head = "float32" if self.float32_head and hf._half(module) and hf.has_plain_head(module) else None
-            bytes_per_token = hf.activation_bytes_per_token(module)
+            slices = logits.make_logits_slices(module, self.float32_head, inference=False)
+            head = "float32" if self.float32_head and logits.is_half(module) and logits.has_plain_head(module) else None
+            bytes_per_token = logits.activation_bytes_per_token(module)
         else:
             slices, head, bytes_per_token = self._forward_slices(), None, None
         parameters = list(module.parameters())
@@ -81,7 +82,7 @@ class LiveModel:
         accelerator = self.device.type == "cuda"
         return LoadedModel(scorer_from_slices(slices, slice_positions(self.vocab)), tokenizer, info, int(pad or 0),
                            module, slices, self.vocab, bytes_per_token, accelerator=accelerator,
-                           free_memory=hf._free_memory(str(self.device)) if accelerator else None)
+                           free_memory=free_memory(str(self.device)) if accelerator else None)
 
     def _forward_slices(self) -> Any:
         """Logits slices from the module's own forward (FSDP, or a module that is not a

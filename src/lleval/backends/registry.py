@@ -8,7 +8,8 @@ id, comes last.
 
 from __future__ import annotations
 
-from lleval.backends import hf, served
+from lleval.backends import served
+from lleval.backends.hf import backend as hf
 from lleval.backends.base import Backend, LoadedModel, ModelSpec, OpenedModel
 from lleval.errors import ConfigError
 

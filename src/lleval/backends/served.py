@@ -515,7 +515,7 @@ def _max_model_len(served: dict[str, Any], endpoint: Endpoint) -> int | None:
 
 def _tokenizer(spec: ModelSpec, served: dict[str, Any]) -> Any:
     """``--tokenizer``, else the served model's folder when it is on this machine."""
-    from lleval.backends.hf import load_tokenizer
+    from lleval.backends.hf.pretrained import load_tokenizer
 
     if spec.tokenizer is not None:
         return load_tokenizer(spec.tokenizer)

@@ -104,7 +104,7 @@ def slices_from_logits(logits_fn: Callable[[torch.Tensor, torch.Tensor], torch.T
     """Adapt a ``(input_ids, attention_mask) -> (B, T, V) logits`` callable to `LogitsSlices`.
 
     Meant for fakes and tiny models in tests: it holds full logits, which the
-    real model path (`lleval.backends.hf`) never does.
+    real model path (`lleval.backends.hf.logits`) never does.
     """
 
     def slices(
