@@ -24,7 +24,7 @@ import click
 
 from lleval import __version__
 from lleval.config import COMPARE_METRICS, DEFAULT_HTML_DOCS, DTYPES, FORMATS, EvalConfig
-from lleval.options import (CONFIG_FILE_KEY, Resamples, SectionedGroup, SectionOption, config_from_flags,
+from lleval.cli.options import (CONFIG_FILE_KEY, Resamples, SectionedGroup, SectionOption, config_from_flags,
                             config_options, origin_of, setting_options)
 
 if TYPE_CHECKING:
