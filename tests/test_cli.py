@@ -365,7 +365,7 @@ def test_a_command_leaves_the_callers_process_as_it_was(tiny_model_dir: Path, tm
         main(["score", "--model", str(tiny_model_dir), "-d", str(data), "--format", "json", "-o",
               str(tmp_path / "r.json"), *extra], standalone_mode=False)
         assert state() == before
-    assert capped_by == ["lleval.cli", "lleval.cli"]  # by the CLI, once a command; never by the library
+    assert capped_by == ["lleval.cli.scope", "lleval.cli.scope"]  # by the CLI, once a command; never by the library
 
 
 def _undoable() -> list[tuple[str, str]]:
@@ -400,9 +400,9 @@ def test_the_progress_line_fits_an_80_column_terminal() -> None:
     from rich.console import Console
 
     from lleval.runner.progress import ScoringProgress
-    from lleval.cli import _StderrProgress
+    from lleval.cli.progress import StderrProgress
 
-    progress = _StderrProgress(Console(file=io.StringIO(), width=80))
+    progress = StderrProgress(Console(file=io.StringIO(), width=80))
     progress.stage("scoring")
     progress.update(ScoringProgress(312, 1500, 61_440, 131_072, False, 51.0, 312, 61_440))
     screen = Console(file=io.StringIO(), width=80, color_system=None)

@@ -11,52 +11,25 @@ checked every flag, so ``lleval --help`` and a refused flag are fast.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import sys
-import traceback
-import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any
 
 import click
 
 from lleval import __version__
+from lleval.cli.calls import InputProblem, call
+from lleval.cli.checks import check_early, check_paths, config_file
+from lleval.cli.deliver import deliver, log_result, try_output
+from lleval.cli.options import (Resamples, SectionedGroup, SectionOption, config_from_flags, config_options,
+                                origin_of, setting_options)
+from lleval.cli.progress import with_progress
+from lleval.cli.scope import Interrupts, command_scope
 from lleval.config import COMPARE_METRICS, DEFAULT_HTML_DOCS, DTYPES, FORMATS, EvalConfig
-from lleval.cli.options import (CONFIG_FILE_KEY, Resamples, SectionedGroup, SectionOption, config_from_flags,
-                            config_options, origin_of, setting_options)
-
-if TYPE_CHECKING:
-    from lleval.runner.progress import ScoringProgress
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-class InputProblem(click.ClickException):
-    """Input the user must fix (a path, a value, a file's contents): exit code 2."""
-
-    exit_code = 2
-
-
-class RunFailure(click.ClickException):
-    """A failure while running (or a bug): exit code 1."""
-
-    exit_code = 1
-
-
-def _check_early(config: EvalConfig) -> None:
-    """Every check that needs neither the model nor the data's contents, before torch,
-    transformers and datasets are imported (seconds)."""
-    from lleval.preflight import check_config
-
-    _call(check_config, config, _config_file())
-
-
-def _config_file() -> list[tuple[str, str]]:
-    """The ``--config`` file the command read, as an input no output may be written over."""
-    path = click.get_current_context().meta.get(CONFIG_FILE_KEY)
-    return [("--config", path)] if path else []
 
 
 @click.group(cls=SectionedGroup, context_settings=CONTEXT_SETTINGS)
@@ -85,12 +58,12 @@ def score(**flags: Any) -> None:
         return _score_suite(flags, models, datasets)
     config = config_from_flags({**flags, "model": models[0] if models else None,
                                 "dataset": datasets[0] if datasets else None})
-    _check_early(config)
-    with _command_scope(config.quiet), _Interrupts() as interrupts:
+    check_early(config)
+    with command_scope(config.quiet), Interrupts() as interrupts:
         from lleval.commands.score import evaluate
 
-        report = _with_progress(config, evaluate, config, should_stop=interrupts.should_stop)
-        failed = _deliver(report, config.output, config.format, _log(report, config, "score"))
+        report = with_progress(config, evaluate, config, should_stop=interrupts.should_stop)
+        failed = deliver(report, config.output, config.format, log_result(report, config, "score"))
     if interrupts.signum is not None:
         what = "after the run had finished: the report is complete" if report.complete else "report marked incomplete"
         click.echo(f"stopped by signal {interrupts.signum}: {what}", err=True)
@@ -107,12 +80,12 @@ def _score_suite(flags: dict[str, Any], models: tuple[str, ...], datasets: tuple
     config = config_from_flags({**flags, "model": None, "dataset": None})
     from lleval.commands.suite import check_suite, run_suite, suite_for
 
-    _call(config.validate)
-    suite = _call(suite_for, config, models, datasets)
-    _call(check_suite, suite, config, _config_file())
-    with _command_scope(config.quiet), _Interrupts() as interrupts:
-        report = _with_progress(config, run_suite, suite, config, should_stop=interrupts.should_stop)
-        failed = _deliver(report, config.output, config.format, _log(report, config, "suite"))
+    call(config.validate)
+    suite = call(suite_for, config, models, datasets)
+    call(check_suite, suite, config, config_file())
+    with command_scope(config.quiet), Interrupts() as interrupts:
+        report = with_progress(config, run_suite, suite, config, should_stop=interrupts.should_stop)
+        failed = deliver(report, config.output, config.format, log_result(report, config, "suite"))
     if interrupts.signum is not None:
         click.echo(f"stopped by signal {interrupts.signum}: suite report marked incomplete", err=True)
         sys.exit(128 + interrupts.signum)
@@ -157,14 +130,14 @@ def kld(base_model: str | None, base_dtype: str | None, dataset_argument: str | 
     config = dataclasses.replace(config, origins={**config.origins, **base_origins()})
     from lleval.preflight import check_kld
 
-    _call(check_kld, config, base_dtype, base_model)
-    _check_early(config)
-    with _command_scope(config.quiet):
+    call(check_kld, config, base_dtype, base_model)
+    check_early(config)
+    with command_scope(config.quiet):
         from lleval.commands.kld import kl_divergence
 
         base = None if config.reference else base_model or config.model  # --reference: the base is the file
-        result = _with_progress(config, kl_divergence, config, base, base_dtype=base_dtype)
-        failed = _deliver(result, config.output, config.format, _log(result, config, "kld"))
+        result = with_progress(config, kl_divergence, config, base, base_dtype=base_dtype)
+        failed = deliver(result, config.output, config.format, log_result(result, config, "kld"))
     if failed:
         sys.exit(1)
 
@@ -231,15 +204,15 @@ def compare(base: str, candidates: tuple[str, ...], max_regression: float | None
     _check_compare_paths(base, candidates, {"--output": output, "--html": html, "--summary": summary_file,
                                             "--junit": junit})
     tracking = _compare_tracking(log_to, log_dir, html)
-    result = _call(compare_report_files, base, list(candidates), max_regression_pct=max_regression,
+    result = call(compare_report_files, base, list(candidates), max_regression_pct=max_regression,
                    require_significant=require_significant, n_resamples=bootstrap, seed=seed,
                    top_documents=top_documents, cell=cell, metric=metric, only_common=only_common)
     earlier = _compare_files(result, html, summary_file, junit)
-    earlier += _log(result, tracking, "compare", {"base": base, "candidates": list(candidates), "cell": cell,
+    earlier += log_result(result, tracking, "compare", {"base": base, "candidates": list(candidates), "cell": cell,
                                                   "max_regression": max_regression, "bootstrap": bootstrap,
                                                   "require_significant": require_significant, "seed": seed,
                                                   "metric": metric, "only_common": only_common})
-    failed = _deliver(result, output, format, earlier)
+    failed = deliver(result, output, format, earlier)
     _compare_messages(result)
     if failed or not result.passed:
         sys.exit(1)
@@ -251,9 +224,9 @@ def _compare_files(result: Any, html: str | None, summary_file: str | None, juni
     from lleval.report.ci import write_junit
     from lleval.report.html import write_compare_html
 
-    return ((_try_output(write_compare_html, result, html) if html else [])
-            + (_try_output(_append_summary, summary_file, result.render_markdown()) if summary_file else [])
-            + (_try_output(write_junit, result, junit) if junit else []))
+    return ((try_output(write_compare_html, result, html) if html else [])
+            + (try_output(_append_summary, summary_file, result.render_markdown()) if summary_file else [])
+            + (try_output(write_junit, result, junit) if junit else []))
 
 
 def _compare_messages(result: Any) -> None:
@@ -314,14 +287,14 @@ def inspect(tokens: str, candidate: str | None, document: int | None, worst: int
     if html is None and html_docs != DEFAULT_HTML_DOCS:
         raise click.UsageError("--html-docs sets how many documents --html shows: give --html.")
     if html is not None:
-        _check_paths([("--html", html)], [("TOKENS", tokens)])
-    suite = _call(read_suite, tokens)
+        check_paths([("--html", html)], [("TOKENS", tokens)])
+    suite = call(read_suite, tokens)
     if suite is not None:
         return _inspect_suite(suite, candidate, document, worst, html, html_docs, format)
-    result = _call(inspect_tokens, tokens, candidate, document=document, worst=worst, span=span)
+    result = call(inspect_tokens, tokens, candidate, document=document, worst=worst, span=span)
     if html:
-        _call(write_tokens_html, tokens, html, html_docs)
-    _deliver(result, None, format)
+        call(write_tokens_html, tokens, html, html_docs)
+    deliver(result, None, format)
 
 
 def _inspect_suite(suite: Any, candidate: str | None, document: int | None, worst: int | None, html: str | None,
@@ -333,20 +306,8 @@ def _inspect_suite(suite: Any, candidate: str | None, document: int | None, wors
     if html:
         from lleval.report.suite_html import write_suite_html
 
-        _call(write_suite_html, suite, html)
-    _deliver(suite, None, format)
-
-
-def _log(result: Any, config: EvalConfig, command: str, params: dict[str, Any] | None = None) -> list[str]:
-    """``--log-to``: the result to each tracker (`lleval.trackers.log_results`) with the run's
-    settings; each tracker that failed is one line, and the command exits 1."""
-    if not config.log_to:
-        return []
-    from lleval.trackers import config_params, log_results
-
-    settings = config_params(config) if params is None else params
-    failed = _call(log_results, result, config.log_to, config.log_dir, f"lleval {command}", settings, config.html)
-    return [str(exc) for exc in failed]
+        call(write_suite_html, suite, html)
+    deliver(suite, None, format)
 
 
 def _compare_tracking(log_to: tuple[str, ...], log_dir: str | None, html: str | None) -> EvalConfig:
@@ -355,8 +316,8 @@ def _compare_tracking(log_to: tuple[str, ...], log_dir: str | None, html: str | 
     from lleval.preflight import check_trackers
 
     config = EvalConfig(log_to=log_to, log_dir=log_dir, html=html, origins={"log_to": "flag", "log_dir": "flag"})
-    _call(config.validate)
-    _call(check_trackers, log_to)
+    call(config.validate)
+    call(check_trackers, log_to)
     return config
 
 
@@ -366,18 +327,6 @@ def base_origins() -> dict[str, str]:
     ctx = click.get_current_context()
     pairs = (("base_model", "base"), ("base_dtype", "base_dtype"))
     return {name: origin for param, name in pairs if (origin := origin_of(ctx, param)) is not None}
-
-
-def _try_output(write: Any, *args: Any) -> list[str]:
-    """Write one output; its failure (a typed error, one line) is returned, not raised, so the
-    other outputs are still written and stdout still gets the result; the command exits 1."""
-    from lleval.errors import LlevalError
-
-    try:
-        write(*args)
-    except LlevalError as exc:
-        return [str(exc)]
-    return []
 
 
 def entry() -> None:
@@ -399,159 +348,6 @@ def entry() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code or 0)
-
-
-def _deliver(result: Any, output: str | None, format: str, earlier: list[str] | None = None) -> list[str]:
-    """Rank 0 writes the result's JSON to ``output`` and renders it on stdout, even when
-    an output failed: each failure (``earlier`` ones, the library's, then ``output``'s) is
-    one line on stderr after the result, and returned so the command exits 1."""
-    if not _is_main_rank():
-        return []
-    from lleval.report.output import write_report
-
-    failures = list(earlier or []) + [str(exc) for exc in getattr(result, "failed_outputs", [])]
-    if output:
-        failures += _try_output(write_report, result, output)
-    if format == "json":
-        click.echo(result.to_json(), nl=False)
-    elif format == "markdown":
-        click.echo(result.render_markdown(), nl=False)
-    else:
-        result.render_table(stdout_console())
-    for failure in failures:
-        click.echo(f"Error: {failure}", err=True)
-    return failures
-
-
-LOG_WIDTH = 10_000  # columns of stdout when it is not a terminal: no table is narrower than its cells
-
-
-def stdout_console() -> Any:
-    """The console tables are rendered on: the terminal's own width on a terminal, else
-    (a CI log, a pipe, a file) `LOG_WIDTH` columns.
-
-    rich lays out a stdout that is not a terminal on 80 columns, and `compare`'s
-    table of eight columns then cuts its cells to ``candid…``, ``[-0.13…`` and
-    ``REGRES…``: a CI log lost the verdict. A table is only as wide as its
-    cells, so the wide console changes nothing else but that long notes and
-    documents stay on one line each.
-    """
-    from rich.console import Console
-
-    console = Console(markup=False)  # paths and names such as "[v2] run" are text, not rich markup
-    return console if console.is_terminal else Console(width=LOG_WIDTH, markup=False)
-
-
-# Read by tqdm, transformers and huggingface_hub when torch first imports them: no foreign
-# progress bars, such as transformers' GGUF conversion bar, on lleval's stderr.
-QUIET_ENVIRONMENT = {"TQDM_DISABLE": "1", "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
-
-
-@contextlib.contextmanager
-def _command_scope(quiet: bool) -> Iterator[None]:
-    """What a scoring command changes in its process, for its run only: the environment
-    libraries read on import, warnings, the libraries' logs and progress bars, all put back
-    when the command returns (a caller that runs the CLI in its own process, tests and
-    notebooks, keeps its settings). And torch's threads, capped at the CPUs this process may
-    use (`lleval.threads`), which the entry point decides, not the library."""
-    from lleval.threads import cap_torch_threads
-
-    with _environment(QUIET_ENVIRONMENT), _warnings_shown(quiet), _quiet_libraries():
-        cap_torch_threads()
-        yield
-
-
-@contextlib.contextmanager
-def _environment(defaults: dict[str, str]) -> Iterator[None]:
-    """``os.environ`` with ``defaults`` for the variables it does not set, restored afterwards."""
-    added = [name for name in defaults if name not in os.environ]
-    os.environ.update({name: defaults[name] for name in added})
-    try:
-        yield
-    finally:
-        for name in added:
-            os.environ.pop(name, None)
-
-
-@contextlib.contextmanager
-def _warnings_shown(quiet: bool) -> Iterator[None]:
-    """For one command: warnings as one ``warning:`` line on stderr, or not at all with
-    ``--quiet`` (the report's ``notes`` keep what matters). Restored when the command
-    returns."""
-    with warnings.catch_warnings():
-        if quiet:
-            warnings.simplefilter("ignore")
-        else:
-            warnings.showwarning = _show_warning
-        yield
-
-
-@contextlib.contextmanager
-def _quiet_libraries() -> Iterator[None]:
-    """Silence third-party progress bars and logs while a command runs: lleval draws its own
-    progress and turns library errors into one line (warnings: `_warnings_shown`). Each
-    library's verbosity and progress bars are put back afterwards. torch, datasets and
-    transformers are imported here, before the load clock starts, with the garbage collector
-    paused (`lleval.imports.import_frozen`)."""
-    from lleval.imports import import_frozen
-
-    import_frozen("torch", "datasets", "transformers")
-    import datasets
-    import transformers
-
-    hf_log, data_log = transformers.utils.logging, datasets.utils.logging
-    verbosity, data_verbosity = hf_log.get_verbosity(), data_log.get_verbosity()
-    bars, data_bars = hf_log.is_progress_bar_enabled(), datasets.is_progress_bar_enabled()
-    hf_log.set_verbosity_error()
-    hf_log.disable_progress_bar()
-    datasets.disable_progress_bars()
-    data_log.set_verbosity(data_log.CRITICAL)
-    try:
-        yield
-    finally:
-        hf_log.set_verbosity(verbosity)
-        data_log.set_verbosity(data_verbosity)
-        if bars:
-            hf_log.enable_progress_bar()
-        if data_bars:
-            datasets.enable_progress_bars()
-
-
-def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
-    click.echo(f"warning: {message}", err=True)
-
-
-class _StderrProgress:
-    """lleval's one status line on stderr: the stage (``loading model``), then, batch by
-    batch, a bar of tokens scored out of those planned, documents, tokens/s and the time
-    left (`lleval.runner.progress.ScoringProgress`)."""
-
-    def __init__(self, console: Any) -> None:
-        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
-
-        self._progress = Progress(
-            # a short bar and short fields: the whole line fits an 80-column terminal (rich cuts the last columns)
-            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=10), TextColumn("{task.fields[tokens]}"),
-            TextColumn("{task.fields[docs]}"), TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[left]}"),
-            console=console, transient=True,
-        )
-        self._task = self._progress.add_task("starting", total=None, tokens="", docs="", rate="", left="")
-
-    def __enter__(self) -> "_StderrProgress":
-        self._progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._progress.stop()
-
-    def stage(self, text: str) -> None:
-        self._progress.update(self._task, description=f"{text}…")
-
-    def update(self, state: "ScoringProgress") -> None:
-        from lleval.runner.progress import progress_fields
-
-        fields: dict[str, Any] = dict(progress_fields(state))
-        self._progress.update(self._task, completed=state.tokens, total=state.tokens_planned or None, **fields)
 
 
 def _summary_file() -> str:
@@ -582,106 +378,6 @@ def _check_compare_paths(base: str, candidates: tuple[str, ...], outputs: dict[s
     """compare's outputs (``{flag: path}``) must be files of their own: not a report it reads,
     not each other."""
     given = [(flag, path) for flag, path in outputs.items() if path]
-    _check_paths(given, [("BASE", base)] + [("CANDIDATE", c) for c in candidates])
+    check_paths(given, [("BASE", base)] + [("CANDIDATE", c) for c in candidates])
 
 
-def _check_paths(outputs: list[tuple[str, str]], inputs: list[tuple[str, str]]) -> None:
-    """A command's outputs must be files of their own: not a file it reads, not each other."""
-    from lleval.preflight import check_distinct
-
-    _call(check_distinct, outputs, inputs)
-
-
-def _is_main_rank() -> bool:
-    from lleval.engine.distributed import launched_as_main
-
-    return launched_as_main()
-
-
-class _Interrupts:
-    """SIGINT/SIGTERM: the first asks the run to stop after the current batch, or at once
-    while a batch waits on a server (the report is then written with ``complete: false``);
-    a second Ctrl-C exits at once."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, _frame: Any) -> None:
-        import signal
-
-        if self.signum is not None and signum == signal.SIGINT:
-            os._exit(130)
-        self.signum = signum
-
-    def should_stop(self) -> bool:
-        return self.signum is not None
-
-    def __enter__(self) -> "_Interrupts":
-        import signal
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
-        """Put the handlers back; a run that failed once a signal came (a wait on a server cut
-        short while the model loaded: nothing scored) exits as a stopped one, 128 + the signal."""
-        import signal
-
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        if self.signum is not None and isinstance(exc, click.ClickException):
-            exc.show()
-            click.echo(f"stopped by signal {self.signum}", err=True)
-            sys.exit(128 + self.signum)
-
-
-def progress_mode(config: EvalConfig, terminal: bool) -> str:
-    """How stderr shows progress: ``none`` with --quiet, else --progress, where ``auto`` is a
-    bar on a terminal and plain lines elsewhere (a CI log, a pipe, a file)."""
-    if config.quiet:
-        return "none"
-    if config.progress == "auto":
-        return "bar" if terminal else "lines"
-    return config.progress
-
-
-def _with_progress(config: EvalConfig, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run a library call with lleval's progress on stderr (`progress_mode`; rank 0 only)."""
-    from rich.console import Console
-
-    err = Console(stderr=True)
-    mode = progress_mode(config, err.is_terminal) if _is_main_rank() else "none"
-    if mode == "none":
-        return _call(fn, *args, **kwargs)
-    if mode == "lines":
-        from lleval.runner.progress import LineProgress
-
-        with LineProgress(lambda line: click.echo(line, err=True)) as lines:
-            return _call(fn, *args, progress=lines, **kwargs)
-    with _StderrProgress(err) as progress:
-        return _call(fn, *args, progress=progress, **kwargs)
-
-
-def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run a library call; its typed errors become one line and an exit code."""
-    from lleval.errors import LlevalError
-    from lleval.hub import first_line
-
-    try:
-        return fn(*args, **kwargs)
-    except LlevalError as exc:
-        raise (InputProblem if exc.exit_code == 2 else RunFailure)(str(exc)) from None
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
-    except Exception as exc:  # a bug: one line, with the traceback on request
-        if os.environ.get("LLEVAL_DEBUG"):
-            traceback.print_exc()
-        raise RunFailure(
-            f"internal error ({type(exc).__name__}: {first_line(exc)}). Rerun with LLEVAL_DEBUG=1 for the "
-            "traceback and report it."
-        ) from None
