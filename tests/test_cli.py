@@ -255,16 +255,16 @@ COMMANDS = {"score": ["score"], "kld": ["kld", "--base-dtype", "float32"]}
 def parse(monkeypatch: pytest.MonkeyPatch) -> Any:
     """``parse(argv)``: the `EvalConfig` a command builds from its flags (the command stops there),
     or the click result when it stops before (a usage error)."""
-    import lleval.cli as cli
+    from lleval.cli.options import config_from_flags
 
     seen: list[Any] = []
-    real = cli.config_from_flags
 
     def record(*args: Any, **kwargs: Any) -> Any:
-        seen.append(real(*args, **kwargs))
+        seen.append(config_from_flags(*args, **kwargs))
         raise SystemExit(0)
 
-    monkeypatch.setattr(cli, "config_from_flags", record)
+    for command in ("score", "kld"):  # the commands that build an EvalConfig from their flags
+        monkeypatch.setattr(f"lleval.cli.{command}.config_from_flags", record)
 
     def parse(argv: list[str]) -> Any:
         result = run(argv)
