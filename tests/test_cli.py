@@ -368,6 +368,48 @@ def test_a_command_leaves_the_callers_process_as_it_was(tiny_model_dir: Path, tm
     assert capped_by == ["lleval.cli.scope", "lleval.cli.scope"]  # by the CLI, once a command; never by the library
 
 
+@pytest.mark.parametrize("quiet", [False, True])
+def test_a_command_quiets_the_libraries_while_it_runs(monkeypatch: pytest.MonkeyPatch, quiet: bool) -> None:
+    """Inside a command's scope transformers logs errors only, datasets nothing short of
+    critical, neither draws a progress bar, and the environment they read on import says the
+    same; whatever the caller had (here: both chatty, bars on) comes back afterwards."""
+    import logging
+    import os
+
+    import datasets
+    import transformers
+
+    from lleval.cli.scope import QUIET_ENVIRONMENT, command_scope
+
+    hf_log, data_log = transformers.utils.logging, datasets.utils.logging
+    for name in QUIET_ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+
+    def state() -> tuple[Any, ...]:
+        return (hf_log.get_verbosity(), data_log.get_verbosity(), hf_log.is_progress_bar_enabled(),
+                datasets.is_progress_bar_enabled(), {name: os.environ.get(name) for name in QUIET_ENVIRONMENT})
+
+    hf_before, data_before = hf_log.get_verbosity(), data_log.get_verbosity()
+    bars_before = hf_log.is_progress_bar_enabled(), datasets.is_progress_bar_enabled()
+    hf_log.set_verbosity(logging.INFO)
+    data_log.set_verbosity(logging.DEBUG)
+    hf_log.enable_progress_bar()
+    datasets.enable_progress_bars()
+    try:
+        before = state()
+        with command_scope(quiet):
+            inside = state()
+        after = state()
+    finally:
+        hf_log.set_verbosity(hf_before)
+        data_log.set_verbosity(data_before)
+        (hf_log.enable_progress_bar if bars_before[0] else hf_log.disable_progress_bar)()
+        (datasets.enable_progress_bars if bars_before[1] else datasets.disable_progress_bars)()
+    assert before == (logging.INFO, logging.DEBUG, True, True, {name: None for name in QUIET_ENVIRONMENT})
+    assert inside == (logging.ERROR, logging.CRITICAL, False, False, QUIET_ENVIRONMENT)
+    assert after == before
+
+
 def _undoable() -> list[tuple[str, str]]:
     """(command, field) for every field a config file can switch on and a flag off: each boolean,
     and each flag with an optional value (--concat), from the fields' own declarations."""

@@ -65,31 +65,16 @@ def _warnings_shown(quiet: bool) -> Iterator[None]:
 def _quiet_libraries() -> Iterator[None]:
     """Silence third-party progress bars and logs while a command runs: lleval draws its own
     progress and turns library errors into one line (warnings: `_warnings_shown`). Each
-    library's verbosity and progress bars are put back afterwards. torch, datasets and
-    transformers are imported here, before the load clock starts, with the garbage collector
-    paused (`lleval.imports.import_frozen`)."""
+    library's verbosity and progress bars are put back afterwards (`lleval.quiet`:
+    transformers at error level, datasets at critical). torch, datasets and transformers are
+    imported here, before the load clock starts, with the garbage collector paused
+    (`lleval.imports.import_frozen`)."""
     from lleval.imports import import_frozen
+    from lleval.quiet import quiet_datasets, quiet_transformers
 
     import_frozen("torch", "datasets", "transformers")
-    import datasets
-    import transformers
-
-    hf_log, data_log = transformers.utils.logging, datasets.utils.logging
-    verbosity, data_verbosity = hf_log.get_verbosity(), data_log.get_verbosity()
-    bars, data_bars = hf_log.is_progress_bar_enabled(), datasets.is_progress_bar_enabled()
-    hf_log.set_verbosity_error()
-    hf_log.disable_progress_bar()
-    datasets.disable_progress_bars()
-    data_log.set_verbosity(data_log.CRITICAL)
-    try:
+    with quiet_transformers(), quiet_datasets():
         yield
-    finally:
-        hf_log.set_verbosity(verbosity)
-        data_log.set_verbosity(data_verbosity)
-        if bars:
-            hf_log.enable_progress_bar()
-        if data_bars:
-            datasets.enable_progress_bars()
 
 
 def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
