@@ -2,7 +2,7 @@
 
 Each load is a fresh process (``PYTHONPATH`` set to the tree's ``src``) that
 runs ``evaluate`` on the built-in dataset with ``--limit 4`` inside the CLI's
-command scope (``lleval.cli._command_scope``: it imports torch, datasets and
+command scope (``lleval.cli.scope.command_scope``: it imports torch, datasets and
 transformers, as ``lleval score`` does before its load clock starts) and
 prints the report's ``timing.load_seconds``, the process's CPU seconds over
 the same span (``load_cpu``: steadier than wall time on a shared machine) and,
@@ -91,9 +91,12 @@ def open_model(spec):
     return real_open(spec)
 hf.open_model = open_model
 hf.BACKEND.open = open_model
-from lleval.cli import _command_scope
+try:
+    from lleval.cli.scope import command_scope
+except ImportError:  # a tree from before lleval.cli was a package
+    from lleval.cli import _command_scope as command_scope
 start = T()
-with _command_scope(True):
+with command_scope(True):
     spent["start-up"] = T() - start
     report = score.evaluate(EvalConfig(model=sys.argv[1] or None, limit=4, bootstrap=0))
 spent["tokenizer"] = spent.pop("tokenizer+")

@@ -181,7 +181,7 @@ PROFILED = (
     ("    tokenization (encode_with_owners)", "lleval/plan/tokenization.py", "encode_with_owners"),
     ("    scoring (engine_stream)", "lleval/engine/scoring.py", "engine_stream"),
     ("    report, bootstrap (score_report)", "lleval/commands/score.py", "score_report"),
-    ("writing, rendering (_deliver)", "lleval/cli.py", "_deliver"),
+    ("writing, rendering (deliver)", "lleval/cli/deliver.py", "deliver"),
 )
 
 

@@ -255,16 +255,16 @@ COMMANDS = {"score": ["score"], "kld": ["kld", "--base-dtype", "float32"]}
 def parse(monkeypatch: pytest.MonkeyPatch) -> Any:
     """``parse(argv)``: the `EvalConfig` a command builds from its flags (the command stops there),
     or the click result when it stops before (a usage error)."""
-    import lleval.cli as cli
+    from lleval.cli.options import config_from_flags
 
     seen: list[Any] = []
-    real = cli.config_from_flags
 
     def record(*args: Any, **kwargs: Any) -> Any:
-        seen.append(real(*args, **kwargs))
+        seen.append(config_from_flags(*args, **kwargs))
         raise SystemExit(0)
 
-    monkeypatch.setattr(cli, "config_from_flags", record)
+    for command in ("score", "kld"):  # the commands that build an EvalConfig from their flags
+        monkeypatch.setattr(f"lleval.cli.{command}.config_from_flags", record)
 
     def parse(argv: list[str]) -> Any:
         result = run(argv)
@@ -365,7 +365,49 @@ def test_a_command_leaves_the_callers_process_as_it_was(tiny_model_dir: Path, tm
         main(["score", "--model", str(tiny_model_dir), "-d", str(data), "--format", "json", "-o",
               str(tmp_path / "r.json"), *extra], standalone_mode=False)
         assert state() == before
-    assert capped_by == ["lleval.cli", "lleval.cli"]  # by the CLI, once a command; never by the library
+    assert capped_by == ["lleval.cli.scope", "lleval.cli.scope"]  # by the CLI, once a command; never by the library
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_a_command_quiets_the_libraries_while_it_runs(monkeypatch: pytest.MonkeyPatch, quiet: bool) -> None:
+    """Inside a command's scope transformers logs errors only, datasets nothing short of
+    critical, neither draws a progress bar, and the environment they read on import says the
+    same; whatever the caller had (here: both chatty, bars on) comes back afterwards."""
+    import logging
+    import os
+
+    import datasets
+    import transformers
+
+    from lleval.cli.scope import QUIET_ENVIRONMENT, command_scope
+
+    hf_log, data_log = transformers.utils.logging, datasets.utils.logging
+    for name in QUIET_ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+
+    def state() -> tuple[Any, ...]:
+        return (hf_log.get_verbosity(), data_log.get_verbosity(), hf_log.is_progress_bar_enabled(),
+                datasets.is_progress_bar_enabled(), {name: os.environ.get(name) for name in QUIET_ENVIRONMENT})
+
+    hf_before, data_before = hf_log.get_verbosity(), data_log.get_verbosity()
+    bars_before = hf_log.is_progress_bar_enabled(), datasets.is_progress_bar_enabled()
+    hf_log.set_verbosity(logging.INFO)
+    data_log.set_verbosity(logging.DEBUG)
+    hf_log.enable_progress_bar()
+    datasets.enable_progress_bars()
+    try:
+        before = state()
+        with command_scope(quiet):
+            inside = state()
+        after = state()
+    finally:
+        hf_log.set_verbosity(hf_before)
+        data_log.set_verbosity(data_before)
+        (hf_log.enable_progress_bar if bars_before[0] else hf_log.disable_progress_bar)()
+        (datasets.enable_progress_bars if bars_before[1] else datasets.disable_progress_bars)()
+    assert before == (logging.INFO, logging.DEBUG, True, True, {name: None for name in QUIET_ENVIRONMENT})
+    assert inside == (logging.ERROR, logging.CRITICAL, False, False, QUIET_ENVIRONMENT)
+    assert after == before
 
 
 def _undoable() -> list[tuple[str, str]]:
@@ -400,9 +442,9 @@ def test_the_progress_line_fits_an_80_column_terminal() -> None:
     from rich.console import Console
 
     from lleval.runner.progress import ScoringProgress
-    from lleval.cli import _StderrProgress
+    from lleval.cli.progress import StderrProgress
 
-    progress = _StderrProgress(Console(file=io.StringIO(), width=80))
+    progress = StderrProgress(Console(file=io.StringIO(), width=80))
     progress.stage("scoring")
     progress.update(ScoringProgress(312, 1500, 61_440, 131_072, False, 51.0, 312, 61_440))
     screen = Console(file=io.StringIO(), width=80, color_system=None)

@@ -12,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from helpers import write_jsonl
-from lleval.cli import main, progress_mode
+from lleval.cli import main
+from lleval.cli.progress import progress_mode
 from lleval.config import EvalConfig
 from lleval.runner.progress import LINE_INTERVAL_SECONDS, LineProgress, ScoringProgress
 

@@ -3,7 +3,7 @@
 Each field declares itself once, in its `Setting`: its section (`SECTIONS`:
 model, data, protocol, statistics, outputs, engine, run control...), flag, help
 and allowed values. The CLI's options and their ``--help`` headings
-(`lleval.options`), the config-file reader and the generated reference
+(`lleval.cli.options`), the config-file reader and the generated reference
 (``scripts/make_docs.py``) are derived from those.
 
 Config files are YAML mappings whose keys are the long flag names
@@ -132,7 +132,7 @@ def resamples_problem(n: int, shown: str | None = None) -> str | None:
 @dataclass(frozen=True)
 class Setting:
     """How one `EvalConfig` field is set, declared once beside the field: the CLI's options
-    (`lleval.options`) and the config-file reader (`FIELD_TYPES`, `CHOICES`, `MINIMUMS`) are
+    (`lleval.cli.options`) and the config-file reader (`FIELD_TYPES`, `CHOICES`, `MINIMUMS`) are
     derived from it.
 
     Its flag is ``--`` and the field's name with dashes (``max_length``: ``--max-length``);

@@ -1,7 +1,7 @@
 """Typed errors raised by the library.
 
 Library code never exits the process: it raises a subclass of `LlevalError`
-whose message says what was wrong and what to do next. Only `cli.py` turns
+whose message says what was wrong and what to do next. Only `lleval.cli` turns
 these into exit codes (usage problems 2, runtime problems 1).
 """
 

@@ -7,7 +7,7 @@ split" bar when it reads a local file for the first time: a caller of the Python
 The library prints nothing unless given one (`lleval.runner.progress.Progress`);
 each context here turns one library's bars and chatter off around one call and puts
 back what the caller had. The CLI does the same for a whole command
-(``lleval.cli._quiet_libraries``); warnings that matter become lleval's own
+(``lleval.cli.scope``); warnings that matter become lleval's own
 (`warnings.warn`, and the report's notes).
 """
 

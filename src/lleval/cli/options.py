@@ -22,6 +22,7 @@ from lleval.config import CONFIG_FILE, FIELD_TYPES, FLAG, SECTION_TITLES, EvalCo
 CONFIG_FILE_KEY = "lleval.config_file"  # ctx.meta: the --config file's path
 UNDONE_KEY = "lleval.undone"  # ctx.meta: the fields a --no-x set back to their default (--no-concat)
 OTHER_OPTIONS = "Options"  # the heading of the options of no section (--help, and every option of compare, inspect)
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}  # every command's
 
 
 class SectionOption(click.Option):
